@@ -1,0 +1,1 @@
+"""Benchmark harness for cbam-triton (``python -m bench``)."""

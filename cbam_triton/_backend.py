@@ -1,0 +1,57 @@
+"""Which implementation runs a call: the Triton kernels, or the PyTorch fallback."""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import os
+
+import torch
+
+BACKENDS = ("auto", "triton", "torch")
+
+
+@functools.cache
+def triton_available() -> bool:
+    """True when the ``triton`` package is importable."""
+    return importlib.util.find_spec("triton") is not None
+
+
+@functools.cache
+def interpreter_active() -> bool:
+    """True when cbam_triton's kernels were built by Triton's CPU interpreter.
+
+    ``TRITON_INTERPRET=1`` must be set before ``triton`` is first imported; what matters is what
+    the kernels actually are, so the kernel objects are inspected rather than the variable.
+    """
+    if not triton_available():
+        return False
+    from cbam_triton.kernels import channel_pool_kernel
+
+    return type(channel_pool_kernel).__name__ == "InterpretedFunction"
+
+
+def resolve_backend(x: torch.Tensor, backend: str | None) -> str:
+    """``"triton"`` or ``"torch"`` for input x.
+
+    ``backend`` (or the ``CBAM_TRITON_BACKEND`` environment variable when None) is ``"auto"``
+    (Triton on CUDA tensors, and on CPU tensors under ``TRITON_INTERPRET=1``; PyTorch otherwise),
+    ``"triton"`` (fail loudly if the kernels cannot run on x) or ``"torch"``.
+    """
+    if backend is None:
+        backend = os.environ.get("CBAM_TRITON_BACKEND", "auto") or "auto"
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "torch":
+        return "torch"
+    runnable = triton_available() and (
+        x.device.type == "cuda" or (x.device.type == "cpu" and interpreter_active())
+    )
+    if runnable:
+        return "triton"
+    if backend == "triton":
+        why = ("triton is not installed" if not triton_available() else
+               f"x is on {x.device}; the kernels run on CUDA tensors, or on CPU tensors only with "
+               "TRITON_INTERPRET=1 set before triton is imported")
+        raise ValueError(f"backend='triton' cannot run here: {why}")
+    return "torch"

@@ -1,0 +1,39 @@
+"""The three big-tensor stages in plain PyTorch (same signatures and dtypes as the launchers).
+
+Used where Triton can't run (CPU without the interpreter, other devices, no triton installed) and
+as the autograd recipe for gradients until the Triton backward lands. They materialise full-size
+temporaries; the Triton launchers never do.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def _acc(x: torch.Tensor) -> torch.dtype:
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+def channel_pool(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(avg, max) over H*W: two (N, C) tensors in fp32 (fp64 for fp64 x)."""
+    xa = x.to(_acc(x))
+    return xa.mean(dim=(2, 3)), xa.amax(dim=(2, 3))
+
+
+def spatial_pool(x: torch.Tensor, mc: torch.Tensor | None = None) -> torch.Tensor:
+    """``cat([max_C(x * mc), mean_C(x * mc)], 1)``: (N, 2, H, W) in fp32 (fp64)."""
+    xa = x.to(_acc(x))
+    if mc is not None:
+        xa = xa * mc.to(xa.dtype)[:, :, None, None]
+    return torch.cat([xa.amax(dim=1, keepdim=True), xa.mean(dim=1, keepdim=True)], dim=1)
+
+
+def gate(x: torch.Tensor, mc: torch.Tensor | None = None, ms: torch.Tensor | None = None) -> torch.Tensor:
+    """``(x * mc) * ms`` computed in fp32 (fp64), returned in x's dtype."""
+    n, _, h, w = x.shape
+    v = x.to(_acc(x))
+    if mc is not None:
+        v = v * mc.to(v.dtype)[:, :, None, None]
+    if ms is not None:
+        v = v * ms.to(v.dtype).reshape(n, 1, h, w)
+    return v.to(x.dtype)

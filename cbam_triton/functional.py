@@ -1,0 +1,253 @@
+"""Functional CBAM: the fused forward with every weight passed explicitly.
+
+The three big-tensor stages (global pooling, gated channel pooling, gating) run as Triton kernels
+on CUDA tensors (and on CPU tensors under ``TRITON_INTERPRET=1``), otherwise in PyTorch; the tiny
+parts (MLP on N*C values, k x k convolution + BatchNorm + sigmoid on N*2*H*W values) are PyTorch
+ops in fp32 (fp64 for fp64 inputs). See :func:`cbam`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from cbam_triton import stages
+from cbam_triton._backend import resolve_backend
+
+__all__ = [
+    "apply_gates", "cbam", "channel_attention", "channel_pool", "spatial_attention", "spatial_pool",
+    "validate_input",
+]
+
+_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def validate_input(x: object, channels: int | None = None, name: str = "x") -> torch.Tensor:
+    """Check that x is a floating (N, C, H, W) tensor with H, W >= 1 (and C == channels).
+
+    Raises ``TypeError`` for a non-tensor or a non-floating dtype (integer, bool, complex) and
+    ``ValueError`` for a wrong rank, an empty H or W, or a channel count that does not match.
+    """
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if x.dtype not in _FLOAT_DTYPES:
+        raise TypeError(f"{name} must be float16, bfloat16, float32 or float64, got {x.dtype}")
+    if x.dim() != 4:
+        raise ValueError(f"{name} must be 4-D (N, C, H, W), got a {x.dim()}-D tensor of shape "
+                         f"{tuple(x.shape)}")
+    n, c, h, w = x.shape
+    if channels is not None and c != channels:
+        raise ValueError(f"{name} has {c} channels but the module/weights expect {channels} "
+                         f"(input shape {tuple(x.shape)})")
+    if c < 1 or h < 1 or w < 1:
+        raise ValueError(f"{name} needs C, H, W >= 1, got shape {tuple(x.shape)}")
+    return x
+
+
+def _check_devices(x: torch.Tensor, tensors: dict[str, torch.Tensor | None]) -> None:
+    for name, t in tensors.items():
+        if t is None:
+            continue
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor or None, got {type(t).__name__}")
+        if t.device != x.device:
+            raise ValueError(f"{name} is on {t.device} but x is on {x.device}; move the module "
+                             "(or the weights) to x's device")
+        if not t.is_floating_point():
+            raise TypeError(f"{name} must be a floating tensor, got {t.dtype}")
+
+
+def _acc(x: torch.Tensor) -> torch.dtype:
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+def channel_pool(x: torch.Tensor, *, backend: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Global average and max pooling over H*W in one read of x: ``(avg, max)``, each (N, C).
+
+    Results are fp32 (fp64 for fp64 x); NaN propagates like ``torch.amax``/``torch.mean``.
+    """
+    validate_input(x)
+    return stages.channel_pool(x, resolve_backend(x, backend))
+
+
+def spatial_pool(x: torch.Tensor, mc: torch.Tensor | None = None, *,
+                 backend: str | None = None) -> torch.Tensor:
+    """``cat([max_C(x * mc), mean_C(x * mc)], dim=1)``, (N, 2, H, W), without forming ``x * mc``.
+
+    ``mc`` is an (N, C) channel map or None. Result in fp32 (fp64 for fp64 x).
+    """
+    validate_input(x)
+    _check_devices(x, {"mc": mc})
+    if mc is not None and tuple(mc.shape) != tuple(x.shape[:2]):
+        raise ValueError(f"mc must have shape (N, C) = {tuple(x.shape[:2])}, got {tuple(mc.shape)}")
+    return stages.spatial_pool(x, mc, resolve_backend(x, backend))
+
+
+def apply_gates(x: torch.Tensor, mc: torch.Tensor | None = None, ms: torch.Tensor | None = None, *,
+                backend: str | None = None) -> torch.Tensor:
+    """``x * mc[:, :, None, None] * ms`` in one read and one write of x.
+
+    ``mc``: (N, C) or None; ``ms``: (N, 1, H, W), (N, H, W) or None. The product is formed in fp32
+    (fp64) and returned in x's dtype and memory format (NCHW or channels_last).
+    """
+    validate_input(x)
+    _check_devices(x, {"mc": mc, "ms": ms})
+    n, c, h, w = x.shape
+    if mc is not None and tuple(mc.shape) != (n, c):
+        raise ValueError(f"mc must have shape (N, C) = {(n, c)}, got {tuple(mc.shape)}")
+    if ms is not None and ms.numel() != n * h * w:
+        raise ValueError(f"ms must have N*H*W = {n * h * w} elements ((N, 1, H, W)), got shape "
+                         f"{tuple(ms.shape)}")
+    return stages.gate(x, mc, ms, resolve_backend(x, backend))
+
+
+def channel_attention(
+    avg: torch.Tensor | None,
+    mx: torch.Tensor | None,
+    fc1_weight: torch.Tensor,
+    fc1_bias: torch.Tensor | None,
+    fc2_weight: torch.Tensor,
+    fc2_bias: torch.Tensor | None,
+) -> torch.Tensor:
+    """Channel map ``Mc = sigmoid(sum over given pools of fc2(relu(fc1(pool))))``, (N, C).
+
+    The pooled inputs are (N, C) tensors (None for a pool type that is not used); the MLP runs
+    in their dtype (fp32 / fp64), with the weights cast to it.
+    """
+    pooled = [p for p in (avg, mx) if p is not None]
+    if not pooled:
+        raise ValueError("channel_attention needs at least one of avg, mx")
+    acc = pooled[0].dtype
+    w1, w2 = fc1_weight.to(acc), fc2_weight.to(acc)
+    b1 = fc1_bias.to(acc) if fc1_bias is not None else None
+    b2 = fc2_bias.to(acc) if fc2_bias is not None else None
+    logits = None
+    for p in pooled:  # same summation order as the reference: avg first, then max
+        y = F.linear(F.relu(F.linear(p, w1, b1)), w2, b2)
+        logits = y if logits is None else logits + y
+    return torch.sigmoid(logits)
+
+
+def spatial_attention(
+    pooled: torch.Tensor,
+    conv_weight: torch.Tensor,
+    conv_bias: torch.Tensor | None = None,
+    *,
+    bn_weight: torch.Tensor | None = None,
+    bn_bias: torch.Tensor | None = None,
+    bn_running_mean: torch.Tensor | None = None,
+    bn_running_var: torch.Tensor | None = None,
+    bn_training: bool = False,
+    bn_momentum: float = 0.1,
+    bn_eps: float = 1e-5,
+    use_bn: bool = False,
+) -> torch.Tensor:
+    """Spatial map ``Ms = sigmoid(bn(conv(pooled)))``, (N, 1, H, W), in pooled's dtype.
+
+    ``pooled`` is the (N, 2, H, W) ``[max, mean]`` map; ``conv_weight`` is (1, 2, k, k), padding
+    ``k // 2``. With ``use_bn``: in eval (``bn_training=False`` with running statistics) the
+    BatchNorm is folded into the convolution; otherwise batch statistics are used and the running
+    statistics (if given) are updated in place with ``bn_momentum``, exactly as ``F.batch_norm``.
+    """
+    acc = pooled.dtype
+    w = conv_weight.to(acc)
+    b = conv_bias.to(acc) if conv_bias is not None else None
+    pad = conv_weight.shape[-1] // 2
+    if not use_bn:
+        return torch.sigmoid(F.conv2d(pooled, w, b, padding=pad))
+    have_stats = bn_running_mean is not None and bn_running_var is not None
+    if not bn_training and have_stats:
+        scale = torch.rsqrt(bn_running_var.to(acc) + bn_eps)
+        if bn_weight is not None:
+            scale = scale * bn_weight.to(acc)
+        shift = -bn_running_mean.to(acc) * scale
+        if b is not None:
+            shift = shift + b * scale
+        if bn_bias is not None:
+            shift = shift + bn_bias.to(acc)
+        return torch.sigmoid(F.conv2d(pooled, w * scale.reshape(-1, 1, 1, 1), shift, padding=pad))
+    y = F.conv2d(pooled, w, b, padding=pad)
+    rm, rv = bn_running_mean, bn_running_var
+    tmp_rm = rm.to(acc) if rm is not None and rm.dtype != acc else rm
+    tmp_rv = rv.to(acc) if rv is not None and rv.dtype != acc else rv
+    y = F.batch_norm(y, tmp_rm, tmp_rv,
+                     bn_weight.to(acc) if bn_weight is not None else None,
+                     bn_bias.to(acc) if bn_bias is not None else None,
+                     True, bn_momentum, bn_eps)
+    if tmp_rm is not rm and rm is not None:  # running stats kept in a lower precision
+        with torch.no_grad():
+            rm.copy_(tmp_rm)
+            rv.copy_(tmp_rv)
+    return torch.sigmoid(y)
+
+
+def cbam(
+    x: torch.Tensor,
+    fc1_weight: torch.Tensor,
+    fc1_bias: torch.Tensor | None,
+    fc2_weight: torch.Tensor,
+    fc2_bias: torch.Tensor | None,
+    conv_weight: torch.Tensor,
+    conv_bias: torch.Tensor | None = None,
+    *,
+    pool_types: Sequence[str] = ("avg", "max"),
+    bn_weight: torch.Tensor | None = None,
+    bn_bias: torch.Tensor | None = None,
+    bn_running_mean: torch.Tensor | None = None,
+    bn_running_var: torch.Tensor | None = None,
+    bn_training: bool = False,
+    bn_momentum: float = 0.1,
+    bn_eps: float = 1e-5,
+    use_bn: bool | None = None,
+    backend: str | None = None,
+) -> torch.Tensor:
+    """Fused CBAM forward: ``out = (x * Mc) * Ms``.
+
+    Args:
+        x: (N, C, H, W) float16/bfloat16/float32/float64 tensor, NCHW or channels_last (read in
+            place); other strided views whose H and W cannot be merged are copied to NCHW first.
+        fc1_weight, fc1_bias: first MLP layer, (hidden, C) and (hidden,) (bias may be None).
+        fc2_weight, fc2_bias: second MLP layer, (C, hidden) and (C,).
+        conv_weight, conv_bias: spatial convolution, (1, 2, k, k) with odd k, input order [max, mean].
+        pool_types: ``("avg", "max")``, ``("avg",)`` or ``("max",)``.
+        bn_*: BatchNorm2d(1) after the convolution, used when ``use_bn`` (default: when
+            ``bn_running_var`` or ``bn_weight`` is given); see :func:`spatial_attention`.
+        backend: ``"auto"`` (default), ``"triton"`` or ``"torch"``; see
+            :func:`cbam_triton._backend.resolve_backend`.
+
+    Returns:
+        Tensor of x's shape, dtype and memory format. Big-tensor traffic: x is read three times and
+        the output written once; only the output is a full-size allocation.
+    """
+    validate_input(x, channels=fc1_weight.shape[1] if fc1_weight.dim() == 2 else None)
+    _check_devices(x, {"fc1_weight": fc1_weight, "fc1_bias": fc1_bias, "fc2_weight": fc2_weight,
+                       "fc2_bias": fc2_bias, "conv_weight": conv_weight, "conv_bias": conv_bias,
+                       "bn_weight": bn_weight, "bn_bias": bn_bias,
+                       "bn_running_mean": bn_running_mean, "bn_running_var": bn_running_var})
+    n, c, h, w = x.shape
+    hidden = fc1_weight.shape[0]
+    if fc1_weight.shape != (hidden, c) or fc2_weight.shape != (c, hidden):
+        raise ValueError(f"MLP weights must be (hidden, C) and (C, hidden) with C = {c}; got "
+                         f"{tuple(fc1_weight.shape)} and {tuple(fc2_weight.shape)}")
+    if conv_weight.dim() != 4 or conv_weight.shape[:2] != (1, 2) or conv_weight.shape[2] != conv_weight.shape[3] \
+            or conv_weight.shape[2] % 2 == 0:
+        raise ValueError(f"conv_weight must be (1, 2, k, k) with odd k, got {tuple(conv_weight.shape)}")
+    pools = (pool_types,) if isinstance(pool_types, str) else tuple(pool_types)
+    if not pools or any(p not in ("avg", "max") for p in pools) or len(set(pools)) != len(pools):
+        raise ValueError(f"pool_types must be a non-empty subset of ('avg', 'max'), got {pool_types!r}")
+    if use_bn is None:
+        use_bn = bn_running_var is not None or bn_weight is not None
+    be = resolve_backend(x, backend)
+    if n == 0:
+        return torch.empty_like(x)
+    avg, mx = stages.channel_pool(x, be)
+    mc = channel_attention(avg if "avg" in pools else None, mx if "max" in pools else None,
+                           fc1_weight, fc1_bias, fc2_weight, fc2_bias)
+    pooled = stages.spatial_pool(x, mc, be)
+    ms = spatial_attention(pooled, conv_weight, conv_bias, bn_weight=bn_weight, bn_bias=bn_bias,
+                           bn_running_mean=bn_running_mean, bn_running_var=bn_running_var,
+                           bn_training=bn_training, bn_momentum=bn_momentum, bn_eps=bn_eps,
+                           use_bn=use_bn)
+    return stages.gate(x, mc, ms, be)

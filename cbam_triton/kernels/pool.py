@@ -1,0 +1,51 @@
+"""Stage 1: fused global average + max pooling over H*W (the channel gate's input)."""
+
+import triton
+import triton.language as tl
+
+from cbam_triton.kernels._common import max_propagate_nan
+
+
+@triton.jit
+def channel_pool_kernel(
+    x_ptr, sum_ptr, max_ptr,
+    C, P, p_per_split,
+    stride_xn, stride_xc, stride_xp,
+    BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr, ACC_FP64: tl.constexpr,
+):
+    # Reads x[n, c-block, p-range] exactly once; writes sum and max over that p-range for each
+    # (n, c) into the fp32 (fp64 for fp64 x) workspaces sum/max[n, split, c]: O(N*C*SPLIT) bytes.
+    # Grid: (N * cdiv(C, BLOCK_C), SPLIT). Tile [BLOCK_C, BLOCK_P] walks the p-range; the launcher
+    # makes the unit-stride axis the long one (BLOCK_P for NCHW, BLOCK_C for channels_last).
+    # Partial results of the SPLIT programs of one (n, c) are combined afterwards in a fixed order:
+    # deterministic, no atomics. Elementwise accumulators, one cross-lane reduction at the end.
+    acc_t: tl.constexpr = tl.float64 if ACC_FP64 else tl.float32
+    pid_nc = tl.program_id(0)
+    split = tl.program_id(1)
+    num_splits = tl.num_programs(1)
+    num_cblocks = tl.cdiv(C, BLOCK_C)
+    n = pid_nc // num_cblocks
+    cb = pid_nc % num_cblocks
+
+    offs_c = cb * BLOCK_C + tl.arange(0, BLOCK_C)
+    mask_c = offs_c < C
+    offs_p = tl.arange(0, BLOCK_P)
+    p_start = split * p_per_split
+    p_end = tl.minimum(p_start + p_per_split, P)
+
+    ptrs = (x_ptr + n.to(tl.int64) * stride_xn
+            + offs_c.to(tl.int64)[:, None] * stride_xc
+            + (p_start + offs_p).to(tl.int64)[None, :] * stride_xp)
+    step = tl.full([], BLOCK_P, tl.int64) * stride_xp  # int64: no overflow for huge strides
+    acc_sum = tl.zeros([BLOCK_C, BLOCK_P], dtype=acc_t)
+    acc_max = tl.full([BLOCK_C, BLOCK_P], float("-inf"), dtype=acc_t)
+    for p0 in range(p_start, p_end, BLOCK_P):
+        mask = mask_c[:, None] & ((p0 + offs_p) < p_end)[None, :]
+        v = tl.load(ptrs, mask=mask, other=0.0).to(acc_t)
+        acc_sum += v
+        acc_max = tl.maximum(acc_max, tl.where(mask, v, float("-inf")), propagate_nan=tl.PropagateNan.ALL)
+        ptrs += step
+
+    out = (n * num_splits + split).to(tl.int64) * C + offs_c
+    tl.store(sum_ptr + out, tl.sum(acc_sum, axis=1), mask=mask_c)
+    tl.store(max_ptr + out, max_propagate_nan(acc_max, 1), mask=mask_c)

@@ -1,0 +1,169 @@
+"""Shared launcher machinery: the (n, c, p) view of x, tile rules, launch plans, launch counting.
+
+A launcher never launches directly: it builds a :class:`Launch` (kernel, grid, arguments,
+meta-parameters) and calls it. The same plans feed the ahead-of-time compile gate
+(:mod:`cbam_triton.tools.kernel_report`), so what is compiled there is exactly what runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+#: Elements per tile of every kernel (fp32 accumulators: 2 * 2048 / 128 threads = 32 registers).
+TILE_ELEMS = 2048
+NUM_WARPS = 4
+#: Allowed lengths of the unit-stride ("long") tile axis; the other axis is TILE_ELEMS // long.
+#: Powers of four keep the set of compiled variants small (see the kernel report).
+LONG_BLOCKS = (16, 64, 256, 1024)
+#: A split (of H*W in stage 1, of C in stage 2) keeps at least this many tile iterations.
+MIN_ITERS_PER_SPLIT = 2
+#: Upper bound on splits, so the partial workspaces stay O(N*C + N*H*W).
+MAX_SPLIT = 64
+#: Program count the split heuristic aims for when no GPU tells us its SM count (interpreter).
+CPU_TARGET_PROGRAMS = 8
+
+
+@dataclass
+class Launch:
+    """One kernel launch, fully described: runnable, countable and compilable ahead of time."""
+
+    kernel: Any
+    grid: tuple[int, ...]
+    args: tuple[Any, ...]
+    meta: dict[str, Any]
+    num_warps: int = NUM_WARPS
+    name: str = field(default="")
+
+    def __call__(self) -> None:
+        for hook in _LAUNCH_HOOKS:
+            hook(self)
+        if min(self.grid) == 0:
+            return
+        self.kernel[self.grid](*self.args, **self.meta, num_warps=self.num_warps)
+
+
+_LAUNCH_HOOKS: list[Callable[[Launch], None]] = []
+
+
+@contextlib.contextmanager
+def record_launches() -> Iterator[list[Launch]]:
+    """Context manager collecting every Triton :class:`Launch` cbam_triton makes inside it."""
+    seen: list[Launch] = []
+    _LAUNCH_HOOKS.append(seen.append)
+    try:
+        yield seen
+    finally:
+        _LAUNCH_HOOKS.remove(seen.append)
+
+
+def next_pow2(v: int) -> int:
+    return 1 if v <= 1 else 1 << (v - 1).bit_length()
+
+
+def long_block(extent: int) -> int:
+    """Smallest allowed long-axis block covering ``extent`` (capped at the largest)."""
+    for b in LONG_BLOCKS:
+        if b >= extent:
+            return b
+    return LONG_BLOCKS[-1]
+
+
+def acc_is_fp64(x: torch.Tensor) -> bool:
+    return x.dtype == torch.float64
+
+
+def compute_dtype(x: torch.Tensor) -> torch.dtype:
+    """Accumulation / small-map dtype: fp64 for fp64 inputs, fp32 otherwise."""
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+def ncp_strides(t: torch.Tensor) -> tuple[int, int, int] | None:
+    """Strides of ``t`` viewed as (N, C, P = H*W), or None when H and W cannot be merged."""
+    _, _, h, w = t.shape
+    sn, sc, sh, sw = t.stride()
+    if h == 1:
+        return sn, sc, sw
+    if w == 1:
+        return sn, sc, sh
+    if sh == w * sw:
+        return sn, sc, sw
+    return None
+
+
+def as_ncp(x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int, int]]:
+    """x and its (n, c, p) strides; views whose H and W can't be merged are copied (NCHW)."""
+    strides = ncp_strides(x)
+    if strides is None:
+        x = x.contiguous()
+        strides = ncp_strides(x)
+        assert strides is not None
+    return x, strides
+
+
+def empty_output(x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int, int]]:
+    """Output like x: same memory format (NCHW or channels_last, as eager ops would choose)."""
+    out = torch.empty_like(x, memory_format=torch.preserve_format)
+    strides = ncp_strides(out)
+    if strides is None:  # a dense but exotic permutation of x: fall back to NCHW
+        out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+        strides = ncp_strides(out)
+        assert strides is not None
+    return out, strides
+
+
+def unit_axis(stride_c: int, stride_p: int, c: int, p: int) -> str:
+    """Which axis is contiguous in memory: ``"p"`` (NCHW-like) or ``"c"`` (channels_last-like)."""
+    if stride_p == 1 and p > 1:
+        return "p"
+    if stride_c == 1 and c > 1:
+        return "c"
+    return "p"
+
+
+def tile_for(long_axis: str, c: int, p: int) -> tuple[int, int]:
+    """(BLOCK_C, BLOCK_P): the unit-stride axis gets a long block, the other the rest of the tile."""
+    if long_axis == "p":
+        bp = long_block(p)
+        return TILE_ELEMS // bp, bp
+    bc = long_block(c)
+    return bc, TILE_ELEMS // bc
+
+
+_SM_COUNT: dict[int, int] = {}
+
+
+def target_programs(device: torch.device) -> int:
+    """Programs to aim for: 4 per SM on a GPU, a small number in the interpreter."""
+    override = os.environ.get("CBAM_TRITON_TARGET_PROGRAMS")
+    if override:
+        return max(1, int(override))
+    if device.type != "cuda":
+        return CPU_TARGET_PROGRAMS
+    idx = device.index if device.index is not None else torch.cuda.current_device()
+    if idx not in _SM_COUNT:
+        _SM_COUNT[idx] = torch.cuda.get_device_properties(idx).multi_processor_count
+    return 4 * _SM_COUNT[idx]
+
+
+def choose_split(base_programs: int, extent: int, block: int, target: int,
+                 forced: int | None = None) -> tuple[int, int]:
+    """Split a reduction of length ``extent`` (tiles of ``block``) to reach ``target`` programs.
+
+    Returns ``(num_splits, per_split)`` with ``per_split`` a multiple of ``block`` and every split
+    non-empty. ``forced`` (tests, benchmarks) requests a split count, still clamped to valid values.
+    """
+    iters = max(1, -(-extent // block))
+    if forced is not None:
+        want = max(1, forced)
+    else:
+        want = -(-target // max(1, base_programs)) if base_programs < target else 1
+        want = min(want, max(1, iters // MIN_ITERS_PER_SPLIT), MAX_SPLIT)
+    want = min(want, iters)
+    per_split = -(-iters // want) * block
+    return -(-extent // per_split), per_split

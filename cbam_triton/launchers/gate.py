@@ -1,0 +1,53 @@
+"""Launcher of stage 3 (:func:`~cbam_triton.kernels.gate.gate_kernel`)."""
+
+from __future__ import annotations
+
+import torch
+
+from cbam_triton.kernels.gate import gate_kernel
+from cbam_triton.launchers._common import (
+    Launch,
+    acc_is_fp64,
+    as_ncp,
+    compute_dtype,
+    empty_output,
+    tile_for,
+    unit_axis,
+)
+
+
+def plan_gate(x: torch.Tensor, mc: torch.Tensor | None,
+              ms: torch.Tensor | None) -> tuple[Launch, torch.Tensor]:
+    """Plan stage 3; returns the launch and the output (x's dtype and memory format)."""
+    n, c, h, w = x.shape
+    p = h * w
+    x, (sn, sc, sp) = as_ncp(x)
+    out, (on, oc, op) = empty_output(x)
+    block_c, block_p = tile_for(unit_axis(sc, sp, c, p), c, p)
+    acc = compute_dtype(x)
+    if mc is not None:
+        mc = mc.to(acc).contiguous()
+    if ms is not None:
+        ms = ms.to(acc).reshape(n, p).contiguous()
+    grid = (n * -(-c // block_c) * -(-p // block_p),)
+    launch = Launch(
+        kernel=gate_kernel,
+        grid=grid,
+        args=(x, mc if mc is not None else out, ms if ms is not None else out, out,
+              c, p, sn, sc, sp, on, oc, op),
+        meta=dict(HAS_MC=mc is not None, HAS_MS=ms is not None,
+                  BLOCK_C=block_c, BLOCK_P=block_p, ACC_FP64=acc_is_fp64(x)),
+        name="gate",
+    )
+    return launch, out
+
+
+def gate(x: torch.Tensor, mc: torch.Tensor | None = None, ms: torch.Tensor | None = None) -> torch.Tensor:
+    """``x * mc[:, :, None, None] * ms[:, None]`` in one read of x and one write of the output.
+
+    ``mc``: (N, C) or None; ``ms``: (N, H, W) / (N, 1, H, W) or None. Products in fp32 (fp64),
+    output in x's dtype and memory format.
+    """
+    launch, out = plan_gate(x, mc, ms)
+    launch()
+    return out

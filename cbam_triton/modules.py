@@ -1,0 +1,224 @@
+"""Drop-in ``nn.Module``s: same constructors and ``state_dict`` keys as :mod:`reference`.
+
+``CBAM.forward`` does not call its submodules' ``forward``: it runs the fused three-stage
+pipeline of :func:`cbam_triton.functional.cbam` with their parameters. The submodules also work
+on their own (``ChannelGate(x) = x * Mc``, ``SpatialGate(x) = x * Ms``), each with two passes over x.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from cbam_triton import stages
+from cbam_triton._backend import resolve_backend
+from cbam_triton.functional import (
+    _check_devices,
+    channel_attention,
+    spatial_attention,
+    validate_input,
+)
+
+_POOLS = ("avg", "max")
+
+
+def _validate_config(channels: int, reduction_ratio: int, spatial_kernel_size: int,
+                     pool_types: Sequence[str], hidden_channels: int | None) -> tuple[tuple[str, ...], int]:
+    named = {"channels": channels, "reduction_ratio": reduction_ratio,
+             "spatial_kernel_size": spatial_kernel_size}
+    for name, value in named.items():
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+        if value < 1:
+            raise ValueError(f"{name} must be >= 1, got {value}")
+    if spatial_kernel_size % 2 == 0:
+        raise ValueError(f"spatial_kernel_size must be odd (3, 5, 7, ...), got {spatial_kernel_size}")
+    pools = (pool_types,) if isinstance(pool_types, str) else tuple(pool_types)
+    bad = [p for p in pools if p not in _POOLS]
+    if not pools or bad or len(set(pools)) != len(pools):
+        raise ValueError(f"pool_types must be a non-empty subset of ('avg', 'max') without repeats, got "
+                         f"{tuple(pools)} ('lp'/'lse' pools are not supported)")
+    if hidden_channels is None:
+        return pools, max(1, channels // reduction_ratio)
+    if isinstance(hidden_channels, bool) or not isinstance(hidden_channels, int) or hidden_channels < 1:
+        raise ValueError(f"hidden_channels must be a positive int or None, got {hidden_channels!r}")
+    return pools, hidden_channels
+
+
+def _bn_state(bn: nn.BatchNorm2d | None) -> dict[str, Any]:
+    """Keyword arguments for :func:`spatial_attention`, with nn.BatchNorm2d's own bookkeeping."""
+    if bn is None:
+        return {"use_bn": False}
+    momentum = 0.0 if bn.momentum is None else bn.momentum
+    if bn.training and bn.track_running_stats and bn.num_batches_tracked is not None:
+        bn.num_batches_tracked.add_(1)
+        if bn.momentum is None:  # cumulative moving average
+            momentum = 1.0 / float(bn.num_batches_tracked)
+    use_batch_stats = bn.training or (bn.running_mean is None and bn.running_var is None)
+    keep_stats = not bn.training or bn.track_running_stats
+    return {
+        "use_bn": True,
+        "bn_weight": bn.weight,
+        "bn_bias": bn.bias,
+        "bn_running_mean": bn.running_mean if keep_stats else None,
+        "bn_running_var": bn.running_var if keep_stats else None,
+        "bn_training": use_batch_stats,
+        "bn_momentum": momentum,
+        "bn_eps": bn.eps,
+    }
+
+
+class ChannelGate(nn.Module):
+    """Channel attention ``x -> x * sigmoid(sum_p mlp(pool_p(x)))`` (same keys as the reference)."""
+
+    def __init__(self, channels: int, hidden_channels: int, pool_types: Sequence[str] = _POOLS):
+        super().__init__()
+        self.channels = channels
+        self.pool_types = tuple(pool_types)
+        self.mlp = nn.Sequential(
+            nn.Linear(channels, hidden_channels), nn.ReLU(), nn.Linear(hidden_channels, channels)
+        )
+
+    def channel_map(self, avg: torch.Tensor, mx: torch.Tensor) -> torch.Tensor:
+        """``Mc`` (N, C) in fp32/fp64 from the pooled (N, C) maps."""
+        fc1, fc2 = self.mlp[0], self.mlp[2]
+        return channel_attention(avg if "avg" in self.pool_types else None,
+                                 mx if "max" in self.pool_types else None,
+                                 fc1.weight, fc1.bias, fc2.weight, fc2.bias)
+
+    def forward(self, x: torch.Tensor, backend: str | None = None) -> torch.Tensor:
+        validate_input(x, self.channels)
+        _check_devices(x, dict(self.named_parameters()))
+        be = resolve_backend(x, backend)
+        if x.shape[0] == 0:
+            return torch.empty_like(x)
+        mc = self.channel_map(*stages.channel_pool(x, be))
+        return stages.gate(x, mc, None, be)
+
+
+class SpatialGate(nn.Module):
+    """Spatial attention ``x -> x * sigmoid(bn(conv(cat([max_C x, mean_C x]))))``."""
+
+    def __init__(self, kernel_size: int = 7, spatial_norm: bool = True):
+        super().__init__()
+        if isinstance(kernel_size, bool) or not isinstance(kernel_size, int) or kernel_size < 1 \
+                or kernel_size % 2 == 0:
+            raise ValueError(f"kernel_size must be a positive odd int, got {kernel_size!r}")
+        self.kernel_size = kernel_size
+        self.conv = nn.Conv2d(2, 1, kernel_size, padding=kernel_size // 2, bias=False)
+        self.bn = nn.BatchNorm2d(1) if spatial_norm else None
+
+    def spatial_map(self, pooled: torch.Tensor) -> torch.Tensor:
+        """``Ms`` (N, 1, H, W) from the (N, 2, H, W) ``[max, mean]`` map (BN folded in eval)."""
+        return spatial_attention(pooled, self.conv.weight, self.conv.bias, **_bn_state(self.bn))
+
+    def forward(self, x: torch.Tensor, backend: str | None = None) -> torch.Tensor:
+        validate_input(x)
+        _check_devices(x, dict(self.named_parameters()))
+        be = resolve_backend(x, backend)
+        if x.shape[0] == 0:
+            return torch.empty_like(x)
+        ms = self.spatial_map(stages.spatial_pool(x, None, be))
+        return stages.gate(x, None, ms, be)
+
+
+class CBAM(nn.Module):
+    """Fused CBAM (channel gate, then spatial gate); drop-in for :class:`reference.CBAM`.
+
+    Same constructor and ``state_dict`` keys as the reference, so checkpoints load both ways.
+    The forward streams x three times (pool, gated channel pool, gate) and writes the output once;
+    only the output is a full-size allocation. Inputs: float16/bfloat16/float32/float64
+    (N, C, H, W), NCHW or channels_last read in place (output in the same memory format); other
+    views whose H and W cannot be merged are copied to NCHW first. Runs the Triton kernels on CUDA
+    (and on CPU under ``TRITON_INTERPRET=1``), the same math in PyTorch elsewhere; when autograd
+    needs gradients they are the reference's (see :mod:`cbam_triton.stages`).
+
+    Args:
+        channels: C.
+        reduction_ratio: r; MLP hidden width ``max(1, C // r)`` unless ``hidden_channels``.
+        spatial_kernel_size: odd k of the spatial convolution (padding ``k // 2``).
+        pool_types: ``("avg", "max")`` (default), ``("avg",)`` or ``("max",)``.
+        spatial_norm: BatchNorm2d(1) after the spatial convolution (folded into it in eval mode).
+        hidden_channels: explicit MLP hidden width.
+        backend: ``"auto"`` (default), ``"triton"`` or ``"torch"``; not part of the state_dict.
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        reduction_ratio: int = 16,
+        spatial_kernel_size: int = 7,
+        pool_types: Sequence[str] = _POOLS,
+        spatial_norm: bool = True,
+        hidden_channels: int | None = None,
+        *,
+        backend: str | None = None,
+    ):
+        super().__init__()
+        pools, hidden = _validate_config(channels, reduction_ratio, spatial_kernel_size, pool_types,
+                                         hidden_channels)
+        self.channels = channels
+        self.reduction_ratio = reduction_ratio
+        self.spatial_kernel_size = spatial_kernel_size
+        self.pool_types = pools
+        self.spatial_norm = bool(spatial_norm)
+        self.hidden_channels = hidden
+        self.backend = backend
+        self.channel_gate = ChannelGate(channels, hidden, pools)
+        self.spatial_gate = SpatialGate(spatial_kernel_size, self.spatial_norm)
+
+    def extra_repr(self) -> str:
+        return (f"channels={self.channels}, hidden_channels={self.hidden_channels}, "
+                f"spatial_kernel_size={self.spatial_kernel_size}, pool_types={self.pool_types}, "
+                f"spatial_norm={self.spatial_norm}")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        validate_input(x, self.channels)
+        _check_devices(x, dict(self.named_parameters()))
+        be = resolve_backend(x, self.backend)
+        if x.shape[0] == 0:
+            return torch.empty_like(x)
+        mc = self.channel_gate.channel_map(*stages.channel_pool(x, be))
+        ms = self.spatial_gate.spatial_map(stages.spatial_pool(x, mc, be))
+        return stages.gate(x, mc, ms, be)
+
+    @classmethod
+    def from_reference(cls, module: nn.Module, *, backend: str | None = None) -> CBAM:
+        """A ``cbam_triton.CBAM`` with the configuration, weights, device, dtype and mode of a
+        :class:`reference.CBAM` (or of another ``cbam_triton.CBAM``)."""
+        for attr in ("channels", "reduction_ratio", "spatial_kernel_size", "pool_types",
+                     "spatial_norm", "hidden_channels"):
+            if not hasattr(module, attr):
+                raise TypeError(f"from_reference expects a reference.CBAM, got {type(module).__name__} "
+                                f"(no attribute {attr!r})")
+        new = cls(module.channels, module.reduction_ratio, module.spatial_kernel_size,
+                  module.pool_types, module.spatial_norm, module.hidden_channels, backend=backend)
+        return _copy_state(module, new)
+
+    def to_reference(self) -> nn.Module:
+        """The equivalent :class:`reference.CBAM` (same weights, device, dtype and mode)."""
+        import reference
+
+        ref = reference.CBAM(self.channels, self.reduction_ratio, self.spatial_kernel_size,
+                             self.pool_types, self.spatial_norm, self.hidden_channels)
+        return _copy_state(self, ref)
+
+
+def _copy_state(src: nn.Module, dst: nn.Module) -> Any:
+    src_bn = getattr(src.spatial_gate, "bn", None)
+    if src_bn is not None:  # same BatchNorm configuration (eps, momentum, affine, running stats)
+        if not isinstance(src_bn, nn.BatchNorm2d) or src_bn.num_features != 1:
+            raise TypeError(f"spatial_gate.bn must be nn.BatchNorm2d(1), got {src_bn!r}")
+        dst.spatial_gate.bn = nn.BatchNorm2d(1, eps=src_bn.eps, momentum=src_bn.momentum,
+                                             affine=src_bn.affine,
+                                             track_running_stats=src_bn.track_running_stats)
+    first = next(src.parameters(), None)
+    if first is not None:
+        dst.to(device=first.device, dtype=first.dtype)
+    dst.load_state_dict(src.state_dict())
+    for (_, a), (_, b) in zip(src.named_modules(), dst.named_modules()):
+        b.training = a.training
+    return dst

@@ -1,0 +1,219 @@
+"""Kernel report: compile every kernel in every configuration the launchers can choose, for sm_80
+and sm_90, without a GPU, and report registers, spills, shared memory, SASS size and whether the
+big-tensor loads/stores are 128-bit vectorised.
+
+    python -m cbam_triton.tools.kernel_report                 # table on stdout
+    python -m cbam_triton.tools.kernel_report --json out.json --check
+
+``--check`` exits non-zero on any spill, shared memory over the sm_80 limit, a failed compile, or
+an unvectorised big-tensor access in an aligned fp16/bf16/fp32 case. The configurations come from
+the launchers' own ``plan_*`` functions on meta tensors, so they are the ones that run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+
+ARCHS = (80, 90)
+#: sm_80 shared memory per block (opt-in maximum), bytes.
+SM80_SHARED_LIMIT = 163 * 1024
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16, "fp64": torch.float64}
+
+
+def _shape(layout: str, long_block: int, aligned: bool, for_split: bool) -> tuple[int, int, int, int]:
+    """A shape whose unit-stride axis selects ``long_block`` in the launchers' tile rule."""
+    if not aligned:
+        return (3, 17, 7, 9) if layout == "nchw" else (3, 17 if long_block == 16 else long_block - 3, 7, 9)
+    side = {16: 4, 64: 8, 256: 16, 1024: 32}[long_block]
+    if layout == "nchw":
+        return (2, 256, side, side)
+    return (2, 2 * long_block if for_split else long_block, 8, 8)
+
+
+def _meta_input(shape: tuple[int, int, int, int], dtype: torch.dtype, layout: str) -> torch.Tensor:
+    x = torch.empty(shape, dtype=dtype, device="meta")
+    return x.to(memory_format=torch.channels_last) if layout == "channels_last" else x
+
+
+def launch_cases(dtypes: tuple[str, ...] = ("fp32", "fp16", "bf16", "fp64"),
+                 quick: bool = False) -> Iterator[tuple[dict[str, Any], Any]]:
+    """(description, Launch) for every kernel configuration the launchers can produce."""
+    from cbam_triton.launchers import plan_channel_pool, plan_gate, plan_spatial_pool
+    from cbam_triton.launchers._common import LONG_BLOCKS
+
+    seen: set[str] = set()
+    blocks = LONG_BLOCKS[1:3] if quick else LONG_BLOCKS
+    for dname in dtypes:
+        dtype = DTYPES[dname]
+        for layout in ("nchw", "channels_last"):
+            for aligned in (True, False):
+                for long_block in (blocks if aligned else (16,)):
+                    plans = []
+                    x = _meta_input(_shape(layout, long_block, aligned, False), dtype, layout)
+                    xs = _meta_input(_shape(layout, long_block, aligned, True), dtype, layout)
+                    n, c, h, w = x.shape
+                    mc = torch.empty(n, c, device="meta")
+                    mcs = torch.empty(xs.shape[0], xs.shape[1], device="meta")
+                    ms = torch.empty(n, h, w, device="meta")
+                    plans.append(plan_channel_pool(x, split=1)[0])
+                    plans.append(plan_channel_pool(x, split=2)[0])
+                    for use_mc in (True, False):
+                        plans.append(plan_spatial_pool(xs, mcs if use_mc else None, split=1)[0])
+                        plans.append(plan_spatial_pool(xs, mcs if use_mc else None, split=2)[0])
+                    for use_mc, use_ms in ((True, True), (True, False), (False, True), (False, False)):
+                        plans.append(plan_gate(x, mc if use_mc else None, ms if use_ms else None)[0])
+                    for launch in plans:
+                        from cbam_triton.tools.aot import specialize
+
+                        spec = specialize(launch)
+                        key = f"{launch.name}|{spec.signature}|{spec.constexprs}|{spec.attrs}"
+                        if key in seen:
+                            continue
+                        seen.add(key)
+                        yield {
+                            "kernel": launch.name,
+                            "dtype": dname,
+                            "layout": layout,
+                            "aligned": aligned,
+                            "shape": list(launch.args[0].shape),
+                            "num_warps": launch.num_warps,
+                            "meta": {k: (bool(v) if isinstance(v, bool) else v) for k, v in launch.meta.items()},
+                            "x_tile_bytes": launch.meta["BLOCK_C"] * launch.meta["BLOCK_P"] * dtype.itemsize,
+                        }, launch
+
+
+def check_row(row: dict[str, Any]) -> list[str]:
+    """Reasons this compiled configuration fails the quality gate (empty list: it passes)."""
+    problems = []
+    if row.get("error"):
+        return [f"compile failed: {row['error']}"]
+    if row["spill_bytes"] > 0:
+        problems.append(f"{row['spill_bytes']} bytes of register spills (LOCAL)")
+    if row["shared_bytes"] > SM80_SHARED_LIMIT:
+        problems.append(f"{row['shared_bytes']} bytes of shared memory (> sm_80 limit)")
+    if row["aligned"] and row["dtype"] != "fp64":
+        threads = 32 * row["num_warps"]
+        vec_loads_needed = max(1, row["x_tile_bytes"] // (16 * threads))
+        if row["global_loads_128"] < vec_loads_needed:
+            problems.append(f"x loads not 128-bit: {row['global_loads_128']} LDG.128 < {vec_loads_needed} per tile")
+        if row["kernel"] == "channel_pool" and row["global_loads_128"] != row["global_loads"]:
+            problems.append("channel_pool has non-128-bit loads of x")
+        if row["kernel"] == "gate" and row["global_stores_128"] != row["global_stores"]:
+            problems.append("gate output stores not all 128-bit")
+    row["ok"] = not problems
+    return problems
+
+
+_CASES_CACHE: dict[tuple[Any, ...], list[tuple[dict[str, Any], Any]]] = {}
+
+
+def _cases(dtypes: tuple[str, ...], quick: bool) -> list[tuple[dict[str, Any], Any]]:
+    key = (dtypes, quick)
+    if key not in _CASES_CACHE:
+        _CASES_CACHE[key] = list(launch_cases(dtypes, quick))
+    return _CASES_CACHE[key]
+
+
+def _compile_row(job: tuple[tuple[str, ...], bool, int, int]) -> dict[str, Any]:
+    """Compile case ``index`` for ``arch`` (runs in a worker process; cases are rebuilt there)."""
+    from cbam_triton.tools.aot import compile_launch, cubin_report
+
+    dtypes, quick, index, arch = job
+    desc, launch = _cases(dtypes, quick)[index]
+    row = dict(desc, arch=f"sm_{arch}")
+    try:
+        compiled = compile_launch(launch, arch)
+        row.update(cubin_report(compiled.asm["cubin"]))
+        ptx = compiled.asm["ptx"]
+        row["ptx_cache_hints"] = sorted({h for h in ("evict_first", "evict_last", ".cs") if h in ptx})
+    except Exception as exc:  # reported, and fails --check
+        row["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+    row["problems"] = check_row(row)
+    return row
+
+
+def build_report(archs: tuple[int, ...] = ARCHS, dtypes: tuple[str, ...] = ("fp32", "fp16", "bf16", "fp64"),
+                 quick: bool = False, progress: bool = True, jobs: int | None = None) -> list[dict[str, Any]]:
+    """Compile every case for every arch (in ``jobs`` processes) and return one row per compile."""
+    import concurrent.futures
+    import multiprocessing
+
+    work = [(dtypes, quick, i, arch) for i in range(len(_cases(dtypes, quick))) for arch in archs]
+    jobs = jobs or min(len(work), os.cpu_count() or 1)
+    start, rows, step = time.time(), [], max(1, len(work) // 10)
+    ctx = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
+        for row in pool.map(_compile_row, work, chunksize=4):
+            rows.append(row)
+            if progress and (len(rows) % step == 0 or len(rows) == len(work)):
+                print(f"[kernel_report] compiled {len(rows)}/{len(work)} ({time.time() - start:.0f}s)",
+                      file=sys.stderr, flush=True)
+    return rows
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    head = ("kernel", "arch", "dtype", "layout", "aln", "BLOCK_CxP", "flags", "regs", "spill", "smem",
+            "sass", "ldg128/ldg", "stg128/stg", "ok")
+    lines = []
+    for r in rows:
+        meta = r["meta"]
+        flags = ",".join(k for k, v in meta.items() if v is True and k != "ACC_FP64") or "-"
+        if r.get("error"):
+            lines.append((r["kernel"], r["arch"], r["dtype"], r["layout"], "y" if r["aligned"] else "n",
+                          f"{meta['BLOCK_C']}x{meta['BLOCK_P']}", flags, "ERR", "", "", "", "", "", "no"))
+            continue
+        lines.append((r["kernel"], r["arch"], r["dtype"], r["layout"], "y" if r["aligned"] else "n",
+                      f"{meta['BLOCK_C']}x{meta['BLOCK_P']}", flags, str(r["registers"]), str(r["spill_bytes"]),
+                      str(r["shared_bytes"]), str(r["sass_instructions"]),
+                      f"{r['global_loads_128']}/{r['global_loads']}", f"{r['global_stores_128']}/{r['global_stores']}",
+                      "yes" if r["ok"] else "NO"))
+    widths = [max(len(str(x)) for x in col) for col in zip(head, *lines)]
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+    out = [fmt.format(*head), fmt.format(*("-" * w for w in widths))]
+    out += [fmt.format(*line) for line in lines]
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+        print("kernel_report: unset TRITON_INTERPRET (ahead-of-time compilation needs the real compiler)",
+              file=sys.stderr)
+        return 2
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--arch", type=int, nargs="+", default=list(ARCHS), help="SM versions (default 80 90)")
+    parser.add_argument("--dtypes", nargs="+", default=["fp32", "fp16", "bf16", "fp64"], choices=list(DTYPES))
+    parser.add_argument("--quick", action="store_true", help="two tile sizes per layout instead of four")
+    parser.add_argument("--json", help="write the rows as JSON to this path")
+    parser.add_argument("--check", action="store_true", help="exit 1 if any configuration fails the gate")
+    parser.add_argument("--quiet", action="store_true", help="no table, no progress")
+    parser.add_argument("--jobs", type=int, default=None, help="compile processes (default: all cores)")
+    args = parser.parse_args(argv)
+    import triton
+
+    rows = build_report(tuple(args.arch), tuple(args.dtypes), args.quick, progress=not args.quiet,
+                        jobs=args.jobs)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"schema": 1, "triton": triton.__version__, "torch": torch.__version__, "rows": rows}, f,
+                      indent=1)
+    if not args.quiet:
+        print(format_table(rows))
+    bad = [r for r in rows if r["problems"]]
+    print(f"kernel_report: {len(rows)} compiled configurations (triton {triton.__version__}), "
+          f"{len(bad)} failing the gate")
+    for r in bad:
+        print(f"  FAIL {r['kernel']} {r['arch']} {r['dtype']} {r['layout']} {r['meta']}: {'; '.join(r['problems'])}")
+    return 1 if (args.check and bad) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
