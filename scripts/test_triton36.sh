@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# The oldest supported Triton: the lent GPU machines run torch 2.11 with triton 3.6, while the main
+# test environment has triton 3.8. This leg installs triton==3.6.0 (--no-deps) over the same pinned
+# torch in a separate venv and runs the interpreter kernel tests and the ahead-of-time compile gate
+# again, so an API that only newer Triton has is caught here. triton 3.6's interpreter needs numpy < 2.4.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+VENV=.venv-triton36
+if [ ! -x "$VENV/bin/python" ]; then
+    "$PY" -m venv "$VENV"
+fi
+"$VENV/bin/python" -m pip install -q --upgrade pip
+"$VENV/bin/python" -m pip install -q torch==2.14.1 'numpy<2.4' 'pytest>=8'
+"$VENV/bin/python" -m pip install -q --no-deps triton==3.6.0
+"$VENV/bin/python" -m pip install -q --no-deps -e .
+"$VENV/bin/python" -c "import torch, triton; print(f'triton-3.6 leg: torch {torch.__version__}, triton {triton.__version__}')"
+"$VENV/bin/python" -m pytest tests/test_kernels.py tests/test_cbam_parity.py tests/test_allocations.py \
+    tests/test_aot_compile.py "$@"
