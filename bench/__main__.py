@@ -1,51 +1,155 @@
-"""Quick eager-vs-cbam_triton check: ``python -m bench``.
+"""cbam-triton benchmark: ``python -m bench`` (or ``cbam-bench``).
 
-On a CUDA device it times eager reference CBAM and cbam_triton on a few shapes. On a CPU-only
-machine it verifies cbam_triton's Triton kernels through the interpreter on a small case and says
-plainly that GPU timings need a CUDA device.
+    python -m bench                          # GPU: full suite; CPU-only: the quick suite
+    python -m bench --quick                  # a few small cases (< 3 min on a 2-core CPU)
+    python -m bench --suite resnet50 --batch 32 --dtypes fp16 --layouts channels_last
+    python -m bench dashboard run1.json run2.json -o dashboard.html
+
+Every provider's output is checked against eager before it is timed; a mismatch is reported, not
+timed. On a CPU-only machine eager and torch.compile are timed on the CPU and the Triton provider is
+verified through Triton's interpreter on small cases (never timed: interpreter timings mean nothing).
+Writes results.json (schema-versioned), results.csv, results.md, latency.png, speedup.png,
+bandwidth.png and dashboard.html into --out.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.parse_args(argv)
+def _progress(total: int):  # noqa: ANN202
+    start = time.time()
+    state = {"i": 0}
+
+    def step(msg: str) -> None:
+        state["i"] += 1
+        i = state["i"]
+        width = 24
+        filled = int(width * (i - 1) / max(1, total))
+        print(f"\r[{'#' * filled}{'.' * (width - filled)}] {i}/{total} {time.time() - start:6.0f}s  {msg:<60}",
+              end="" if sys.stderr.isatty() else "\n", file=sys.stderr, flush=True)
+
+    return step
+
+
+def _run(args: argparse.Namespace) -> int:
     import torch
 
-    if not torch.cuda.is_available() and "triton" not in sys.modules:
-        os.environ.setdefault("TRITON_INTERPRET", "1")
-    import cbam_triton
-    import reference
+    from bench import measure, report, runner
+    from bench.suite import SHAPES, SUITES, make_cases
 
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    shapes = [(2, 64, 128, 128), (32, 256, 56, 56), (32, 2048, 7, 7)] if device == "cuda" else [(2, 64, 32, 32)]
-    for shape in shapes:
-        ref = reference.CBAM(shape[1], 2 if shape[1] == 64 else 16).to(device).eval()
-        ours = cbam_triton.CBAM.from_reference(ref)
-        x = torch.randn(shape, device=device)
-        with torch.no_grad():
-            err = (ours(x) - ref(x)).abs().max().item()
-            line = f"{'x'.join(map(str, shape))}: max |triton - eager| = {err:.2e}"
-            if device == "cuda":
-                import triton.testing
+    cuda = torch.cuda.is_available() and not args.cpu
+    device = torch.device("cuda" if cuda else "cpu")
+    quick = args.quick or (not cuda and not args.suite and not args.shapes)
+    if quick and not args.quick:
+        print("bench: no CUDA device: running the quick suite on the CPU (eager and torch.compile timed, "
+              "Triton verified in the interpreter). GPU timings need a CUDA device.", file=sys.stderr)
+    shapes = args.shapes or SUITES["quick" if quick else (args.suite or "full")]
+    batches = args.batch or ([1, 2] if quick else [1, 8, 32])
+    dtypes = args.dtypes or (["fp32"] if quick else ["fp16", "bf16", "fp32"])
+    layouts = args.layouts or ["nchw", "channels_last"]
+    providers = tuple(args.providers or (runner.PROVIDERS_GPU if cuda else runner.PROVIDERS_CPU))
+    bad = [p for p in providers if p not in runner.PROVIDERS_GPU]
+    if bad:
+        print(f"bench: unknown providers {bad}; known: {', '.join(runner.PROVIDERS_GPU)}", file=sys.stderr)
+        return 2
+    if not cuda:
+        providers = tuple(p for p in providers if p not in ("triton-cudagraph", "compile-cudagraphs"))
+    try:
+        cases = make_cases(shapes, batches, dtypes, layouts)
+    except ValueError as exc:
+        print(f"bench: {exc}", file=sys.stderr)
+        return 2
+    if quick and not args.batch:  # quick: keep it to a few cases
+        cases = [c for c in cases if (c.shape_name, c.batch) in (("tiny", 2), ("tiny-wide", 1))]
+    os.makedirs(args.out, exist_ok=True)
+    env = measure.environment(device)
+    print(f"bench: {len(cases)} cases x {len(providers)} providers on {env['device_name']} "
+          f"(torch {env['torch']}, triton {env['triton']}); output in {args.out}", file=sys.stderr)
+    step = _progress(len(cases) * len(providers))
+    rows = []
+    for case in cases:
+        copy_gbps = measure.copy_bandwidth_gbps(case.x_bytes(), device) if cuda else None
+        rows += runner.run_case(case, providers, device, log=step, copy_gbps=copy_gbps)
+    print(file=sys.stderr)
+    config = {"shapes": {s: SHAPES[s] for s in shapes}, "batches": batches, "dtypes": dtypes, "layouts": layouts,
+              "providers": list(providers), "quick": quick, "check_tolerance": runner.CHECK_TOL,
+              "timer": "triton.testing.do_bench (median, p20, p80; L2 flushed)" if cuda else
+              "wall clock, synchronous CPU execution (median, p20, p80)"}
+    doc = report.make_document(env, config, rows)
+    problems = report.validate(doc)
+    if problems:
+        print("bench: internal error, invalid result document:", problems[:5], file=sys.stderr)
+        return 1
+    report.write_json(doc, os.path.join(args.out, "results.json"))
+    report.write_csv(rows, os.path.join(args.out, "results.csv"))
+    report.write_markdown(doc, os.path.join(args.out, "results.md"))
+    if not args.no_plots:
+        from bench.dashboard import write_dashboard
+        from bench.plots import write_plots
 
-                t_e = triton.testing.do_bench(lambda ref=ref, x=x: ref(x))
-                t_t = triton.testing.do_bench(lambda ours=ours, x=x: ours(x))
-                line += f"  eager {t_e * 1e3:.1f} us  triton {t_t * 1e3:.1f} us  speedup {t_e / t_t:.2f}x"
-            else:
-                t0 = time.perf_counter()
-                ref(x)
-                line += f"  eager (CPU) {1e3 * (time.perf_counter() - t0):.2f} ms; triton verified in the interpreter"
-        print(line)
-    if device == "cpu":
-        print("No CUDA device: GPU timings need a CUDA device (none are faked here).")
+        write_plots(doc, args.out)
+        write_dashboard([doc], os.path.join(args.out, "dashboard.html"))
+    print(report.format_terminal(rows))
+    if not cuda:
+        print("\nNo CUDA device: the timings above are CPU timings of eager and torch.compile; the Triton "
+              "kernels were verified in the interpreter, not timed. GPU timings need a CUDA device.")
+    flagged = [r for r in rows if r["status"] in ("mismatch", "error")]
+    if flagged:
+        print(f"\nbench: {len(flagged)} provider result(s) flagged (mismatch/error): see the notes above.")
+    print(f"\nbench: wrote {args.out}/results.json, results.csv, results.md"
+          + ("" if args.no_plots else ", latency.png, speedup.png, bandwidth.png, dashboard.html"))
+    return 1 if (flagged and args.strict) else 0
+
+
+def _dashboard(args: argparse.Namespace) -> int:
+    from bench.dashboard import write_dashboard
+
+    docs = []
+    for path in args.files:
+        with open(path) as f:
+            docs.append(json.load(f))
+    try:
+        write_dashboard(docs, args.output)
+    except ValueError as exc:
+        print(f"bench dashboard: {exc}", file=sys.stderr)
+        return 2
+    print(f"bench dashboard: wrote {args.output} comparing {len(docs)} result file(s)")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["dashboard"]:
+        p = argparse.ArgumentParser(prog="python -m bench dashboard", description="compare result files")
+        p.add_argument("files", nargs="+", help="results.json files")
+        p.add_argument("-o", "--output", default="dashboard.html")
+        return _dashboard(p.parse_args(argv[1:]))
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    p.add_argument("--quick", action="store_true", help="a few small cases (CPU-friendly)")
+    p.add_argument("--suite", choices=["full", "resnet50", "yolo", "seed", "quick"])
+    p.add_argument("--shapes", nargs="+", help="named shapes (see bench/suite.py)")
+    p.add_argument("--batch", type=int, nargs="+", help="batch sizes (default 1 8 32)")
+    p.add_argument("--dtypes", nargs="+", help="fp16 bf16 fp32 (default all)")
+    p.add_argument("--layouts", nargs="+", help="nchw channels_last (default both)")
+    p.add_argument("--providers", nargs="+", help="eager compile compile-max-autotune triton triton-cudagraph "
+                   "compile-cudagraphs")
+    p.add_argument("--out", default=os.path.join("bench", "out"), help="output folder (default bench/out)")
+    p.add_argument("--cpu", action="store_true", help="benchmark on the CPU even if CUDA is available")
+    p.add_argument("--no-plots", action="store_true", help="skip PNG plots and the HTML dashboard")
+    p.add_argument("--strict", action="store_true", help="exit 1 if any provider mismatches or errors")
+    args = p.parse_args(argv)
+    import torch
+
+    if (args.cpu or not torch.cuda.is_available()) and "triton" not in sys.modules:
+        os.environ.setdefault("TRITON_INTERPRET", "1")  # the Triton provider is verified in the interpreter
+    os.environ.setdefault("TORCHINDUCTOR_FORCE_DISABLE_CACHES", "1")  # cold compiles, honest metrics
+    return _run(args)
 
 
 if __name__ == "__main__":

@@ -39,6 +39,9 @@ class Launch:
     meta: dict[str, Any]
     num_warps: int = NUM_WARPS
     name: str = field(default="")
+    #: DRAM traffic model of this launch: bytes it reads and writes (each element once).
+    bytes_read: int = 0
+    bytes_written: int = 0
 
     def __call__(self) -> None:
         for hook in _LAUNCH_HOOKS:
@@ -60,6 +63,11 @@ def record_launches() -> Iterator[list[Launch]]:
         yield seen
     finally:
         _LAUNCH_HOOKS.remove(seen.append)
+
+
+def nbytes(*tensors: torch.Tensor | None) -> int:
+    """Logical bytes of the given tensors (elements x itemsize; None counts 0)."""
+    return sum(t.numel() * t.element_size() for t in tensors if t is not None)
 
 
 def next_pow2(v: int) -> int:

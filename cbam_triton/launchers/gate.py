@@ -11,6 +11,7 @@ from cbam_triton.launchers._common import (
     as_ncp,
     compute_dtype,
     empty_output,
+    nbytes,
     tile_for,
     unit_axis,
 )
@@ -38,6 +39,8 @@ def plan_gate(x: torch.Tensor, mc: torch.Tensor | None,
         meta=dict(HAS_MC=mc is not None, HAS_MS=ms is not None,
                   BLOCK_C=block_c, BLOCK_P=block_p, ACC_FP64=acc_is_fp64(x)),
         name="gate",
+        bytes_read=nbytes(x, mc, ms),
+        bytes_written=nbytes(out),
     )
     return launch, out
 

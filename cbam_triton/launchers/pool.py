@@ -11,6 +11,7 @@ from cbam_triton.launchers._common import (
     as_ncp,
     choose_split,
     compute_dtype,
+    nbytes,
     target_programs,
     tile_for,
     unit_axis,
@@ -34,6 +35,8 @@ def plan_channel_pool(x: torch.Tensor, split: int | None = None) -> tuple[Launch
         args=(x, sums, maxs, c, p, per_split, sn, sc, sp),
         meta=dict(BLOCK_C=block_c, BLOCK_P=block_p, ACC_FP64=acc_is_fp64(x)),
         name="channel_pool",
+        bytes_read=nbytes(x),
+        bytes_written=nbytes(sums, maxs),
     )
     return launch, sums, maxs
 

@@ -11,6 +11,7 @@ from cbam_triton.launchers._common import (
     as_ncp,
     choose_split,
     compute_dtype,
+    nbytes,
     target_programs,
     tile_for,
     unit_axis,
@@ -37,6 +38,8 @@ def plan_spatial_pool(x: torch.Tensor, mc: torch.Tensor | None,
         meta=dict(HAS_MC=mc is not None, FINALIZE=num_splits == 1,
                   BLOCK_C=block_c, BLOCK_P=block_p, ACC_FP64=acc_is_fp64(x)),
         name="spatial_pool",
+        bytes_read=nbytes(x, mc),
+        bytes_written=nbytes(out),
     )
     return launch, out
 

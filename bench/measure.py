@@ -1,0 +1,227 @@
+"""Measurements: latency, memory, traffic models, launch counts, environment facts."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import io
+import os
+import platform
+import statistics
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode, _disable_current_modes
+
+
+# ----------------------------------------------------------------------------------------- latency
+def time_gpu(fn: Callable[[], Any], rep_ms: int = 100) -> dict[str, float]:
+    """Median, p20 and p80 in ms with ``triton.testing.do_bench`` (L2 flushed between reps)."""
+    import triton.testing
+
+    med, p20, p80 = triton.testing.do_bench(fn, warmup=25, rep=rep_ms, quantiles=[0.5, 0.2, 0.8])
+    return {"median_ms": med, "p20_ms": p20, "p80_ms": p80}
+
+
+def time_cpu(fn: Callable[[], Any], min_reps: int = 5, budget_s: float = 1.0) -> dict[str, float]:
+    """Synchronising wall-clock timer: one warm-up call, then >= ``min_reps`` timed calls."""
+    fn()
+    samples: list[float] = []
+    start = time.perf_counter()
+    while len(samples) < min_reps or (time.perf_counter() - start < budget_s and len(samples) < 200):
+        t0 = time.perf_counter()
+        fn()
+        samples.append((time.perf_counter() - t0) * 1e3)
+    q = statistics.quantiles(samples, n=10) if len(samples) >= 2 else samples * 9
+    return {"median_ms": statistics.median(samples), "p20_ms": q[1], "p80_ms": q[7], "reps": len(samples)}
+
+
+def copy_bandwidth_gbps(nbytes: int, device: torch.device) -> float:
+    """Device-to-device copy bandwidth (read + write) for a buffer of ``nbytes``, GB/s."""
+    src = torch.empty(nbytes, dtype=torch.uint8, device=device)
+    dst = torch.empty_like(src)
+    t = time_gpu(lambda: dst.copy_(src))["median_ms"]
+    return 2 * nbytes / (t * 1e-3) / 1e9
+
+
+# ------------------------------------------------------------------------------- traffic / allocs
+@dataclass
+class OpStats:
+    """What a TorchDispatchMode saw: aten ops (= kernel launches), bytes moved, allocations."""
+
+    ops: list[str] = field(default_factory=list)
+    bytes_read: int = 0
+    bytes_written: int = 0
+    alloc_count: int = 0
+    alloc_bytes: int = 0
+    triton_launches: int = 0
+
+    @property
+    def launches(self) -> int:
+        return len(self.ops) + self.triton_launches
+
+    @property
+    def bytes_total(self) -> int:
+        return self.bytes_read + self.bytes_written
+
+
+def _tensor_bytes(t: torch.Tensor) -> int:
+    return t.numel() * t.element_size()
+
+
+class TrafficCounter(TorchDispatchMode):
+    """Counts the traffic of every non-view aten op: each tensor input read once, each output
+    written once (views and metadata ops move nothing); new outputs of out-of-place ops are
+    allocations. A model, not a measurement: caches and fusion inside one op are ignored."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stats = OpStats()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        if getattr(func, "is_view", False) or func.__name__ in ("detach", "alias", "lift_fresh"):
+            return out
+        flat_in = [a for a in _flatten((args, kwargs)) if isinstance(a, torch.Tensor)]
+        flat_out = [o for o in _flatten(out) if isinstance(o, torch.Tensor)]
+        mutable = func._schema.is_mutable
+        if func.__name__.startswith(("empty", "new_empty")):  # allocation only: no launch, no traffic
+            self.stats.alloc_count += len(flat_out)
+            self.stats.alloc_bytes += sum(_tensor_bytes(t) for t in flat_out)
+            return out
+        self.stats.ops.append(str(func))
+        self.stats.bytes_read += sum(_tensor_bytes(t) for t in flat_in)
+        self.stats.bytes_written += sum(_tensor_bytes(t) for t in flat_out)
+        if not mutable:
+            self.stats.alloc_count += len(flat_out)
+            self.stats.alloc_bytes += sum(_tensor_bytes(t) for t in flat_out)
+        return out
+
+
+def _flatten(obj: Any) -> Iterator[Any]:
+    if isinstance(obj, (list, tuple)):
+        for o in obj:
+            yield from _flatten(o)
+    elif isinstance(obj, dict):
+        for o in obj.values():
+            yield from _flatten(o)
+    else:
+        yield obj
+
+
+def count_traffic(fn: Callable[[], Any]) -> OpStats:
+    """Run ``fn`` once under :class:`TrafficCounter`; cbam_triton's Triton launches are added from
+    their own read/write model (and run outside the mode, hiding the interpreter's own ops)."""
+    import cbam_triton
+    from cbam_triton.launchers._common import Launch
+
+    counter = TrafficCounter()
+    original = Launch.__call__
+
+    def launch_outside(self: Launch) -> None:
+        counter.stats.triton_launches += 1
+        counter.stats.bytes_read += self.bytes_read
+        counter.stats.bytes_written += self.bytes_written
+        with _disable_current_modes():
+            original(self)
+
+    Launch.__call__ = launch_outside  # type: ignore[method-assign]
+    try:
+        with torch.no_grad(), cbam_triton.record_launches(), counter:
+            fn()
+    finally:
+        Launch.__call__ = original  # type: ignore[method-assign]
+    return counter.stats
+
+
+@contextlib.contextmanager
+def inductor_metrics() -> Iterator[Any]:
+    """Enable inductor's metrics (bytes accessed, generated kernels) quietly; caches must be off."""
+    from torch._inductor import metrics
+
+    sink = io.StringIO()
+    with contextlib.redirect_stderr(sink):
+        torch._logging.set_logs(inductor_metrics=True)
+    metrics.reset()
+    try:
+        yield metrics
+    finally:
+        torch._logging.set_logs()
+
+
+def count_gpu_kernels(fn: Callable[[], Any]) -> int:
+    """CUDA kernels launched by one call of ``fn`` (torch.profiler)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    return sum(1 for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA
+               and "memcpy" not in e.name.lower() and "memset" not in e.name.lower())
+
+
+def gpu_peak_memory(fn: Callable[[], Any], device: torch.device) -> int:
+    """Peak bytes allocated above what was allocated before the call."""
+    torch.cuda.synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    base = torch.cuda.memory_allocated(device)
+    fn()
+    torch.cuda.synchronize(device)
+    return torch.cuda.max_memory_allocated(device) - base
+
+
+# ------------------------------------------------------------------------------------ environment
+def environment(device: torch.device) -> dict[str, Any]:
+    """Machine, driver, versions, git sha and date for the JSON header."""
+    import triton
+
+    env: dict[str, Any] = {
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "triton": triton.__version__,
+        "platform": platform.platform(),
+        "cpu": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "device_type": device.type,
+        "device_name": "cpu",
+        "driver": None,
+        "cuda": torch.version.cuda,
+        "git_sha": _git_sha(),
+        "triton_interpreter": os.environ.get("TRITON_INTERPRET", "0") == "1",
+    }
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        env.update(device_name=props.name, sm_count=props.multi_processor_count,
+                   total_memory=props.total_memory, capability=f"{props.major}.{props.minor}",
+                   l2_bytes=getattr(props, "L2_cache_size", None), driver=_nvidia_driver())
+    return env
+
+
+def _git_sha() -> str | None:
+    try:
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=10)
+        if sha.returncode != 0:
+            return None
+        return sha.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _nvidia_driver() -> str | None:
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=20)
+        return out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout.strip() else None
+    except (OSError, subprocess.SubprocessError):
+        return None

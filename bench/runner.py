@@ -1,0 +1,220 @@
+"""Run benchmark cases: build each provider, check it against eager, then measure it."""
+
+from __future__ import annotations
+
+import copy
+import os
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from bench import measure
+from bench.suite import Case
+
+PROVIDERS_CPU = ("eager", "compile", "compile-max-autotune", "triton")
+PROVIDERS_GPU = ("eager", "compile", "compile-max-autotune", "triton", "triton-cudagraph", "compile-cudagraphs")
+#: Output check against eager, per dtype: |out - eager| <= atol + rtol * |eager|.
+CHECK_TOL = {"fp32": (1e-4, 1e-4), "fp16": (1e-2, 1e-2), "bf16": (5e-2, 5e-2)}
+#: On CPU the Triton provider runs through the interpreter: verified on cases up to this size only.
+INTERPRETER_MAX_ELEMENTS = 1 << 20
+
+
+@dataclass
+class Built:
+    fn: Callable[[], torch.Tensor]
+    compile_s: float | None = None
+    compile_metrics: dict[str, Any] | None = None
+
+
+def make_reference(case: Case, device: torch.device, seed: int = 0) -> torch.nn.Module:
+    """The eager reference with seeded weights and non-trivial BN statistics, eval mode."""
+    import reference
+
+    torch.manual_seed(seed)
+    ref = reference.CBAM(case.channels, case.reduction_ratio)
+    with torch.no_grad():
+        bn = ref.spatial_gate.bn
+        bn.weight.uniform_(0.5, 1.5)
+        bn.bias.uniform_(-0.3, 0.3)
+        bn.running_mean.uniform_(-0.5, 0.5)
+        bn.running_var.uniform_(0.5, 2.0)
+    return ref.to(device=device, dtype=case.torch_dtype).eval()
+
+
+def make_input(case: Case, device: torch.device, seed: int = 1) -> torch.Tensor:
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    x = torch.randn(case.shape, generator=g).to(device=device, dtype=case.torch_dtype)
+    return x.to(memory_format=torch.channels_last) if case.layout == "channels_last" else x
+
+
+def _compile(ref: torch.nn.Module, x: torch.Tensor, mode: str | None) -> Built:
+    torch._dynamo.reset()
+    from torch._dynamo.utils import counters
+
+    counters.clear()
+    compiled = torch.compile(copy.deepcopy(ref), mode=mode)
+    with measure.inductor_metrics() as metrics, torch.no_grad():
+        t0 = time.perf_counter()
+        compiled(x)
+        if x.is_cuda:
+            torch.cuda.synchronize()
+        compile_s = time.perf_counter() - t0
+        info = {"bytes_accessed": int(metrics.num_bytes_accessed),
+                "generated_kernels": int(metrics.generated_kernel_count)}
+    with torch.no_grad():
+        compiled(x)  # a second call must not recompile
+    info["recompiles"] = int(sum(counters["recompiles"].values())) if "recompiles" in counters else 0
+    info["graphs"] = int(counters["stats"].get("unique_graphs", 0))
+
+    def fn() -> torch.Tensor:
+        with torch.no_grad():
+            return compiled(x)
+
+    return Built(fn, compile_s, info)
+
+
+def _cudagraph(fn: Callable[[], torch.Tensor]) -> Built:
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = fn()
+
+    def replay() -> torch.Tensor:
+        graph.replay()
+        return out
+
+    return Built(replay)
+
+
+def build_provider(name: str, ref: torch.nn.Module, x: torch.Tensor) -> Built:
+    """A zero-argument callable computing CBAM(x) with provider ``name``."""
+    import cbam_triton
+
+    if name == "eager":
+        def eager() -> torch.Tensor:
+            with torch.no_grad():
+                return ref(x)
+        return Built(eager)
+    if name == "compile":
+        return _compile(ref, x, None)
+    if name == "compile-max-autotune":
+        return _compile(ref, x, "max-autotune-no-cudagraphs")
+    if name == "compile-cudagraphs":
+        return _compile(ref, x, "max-autotune")
+    ours = cbam_triton.CBAM.from_reference(ref, backend="triton")
+
+    def triton_fn() -> torch.Tensor:
+        with torch.no_grad():
+            return ours(x)
+
+    if name == "triton":
+        return Built(triton_fn)
+    if name == "triton-cudagraph":
+        return _cudagraph(triton_fn)
+    raise ValueError(f"unknown provider {name!r}")
+
+
+def check_output(out: torch.Tensor, expected: torch.Tensor, dtype: str) -> tuple[bool, float]:
+    """Whether ``out`` matches eager within the per-dtype tolerance, and the max abs error."""
+    if out.shape != expected.shape or out.dtype != expected.dtype:
+        return False, float("inf")
+    o, e = out.detach().float(), expected.detach().float()
+    err = (o - e).abs()
+    max_err = float(err.max()) if err.numel() else 0.0
+    rtol, atol = CHECK_TOL[dtype]
+    nan_ok = torch.equal(torch.isnan(o), torch.isnan(e))
+    finite = torch.isfinite(e)
+    ok = nan_ok and bool((err[finite] <= atol + rtol * e[finite].abs()).all())
+    return ok, max_err
+
+
+def run_case(case: Case, providers: tuple[str, ...], device: torch.device,
+             extra_providers: dict[str, Callable[[torch.nn.Module, torch.Tensor], Built]] | None = None,
+             log: Callable[[str], None] | None = None, copy_gbps: float | None = None) -> list[dict[str, Any]]:
+    """Measure every provider on ``case``; one result row per provider."""
+    log = log or (lambda _msg: None)
+    ref = make_reference(case, device)
+    x = make_input(case, device)
+    with torch.no_grad():
+        expected = ref(x)
+    x_bytes = case.x_bytes()
+    rows = []
+    builders: dict[str, Callable[[], Built]] = {p: (lambda p=p: build_provider(p, ref, x)) for p in providers}
+    for name, make in (extra_providers or {}).items():
+        builders[name] = lambda make=make: make(ref, x)
+    for name, make in builders.items():
+        row: dict[str, Any] = dict(case.as_dict(), provider=name, x_bytes=x_bytes, status="ok", note="")
+        rows.append(row)
+        log(f"{case.id} {name}")
+        interpreted = device.type == "cpu" and name.startswith("triton")
+        if interpreted and case.batch * case.channels * case.height * case.width > INTERPRETER_MAX_ELEMENTS:
+            row.update(status="skipped", note="Triton on CPU runs in the interpreter: verified on small cases only")
+            continue
+        try:
+            built = make()
+            out = built.fn()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+        except Exception as exc:  # reported in the row, the run goes on
+            row.update(status="error", note=f"{type(exc).__name__}: {exc}"[:500])
+            if os.environ.get("CBAM_BENCH_DEBUG"):
+                traceback.print_exc(file=sys.stderr)
+            continue
+        ok, max_err = check_output(out, expected, case.dtype)
+        row["max_abs_err_vs_eager"] = max_err
+        row["compile_s"] = built.compile_s
+        if built.compile_metrics:
+            row.update(built.compile_metrics)
+        if not ok:
+            row.update(status="mismatch", note=f"output differs from eager (max abs err {max_err:.3g}); not timed")
+            continue
+        # traffic model and launches
+        if name in ("eager", "triton", "triton-cudagraph") or name in (extra_providers or {}):
+            fn_for_count = built.fn
+            if name == "triton-cudagraph":  # count the eager launches that the graph replays
+                fn_for_count = build_provider("triton", ref, x).fn
+            stats = measure.count_traffic(fn_for_count)
+            row["traffic_bytes"] = stats.bytes_total
+            if device.type == "cpu":
+                row["launches"] = stats.launches
+                row["alloc_count"] = stats.alloc_count
+                row["alloc_bytes"] = stats.alloc_bytes
+        elif built.compile_metrics:
+            row["traffic_bytes"] = built.compile_metrics["bytes_accessed"]
+            if device.type == "cpu":
+                row["launches"] = built.compile_metrics["generated_kernels"]
+                row["note"] = "launches: inductor-generated kernels only (plus extern conv/mm)"
+        if row.get("traffic_bytes") is not None:
+            row["traffic_x"] = row["traffic_bytes"] / x_bytes
+        if interpreted:
+            row.update(status="verified",
+                       note="matches eager in Triton's CPU interpreter; GPU timings need a CUDA device")
+            continue
+        if device.type == "cuda":
+            row["launches"] = measure.count_gpu_kernels(built.fn)
+            row["peak_mem_bytes"] = measure.gpu_peak_memory(built.fn, device)
+            row.update(measure.time_gpu(built.fn))
+            t = row["median_ms"] * 1e-3
+            row["floor_gbps"] = 2 * x_bytes / t / 1e9
+            if row.get("traffic_bytes"):
+                row["model_gbps"] = row["traffic_bytes"] / t / 1e9
+            if copy_gbps:
+                row["copy_gbps"] = copy_gbps
+                row["frac_copy_bw"] = row["floor_gbps"] / copy_gbps
+        else:
+            row.update(measure.time_cpu(built.fn))
+    eager = next((r for r in rows if r["provider"] == "eager" and r.get("median_ms")), None)
+    for r in rows:
+        if eager and r.get("median_ms"):
+            r["speedup_vs_eager"] = eager["median_ms"] / r["median_ms"]
+    return rows

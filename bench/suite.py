@@ -1,0 +1,88 @@
+"""Workloads: named shapes from real networks, and the selection of benchmark cases."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+
+#: name -> (C, H, W, reduction_ratio)
+SHAPES: dict[str, tuple[int, int, int, int]] = {
+    "resnet50-s1": (256, 56, 56, 16),
+    "resnet50-s2": (512, 28, 28, 16),
+    "resnet50-s3": (1024, 14, 14, 16),
+    "resnet50-s4": (2048, 7, 7, 16),
+    "yolo-p3": (128, 80, 80, 16),
+    "yolo-p4": (256, 40, 40, 16),
+    "yolo-p5": (512, 20, 20, 16),
+    "seed": (64, 128, 128, 2),
+    # small shapes for CPU runs (--quick)
+    "tiny": (64, 32, 32, 2),
+    "tiny-wide": (256, 14, 14, 16),
+}
+SUITES: dict[str, list[str]] = {
+    "resnet50": ["resnet50-s1", "resnet50-s2", "resnet50-s3", "resnet50-s4"],
+    "yolo": ["yolo-p3", "yolo-p4", "yolo-p5"],
+    "seed": ["seed"],
+    "full": ["resnet50-s1", "resnet50-s2", "resnet50-s3", "resnet50-s4", "yolo-p3", "yolo-p4", "yolo-p5", "seed"],
+    "quick": ["tiny", "tiny-wide"],
+}
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+LAYOUTS = ("nchw", "channels_last")
+
+
+@dataclass(frozen=True)
+class Case:
+    """One benchmark workload: a named shape at a batch size, dtype and memory layout."""
+
+    shape_name: str
+    batch: int
+    channels: int
+    height: int
+    width: int
+    reduction_ratio: int
+    dtype: str
+    layout: str
+    mode: str = "forward"
+
+    @property
+    def id(self) -> str:
+        return f"{self.shape_name}-b{self.batch}-{self.dtype}-{self.layout}"
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        return (self.batch, self.channels, self.height, self.width)
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return DTYPES[self.dtype]
+
+    def x_bytes(self) -> int:
+        return self.batch * self.channels * self.height * self.width * self.torch_dtype.itemsize
+
+    def as_dict(self) -> dict[str, object]:
+        return dict(asdict(self), id=self.id)
+
+
+def make_cases(shape_names: list[str], batches: list[int], dtypes: list[str], layouts: list[str]) -> list[Case]:
+    """The cross product, in a stable order; raises ValueError naming an unknown choice."""
+    for name in shape_names:
+        if name not in SHAPES:
+            raise ValueError(f"unknown shape {name!r}; known: {', '.join(SHAPES)}")
+    for d in dtypes:
+        if d not in DTYPES:
+            raise ValueError(f"unknown dtype {d!r}; known: {', '.join(DTYPES)}")
+    for lay in layouts:
+        if lay not in LAYOUTS:
+            raise ValueError(f"unknown layout {lay!r}; known: {', '.join(LAYOUTS)}")
+    for b in batches:
+        if b < 1:
+            raise ValueError(f"batch sizes must be >= 1, got {b}")
+    cases = []
+    for name in shape_names:
+        c, h, w, r = SHAPES[name]
+        for b in batches:
+            for d in dtypes:
+                for lay in layouts:
+                    cases.append(Case(name, b, c, h, w, r, d, lay))
+    return cases

@@ -1,0 +1,128 @@
+"""The benchmark harness on CPU: quick CLI run, schema, mismatch flagging, eager traffic model."""
+
+from __future__ import annotations
+
+import copy
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from bench import measure, report, runner
+from bench.dashboard import build_dashboard
+from bench.suite import Case, make_cases
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    proc = subprocess.run([sys.executable, "-m", "bench", "--quick", "--out", str(out)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=900)
+    return proc, out
+
+
+def test_quick_cli_writes_every_output(quick_run):
+    proc, out = quick_run
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    for name in ("results.json", "results.csv", "results.md", "latency.png", "speedup.png", "bandwidth.png",
+                 "dashboard.html"):
+        assert (out / name).stat().st_size > 0, name
+    doc = json.loads((out / "results.json").read_text())
+    assert report.validate(doc) == []
+    assert doc["env"]["git_sha"] and doc["env"]["torch"] == torch.__version__
+    for png in ("latency.png", "speedup.png", "bandwidth.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    rows = list(csv.DictReader((out / "results.csv").open()))
+    assert len(rows) == len(doc["results"])
+    md = (out / "results.md").read_text()
+    assert md.startswith("# cbam-triton benchmark") and md.count("\n|") >= len(doc["results"])
+    html = (out / "dashboard.html").read_text()
+    assert "<script" in html and "http" not in html.split("<script", 1)[1]  # self-contained
+    by_provider = {(r["id"], r["provider"]): r for r in doc["results"]}
+    for (_case_id, provider), r in by_provider.items():
+        if provider in ("eager", "compile", "compile-max-autotune"):
+            assert r["status"] == "ok" and r["median_ms"] > 0, r
+        if provider == "triton":  # verified in the interpreter, never timed on CPU
+            assert r["status"] == "verified" and r.get("median_ms") is None, r
+    assert "GPU timings need a CUDA device" in proc.stdout
+
+
+def test_schema_rejects_broken_documents():
+    case = make_cases(["tiny"], [1], ["fp32"], ["nchw"])[0]
+    row = dict(case.as_dict(), provider="eager", status="ok", x_bytes=case.x_bytes(), note="", median_ms=1.0)
+    env = {k: "x" for k in report.REQUIRED_ENV}
+    good = report.make_document(env, {}, [row])
+    assert report.validate(good) == []
+    assert report.validate(dict(good, schema_version=0))
+    assert report.validate(dict(good, results=[]))
+    assert report.validate(dict(good, results=[dict(row, median_ms=None)]))  # ok without a timing
+    assert report.validate(dict(good, results=[dict(row, status="mismatch")]))  # mismatch with a timing
+    assert report.validate(dict(good, results=[dict(row, batch="1")]))
+    bad_env = copy.deepcopy(good)
+    del bad_env["env"]["git_sha"]
+    assert report.validate(bad_env)
+
+
+def test_wrong_provider_is_flagged_and_not_timed():
+    case = Case("tiny", 1, 8, 5, 6, 2, "fp32", "nchw")
+
+    def wrong(ref, x):
+        return runner.Built(lambda: ref(x) * 1.01)
+
+    rows = runner.run_case(case, ("eager",), torch.device("cpu"), extra_providers={"wrong": wrong})
+    bad = next(r for r in rows if r["provider"] == "wrong")
+    assert bad["status"] == "mismatch" and bad.get("median_ms") is None and "not timed" in bad["note"]
+    assert next(r for r in rows if r["provider"] == "eager")["status"] == "ok"
+
+
+def test_eager_traffic_model_matches_hand_count():
+    """Eager CBAM on (1, 4, 3, 5): every big-tensor op counted by hand."""
+    case = Case("tiny", 1, 4, 3, 5, 2, "fp32", "nchw")
+    ref = runner.make_reference(case, torch.device("cpu"))
+    x = runner.make_input(case, torch.device("cpu"))
+    stats = measure.count_traffic(lambda: ref(x))
+    n, c, h, w, hid = 1, 4, 3, 5, 2
+    f = 4  # bytes per fp32
+    X, NC, NHW = n * c * h * w * f, n * c * f, n * h * w * f
+    mlp = (NC + hid * c * f + hid * f + n * hid * f) + 2 * n * hid * f + (n * hid * f + c * hid * f + NC + NC)
+    expected = (
+        (X + NC) + (X + NC)          # mean, amax over H*W
+        + 2 * mlp + 3 * NC           # shared MLP twice (addmm, relu, addmm), add
+        + 2 * NC                     # sigmoid
+        + (X + NC + X)               # x * Mc
+        + (X + NHW) + (X + NHW)      # amax, mean over C
+        + (2 * NHW + 2 * NHW)        # cat
+        + (2 * NHW + 2 * 49 * f + NHW)  # conv (2 -> 1, 7x7, no bias)
+        + (NHW + 4 * f + NHW)        # batch norm in eval (+ weight, bias, running stats) ...
+        + (2 * NHW)                  # sigmoid
+        + (X + NHW + X)              # x1 * Ms
+    )
+    # the hand count above and the model agree to the byte, except BN's internal outputs (saved mean/invstd)
+    assert abs(stats.bytes_total - expected) <= 64, (stats.bytes_total, expected, stats.ops)
+    assert stats.triton_launches == 0
+    full_size_ops = [op for op in stats.ops if op.split(".")[1] in ("mean", "amax", "mul")]
+    assert len(full_size_ops) == 6  # 6 reads of x-sized tensors; 2 of them (the muls) also write one
+
+
+def test_dashboard_compares_several_files_and_rejects_invalid():
+    case = make_cases(["tiny"], [1], ["fp32"], ["nchw"])[0]
+    row = dict(case.as_dict(), provider="eager", status="ok", x_bytes=case.x_bytes(), note="", median_ms=1.5)
+    docs = [report.make_document({**{k: "x" for k in report.REQUIRED_ENV}, "device_name": name, "date": date},
+                                 {}, [row]) for name, date in (("H100", "2026-11-01"), ("A100", "2026-11-20"))]
+    page = build_dashboard(docs)
+    assert "H100" in page and "A100" in page and "2026-11-20" in page
+    with pytest.raises(ValueError, match="not a valid result document"):
+        build_dashboard([{"schema_version": 1}])
+
+
+def test_unknown_case_choices_raise():
+    with pytest.raises(ValueError, match="unknown shape"):
+        make_cases(["resnet51"], [1], ["fp32"], ["nchw"])
+    with pytest.raises(ValueError, match="unknown dtype"):
+        make_cases(["tiny"], [1], ["fp8"], ["nchw"])
