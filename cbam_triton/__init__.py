@@ -10,6 +10,9 @@ Public API:
 
 from cbam_triton import functional
 from cbam_triton._backend import interpreter_active, resolve_backend, triton_available
+from cbam_triton.checkpoint import load_state_dict_from, to_reference_state_dict
+from cbam_triton.converted import ConvertedCBAM, DialectSpec
+from cbam_triton.converter import UnsupportedCBAM, convert, convert_with_report, from_module
 from cbam_triton.modules import CBAM, ChannelGate, SpatialGate
 
 __version__ = "0.1.0"
@@ -22,7 +25,19 @@ def record_launches():  # noqa: ANN201 - returns a context manager yielding list
     return _record()
 
 
+
+
+def to_reference(module: "CBAM") -> "object":
+    """The equivalent :class:`reference.CBAM` of a :class:`CBAM` (for equivalence checks)."""
+    if not isinstance(module, CBAM):
+        raise TypeError(f"to_reference expects a cbam_triton.CBAM, got {type(module).__name__}; other "
+                        "dialects keep their own modules (ConvertedCBAM shares them)")
+    return module.to_reference()
+
+
 __all__ = [
-    "CBAM", "ChannelGate", "SpatialGate", "functional", "interpreter_active", "record_launches",
+    "CBAM", "ChannelGate", "ConvertedCBAM", "DialectSpec", "SpatialGate", "UnsupportedCBAM", "convert",
+    "convert_with_report", "from_module", "functional", "load_state_dict_from", "to_reference",
+    "to_reference_state_dict", "interpreter_active", "record_launches",
     "resolve_backend", "triton_available", "__version__",
 ]

@@ -8,7 +8,7 @@ ops in fp32 (fp64 for fp64 inputs). See :func:`cbam`.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -143,10 +143,11 @@ def spatial_attention(
     bn_momentum: float = 0.1,
     bn_eps: float = 1e-5,
     use_bn: bool = False,
+    gate: Callable[[torch.Tensor], torch.Tensor] = torch.sigmoid,
 ) -> torch.Tensor:
-    """Spatial map ``Ms = sigmoid(bn(conv(pooled)))``, (N, 1, H, W), in pooled's dtype.
+    """Spatial map ``Ms = gate(bn(conv(pooled)))``, (N, 1, H, W), in pooled's dtype (gate: sigmoid).
 
-    ``pooled`` is the (N, 2, H, W) ``[max, mean]`` map; ``conv_weight`` is (1, 2, k, k), padding
+    ``pooled`` is the (N, Cin, H, W) map (Cin = 2: ``[max, mean]``); ``conv_weight`` is (1, Cin, k, k), padding
     ``k // 2``. With ``use_bn``: in eval (``bn_training=False`` with running statistics) the
     BatchNorm is folded into the convolution; otherwise batch statistics are used and the running
     statistics (if given) are updated in place with ``bn_momentum``, exactly as ``F.batch_norm``.
@@ -156,7 +157,7 @@ def spatial_attention(
     b = conv_bias.to(acc) if conv_bias is not None else None
     pad = conv_weight.shape[-1] // 2
     if not use_bn:
-        return torch.sigmoid(F.conv2d(pooled, w, b, padding=pad))
+        return gate(F.conv2d(pooled, w, b, padding=pad))
     have_stats = bn_running_mean is not None and bn_running_var is not None
     if not bn_training and have_stats:
         scale = torch.rsqrt(bn_running_var.to(acc) + bn_eps)
@@ -167,7 +168,7 @@ def spatial_attention(
             shift = shift + b * scale
         if bn_bias is not None:
             shift = shift + bn_bias.to(acc)
-        return torch.sigmoid(F.conv2d(pooled, w * scale.reshape(-1, 1, 1, 1), shift, padding=pad))
+        return gate(F.conv2d(pooled, w * scale.reshape(-1, 1, 1, 1), shift, padding=pad))
     y = F.conv2d(pooled, w, b, padding=pad)
     rm, rv = bn_running_mean, bn_running_var
     tmp_rm = rm.to(acc) if rm is not None and rm.dtype != acc else rm
@@ -180,7 +181,7 @@ def spatial_attention(
         with torch.no_grad():
             rm.copy_(tmp_rm)
             rv.copy_(tmp_rv)
-    return torch.sigmoid(y)
+    return gate(y)
 
 
 def cbam(

@@ -10,6 +10,7 @@ if [ ! -x .venv/bin/python ]; then
     "$PY" -m venv .venv
 fi
 .venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q "$TORCH_PIN"
+# torchvision must match torch (timm and ultralytics, used by the converter tests, need it)
+.venv/bin/python -m pip install -q "$TORCH_PIN" "${CBAM_TORCHVISION_PIN:-torchvision==0.29.1}"
 .venv/bin/python -m pip install -q -e '.[dev]'
 .venv/bin/python -c "import torch, triton; print(f'setup: torch {torch.__version__}, triton {triton.__version__}')"

@@ -1,0 +1,285 @@
+"""Recognise CBAM modules of the common dialects and swap them for fused cbam-triton modules.
+
+Recognition is by type where the package is importable (timm, ultralytics, ``reference``) and by
+structure for copied code (official Jongchan/attention-module, luuuyi/CBAM.PyTorch, mmyolo).
+A module that looks like a CBAM but has a configuration that cbam-triton can't reproduce exactly
+(e.g. the official ``lp``/``lse`` pools, a gate with parameters) is left alone with a warning —
+never converted wrongly.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import sys
+import warnings
+from dataclasses import dataclass
+
+from torch import nn
+
+from cbam_triton.converted import ConvertedCBAM, DialectSpec
+from cbam_triton.modules import CBAM
+
+log = logging.getLogger("cbam_triton.converter")
+
+_ACTS = (nn.ReLU, nn.ReLU6, nn.SiLU, nn.GELU, nn.LeakyReLU, nn.Hardswish, nn.Mish, nn.ELU, nn.Tanh, nn.Identity)
+_GATES = (nn.Sigmoid, nn.Hardsigmoid, nn.Tanh, nn.Identity)
+
+
+class UnsupportedCBAM(TypeError):
+    """A module that is (probably) a CBAM but whose configuration cbam-triton can't reproduce."""
+
+
+@dataclass
+class Replacement:
+    """One module swapped by :func:`convert`."""
+
+    name: str
+    dialect: str
+    source_class: str
+
+
+def _stateless(mod: nn.Module | None, allowed: tuple[type, ...], what: str) -> None:
+    if mod is None:
+        return
+    if any(True for _ in mod.parameters()) or any(True for _ in mod.buffers()):
+        raise UnsupportedCBAM(f"{what} {type(mod).__name__} has parameters or buffers")
+    if isinstance(mod, allowed):
+        return
+    # timm's own activations (HardSigmoid, Sigmoid, ...) are stateless functions of their input
+    if type(mod).__module__.startswith("timm.layers") and not list(mod.children()):
+        return
+    raise UnsupportedCBAM(f"{what} {type(mod).__name__} is not a known stateless activation")
+
+
+def _check_linear(mod: nn.Module, what: str) -> int:
+    if isinstance(mod, nn.Linear):
+        return mod.in_features
+    if isinstance(mod, nn.Conv2d) and mod.kernel_size == (1, 1) and mod.stride == (1, 1) and mod.groups == 1 \
+            and mod.padding in ((0, 0), "valid") and mod.dilation == (1, 1):
+        return mod.in_channels
+    raise UnsupportedCBAM(f"{what} must be nn.Linear or a plain 1x1 nn.Conv2d, got {mod!r}")
+
+
+def _check_conv(conv: nn.Module, in_ch: int) -> None:
+    if not isinstance(conv, nn.Conv2d) or conv.in_channels != in_ch or conv.out_channels != 1:
+        raise UnsupportedCBAM(f"spatial conv must be nn.Conv2d({in_ch}, 1, k), got {conv!r}")
+    k = conv.kernel_size
+    if k[0] != k[1] or k[0] % 2 == 0 or conv.padding != (k[0] // 2, k[0] // 2) or conv.stride != (1, 1) \
+            or conv.dilation != (1, 1) or conv.groups != 1 or conv.padding_mode != "zeros":
+        raise UnsupportedCBAM(f"spatial conv must be square, odd, stride 1, padding k // 2: {conv!r}")
+
+
+def _check_bn(bn: nn.Module | None) -> None:
+    if bn is None:
+        return
+    if not isinstance(bn, nn.BatchNorm2d) or bn.num_features != 1:
+        raise UnsupportedCBAM(f"spatial norm must be BatchNorm2d(1), got {type(bn).__name__}")
+    for extra in ("drop", "act"):  # timm's BatchNormAct2d: must be plain BN
+        sub = getattr(bn, extra, None)
+        if sub is not None and not isinstance(sub, nn.Identity):
+            raise UnsupportedCBAM(f"spatial norm has a non-identity {extra}: {sub!r}")
+
+
+def _validate(m: nn.Module, spec: DialectSpec) -> DialectSpec:
+    """Check the submodules a spec points to; raises UnsupportedCBAM naming the problem."""
+    get = m.get_submodule
+    c = _check_linear(get(spec.fc1), "channel MLP layer 1")
+    if spec.fc2 is not None:
+        _check_linear(get(spec.fc2), "channel MLP layer 2")
+        if get(spec.fc2).weight.shape[0] != c:
+            raise UnsupportedCBAM("channel MLP does not map C -> C")
+    elif get(spec.fc1).weight.shape[0] != c:
+        raise UnsupportedCBAM("channel layer does not map C -> C")
+    _stateless(get(spec.act) if spec.act else None, _ACTS, "activation")
+    _stateless(get(spec.channel_gate) if spec.channel_gate else None, _GATES, "channel gate")
+    if spec.spatial_input is not None:
+        _check_conv(get(spec.conv), 1 if spec.spatial_input == "light" else 2)
+        _check_bn(get(spec.bn) if spec.bn else None)
+        _stateless(get(spec.spatial_gate) if spec.spatial_gate else None, _GATES, "spatial gate")
+    return DialectSpec(**{**spec.__dict__, "channels": c})
+
+
+def _has(m: nn.Module, *names: str) -> bool:
+    return all(hasattr(m, n) and isinstance(getattr(m, n), nn.Module) for n in names)
+
+
+# ------------------------------------------------------------------------------------- recognisers
+def _timm(m: nn.Module) -> DialectSpec | None:
+    mod = sys.modules.get("timm.layers.cbam")
+    if mod is None:
+        return None
+    if type(m) is mod.CbamModule:
+        return DialectSpec("timm CbamModule", 0, "avg+max", "channel.fc1", "channel.fc2", "channel.act",
+                           "channel.gate", "mean,max", "spatial.conv.conv", "spatial.conv.bn", "spatial.gate")
+    if type(m) is mod.LightCbamModule:  # LightChannelAttn always uses sigmoid, whatever its gate
+        return DialectSpec("timm LightCbamModule", 0, "light", "channel.fc1", "channel.fc2", "channel.act",
+                           None, "light", "spatial.conv.conv", "spatial.conv.bn", "spatial.gate")
+    return None
+
+
+def _ultralytics(m: nn.Module) -> DialectSpec | None:
+    mod = sys.modules.get("ultralytics.nn.modules.conv")
+    typed = mod is not None and type(m) is mod.CBAM
+    structural = (type(m).__name__ == "CBAM" and _has(m, "channel_attention", "spatial_attention")
+                  and _has(m.channel_attention, "pool", "fc", "act") and _has(m.spatial_attention, "cv1", "act"))
+    if not (typed or structural):
+        return None
+    if not isinstance(m.channel_attention.pool, nn.AdaptiveAvgPool2d):
+        raise UnsupportedCBAM("ultralytics-style channel attention must use AdaptiveAvgPool2d(1)")
+    return DialectSpec("ultralytics CBAM", 0, "avg", "channel_attention.fc", None, None, "channel_attention.act",
+                       "mean,max", "spatial_attention.cv1", None, "spatial_attention.act")
+
+
+def _official(m: nn.Module) -> DialectSpec | None:
+    if not _has(m, "ChannelGate") or not _has(m.ChannelGate, "mlp") or not hasattr(m.ChannelGate, "pool_types"):
+        return None
+    pools = tuple(m.ChannelGate.pool_types)
+    bad = [p for p in pools if p not in ("avg", "max")]
+    if bad or not pools or len(set(pools)) != len(pools):
+        raise UnsupportedCBAM(f"official ChannelGate pool_types {pools}: only 'avg' and 'max' are supported")
+    mlp = m.ChannelGate.mlp
+    if len(mlp) != 4 or not isinstance(mlp[2], nn.ReLU) or isinstance(mlp[0], (nn.Linear, nn.Conv2d)):
+        raise UnsupportedCBAM("official ChannelGate.mlp must be Sequential(Flatten, Linear, ReLU, Linear)")
+    pool = "avg+max" if len(pools) == 2 else pools[0]
+    no_spatial = bool(getattr(m, "no_spatial", False)) or not _has(m, "SpatialGate")
+    if no_spatial:
+        return DialectSpec("official", 0, pool, "ChannelGate.mlp.1", "ChannelGate.mlp.3", "ChannelGate.mlp.2",
+                           None, None, None, None, None)
+    sg = m.SpatialGate
+    if not _has(sg, "spatial") or not _has(sg.spatial, "conv"):
+        raise UnsupportedCBAM("official SpatialGate must have spatial.conv (BasicConv)")
+    if getattr(sg.spatial, "relu", None) is not None:
+        raise UnsupportedCBAM("official SpatialGate with relu=True is not supported")
+    bn = "SpatialGate.spatial.bn" if getattr(sg.spatial, "bn", None) is not None else None
+    return DialectSpec("official", 0, pool, "ChannelGate.mlp.1", "ChannelGate.mlp.3", "ChannelGate.mlp.2",
+                       None, "max,mean", "SpatialGate.spatial.conv", bn, None)
+
+
+def _luuuyi(m: nn.Module) -> DialectSpec | None:
+    names = [n for n, _ in m.named_children()]
+    if not _has(m, "ca", "sa") or not _has(m.sa, "conv1"):
+        return None
+    if sorted(names) != ["ca", "sa"]:
+        raise UnsupportedCBAM("luuuyi-style ca/sa inside a larger block (other children: "
+                              f"{[n for n in names if n not in ('ca', 'sa')]}) can't be fused: its forward is "
+                              "not known; wrap ca and sa in their own module to convert them")
+    ca = m.ca
+    if _has(ca, "fc") and isinstance(ca.fc, nn.Sequential) and len(ca.fc) == 3:
+        fc1, act, fc2 = "ca.fc.0", "ca.fc.1", "ca.fc.2"
+    elif _has(ca, "fc1", "fc2"):
+        fc1, fc2 = "ca.fc1", "ca.fc2"
+        act = "ca.relu1" if _has(ca, "relu1") else ("ca.relu" if _has(ca, "relu") else None)
+    else:
+        raise UnsupportedCBAM("luuuyi-style ca must have fc = Sequential(conv, relu, conv) or fc1/relu1/fc2")
+    return DialectSpec("luuuyi", 0, "avg+max", fc1, fc2, act, None, "mean,max", "sa.conv1", None, None)
+
+
+def _mmyolo(m: nn.Module) -> DialectSpec | None:
+    if not _has(m, "channel_attention", "spatial_attention"):
+        return None
+    ca, sa = m.channel_attention, m.spatial_attention
+    if not (_has(ca, "fc") and isinstance(ca.fc, nn.Sequential) and len(ca.fc) == 2 and _has(sa, "conv")
+            and _has(sa.conv, "conv") and _has(ca.fc[0], "conv")):
+        return None
+    if getattr(ca.fc[0], "norm", None) is not None or getattr(sa.conv, "norm", None) is not None:
+        raise UnsupportedCBAM("mmyolo-style CBAM with norm layers is not supported")
+    if getattr(ca.fc[1], "activate", None) is not None:
+        raise UnsupportedCBAM("mmyolo-style CBAM with an activation after the second fc is not supported")
+    act = "channel_attention.fc.0.activate" if getattr(ca.fc[0], "activate", None) is not None else None
+    gate = "channel_attention.sigmoid" if _has(ca, "sigmoid") else None
+    sgate = "spatial_attention.conv.activate" if getattr(sa.conv, "activate", None) is not None else None
+    if sgate is None:
+        raise UnsupportedCBAM("mmyolo-style spatial attention without a gate activation")
+    return DialectSpec("mmyolo", 0, "avg+max", "channel_attention.fc.0.conv", "channel_attention.fc.1.conv", act,
+                       gate, "mean,max", "spatial_attention.conv.conv", None, sgate)
+
+
+_RECOGNISERS = (_timm, _ultralytics, _official, _luuuyi, _mmyolo)
+
+
+def from_module(m: nn.Module, *, backend: str | None = None) -> nn.Module:
+    """The fused cbam-triton module computing the same function as CBAM module ``m``.
+
+    ``reference.CBAM`` becomes :class:`cbam_triton.CBAM`; other dialects become
+    :class:`~cbam_triton.converted.ConvertedCBAM`, which shares ``m``'s submodules (same parameters,
+    same ``state_dict`` keys). Raises :class:`UnsupportedCBAM` (a ``TypeError``) naming the reason when
+    ``m`` is not a CBAM cbam-triton can reproduce exactly.
+    """
+    if isinstance(m, (CBAM, ConvertedCBAM)):
+        return m
+    ref_mod = sys.modules.get("reference.cbam")
+    if ref_mod is not None and type(m) is ref_mod.CBAM:
+        return CBAM.from_reference(m, backend=backend)
+    for recognise in _RECOGNISERS:
+        spec = recognise(m)
+        if spec is not None:
+            return ConvertedCBAM(m, _validate(m, spec), backend=backend)
+    raise UnsupportedCBAM(f"{type(m).__name__} is not a recognised CBAM dialect")
+
+
+def _looks_like_cbam(m: nn.Module) -> bool:
+    return "cbam" in type(m).__name__.lower()
+
+
+def convert_with_report(model: nn.Module, *, inplace: bool = True,
+                        backend: str | None = None) -> tuple[nn.Module, list[Replacement]]:
+    """Like :func:`convert`, returning ``(model, replacements)``."""
+    if not inplace:
+        model = copy.deepcopy(model)
+    done: list[Replacement] = []
+
+    def visit(parent: nn.Module, prefix: str) -> None:
+        for name, child in list(parent.named_children()):
+            full = f"{prefix}{name}"
+            new = _try(child, full)
+            if new is not None:
+                setattr(parent, name, new)
+            else:
+                visit(child, full + ".")
+
+    def _try(m: nn.Module, name: str) -> nn.Module | None:
+        try:
+            new = from_module(m, backend=backend)
+        except UnsupportedCBAM as exc:
+            if _looks_like_cbam(m) or "dialect" not in str(exc):
+                warnings.warn(f"cbam_triton.convert: left {name or type(m).__name__} ({type(m).__name__}) "
+                              f"unconverted: {exc}", stacklevel=3)
+            return None
+        if new is m:
+            return None
+        dialect = new.spec.dialect if isinstance(new, ConvertedCBAM) else "reference"
+        done.append(Replacement(name, dialect, f"{type(m).__module__}.{type(m).__qualname__}"))
+        return new
+
+    top = _try(model, "")
+    if top is not None:
+        model = top
+    else:
+        visit(model, "")
+    counts: dict[str, int] = {}
+    for r in done:
+        counts[r.dialect] = counts.get(r.dialect, 0) + 1
+    log.info("cbam_triton.convert: replaced %d CBAM module(s): %s", len(done), counts)
+    return model, done
+
+
+def convert(model: nn.Module, *, inplace: bool = True, backend: str | None = None,
+            verbose: bool = False) -> nn.Module:
+    """Replace every recognised CBAM module in ``model`` by its fused cbam-triton equivalent.
+
+    Returns the model (a deep copy when ``inplace=False``; the new module when ``model`` itself is a
+    CBAM). Converted modules keep the source's parameters, buffers, ``state_dict`` keys and
+    train/eval mode: BN is folded in eval and uses batch statistics in training. What was replaced
+    is logged (logger ``cbam_triton.converter``) and printed with ``verbose=True``; use
+    :func:`convert_with_report` for the list. CBAM-like modules that can't be reproduced exactly
+    are left alone with a warning.
+    """
+    model, done = convert_with_report(model, inplace=inplace, backend=backend)
+    if verbose:
+        counts: dict[str, int] = {}
+        for r in done:
+            counts[r.dialect] = counts.get(r.dialect, 0) + 1
+        print(f"cbam_triton.convert: replaced {len(done)} CBAM module(s)"
+              + (": " + ", ".join(f"{k} x{v}" for k, v in counts.items()) if counts else ""))
+    return model
