@@ -8,11 +8,15 @@
   ``eager`` is the reference module run in the low precision itself, and the ulp is the output
   dtype's spacing at ``|ref64|`` (the interpreter truncates fp32 -> bf16 stores instead of rounding).
 * NaN and +-inf must appear in exactly the same places as in the reference.
+* Interpreter only: its fp32 -> bf16 conversion mangles subnormal results (a GPU's cvt.rn.bf16.f32
+  does not), so under TRITON_INTERPRET=1 bf16 outputs whose float64 reference is below bf16's
+  smallest normal (1.18e-38) may be off by up to that value.
 """
 
 from __future__ import annotations
 
 import copy
+import os
 
 import torch
 
@@ -39,38 +43,49 @@ def assert_same_nonfinite(ours: torch.Tensor, ref: torch.Tensor) -> None:
 
 
 def assert_close_to_reference(ours: torch.Tensor, ref_module: torch.nn.Module, x: torch.Tensor,
-                              eager: torch.Tensor | None = None) -> None:
-    """Check ``ours`` (computed from x) against ``ref_module`` under the rule above."""
+                              eager: torch.Tensor | None = None, precision_limited: bool = False) -> None:
+    """Check ``ours`` (computed from x) against ``ref_module`` under the rule above.
+
+    ``precision_limited`` (fuzzing with values near the dtype's maximum): where the reference run in
+    x's own precision overflows to inf/NaN although the float64 reference is finite, the input is
+    beyond what that precision can compute, and those elements are not compared; everywhere else
+    the rule applies unchanged.
+    """
     dtype = x.dtype
     ref64_module = copy.deepcopy(ref_module).double()
     with torch.no_grad():
         ref64 = ref64_module(x.double())
+        if eager is None and (precision_limited or dtype not in RTOL_ATOL or dtype == torch.float32):
+            eager = ref_module(x)
     assert ours.shape == x.shape and ours.dtype == dtype
     ours64 = ours.detach().double()
-    assert_same_nonfinite(ours64, ref64)
     finite = torch.isfinite(ref64)
+    if precision_limited:
+        e64 = eager.detach().double()
+        assert torch.equal(torch.isnan(ours64) & torch.isnan(ref64), torch.isnan(ref64)), \
+            "NaN missing where the reference has NaN"
+        finite = finite & torch.isfinite(e64)
+        assert torch.isfinite(ours64[finite]).all(), "non-finite output where the reference is finite"
+    else:
+        assert_same_nonfinite(ours64, ref64)
     if not finite.any():
         return
     o, r = ours64[finite], ref64[finite]
+    eager_err = (eager.detach().double()[finite] - r).abs().max() if eager is not None else None
+    err = (o - r).abs()
     if dtype in RTOL_ATOL:
         rtol, atol = RTOL_ATOL[dtype]
-        err = (o - r).abs()
         bound = atol + rtol * r.abs()
         if dtype == torch.float32:
-            if eager is None:
-                with torch.no_grad():
-                    eager = ref_module(x)
-            bound = bound.clamp_min(LOWP_FACTOR * (eager.detach().double()[finite] - r).abs().max())
+            bound = bound.clamp_min(LOWP_FACTOR * eager_err)
         worst = (err - bound).argmax()
         assert (err <= bound).all(), (f"{dtype}: max error {err.max().item():.3g} exceeds the bound "
                                       f"(at ref value {r[worst].item():.6g}: ours {o[worst].item():.6g})")
         return
-    if eager is None:
-        with torch.no_grad():
-            eager = ref_module(x)
-    eager_err = (eager.detach().double()[finite] - r).abs().max()
     bound = LOWP_FACTOR * eager_err + LOWP_ULPS * ulp(r, dtype)
-    err = (o - r).abs()
+    if dtype == torch.bfloat16 and os.environ.get("TRITON_INTERPRET") == "1":
+        tiny = torch.finfo(dtype).smallest_normal
+        bound = torch.where(r.abs() < tiny, torch.full_like(bound, tiny), bound)
     bad = err > bound
     assert not bad.any(), (f"{dtype}: {int(bad.sum())} elements too far from float64 reference: max error "
                            f"{err.max().item():.3g}, eager {dtype} error {eager_err.item():.3g}")
