@@ -84,6 +84,12 @@ class TrafficCounter(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
         kwargs = kwargs or {}
+        from cbam_triton.ops import IMPLEMENTATIONS
+
+        impl = IMPLEMENTATIONS.get(func)
+        if impl is not None:  # look inside cbam_triton's custom ops (their launches are counted by hooks)
+            with self:
+                return impl(*args, **kwargs)
         out = func(*args, **kwargs)
         if getattr(func, "is_view", False) or func.__name__ in ("detach", "alias", "lift_fresh"):
             return out

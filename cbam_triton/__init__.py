@@ -14,6 +14,7 @@ from cbam_triton.checkpoint import load_state_dict_from, to_reference_state_dict
 from cbam_triton.converted import ConvertedCBAM, DialectSpec
 from cbam_triton.converter import UnsupportedCBAM, convert, convert_with_report, from_module
 from cbam_triton.modules import CBAM, ChannelGate, SpatialGate
+from cbam_triton.ops import decompositions, export
 
 __version__ = "0.1.0"
 
@@ -37,7 +38,8 @@ def to_reference(module: "CBAM") -> "object":
 
 __all__ = [
     "CBAM", "ChannelGate", "ConvertedCBAM", "DialectSpec", "SpatialGate", "UnsupportedCBAM", "convert",
-    "convert_with_report", "from_module", "functional", "load_state_dict_from", "to_reference",
+    "convert_with_report", "decompositions", "export", "from_module", "functional", "load_state_dict_from",
+    "to_reference",
     "to_reference_state_dict", "interpreter_active", "record_launches",
     "resolve_backend", "triton_available", "__version__",
 ]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import importlib.util
 import os
 
@@ -11,24 +10,30 @@ import torch
 BACKENDS = ("auto", "triton", "torch")
 
 
-@functools.cache
+_STATE: dict[str, bool] = {}
+
+
 def triton_available() -> bool:
-    """True when the ``triton`` package is importable."""
-    return importlib.util.find_spec("triton") is not None
+    """True when the ``triton`` package is importable (checked once)."""
+    if "available" not in _STATE:
+        _STATE["available"] = importlib.util.find_spec("triton") is not None
+    return _STATE["available"]
 
 
-@functools.cache
 def interpreter_active() -> bool:
-    """True when cbam_triton's kernels were built by Triton's CPU interpreter.
+    """True when cbam_triton's kernels were built by Triton's CPU interpreter (checked once).
 
     ``TRITON_INTERPRET=1`` must be set before ``triton`` is first imported; what matters is what
     the kernels actually are, so the kernel objects are inspected rather than the variable.
     """
-    if not triton_available():
-        return False
-    from cbam_triton.kernels import channel_pool_kernel
+    if "interpreter" not in _STATE:
+        active = False
+        if triton_available():
+            from cbam_triton.kernels import channel_pool_kernel
 
-    return type(channel_pool_kernel).__name__ == "InterpretedFunction"
+            active = type(channel_pool_kernel).__name__ == "InterpretedFunction"
+        _STATE["interpreter"] = active
+    return _STATE["interpreter"]
 
 
 def resolve_backend(x: torch.Tensor, backend: str | None) -> str:

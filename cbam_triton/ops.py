@@ -1,0 +1,143 @@
+"""PyTorch custom operators for the three big-tensor stages (``torch.ops.cbam_triton.*``).
+
+Registered with ``torch.library.custom_op``: the Triton launchers are opaque to the compiler, each op
+has a fake (meta) implementation giving the real output's shape, dtype and strides, and autograd is
+registered (backward: recompute the stage in PyTorch and differentiate it — the reference's
+gradients). ``torch.compile(fullgraph=True)`` therefore sees three opaque nodes and no graph
+break, and the ops work under the interpreter too (where ``triton_op``/``wrap_triton`` cannot be
+traced). For export to standard ops, :func:`decompositions` maps each op to its PyTorch math.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from cbam_triton import _torch_stages
+from cbam_triton._layout import empty_output
+
+
+def _acc(x: Tensor) -> torch.dtype:
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+# ---------------------------------------------------------------------------------- channel_pool
+def _channel_pool_impl(x: Tensor) -> tuple[Tensor, Tensor]:
+    """(avg, max) over H*W as (N, C) fp32 (fp64) tensors, one read of x."""
+    from cbam_triton.launchers import channel_pool as launch
+
+    avg, mx = launch(x)
+    return avg.contiguous(), mx.contiguous()
+
+
+channel_pool = torch.library.custom_op("cbam_triton::channel_pool", mutates_args=())(_channel_pool_impl)
+
+
+@channel_pool.register_fake
+def _(x: Tensor) -> tuple[Tensor, Tensor]:
+    n, c = x.shape[:2]
+    return x.new_empty((n, c), dtype=_acc(x)), x.new_empty((n, c), dtype=_acc(x))
+
+
+# ---------------------------------------------------------------------------------- spatial_pool
+def _spatial_pool_impl(x: Tensor, mc: Tensor | None) -> Tensor:
+    """(N, 2, H, W) ``[max_C, mean_C]`` of ``x * mc``, fp32 (fp64), one read of x."""
+    from cbam_triton.launchers import spatial_pool as launch
+
+    return launch(x, mc).contiguous()
+
+
+spatial_pool = torch.library.custom_op("cbam_triton::spatial_pool", mutates_args=())(_spatial_pool_impl)
+
+
+@spatial_pool.register_fake
+def _(x: Tensor, mc: Tensor | None) -> Tensor:
+    n, _, h, w = x.shape
+    return x.new_empty((n, 2, h, w), dtype=_acc(x))
+
+
+# ------------------------------------------------------------------------------------------ gate
+def _gate_impl(x: Tensor, mc: Tensor | None, ms: Tensor | None) -> Tensor:
+    """``x * mc * ms`` in x's dtype and memory format, one read and one write."""
+    from cbam_triton.launchers import gate as launch
+
+    return launch(x, mc, ms)
+
+
+gate = torch.library.custom_op("cbam_triton::gate", mutates_args=())(_gate_impl)
+
+
+@gate.register_fake
+def _(x: Tensor, mc: Tensor | None, ms: Tensor | None) -> Tensor:
+    return empty_output(x)[0]
+
+
+# -------------------------------------------------------------------------------------- autograd
+def _recompute(fn: Callable[..., object], inputs: tuple[Tensor | None, ...], needs: tuple[bool, ...],
+               grads: tuple[Tensor | None, ...]) -> tuple[Tensor | None, ...]:
+    with torch.enable_grad():
+        leaves = [t.detach().requires_grad_(need) if t is not None else None for t, need in zip(inputs, needs)]
+        outs = fn(*leaves)
+        outs = outs if isinstance(outs, tuple) else (outs,)
+        pairs = [(o, g) for o, g in zip(outs, grads) if g is not None]
+        wanted = [t for t, need in zip(leaves, needs) if t is not None and need]
+        if not pairs or not wanted:
+            return tuple(None for _ in inputs)
+        got = iter(torch.autograd.grad([o for o, _ in pairs], wanted, [g for _, g in pairs], allow_unused=True))
+    return tuple(next(got) if t is not None and need else None for t, need in zip(inputs, needs))
+
+
+def _setup(ctx, inputs, output) -> None:  # noqa: ANN001
+    ctx.save_for_backward(*inputs)
+
+
+def _needs(ctx) -> tuple[bool, ...]:  # noqa: ANN001
+    return tuple(ctx.needs_input_grad)
+
+
+def _channel_pool_bwd(ctx, g_avg, g_max):  # noqa: ANN001, ANN202
+    return _recompute(_torch_stages.channel_pool, ctx.saved_tensors, _needs(ctx), (g_avg, g_max))
+
+
+def _spatial_pool_bwd(ctx, g):  # noqa: ANN001, ANN202
+    return _recompute(_torch_stages.spatial_pool, ctx.saved_tensors, _needs(ctx), (g,))
+
+
+def _gate_bwd(ctx, g):  # noqa: ANN001, ANN202
+    return _recompute(_torch_stages.gate, ctx.saved_tensors, _needs(ctx), (g,))
+
+
+channel_pool.register_autograd(_channel_pool_bwd, setup_context=_setup)
+spatial_pool.register_autograd(_spatial_pool_bwd, setup_context=_setup)
+gate.register_autograd(_gate_bwd, setup_context=_setup)
+
+
+#: op overload -> the plain Python implementation (lets a TorchDispatchMode look inside the ops)
+IMPLEMENTATIONS: dict[object, Callable[..., object]] = {
+    torch.ops.cbam_triton.channel_pool.default: _channel_pool_impl,
+    torch.ops.cbam_triton.spatial_pool.default: _spatial_pool_impl,
+    torch.ops.cbam_triton.gate.default: _gate_impl,
+}
+
+
+def decompositions() -> dict[object, Callable[..., object]]:
+    """``{op: PyTorch implementation}`` for ``ExportedProgram.run_decompositions``: an exported
+    graph of standard ops (ONNX, TensorRT) computing the same function."""
+    return {
+        torch.ops.cbam_triton.channel_pool.default: _torch_stages.channel_pool,
+        torch.ops.cbam_triton.spatial_pool.default: _torch_stages.spatial_pool,
+        torch.ops.cbam_triton.gate.default: _torch_stages.gate,
+    }
+
+
+def export(model: torch.nn.Module, args: tuple[object, ...], **kwargs: object) -> torch.export.ExportedProgram:
+    """``torch.export.export`` with cbam_triton's ops decomposed to standard PyTorch ops.
+
+    The result contains no custom operators (global max pooling stays a global ``amax``
+    reduction), so ``torch.onnx.export(program, args, dynamo=True)`` and TensorRT accept it.
+    ``kwargs`` go to ``torch.export.export`` (e.g. ``dynamic_shapes``).
+    """
+    program = torch.export.export(model, args, **kwargs)
+    return program.run_decompositions(decompositions())
