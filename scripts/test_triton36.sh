@@ -11,7 +11,7 @@ if [ ! -x "$VENV/bin/python" ]; then
     "$PY" -m venv "$VENV"
 fi
 "$VENV/bin/python" -m pip install -q --upgrade pip
-"$VENV/bin/python" -m pip install -q torch==2.14.1 'numpy<2.4' 'pytest>=8'
+"$VENV/bin/python" -m pip install -q torch==2.14.1 'numpy<2.4' 'pytest>=8' 'hypothesis>=6'
 "$VENV/bin/python" -m pip install -q --no-deps triton==3.6.0
 "$VENV/bin/python" -m pip install -q --no-deps -e .
 "$VENV/bin/python" -c "import torch, triton; print(f'triton-3.6 leg: torch {torch.__version__}, triton {triton.__version__}')"

@@ -114,5 +114,9 @@ def _run(case, device) -> None:
                "kernel_size": 1, "pool_types": ("max",), "spatial_norm": False, "reduction_ratio": 1})
 @example(case={"shape": (0, 17, 3, 5), "dtype": "fp32", "layout": "expanded", "values": "all_equal", "seed": 3,
                "kernel_size": 3, "pool_types": ("avg",), "spatial_norm": True, "reduction_ratio": 2})
+# found by the ci profile: a bf16 subnormal output (the interpreter's fp32 -> bf16 conversion gap; the
+# tolerance rule now states it, see tests/tolerance.py)
+@example(case={"shape": (1, 1, 1, 1), "dtype": "bf16", "layout": "nchw", "values": "tiny", "seed": 1,
+               "kernel_size": 1, "pool_types": ("avg", "max"), "spatial_norm": False, "reduction_ratio": 1})
 def test_cbam_matches_reference(case, device):
     _run(case, device)
