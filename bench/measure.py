@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode, _disable_current_modes
+from torch.utils._python_dispatch import TorchDispatchMode
 
 
 # ----------------------------------------------------------------------------------------- latency
@@ -121,27 +121,16 @@ def _flatten(obj: Any) -> Iterator[Any]:
 
 
 def count_traffic(fn: Callable[[], Any]) -> OpStats:
-    """Run ``fn`` once under :class:`TrafficCounter`; cbam_triton's Triton launches are added from
-    their own read/write model (and run outside the mode, hiding the interpreter's own ops)."""
+    """Run ``fn`` once under :class:`TrafficCounter`; cbam_triton's Triton launches (invisible to the
+    mode) are added from their own read/write model."""
     import cbam_triton
-    from cbam_triton.launchers._common import Launch
 
     counter = TrafficCounter()
-    original = Launch.__call__
-
-    def launch_outside(self: Launch) -> None:
-        counter.stats.triton_launches += 1
-        counter.stats.bytes_read += self.bytes_read
-        counter.stats.bytes_written += self.bytes_written
-        with _disable_current_modes():
-            original(self)
-
-    Launch.__call__ = launch_outside  # type: ignore[method-assign]
-    try:
-        with torch.no_grad(), cbam_triton.record_launches(), counter:
-            fn()
-    finally:
-        Launch.__call__ = original  # type: ignore[method-assign]
+    with torch.no_grad(), cbam_triton.record_launches() as launches, counter:
+        fn()
+    counter.stats.triton_launches += len(launches)
+    counter.stats.bytes_read += sum(launch.bytes_read for launch in launches)
+    counter.stats.bytes_written += sum(launch.bytes_written for launch in launches)
     return counter.stats
 
 

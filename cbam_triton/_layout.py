@@ -1,8 +1,14 @@
-"""The (n, c, p) view of a 4-D tensor and output allocation (no triton import: fake kernels use it)."""
+"""Tensor conventions shared by launchers, fake kernels and the PyTorch stages (no triton import):
+the (n, c, p) view of a 4-D tensor, output allocation, and the accumulation dtype."""
 
 from __future__ import annotations
 
 import torch
+
+
+def compute_dtype(x: torch.Tensor) -> torch.dtype:
+    """Accumulation / small-map dtype: fp64 for fp64 inputs, fp32 otherwise."""
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
 def ncp_strides(t: torch.Tensor) -> tuple[int, int, int] | None:

@@ -9,20 +9,18 @@ from __future__ import annotations
 
 import torch
 
-
-def _acc(x: torch.Tensor) -> torch.dtype:
-    return torch.float64 if x.dtype == torch.float64 else torch.float32
+from cbam_triton._layout import compute_dtype
 
 
 def channel_pool(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(avg, max) over H*W: two (N, C) tensors in fp32 (fp64 for fp64 x)."""
-    xa = x.to(_acc(x))
+    xa = x.to(compute_dtype(x))
     return xa.mean(dim=(2, 3)), xa.amax(dim=(2, 3))
 
 
 def spatial_pool(x: torch.Tensor, mc: torch.Tensor | None = None) -> torch.Tensor:
     """``cat([max_C(x * mc), mean_C(x * mc)], 1)``: (N, 2, H, W) in fp32 (fp64)."""
-    xa = x.to(_acc(x))
+    xa = x.to(compute_dtype(x))
     if mc is not None:
         xa = xa * mc.to(xa.dtype)[:, :, None, None]
     return torch.cat([xa.amax(dim=1, keepdim=True), xa.mean(dim=1, keepdim=True)], dim=1)
@@ -31,7 +29,7 @@ def spatial_pool(x: torch.Tensor, mc: torch.Tensor | None = None) -> torch.Tenso
 def gate(x: torch.Tensor, mc: torch.Tensor | None = None, ms: torch.Tensor | None = None) -> torch.Tensor:
     """``(x * mc) * ms`` computed in fp32 (fp64), returned in x's dtype."""
     n, _, h, w = x.shape
-    v = x.to(_acc(x))
+    v = x.to(compute_dtype(x))
     if mc is not None:
         v = v * mc.to(v.dtype)[:, :, None, None]
     if ms is not None:

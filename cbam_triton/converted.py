@@ -17,8 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cbam_triton import stages
-from cbam_triton._backend import resolve_backend
-from cbam_triton.functional import _check_devices, spatial_attention, validate_input
+from cbam_triton.functional import prepare, spatial_attention
 from cbam_triton.modules import _bn_state
 
 #: How the channel branch combines the pooled vectors.
@@ -123,10 +122,8 @@ class ConvertedCBAM(nn.Module):
         return spatial_attention(pooled, conv.weight, conv.bias, gate=self._gate(s.spatial_gate), **kwargs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        validate_input(x, self.spec.channels)
-        _check_devices(x, dict(self.named_parameters()))
-        be = resolve_backend(x, self.backend)
-        if x.shape[0] == 0:
+        be = prepare(x, self.spec.channels, dict(self.named_parameters()), self.backend)
+        if be is None:
             return torch.empty_like(x)
         mc = self.channel_map(*stages.channel_pool(x, be))
         if self.spec.spatial_input is None:

@@ -30,6 +30,10 @@ class UnsupportedCBAM(TypeError):
     """A module that is (probably) a CBAM but whose configuration cbam-triton can't reproduce."""
 
 
+class _NotACBAM(UnsupportedCBAM):
+    """A module that matches no recognised dialect at all (most modules of a model)."""
+
+
 @dataclass
 class Replacement:
     """One module swapped by :func:`convert`."""
@@ -215,11 +219,14 @@ def from_module(m: nn.Module, *, backend: str | None = None) -> nn.Module:
         spec = recognise(m)
         if spec is not None:
             return ConvertedCBAM(m, _validate(m, spec), backend=backend)
-    raise UnsupportedCBAM(f"{type(m).__name__} is not a recognised CBAM dialect")
+    raise _NotACBAM(f"{type(m).__name__} is not a recognised CBAM dialect")
 
 
-def _looks_like_cbam(m: nn.Module) -> bool:
-    return "cbam" in type(m).__name__.lower()
+def _summary(done: list[Replacement]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for r in done:
+        counts[r.dialect] = counts.get(r.dialect, 0) + 1
+    return counts
 
 
 def convert_with_report(model: nn.Module, *, inplace: bool = True,
@@ -241,8 +248,8 @@ def convert_with_report(model: nn.Module, *, inplace: bool = True,
     def _try(m: nn.Module, name: str) -> nn.Module | None:
         try:
             new = from_module(m, backend=backend)
-        except UnsupportedCBAM as exc:
-            if _looks_like_cbam(m) or "dialect" not in str(exc):
+        except UnsupportedCBAM as exc:  # warn about CBAMs we can't reproduce, and about unrecognised "*cbam*"
+            if not isinstance(exc, _NotACBAM) or "cbam" in type(m).__name__.lower():
                 warnings.warn(f"cbam_triton.convert: left {name or type(m).__name__} ({type(m).__name__}) "
                               f"unconverted: {exc}", stacklevel=3)
             return None
@@ -257,10 +264,7 @@ def convert_with_report(model: nn.Module, *, inplace: bool = True,
         model = top
     else:
         visit(model, "")
-    counts: dict[str, int] = {}
-    for r in done:
-        counts[r.dialect] = counts.get(r.dialect, 0) + 1
-    log.info("cbam_triton.convert: replaced %d CBAM module(s): %s", len(done), counts)
+    log.info("cbam_triton.convert: replaced %d CBAM module(s): %s", len(done), _summary(done))
     return model, done
 
 
@@ -277,9 +281,7 @@ def convert(model: nn.Module, *, inplace: bool = True, backend: str | None = Non
     """
     model, done = convert_with_report(model, inplace=inplace, backend=backend)
     if verbose:
-        counts: dict[str, int] = {}
-        for r in done:
-            counts[r.dialect] = counts.get(r.dialect, 0) + 1
+        counts = _summary(done)
         print(f"cbam_triton.convert: replaced {len(done)} CBAM module(s)"
               + (": " + ", ".join(f"{k} x{v}" for k, v in counts.items()) if counts else ""))
     return model

@@ -17,7 +17,7 @@ from cbam_triton import stages
 from cbam_triton._backend import resolve_backend
 
 __all__ = [
-    "apply_gates", "cbam", "channel_attention", "channel_pool", "spatial_attention", "spatial_pool",
+    "apply_gates", "cbam", "channel_attention", "channel_pool", "prepare", "spatial_attention", "spatial_pool",
     "validate_input",
 ]
 
@@ -59,8 +59,15 @@ def _check_devices(x: torch.Tensor, tensors: dict[str, torch.Tensor | None]) -> 
             raise TypeError(f"{name} must be a floating tensor, got {t.dtype}")
 
 
-def _acc(x: torch.Tensor) -> torch.dtype:
-    return torch.float64 if x.dtype == torch.float64 else torch.float32
+def prepare(x: object, channels: int | None, tensors: dict[str, torch.Tensor | None],
+            backend: str | None) -> str | None:
+    """The common prologue of every CBAM forward: validate x (and its channel count) and the
+    weights' devices/dtypes, then resolve the backend. Returns None when x has no samples (N == 0),
+    in which case the caller returns ``torch.empty_like(x)`` without launching anything."""
+    validate_input(x, channels)
+    _check_devices(x, tensors)
+    be = resolve_backend(x, backend)
+    return None if x.shape[0] == 0 else be
 
 
 def channel_pool(x: torch.Tensor, *, backend: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -222,12 +229,12 @@ def cbam(
         Tensor of x's shape, dtype and memory format. Big-tensor traffic: x is read three times and
         the output written once; only the output is a full-size allocation.
     """
-    validate_input(x, channels=fc1_weight.shape[1] if fc1_weight.dim() == 2 else None)
-    _check_devices(x, {"fc1_weight": fc1_weight, "fc1_bias": fc1_bias, "fc2_weight": fc2_weight,
-                       "fc2_bias": fc2_bias, "conv_weight": conv_weight, "conv_bias": conv_bias,
-                       "bn_weight": bn_weight, "bn_bias": bn_bias,
-                       "bn_running_mean": bn_running_mean, "bn_running_var": bn_running_var})
-    n, c, h, w = x.shape
+    be = prepare(x, fc1_weight.shape[1] if fc1_weight.dim() == 2 else None,
+                 {"fc1_weight": fc1_weight, "fc1_bias": fc1_bias, "fc2_weight": fc2_weight,
+                  "fc2_bias": fc2_bias, "conv_weight": conv_weight, "conv_bias": conv_bias,
+                  "bn_weight": bn_weight, "bn_bias": bn_bias,
+                  "bn_running_mean": bn_running_mean, "bn_running_var": bn_running_var}, backend)
+    c = x.shape[1]
     hidden = fc1_weight.shape[0]
     if fc1_weight.shape != (hidden, c) or fc2_weight.shape != (c, hidden):
         raise ValueError(f"MLP weights must be (hidden, C) and (C, hidden) with C = {c}; got "
@@ -240,8 +247,7 @@ def cbam(
         raise ValueError(f"pool_types must be a non-empty subset of ('avg', 'max'), got {pool_types!r}")
     if use_bn is None:
         use_bn = bn_running_var is not None or bn_weight is not None
-    be = resolve_backend(x, backend)
-    if n == 0:
+    if be is None:
         return torch.empty_like(x)
     avg, mx = stages.channel_pool(x, be)
     mc = channel_attention(avg if "avg" in pools else None, mx if "max" in pools else None,

@@ -14,38 +14,10 @@ import torch
 from torch import nn
 
 from cbam_triton import stages
-from cbam_triton._backend import resolve_backend
-from cbam_triton.functional import (
-    _check_devices,
-    channel_attention,
-    spatial_attention,
-    validate_input,
-)
+from cbam_triton.functional import channel_attention, prepare, spatial_attention
+from reference.cbam import validate_config  # the spec's own config rules, shipped in the same wheel
 
 _POOLS = ("avg", "max")
-
-
-def _validate_config(channels: int, reduction_ratio: int, spatial_kernel_size: int,
-                     pool_types: Sequence[str], hidden_channels: int | None) -> tuple[tuple[str, ...], int]:
-    named = {"channels": channels, "reduction_ratio": reduction_ratio,
-             "spatial_kernel_size": spatial_kernel_size}
-    for name, value in named.items():
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-        if value < 1:
-            raise ValueError(f"{name} must be >= 1, got {value}")
-    if spatial_kernel_size % 2 == 0:
-        raise ValueError(f"spatial_kernel_size must be odd (3, 5, 7, ...), got {spatial_kernel_size}")
-    pools = (pool_types,) if isinstance(pool_types, str) else tuple(pool_types)
-    bad = [p for p in pools if p not in _POOLS]
-    if not pools or bad or len(set(pools)) != len(pools):
-        raise ValueError(f"pool_types must be a non-empty subset of ('avg', 'max') without repeats, got "
-                         f"{tuple(pools)} ('lp'/'lse' pools are not supported)")
-    if hidden_channels is None:
-        return pools, max(1, channels // reduction_ratio)
-    if isinstance(hidden_channels, bool) or not isinstance(hidden_channels, int) or hidden_channels < 1:
-        raise ValueError(f"hidden_channels must be a positive int or None, got {hidden_channels!r}")
-    return pools, hidden_channels
 
 
 def _bn_state(bn: nn.BatchNorm2d | None) -> dict[str, Any]:
@@ -90,10 +62,8 @@ class ChannelGate(nn.Module):
                                  fc1.weight, fc1.bias, fc2.weight, fc2.bias)
 
     def forward(self, x: torch.Tensor, backend: str | None = None) -> torch.Tensor:
-        validate_input(x, self.channels)
-        _check_devices(x, dict(self.named_parameters()))
-        be = resolve_backend(x, backend)
-        if x.shape[0] == 0:
+        be = prepare(x, self.channels, dict(self.named_parameters()), backend)
+        if be is None:
             return torch.empty_like(x)
         mc = self.channel_map(*stages.channel_pool(x, be))
         return stages.gate(x, mc, None, be)
@@ -116,10 +86,8 @@ class SpatialGate(nn.Module):
         return spatial_attention(pooled, self.conv.weight, self.conv.bias, **_bn_state(self.bn))
 
     def forward(self, x: torch.Tensor, backend: str | None = None) -> torch.Tensor:
-        validate_input(x)
-        _check_devices(x, dict(self.named_parameters()))
-        be = resolve_backend(x, backend)
-        if x.shape[0] == 0:
+        be = prepare(x, None, dict(self.named_parameters()), backend)
+        if be is None:
             return torch.empty_like(x)
         ms = self.spatial_map(stages.spatial_pool(x, None, be))
         return stages.gate(x, None, ms, be)
@@ -158,7 +126,7 @@ class CBAM(nn.Module):
         backend: str | None = None,
     ):
         super().__init__()
-        pools, hidden = _validate_config(channels, reduction_ratio, spatial_kernel_size, pool_types,
+        pools, hidden = validate_config(channels, reduction_ratio, spatial_kernel_size, pool_types,
                                          hidden_channels)
         self.channels = channels
         self.reduction_ratio = reduction_ratio
@@ -176,10 +144,8 @@ class CBAM(nn.Module):
                 f"spatial_norm={self.spatial_norm}")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        validate_input(x, self.channels)
-        _check_devices(x, dict(self.named_parameters()))
-        be = resolve_backend(x, self.backend)
-        if x.shape[0] == 0:
+        be = prepare(x, self.channels, dict(self.named_parameters()), self.backend)
+        if be is None:
             return torch.empty_like(x)
         mc = self.channel_gate.channel_map(*stages.channel_pool(x, be))
         ms = self.spatial_gate.spatial_map(stages.spatial_pool(x, mc, be))

@@ -16,11 +16,7 @@ import torch
 from torch import Tensor
 
 from cbam_triton import _torch_stages
-from cbam_triton._layout import empty_output
-
-
-def _acc(x: Tensor) -> torch.dtype:
-    return torch.float64 if x.dtype == torch.float64 else torch.float32
+from cbam_triton._layout import compute_dtype, empty_output
 
 
 # ---------------------------------------------------------------------------------- channel_pool
@@ -38,7 +34,7 @@ channel_pool = torch.library.custom_op("cbam_triton::channel_pool", mutates_args
 @channel_pool.register_fake
 def _(x: Tensor) -> tuple[Tensor, Tensor]:
     n, c = x.shape[:2]
-    return x.new_empty((n, c), dtype=_acc(x)), x.new_empty((n, c), dtype=_acc(x))
+    return x.new_empty((n, c), dtype=compute_dtype(x)), x.new_empty((n, c), dtype=compute_dtype(x))
 
 
 # ---------------------------------------------------------------------------------- spatial_pool
@@ -55,7 +51,7 @@ spatial_pool = torch.library.custom_op("cbam_triton::spatial_pool", mutates_args
 @spatial_pool.register_fake
 def _(x: Tensor, mc: Tensor | None) -> Tensor:
     n, _, h, w = x.shape
-    return x.new_empty((n, 2, h, w), dtype=_acc(x))
+    return x.new_empty((n, 2, h, w), dtype=compute_dtype(x))
 
 
 # ------------------------------------------------------------------------------------------ gate

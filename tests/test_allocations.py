@@ -5,23 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 from helpers import make_input, make_reference
-from torch.utils._python_dispatch import TorchDispatchMode, _disable_current_modes
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import cbam_triton
-from cbam_triton.launchers._common import Launch
 from cbam_triton.ops import IMPLEMENTATIONS
-
-
-@pytest.fixture(autouse=True)
-def _hide_interpreter_internals(monkeypatch):
-    """Triton's interpreter moves kernel arguments with aten ops of its own; a GPU launch does not."""
-    original = Launch.__call__
-
-    def launch_outside_modes(self):
-        with _disable_current_modes():
-            original(self)
-
-    monkeypatch.setattr(Launch, "__call__", launch_outside_modes)
 
 
 class _AllocationCounter(TorchDispatchMode):

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from cbam_triton._layout import as_ncp, empty_output, ncp_strides  # noqa: F401 (re-exported)
+from cbam_triton._layout import as_ncp, compute_dtype, empty_output, ncp_strides  # noqa: F401 (re-exported)
 
 #: Elements per tile of every kernel (fp32 accumulators: 2 * 2048 / 128 threads = 32 registers).
 TILE_ELEMS = 2048
@@ -49,6 +49,14 @@ class Launch:
         for hook in _LAUNCH_HOOKS:
             hook(self)
         if min(self.grid) == 0:
+            return
+        if type(self.kernel).__name__ == "InterpretedFunction":
+            # Triton's interpreter moves the kernel's arguments with aten ops of its own; a GPU launch
+            # does not. Hide them from any active TorchDispatchMode (allocation/traffic counters).
+            from torch.utils._python_dispatch import _disable_current_modes
+
+            with _disable_current_modes():
+                self.kernel[self.grid](*self.args, **self.meta, num_warps=self.num_warps)
             return
         self.kernel[self.grid](*self.args, **self.meta, num_warps=self.num_warps)
 
@@ -86,11 +94,6 @@ def long_block(extent: int) -> int:
 
 def acc_is_fp64(x: torch.Tensor) -> bool:
     return x.dtype == torch.float64
-
-
-def compute_dtype(x: torch.Tensor) -> torch.dtype:
-    """Accumulation / small-map dtype: fp64 for fp64 inputs, fp32 otherwise."""
-    return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
 def unit_axis(stride_c: int, stride_p: int, c: int, p: int) -> str:
