@@ -3,6 +3,7 @@
     python -m bench                          # GPU: full suite; CPU-only: the quick suite
     python -m bench --quick                  # a few small cases (< 3 min on a 2-core CPU)
     python -m bench --suite resnet50 --batch 32 --dtypes fp16 --layouts channels_last
+    python -m bench --modes train --suite resnet50   # forward + backward (training) only
     python -m bench dashboard run1.json run2.json -o dashboard.html
 
 Every provider's output is checked against eager before it is timed; a mismatch is reported, not
@@ -52,6 +53,7 @@ def _run(args: argparse.Namespace) -> int:
     batches = args.batch or ([1, 2] if quick else [1, 8, 32])
     dtypes = args.dtypes or (["fp32"] if quick else ["fp16", "bf16", "fp32"])
     layouts = args.layouts or ["nchw", "channels_last"]
+    modes = args.modes or ["forward", "train"]
     providers = tuple(args.providers or (runner.PROVIDERS_GPU if cuda else runner.PROVIDERS_CPU))
     bad = [p for p in providers if p not in runner.PROVIDERS_GPU]
     if bad:
@@ -60,12 +62,13 @@ def _run(args: argparse.Namespace) -> int:
     if not cuda:
         providers = tuple(p for p in providers if p not in ("triton-cudagraph", "compile-cudagraphs"))
     try:
-        cases = make_cases(shapes, batches, dtypes, layouts)
+        cases = make_cases(shapes, batches, dtypes, layouts, modes)
     except ValueError as exc:
         print(f"bench: {exc}", file=sys.stderr)
         return 2
-    if quick and not args.batch:  # quick: keep it to a few cases
-        cases = [c for c in cases if (c.shape_name, c.batch) in (("tiny", 2), ("tiny-wide", 1))]
+    if quick and not args.batch:  # quick: keep it to a few cases (train: the two tiny ones)
+        cases = [c for c in cases if (c.shape_name, c.batch) in (("tiny", 2), ("tiny-wide", 1))
+                 and (c.mode == "forward" or c.shape_name == "tiny")]
     os.makedirs(args.out, exist_ok=True)
     env = measure.environment(device)
     print(f"bench: {len(cases)} cases x {len(providers)} providers on {env['device_name']} "
@@ -77,6 +80,7 @@ def _run(args: argparse.Namespace) -> int:
         rows += runner.run_case(case, providers, device, log=step, copy_gbps=copy_gbps)
     print(file=sys.stderr)
     config = {"shapes": {s: SHAPES[s] for s in shapes}, "batches": batches, "dtypes": dtypes, "layouts": layouts,
+              "modes": modes, "floor_x": runner.FLOOR_X,
               "providers": list(providers), "quick": quick, "check_tolerance": runner.CHECK_TOL,
               "timer": "triton.testing.do_bench (median, p20, p80; L2 flushed)" if cuda else
               "wall clock, synchronous CPU execution (median, p20, p80)"}
@@ -137,6 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch", type=int, nargs="+", help="batch sizes (default 1 8 32)")
     p.add_argument("--dtypes", nargs="+", help="fp16 bf16 fp32 (default all)")
     p.add_argument("--layouts", nargs="+", help="nchw channels_last (default both)")
+    p.add_argument("--modes", nargs="+", help="forward (inference) and/or train (forward + backward); default both")
     p.add_argument("--providers", nargs="+", help="eager compile compile-max-autotune triton triton-cudagraph "
                    "compile-cudagraphs")
     p.add_argument("--out", default=os.path.join("bench", "out"), help="output folder (default bench/out)")

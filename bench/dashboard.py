@@ -33,7 +33,7 @@ th{background:#f0f0f0}.bad{color:#b00}.bar{background:#4a7bd0;height:9px;display
 <p>Filters: dtype <select id="f-dtype"></select> layout <select id="f-layout"></select>
 provider <select id="f-provider"></select> metric <select id="f-metric">
 <option value="median_ms">median ms</option><option value="speedup_vs_eager">speedup vs eager</option>
-<option value="traffic_x">traffic (|x|)</option><option value="floor_gbps">GB/s (2|x|)</option>
+<option value="traffic_x">traffic (|x|)</option><option value="floor_gbps">GB/s (floor traffic)</option>
 <option value="frac_copy_bw">fraction of copy bandwidth</option></select></p>
 <table id="t"></table>
 <script id="data" type="application/json">__DATA__</script>

@@ -120,18 +120,35 @@ def _flatten(obj: Any) -> Iterator[Any]:
         yield obj
 
 
-def count_traffic(fn: Callable[[], Any]) -> OpStats:
+def count_traffic(fn: Callable[[], Any], grad: bool = False) -> OpStats:
     """Run ``fn`` once under :class:`TrafficCounter`; cbam_triton's Triton launches (invisible to the
-    mode) are added from their own read/write model."""
+    mode) are added from their own read/write model. ``grad``: autograd on (forward + backward; the
+    backward's aten ops are counted too)."""
     import cbam_triton
 
     counter = TrafficCounter()
-    with torch.no_grad(), cbam_triton.record_launches() as launches, counter:
+    with (contextlib.nullcontext() if grad else torch.no_grad()), cbam_triton.record_launches() as launches, \
+            counter:
         fn()
     counter.stats.triton_launches += len(launches)
     counter.stats.bytes_read += sum(launch.bytes_read for launch in launches)
     counter.stats.bytes_written += sum(launch.bytes_written for launch in launches)
     return counter.stats
+
+
+def saved_tensor_bytes(fn: Callable[[], Any]) -> int:
+    """Bytes of the distinct storages autograd saves for backward during one call of ``fn``
+    (``torch.autograd.graph.saved_tensors_hooks``; a tensor saved twice counts once)."""
+    seen: dict[tuple[int, str], int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        seen[(storage.data_ptr(), str(t.device))] = storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn()
+    return sum(seen.values())
 
 
 @contextlib.contextmanager

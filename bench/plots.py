@@ -51,7 +51,7 @@ def write_plots(doc: dict[str, Any], out_dir: str) -> list[str]:
         plt.close(fig)
         paths.append(path)
     fig, ax = plt.subplots(figsize=(max(6, 0.6 * len({r['id'] for r in rows}) + 4), 4.5))
-    has_bw = _grouped_bars(ax, rows, "floor_gbps", "GB/s counting 2·|x| (read x + write out)")
+    has_bw = _grouped_bars(ax, rows, "floor_gbps", "GB/s counting the floor traffic (forward 2·|x|, train 5·|x|)")
     copy = [r["copy_gbps"] for r in rows if isinstance(r.get("copy_gbps"), (int, float))]
     if copy:
         ax.axhline(max(copy), color="red", ls="--", lw=1, label="device copy bandwidth")

@@ -18,6 +18,11 @@ from bench.suite import Case
 
 PROVIDERS_CPU = ("eager", "compile", "compile-max-autotune", "triton")
 PROVIDERS_GPU = ("eager", "compile", "compile-max-autotune", "triton", "triton-cudagraph", "compile-cudagraphs")
+#: providers of the forward+backward ("train") mode; the CUDA-graph ones are forward-only
+TRAIN_PROVIDERS = ("eager", "compile", "compile-max-autotune", "triton")
+#: the physical floor of big-tensor traffic, in units of |x|: forward reads x and writes out; forward +
+#: backward also reads the output gradient and x and writes dx
+FLOOR_X = {"forward": 2, "train": 5}
 #: Output check against eager, per dtype: |out - eager| <= atol + rtol * |eager|.
 CHECK_TOL = {"fp32": (1e-4, 1e-4), "fp16": (1e-2, 1e-2), "bf16": (5e-2, 5e-2)}
 #: On CPU the Triton provider runs through the interpreter: verified on cases up to this size only.
@@ -52,29 +57,48 @@ def make_input(case: Case, device: torch.device, seed: int = 1) -> torch.Tensor:
     return x.to(memory_format=torch.channels_last) if case.layout == "channels_last" else x
 
 
-def _compile(ref: torch.nn.Module, x: torch.Tensor, mode: str | None) -> Built:
+def make_grad(case: Case, device: torch.device, seed: int = 2) -> torch.Tensor:
+    """The output gradient of the train mode (seeded, x's dtype and layout)."""
+    return make_input(case, device, seed)
+
+
+def _train_step(module: torch.nn.Module, x: torch.Tensor, g: torch.Tensor) -> Callable[[], Any]:
+    """Forward + backward of ``module`` for x and every parameter; returns (out, dx)."""
+    leaf = x.detach().requires_grad_(True)
+    params = [p for p in module.parameters() if p.requires_grad]
+
+    def step() -> tuple[torch.Tensor, torch.Tensor]:
+        out = module(leaf)
+        grads = torch.autograd.grad(out, [leaf, *params], g)
+        return out, grads[0]
+
+    return step
+
+
+def _compile(ref: torch.nn.Module, x: torch.Tensor, mode: str | None, g: torch.Tensor | None = None) -> Built:
+    """torch.compile of the reference; ``g`` given: the train mode (forward + backward compiled)."""
     torch._dynamo.reset()
     from torch._dynamo.utils import counters
 
     counters.clear()
     compiled = torch.compile(copy.deepcopy(ref), mode=mode)
-    with measure.inductor_metrics() as metrics, torch.no_grad():
+    if g is not None:
+        fn = _train_step(compiled, x, g)
+    else:
+        def fn() -> torch.Tensor:
+            with torch.no_grad():
+                return compiled(x)
+    with measure.inductor_metrics() as metrics:
         t0 = time.perf_counter()
-        compiled(x)
+        fn()
         if x.is_cuda:
             torch.cuda.synchronize()
         compile_s = time.perf_counter() - t0
         info = {"bytes_accessed": int(metrics.num_bytes_accessed),
                 "generated_kernels": int(metrics.generated_kernel_count)}
-    with torch.no_grad():
-        compiled(x)  # a second call must not recompile
+    fn()  # a second call must not recompile
     info["recompiles"] = int(sum(counters["recompiles"].values())) if "recompiles" in counters else 0
     info["graphs"] = int(counters["stats"].get("unique_graphs", 0))
-
-    def fn() -> torch.Tensor:
-        with torch.no_grad():
-            return compiled(x)
-
     return Built(fn, compile_s, info)
 
 
@@ -124,16 +148,41 @@ def build_provider(name: str, ref: torch.nn.Module, x: torch.Tensor) -> Built:
     raise ValueError(f"unknown provider {name!r}")
 
 
-def check_output(out: torch.Tensor, expected: torch.Tensor, dtype: str) -> tuple[bool, float]:
-    """Whether ``out`` matches eager within the per-dtype tolerance, and the max abs error."""
+def build_train_provider(name: str, ref: torch.nn.Module, x: torch.Tensor, g: torch.Tensor) -> Built:
+    """A zero-argument callable running forward + backward (train mode) with provider ``name``;
+    it returns ``(out, dx)``. The parameters' gradients are computed too (not returned)."""
+    import cbam_triton
+
+    if name == "eager":
+        return Built(_train_step(copy.deepcopy(ref), x, g))
+    if name == "compile":
+        return _compile(ref, x, None, g)
+    if name == "compile-max-autotune":
+        return _compile(ref, x, "max-autotune-no-cudagraphs", g)
+    if name == "triton":
+        return Built(_train_step(cbam_triton.CBAM.from_reference(ref, backend="triton"), x, g))
+    raise ValueError(f"provider {name!r} has no train mode (train providers: {', '.join(TRAIN_PROVIDERS)})")
+
+
+def check_output(out: Any, expected: Any, dtype: str, scaled: bool = False) -> tuple[bool, float]:
+    """Whether ``out`` matches eager within the per-dtype tolerance, and the max abs error.
+
+    ``out``/``expected`` are tensors or tuples of tensors (train mode: output and dx). ``scaled``:
+    the absolute tolerance is relative to the largest |expected| (gradients are sums of many terms).
+    """
+    if isinstance(out, tuple):
+        results = [check_output(o, e, dtype, scaled) for o, e in zip(out, expected)]
+        return all(ok for ok, _ in results) and len(out) == len(expected), max(err for _, err in results)
     if out.shape != expected.shape or out.dtype != expected.dtype:
         return False, float("inf")
     o, e = out.detach().float(), expected.detach().float()
     err = (o - e).abs()
     max_err = float(err.max()) if err.numel() else 0.0
     rtol, atol = CHECK_TOL[dtype]
-    nan_ok = torch.equal(torch.isnan(o), torch.isnan(e))
     finite = torch.isfinite(e)
+    if scaled and finite.any():
+        atol = atol * max(1.0, float(e[finite].abs().max()))
+    nan_ok = torch.equal(torch.isnan(o), torch.isnan(e))
     ok = nan_ok and bool((err[finite] <= atol + rtol * e[finite].abs()).all())
     return ok, max_err
 
@@ -143,20 +192,34 @@ def run_case(case: Case, providers: tuple[str, ...], device: torch.device,
              log: Callable[[str], None] | None = None, copy_gbps: float | None = None) -> list[dict[str, Any]]:
     """Measure every provider on ``case``; one result row per provider."""
     log = log or (lambda _msg: None)
+    train = case.mode == "train"
     ref = make_reference(case, device)
     x = make_input(case, device)
-    with torch.no_grad():
-        expected = ref(x)
+    if train:
+        ref.train()
+        g = make_grad(case, device)
+        expected = build_train_provider("eager", ref, x, g).fn()
+    else:
+        with torch.no_grad():
+            expected = ref(x)
     x_bytes = case.x_bytes()
     rows = []
-    builders: dict[str, Callable[[], Built]] = {p: (lambda p=p: build_provider(p, ref, x)) for p in providers}
-    for name, make in (extra_providers or {}).items():
-        builders[name] = lambda make=make: make(ref, x)
+    builders: dict[str, Callable[[], Built]] = {}
+    for p in providers:
+        if train:
+            builders[p] = lambda p=p: build_train_provider(p, ref, x, g)
+        else:
+            builders[p] = lambda p=p: build_provider(p, ref, x)
+    for name, make in (extra_providers or {}).items():  # train mode: make(ref, x, g)
+        builders[name] = (lambda make=make: make(ref, x, g)) if train else (lambda make=make: make(ref, x))
     for name, make in builders.items():
         row: dict[str, Any] = dict(case.as_dict(), provider=name, x_bytes=x_bytes, status="ok", note="")
         rows.append(row)
         log(f"{case.id} {name}")
         interpreted = device.type == "cpu" and name.startswith("triton")
+        if train and name not in TRAIN_PROVIDERS and name not in (extra_providers or {}):
+            row.update(status="skipped", note="forward-only provider (no train mode)")
+            continue
         if interpreted and case.batch * case.channels * case.height * case.width > INTERPRETER_MAX_ELEMENTS:
             row.update(status="skipped", note="Triton on CPU runs in the interpreter: verified on small cases only")
             continue
@@ -170,7 +233,7 @@ def run_case(case: Case, providers: tuple[str, ...], device: torch.device,
             if os.environ.get("CBAM_BENCH_DEBUG"):
                 traceback.print_exc(file=sys.stderr)
             continue
-        ok, max_err = check_output(out, expected, case.dtype)
+        ok, max_err = check_output(out, expected, case.dtype, scaled=train)
         row["max_abs_err_vs_eager"] = max_err
         row["compile_s"] = built.compile_s
         if built.compile_metrics:
@@ -183,8 +246,11 @@ def run_case(case: Case, providers: tuple[str, ...], device: torch.device,
             fn_for_count = built.fn
             if name == "triton-cudagraph":  # count the eager launches that the graph replays
                 fn_for_count = build_provider("triton", ref, x).fn
-            stats = measure.count_traffic(fn_for_count)
+            stats = measure.count_traffic(fn_for_count, grad=train)
             row["traffic_bytes"] = stats.bytes_total
+            if train:  # what autograd keeps between forward and backward
+                row["saved_bytes"] = measure.saved_tensor_bytes(built.fn)
+                row["saved_x"] = row["saved_bytes"] / x_bytes
             if device.type == "cpu":
                 row["launches"] = stats.launches
                 row["alloc_count"] = stats.alloc_count
@@ -205,7 +271,7 @@ def run_case(case: Case, providers: tuple[str, ...], device: torch.device,
             row["peak_mem_bytes"] = measure.gpu_peak_memory(built.fn, device)
             row.update(measure.time_gpu(built.fn))
             t = row["median_ms"] * 1e-3
-            row["floor_gbps"] = 2 * x_bytes / t / 1e9
+            row["floor_gbps"] = FLOOR_X[case.mode] * x_bytes / t / 1e9
             if row.get("traffic_bytes"):
                 row["model_gbps"] = row["traffic_bytes"] / t / 1e9
             if copy_gbps:

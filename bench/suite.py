@@ -29,6 +29,8 @@ SUITES: dict[str, list[str]] = {
 }
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 LAYOUTS = ("nchw", "channels_last")
+#: forward: inference (no_grad, eval); train: forward + backward (train mode, x and weights need grad)
+MODES = ("forward", "train")
 
 
 @dataclass(frozen=True)
@@ -47,7 +49,8 @@ class Case:
 
     @property
     def id(self) -> str:
-        return f"{self.shape_name}-b{self.batch}-{self.dtype}-{self.layout}"
+        base = f"{self.shape_name}-b{self.batch}-{self.dtype}-{self.layout}"
+        return base if self.mode == "forward" else f"{base}-{self.mode}"
 
     @property
     def shape(self) -> tuple[int, int, int, int]:
@@ -64,8 +67,12 @@ class Case:
         return dict(asdict(self), id=self.id)
 
 
-def make_cases(shape_names: list[str], batches: list[int], dtypes: list[str], layouts: list[str]) -> list[Case]:
+def make_cases(shape_names: list[str], batches: list[int], dtypes: list[str], layouts: list[str],
+               modes: tuple[str, ...] | list[str] = ("forward",)) -> list[Case]:
     """The cross product, in a stable order; raises ValueError naming an unknown choice."""
+    for m in modes:
+        if m not in MODES:
+            raise ValueError(f"unknown mode {m!r}; known: {', '.join(MODES)}")
     for name in shape_names:
         if name not in SHAPES:
             raise ValueError(f"unknown shape {name!r}; known: {', '.join(SHAPES)}")
@@ -79,10 +86,11 @@ def make_cases(shape_names: list[str], batches: list[int], dtypes: list[str], la
         if b < 1:
             raise ValueError(f"batch sizes must be >= 1, got {b}")
     cases = []
-    for name in shape_names:
-        c, h, w, r = SHAPES[name]
-        for b in batches:
-            for d in dtypes:
-                for lay in layouts:
-                    cases.append(Case(name, b, c, h, w, r, d, lay))
+    for mode in modes:
+        for name in shape_names:
+            c, h, w, r = SHAPES[name]
+            for b in batches:
+                for d in dtypes:
+                    for lay in layouts:
+                        cases.append(Case(name, b, c, h, w, r, d, lay, mode))
     return cases

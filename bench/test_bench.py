@@ -47,3 +47,25 @@ def test_forward(benchmark, case, provider):
         _sync()
 
     benchmark.pedantic(run, warmup_rounds=3, rounds=20 if CUDA else 10, iterations=1)
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+@pytest.mark.parametrize("case", [c for c in CASES if c.batch > 1], ids=lambda c: c.id + "-train")
+def test_train(benchmark, case, provider):
+    """Forward + backward (train mode), checked against eager's output and input gradient first."""
+    case = runner.Case(**{**{k: v for k, v in case.as_dict().items() if k != "id"}, "mode": "train"})
+    ref = runner.make_reference(case, DEVICE).train()
+    x = runner.make_input(case, DEVICE)
+    g = runner.make_grad(case, DEVICE)
+    built = runner.build_train_provider(provider, ref, x, g)
+    expected = runner.build_train_provider("eager", ref, x, g).fn()
+    ok, err = runner.check_output(built.fn(), expected, case.dtype, scaled=True)
+    assert ok, f"{provider} differs from eager by {err:.3g}; not timed"
+    benchmark.group = case.id
+    benchmark.extra_info.update(case.as_dict(), provider=provider, compile_s=built.compile_s)
+
+    def run() -> None:
+        built.fn()
+        _sync()
+
+    benchmark.pedantic(run, warmup_rounds=3, rounds=20 if CUDA else 5, iterations=1)

@@ -110,23 +110,19 @@ class ConvertedCBAM(nn.Module):
             logits = h if logits is None else logits + h
         return self._gate(s.channel_gate)(logits)
 
-    def spatial_map(self, pooled: torch.Tensor) -> torch.Tensor:
-        """``Ms`` (N, 1, H, W) from the (N, 2, H, W) ``[max, mean]`` map."""
+    def spatial_map(self, pooled: torch.Tensor, update_stats: bool = True) -> torch.Tensor:
+        """``Ms`` (N, 1, H, W) from the (N, 2, H, W) ``[max, mean]`` map (``update_stats=False``:
+        BN's running statistics are left alone)."""
         s = self.spec
         if s.spatial_input == "mean,max":
             pooled = pooled.flip(1)
         elif s.spatial_input == "light":
             pooled = 0.5 * pooled[:, 1:2] + 0.5 * pooled[:, 0:1]
         conv = self.get_submodule(s.conv)
-        kwargs = _bn_state(self._sub(s.bn))
+        kwargs = _bn_state(self._sub(s.bn), update_stats)
         return spatial_attention(pooled, conv.weight, conv.bias, gate=self._gate(s.spatial_gate), **kwargs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         be = prepare(x, self.spec.channels, dict(self.named_parameters()), self.backend)
-        if be is None:
-            return torch.empty_like(x)
-        mc = self.channel_map(*stages.channel_pool(x, be))
-        if self.spec.spatial_input is None:
-            return stages.gate(x, mc, None, be)
-        ms = self.spatial_map(stages.spatial_pool(x, mc, be))
-        return stages.gate(x, mc, ms, be)
+        spatial = self.spatial_map if self.spec.spatial_input is not None else None
+        return stages.run(x, be, self.channel_map, spatial, self.parameters())

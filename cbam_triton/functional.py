@@ -60,14 +60,13 @@ def _check_devices(x: torch.Tensor, tensors: dict[str, torch.Tensor | None]) -> 
 
 
 def prepare(x: object, channels: int | None, tensors: dict[str, torch.Tensor | None],
-            backend: str | None) -> str | None:
+            backend: str | None) -> str:
     """The common prologue of every CBAM forward: validate x (and its channel count) and the
-    weights' devices/dtypes, then resolve the backend. Returns None when x has no samples (N == 0),
-    in which case the caller returns ``torch.empty_like(x)`` without launching anything."""
+    weights' devices/dtypes, then resolve the backend (N == 0 is handled by :func:`stages.run`:
+    an empty output, nothing launched)."""
     validate_input(x, channels)
     _check_devices(x, tensors)
-    be = resolve_backend(x, backend)
-    return None if x.shape[0] == 0 else be
+    return resolve_backend(x, backend)
 
 
 def channel_pool(x: torch.Tensor, *, backend: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -229,11 +228,11 @@ def cbam(
         Tensor of x's shape, dtype and memory format. Big-tensor traffic: x is read three times and
         the output written once; only the output is a full-size allocation.
     """
-    be = prepare(x, fc1_weight.shape[1] if fc1_weight.dim() == 2 else None,
-                 {"fc1_weight": fc1_weight, "fc1_bias": fc1_bias, "fc2_weight": fc2_weight,
-                  "fc2_bias": fc2_bias, "conv_weight": conv_weight, "conv_bias": conv_bias,
-                  "bn_weight": bn_weight, "bn_bias": bn_bias,
-                  "bn_running_mean": bn_running_mean, "bn_running_var": bn_running_var}, backend)
+    weights = {"fc1_weight": fc1_weight, "fc1_bias": fc1_bias, "fc2_weight": fc2_weight,
+               "fc2_bias": fc2_bias, "conv_weight": conv_weight, "conv_bias": conv_bias,
+               "bn_weight": bn_weight, "bn_bias": bn_bias,
+               "bn_running_mean": bn_running_mean, "bn_running_var": bn_running_var}
+    be = prepare(x, fc1_weight.shape[1] if fc1_weight.dim() == 2 else None, weights, backend)
     c = x.shape[1]
     hidden = fc1_weight.shape[0]
     if fc1_weight.shape != (hidden, c) or fc2_weight.shape != (c, hidden):
@@ -247,14 +246,18 @@ def cbam(
         raise ValueError(f"pool_types must be a non-empty subset of ('avg', 'max'), got {pool_types!r}")
     if use_bn is None:
         use_bn = bn_running_var is not None or bn_weight is not None
-    if be is None:
-        return torch.empty_like(x)
-    avg, mx = stages.channel_pool(x, be)
-    mc = channel_attention(avg if "avg" in pools else None, mx if "max" in pools else None,
-                           fc1_weight, fc1_bias, fc2_weight, fc2_bias)
-    pooled = stages.spatial_pool(x, mc, be)
-    ms = spatial_attention(pooled, conv_weight, conv_bias, bn_weight=bn_weight, bn_bias=bn_bias,
-                           bn_running_mean=bn_running_mean, bn_running_var=bn_running_var,
-                           bn_training=bn_training, bn_momentum=bn_momentum, bn_eps=bn_eps,
-                           use_bn=use_bn)
-    return stages.gate(x, mc, ms, be)
+
+    def channel_map(avg: torch.Tensor, mx: torch.Tensor) -> torch.Tensor:
+        return channel_attention(avg if "avg" in pools else None, mx if "max" in pools else None,
+                                 fc1_weight, fc1_bias, fc2_weight, fc2_bias)
+
+    def spatial_map(pooled: torch.Tensor, update_stats: bool) -> torch.Tensor:
+        batch_stats = bn_training or bn_running_mean is None or bn_running_var is None
+        keep = update_stats or not batch_stats  # the recomputation must not update the statistics
+        return spatial_attention(pooled, conv_weight, conv_bias, bn_weight=bn_weight, bn_bias=bn_bias,
+                                 bn_running_mean=bn_running_mean if keep else None,
+                                 bn_running_var=bn_running_var if keep else None,
+                                 bn_training=bn_training, bn_momentum=bn_momentum, bn_eps=bn_eps,
+                                 use_bn=use_bn)
+
+    return stages.run(x, be, channel_map, spatial_map, weights.values())

@@ -20,17 +20,21 @@ from reference.cbam import validate_config  # the spec's own config rules, shipp
 _POOLS = ("avg", "max")
 
 
-def _bn_state(bn: nn.BatchNorm2d | None) -> dict[str, Any]:
-    """Keyword arguments for :func:`spatial_attention`, with nn.BatchNorm2d's own bookkeeping."""
+def _bn_state(bn: nn.BatchNorm2d | None, update_stats: bool = True) -> dict[str, Any]:
+    """Keyword arguments for :func:`spatial_attention`, with nn.BatchNorm2d's own bookkeeping.
+
+    ``update_stats=False`` (the training path's differentiable recomputation): the same values,
+    but neither the running statistics nor ``num_batches_tracked`` are touched.
+    """
     if bn is None:
         return {"use_bn": False}
     momentum = 0.0 if bn.momentum is None else bn.momentum
-    if bn.training and bn.track_running_stats and bn.num_batches_tracked is not None:
+    if update_stats and bn.training and bn.track_running_stats and bn.num_batches_tracked is not None:
         bn.num_batches_tracked.add_(1)
         if bn.momentum is None:  # cumulative moving average
             momentum = 1.0 / float(bn.num_batches_tracked)
     use_batch_stats = bn.training or (bn.running_mean is None and bn.running_var is None)
-    keep_stats = not bn.training or bn.track_running_stats
+    keep_stats = (not bn.training or bn.track_running_stats) and (update_stats or not use_batch_stats)
     return {
         "use_bn": True,
         "bn_weight": bn.weight,
@@ -63,10 +67,7 @@ class ChannelGate(nn.Module):
 
     def forward(self, x: torch.Tensor, backend: str | None = None) -> torch.Tensor:
         be = prepare(x, self.channels, dict(self.named_parameters()), backend)
-        if be is None:
-            return torch.empty_like(x)
-        mc = self.channel_map(*stages.channel_pool(x, be))
-        return stages.gate(x, mc, None, be)
+        return stages.run(x, be, self.channel_map, None, self.parameters())
 
 
 class SpatialGate(nn.Module):
@@ -81,16 +82,14 @@ class SpatialGate(nn.Module):
         self.conv = nn.Conv2d(2, 1, kernel_size, padding=kernel_size // 2, bias=False)
         self.bn = nn.BatchNorm2d(1) if spatial_norm else None
 
-    def spatial_map(self, pooled: torch.Tensor) -> torch.Tensor:
-        """``Ms`` (N, 1, H, W) from the (N, 2, H, W) ``[max, mean]`` map (BN folded in eval)."""
-        return spatial_attention(pooled, self.conv.weight, self.conv.bias, **_bn_state(self.bn))
+    def spatial_map(self, pooled: torch.Tensor, update_stats: bool = True) -> torch.Tensor:
+        """``Ms`` (N, 1, H, W) from the (N, 2, H, W) ``[max, mean]`` map (BN folded in eval;
+        ``update_stats=False``: BN's running statistics are left alone)."""
+        return spatial_attention(pooled, self.conv.weight, self.conv.bias, **_bn_state(self.bn, update_stats))
 
     def forward(self, x: torch.Tensor, backend: str | None = None) -> torch.Tensor:
         be = prepare(x, None, dict(self.named_parameters()), backend)
-        if be is None:
-            return torch.empty_like(x)
-        ms = self.spatial_map(stages.spatial_pool(x, None, be))
-        return stages.gate(x, None, ms, be)
+        return stages.run(x, be, None, self.spatial_map, self.parameters())
 
 
 class CBAM(nn.Module):
@@ -145,11 +144,7 @@ class CBAM(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         be = prepare(x, self.channels, dict(self.named_parameters()), self.backend)
-        if be is None:
-            return torch.empty_like(x)
-        mc = self.channel_gate.channel_map(*stages.channel_pool(x, be))
-        ms = self.spatial_gate.spatial_map(stages.spatial_pool(x, mc, be))
-        return stages.gate(x, mc, ms, be)
+        return stages.run(x, be, self.channel_gate.channel_map, self.spatial_gate.spatial_map, self.parameters())
 
     @classmethod
     def from_reference(cls, module: nn.Module, *, backend: str | None = None) -> CBAM:

@@ -118,6 +118,18 @@ IMPLEMENTATIONS: dict[object, Callable[..., object]] = {
 }
 
 
+def define_op(name: str) -> Callable[[Callable[..., object]], object]:
+    """Decorator: register ``fn`` as the custom operator ``cbam_triton::name`` (no mutation) and
+    record its plain implementation in :data:`IMPLEMENTATIONS`."""
+
+    def wrap(fn: Callable[..., object]) -> object:
+        op = torch.library.custom_op(f"cbam_triton::{name}", mutates_args=())(fn)
+        IMPLEMENTATIONS[getattr(torch.ops.cbam_triton, name).default] = fn
+        return op
+
+    return wrap
+
+
 def decompositions() -> dict[object, Callable[..., object]]:
     """``{op: PyTorch implementation}`` for ``ExportedProgram.run_decompositions``: an exported
     graph of standard ops (ONNX, TensorRT) computing the same function."""

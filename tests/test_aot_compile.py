@@ -40,7 +40,7 @@ def test_report_covers_every_kernel_layout_dtype_and_arch(report):
     rows = data["rows"]
     names = {k.fn.__name__ if hasattr(k, "fn") else k.__name__ for k in cbam_triton.kernels.ALL_KERNELS}
     assert {r["kernel"] + "_kernel" for r in rows} == names
-    for kernel in ("channel_pool", "spatial_pool", "gate"):
+    for kernel in ("channel_pool", "spatial_pool", "gate", "gate_backward", "spatial_pool_backward", "input_grad"):
         for arch in ("sm_80", "sm_90"):
             for layout in ("nchw", "channels_last"):
                 got = {r["dtype"] for r in rows if (r["kernel"], r["arch"], r["layout"]) == (kernel, arch, layout)}
@@ -51,3 +51,16 @@ def test_report_numbers_are_real(report):
     _, data = report
     for r in data["rows"]:
         assert r["registers"] > 0 and r["sass_instructions"] > 0 and r["global_loads"] > 0
+
+
+def test_training_variants_are_compiled(report):
+    """The training forward (tie counts) and every flag combination of the input gradient."""
+    _, data = report
+    rows = data["rows"]
+    for kernel in ("channel_pool", "spatial_pool"):
+        assert any(r["meta"].get("COUNT") for r in rows if r["kernel"] == kernel), kernel
+    walks = {r["meta"]["WALK_C"] for r in rows if r["kernel"] in ("gate_backward", "spatial_pool_backward")}
+    assert walks == {True, False}
+    flags = {tuple(sorted(k for k, v in r["meta"].items() if v is True and k.startswith("HAS")))
+             for r in rows if r["kernel"] == "input_grad"}
+    assert len(flags) >= 4, flags

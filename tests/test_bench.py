@@ -50,7 +50,35 @@ def test_quick_cli_writes_every_output(quick_run):
             assert r["status"] == "ok" and r["median_ms"] > 0, r
         if provider == "triton":  # verified in the interpreter, never timed on CPU
             assert r["status"] == "verified" and r.get("median_ms") is None, r
+    train = [r for r in doc["results"] if r["mode"] == "train"]
+    assert {r["provider"] for r in train} == {"eager", "compile", "compile-max-autotune", "triton"}
+    assert all(r["id"].endswith("-train") for r in train)
     assert "GPU timings need a CUDA device" in proc.stdout
+
+
+def test_train_mode_checks_output_and_input_gradient():
+    """Forward + backward: eager timed, Triton verified; traffic and saved bytes below eager's; a
+    provider with a wrong gradient is flagged and not timed."""
+    case = Case("tiny", 2, 64, 9, 10, 4, "fp32", "channels_last", "train")
+
+    def wrong_grad(ref, x, g):
+        step = runner.build_train_provider("eager", ref, x, g).fn
+        return runner.Built(lambda: (lambda out, dx: (out, dx * 1.05))(*step()))
+
+    rows = runner.run_case(case, ("eager", "triton"), torch.device("cpu"), extra_providers={"wrong": wrong_grad})
+    by = {r["provider"]: r for r in rows}
+    assert by["eager"]["status"] == "ok" and by["eager"]["median_ms"] > 0
+    assert by["triton"]["status"] == "verified", by["triton"]
+    assert by["wrong"]["status"] == "mismatch" and by["wrong"].get("median_ms") is None
+    assert by["triton"]["saved_x"] < 1.5 < 2 <= by["eager"]["saved_x"]  # x + small maps vs x, x * Mc, ...
+    assert by["triton"]["traffic_x"] < by["eager"]["traffic_x"] / 2
+
+
+def test_forward_only_providers_are_skipped_in_train_mode():
+    case = Case("tiny", 1, 8, 5, 6, 2, "fp32", "nchw", "train")
+    rows = runner.run_case(case, ("eager", "triton-cudagraph"), torch.device("cpu"))
+    skipped = next(r for r in rows if r["provider"] == "triton-cudagraph")
+    assert skipped["status"] == "skipped" and "forward-only" in skipped["note"]
 
 
 def test_schema_rejects_broken_documents():
@@ -126,3 +154,5 @@ def test_unknown_case_choices_raise():
         make_cases(["resnet51"], [1], ["fp32"], ["nchw"])
     with pytest.raises(ValueError, match="unknown dtype"):
         make_cases(["tiny"], [1], ["fp8"], ["nchw"])
+    with pytest.raises(ValueError, match="unknown mode"):
+        make_cases(["tiny"], [1], ["fp32"], ["nchw"], ["backward"])

@@ -89,3 +89,34 @@ def assert_close_to_reference(ours: torch.Tensor, ref_module: torch.nn.Module, x
     bad = err > bound
     assert not bad.any(), (f"{dtype}: {int(bad.sum())} elements too far from float64 reference: max error "
                            f"{err.max().item():.3g}, eager {dtype} error {eager_err.item():.3g}")
+
+
+def assert_grad_close(ours: torch.Tensor, eager: torch.Tensor, ref64: torch.Tensor, name: str = "grad") -> None:
+    """Gradients under the same rule as outputs: ``ours`` (in the input's dtype, or fp32 for
+    parameters), ``eager`` (the reference's gradient in that precision) and ``ref64`` (the float64
+    reference's gradient). float32/float64: ``atol + rtol * |ref64|``, for float32 relaxed to twice
+    eager's own largest error; float16/bfloat16: ``2 * max|eager - ref64| + 1 ulp(ref64)``, with the
+    ulp of the gradient's dtype. Non-finite values must sit in the reference's places."""
+    assert ours.shape == ref64.shape, f"{name}: shape {tuple(ours.shape)} != {tuple(ref64.shape)}"
+    o, e, r = ours.detach().double(), eager.detach().double(), ref64.detach().double()
+    assert_same_nonfinite(o, r)
+    fin = torch.isfinite(r)
+    if not fin.any():
+        return
+    o, e, r = o[fin], e[fin], r[fin]
+    err = (o - r).abs()
+    eager_err = (e - r).abs().max()
+    dtype = ours.dtype
+    if dtype in RTOL_ATOL:
+        rtol, atol = RTOL_ATOL[dtype]
+        bound = atol + rtol * r.abs()
+        if dtype == torch.float32:
+            bound = bound.clamp_min(LOWP_FACTOR * eager_err)
+    else:
+        bound = LOWP_FACTOR * eager_err + LOWP_ULPS * ulp(r, dtype)
+        if dtype == torch.bfloat16 and os.environ.get("TRITON_INTERPRET") == "1":
+            tiny = torch.finfo(dtype).smallest_normal
+            bound = torch.where(r.abs() < tiny, torch.full_like(bound, tiny), bound)
+    bad = err > bound
+    assert not bad.any(), (f"{name} ({dtype}): {int(bad.sum())}/{bad.numel()} elements too far from the float64 "
+                           f"reference: max error {err.max().item():.3g}, eager error {eager_err.item():.3g}")

@@ -7,9 +7,19 @@ which makes that axis contiguous for coalescing and 128-bit vectorisation.
 """
 
 from cbam_triton.kernels.gate import gate_kernel
+from cbam_triton.kernels.gate_backward import gate_backward_kernel
+from cbam_triton.kernels.input_grad import input_grad_kernel
 from cbam_triton.kernels.pool import channel_pool_kernel
 from cbam_triton.kernels.spatial_pool import spatial_pool_kernel
+from cbam_triton.kernels.spatial_pool_backward import spatial_pool_backward_kernel
 
-ALL_KERNELS = (channel_pool_kernel, spatial_pool_kernel, gate_kernel)
+#: forward: stage 1, 2, 3
+FORWARD_KERNELS = (channel_pool_kernel, spatial_pool_kernel, gate_kernel)
+#: backward: map gradients of stage 3, of stage 2, then the input gradient of the whole block
+BACKWARD_KERNELS = (gate_backward_kernel, spatial_pool_backward_kernel, input_grad_kernel)
+ALL_KERNELS = FORWARD_KERNELS + BACKWARD_KERNELS
 
-__all__ = ["ALL_KERNELS", "channel_pool_kernel", "gate_kernel", "spatial_pool_kernel"]
+__all__ = [
+    "ALL_KERNELS", "BACKWARD_KERNELS", "FORWARD_KERNELS", "channel_pool_kernel", "gate_backward_kernel",
+    "gate_kernel", "input_grad_kernel", "spatial_pool_backward_kernel", "spatial_pool_kernel",
+]

@@ -3,14 +3,15 @@
 import triton
 import triton.language as tl
 
-from cbam_triton.kernels._common import max_propagate_nan
+from cbam_triton.kernels._common import count_at_max, max_propagate_nan, track_max_count
 
 
 @triton.jit
 def channel_pool_kernel(
-    x_ptr, sum_ptr, max_ptr,
+    x_ptr, sum_ptr, max_ptr, cnt_ptr,
     C, P, p_per_split,
     stride_xn, stride_xc, stride_xp,
+    COUNT: tl.constexpr,
     BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr, ACC_FP64: tl.constexpr,
 ):
     # Reads x[n, c-block, p-range] exactly once; writes sum and max over that p-range for each
@@ -19,6 +20,8 @@ def channel_pool_kernel(
     # makes the unit-stride axis the long one (BLOCK_P for NCHW, BLOCK_C for channels_last).
     # Partial results of the SPLIT programs of one (n, c) are combined afterwards in a fixed order:
     # deterministic, no atomics. Elementwise accumulators, one cross-lane reduction at the end.
+    # COUNT (training forward): also cnt[n, split, c] = how many elements equal the max (int32),
+    # which the backward needs to split the max's gradient among ties like torch.amax.
     acc_t: tl.constexpr = tl.float64 if ACC_FP64 else tl.float32
     pid_nc = tl.program_id(0)
     split = tl.program_id(1)
@@ -39,13 +42,21 @@ def channel_pool_kernel(
     step = tl.full([], BLOCK_P, tl.int64) * stride_xp  # int64: no overflow for huge strides
     acc_sum = tl.zeros([BLOCK_C, BLOCK_P], dtype=acc_t)
     acc_max = tl.full([BLOCK_C, BLOCK_P], float("-inf"), dtype=acc_t)
+    acc_cnt = tl.zeros([BLOCK_C, BLOCK_P], dtype=tl.int32)
     for p0 in range(p_start, p_end, BLOCK_P):
         mask = mask_c[:, None] & ((p0 + offs_p) < p_end)[None, :]
         v = tl.load(ptrs, mask=mask, other=0.0).to(acc_t)
         acc_sum += v
-        acc_max = tl.maximum(acc_max, tl.where(mask, v, float("-inf")), propagate_nan=tl.PropagateNan.ALL)
+        vm = tl.where(mask, v, float("-inf"))
+        if COUNT:
+            acc_max, acc_cnt = track_max_count(acc_max, acc_cnt, vm, mask)
+        else:
+            acc_max = tl.maximum(acc_max, vm, propagate_nan=tl.PropagateNan.ALL)
         ptrs += step
 
     out = (n * num_splits + split).to(tl.int64) * C + offs_c
+    vmax = max_propagate_nan(acc_max, 1)
     tl.store(sum_ptr + out, tl.sum(acc_sum, axis=1), mask=mask_c)
-    tl.store(max_ptr + out, max_propagate_nan(acc_max, 1), mask=mask_c)
+    tl.store(max_ptr + out, vmax, mask=mask_c)
+    if COUNT:
+        tl.store(cnt_ptr + out, count_at_max(acc_max, acc_cnt, vmax, 1), mask=mask_c)

@@ -3,15 +3,15 @@
 import triton
 import triton.language as tl
 
-from cbam_triton.kernels._common import max_propagate_nan
+from cbam_triton.kernels._common import count_at_max, max_propagate_nan, track_max_count
 
 
 @triton.jit
 def spatial_pool_kernel(
-    x_ptr, mc_ptr, out_ptr,
+    x_ptr, mc_ptr, out_ptr, cnt_ptr,
     C, P, c_per_split,
     stride_xn, stride_xc, stride_xp,
-    HAS_MC: tl.constexpr, FINALIZE: tl.constexpr,
+    HAS_MC: tl.constexpr, FINALIZE: tl.constexpr, COUNT: tl.constexpr,
     BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr, ACC_FP64: tl.constexpr,
 ):
     # Reads x[n, c-range, p-block] once and the channel map mc[n, c] (fp32/fp64, N*C values);
@@ -19,7 +19,8 @@ def spatial_pool_kernel(
     # out[n, split, 1, p] = sum_c over the c-range (FINALIZE, i.e. SPLIT == 1: the mean, so out is
     # directly the (N, 2, H, W) map [max, mean]). Grid: (N * cdiv(P, BLOCK_P), SPLIT).
     # Tile [BLOCK_C, BLOCK_P] walks the c-range; partials are combined afterwards in a fixed
-    # order (deterministic, no atomics).
+    # order (deterministic, no atomics). COUNT (training forward): also cnt[n, split, p] = how many
+    # channels reach the max (int32), for the backward's even split of the max's gradient among ties.
     acc_t: tl.constexpr = tl.float64 if ACC_FP64 else tl.float32
     pid_np = tl.program_id(0)
     split = tl.program_id(1)
@@ -41,6 +42,7 @@ def spatial_pool_kernel(
     mc_ptrs = mc_ptr + n.to(tl.int64) * C + c_start + offs_c
     acc_sum = tl.zeros([BLOCK_C, BLOCK_P], dtype=acc_t)
     acc_max = tl.full([BLOCK_C, BLOCK_P], float("-inf"), dtype=acc_t)
+    acc_cnt = tl.zeros([BLOCK_C, BLOCK_P], dtype=tl.int32)
     for c0 in range(c_start, c_end, BLOCK_C):
         mask_cc = (c0 + offs_c) < c_end
         mask = mask_cc[:, None] & mask_p[None, :]
@@ -49,7 +51,11 @@ def spatial_pool_kernel(
             g = tl.load(mc_ptrs, mask=mask_cc, other=0.0).to(acc_t)
             v = v * g[:, None]
         acc_sum += tl.where(mask, v, 0.0)
-        acc_max = tl.maximum(acc_max, tl.where(mask, v, float("-inf")), propagate_nan=tl.PropagateNan.ALL)
+        vm = tl.where(mask, v, float("-inf"))
+        if COUNT:
+            acc_max, acc_cnt = track_max_count(acc_max, acc_cnt, vm, mask)
+        else:
+            acc_max = tl.maximum(acc_max, vm, propagate_nan=tl.PropagateNan.ALL)
         ptrs += step
         mc_ptrs += BLOCK_C
 
@@ -60,3 +66,6 @@ def spatial_pool_kernel(
     base = out_ptr + (n * num_splits + split).to(tl.int64) * 2 * P
     tl.store(base + offs_p, vmax, mask=mask_p)
     tl.store(base + P + offs_p, vsum, mask=mask_p)
+    if COUNT:
+        cnt_out = cnt_ptr + (n * num_splits + split).to(tl.int64) * P + offs_p
+        tl.store(cnt_out, count_at_max(acc_max, acc_cnt, vmax, 0), mask=mask_p)

@@ -146,3 +146,44 @@ def choose_split(base_programs: int, extent: int, block: int, target: int,
     want = min(want, iters)
     per_split = -(-iters // want) * block
     return -(-extent // per_split), per_split
+
+
+def combine_max_counts(maxs: torch.Tensor, cnts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Combine per-split (max, tie count) partials along dim 1 in a fixed order: the max of the
+    maxima, and the sum of the counts of the splits that reached it (NaN max: count 0)."""
+    peak = maxs.amax(dim=1)
+    hit = maxs == peak.unsqueeze(1)
+    return peak, torch.where(hit, cnts, torch.zeros_like(cnts)).sum(dim=1, dtype=torch.int32)
+
+
+@dataclass(frozen=True)
+class Walk:
+    """Grid of the backward reductions: each program owns one block of the unit-stride ("long")
+    axis and walks the other axis over its split range (see the backward kernels)."""
+
+    walk_c: bool        #: True: long axis p (NCHW), programs walk c; False: long axis c, walk p
+    block_c: int
+    block_p: int
+    num_blocks: int     #: long-axis blocks per sample
+    num_splits: int
+    per_split: int      #: walked elements per split (a multiple of the walked block)
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        return (self.num_blocks, self.num_splits)
+
+
+def plan_walk(n: int, c: int, p: int, stride_c: int, stride_p: int, device: torch.device,
+              split: int | None = None) -> Walk:
+    """The :class:`Walk` for an (n, c, p) tensor with the given strides (split as in stage 1/2)."""
+    walk_c = unit_axis(stride_c, stride_p, c, p) == "p"
+    block_c, block_p = tile_for("p" if walk_c else "c", c, p)
+    blocks = -(-p // block_p) if walk_c else -(-c // block_c)
+    extent, block = (c, block_c) if walk_c else (p, block_p)
+    num_splits, per_split = choose_split(n * blocks, extent, block, target_programs(device), split)
+    return Walk(walk_c, block_c, block_p, n * blocks, num_splits, per_split)
+
+
+def sum_partials(ws: torch.Tensor) -> torch.Tensor:
+    """Sum an (N, K, L) workspace of partials over K in a fixed order (deterministic)."""
+    return ws[:, 0] if ws.shape[1] == 1 else ws.sum(dim=1)

@@ -10,6 +10,7 @@ from cbam_triton.launchers._common import (
     acc_is_fp64,
     as_ncp,
     choose_split,
+    combine_max_counts,
     compute_dtype,
     nbytes,
     target_programs,
@@ -18,8 +19,10 @@ from cbam_triton.launchers._common import (
 )
 
 
-def plan_channel_pool(x: torch.Tensor, split: int | None = None) -> tuple[Launch, torch.Tensor, torch.Tensor]:
-    """Plan stage 1 for a 4-D x: returns the launch and its (N, SPLIT, C) sum / max workspaces."""
+def plan_channel_pool(x: torch.Tensor, split: int | None = None, count: bool = False
+                      ) -> tuple[Launch, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Plan stage 1 for a 4-D x: returns the launch and its (N, SPLIT, C) sum / max workspaces
+    (and, with ``count``, the int32 (N, SPLIT, C) counts of elements equal to each max)."""
     n, c, h, w = x.shape
     p = h * w
     x, (sn, sc, sp) = as_ncp(x)
@@ -29,16 +32,17 @@ def plan_channel_pool(x: torch.Tensor, split: int | None = None) -> tuple[Launch
     acc = compute_dtype(x)
     sums = torch.empty((n, num_splits, c), dtype=acc, device=x.device)
     maxs = torch.empty((n, num_splits, c), dtype=acc, device=x.device)
+    cnts = torch.empty((n, num_splits, c), dtype=torch.int32, device=x.device) if count else None
     launch = Launch(
         kernel=channel_pool_kernel,
         grid=(base, num_splits),
-        args=(x, sums, maxs, c, p, per_split, sn, sc, sp),
-        meta=dict(BLOCK_C=block_c, BLOCK_P=block_p, ACC_FP64=acc_is_fp64(x)),
+        args=(x, sums, maxs, cnts if count else maxs, c, p, per_split, sn, sc, sp),
+        meta=dict(COUNT=count, BLOCK_C=block_c, BLOCK_P=block_p, ACC_FP64=acc_is_fp64(x)),
         name="channel_pool",
         bytes_read=nbytes(x),
-        bytes_written=nbytes(sums, maxs),
+        bytes_written=nbytes(sums, maxs, cnts),
     )
-    return launch, sums, maxs
+    return launch, sums, maxs, cnts
 
 
 def channel_pool(x: torch.Tensor, split: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -48,10 +52,22 @@ def channel_pool(x: torch.Tensor, split: int | None = None) -> tuple[torch.Tenso
     be merged); other views are copied to NCHW first. NaN propagates like ``torch.amax``.
     """
     n, c, h, w = x.shape
-    launch, sums, maxs = plan_channel_pool(x, split)
+    launch, sums, maxs, _ = plan_channel_pool(x, split)
     launch()
     if sums.shape[1] == 1:
         total, peak = sums[:, 0], maxs[:, 0]
     else:  # fixed-order combine of the partials: deterministic
         total, peak = sums.sum(dim=1), maxs.amax(dim=1)
     return total / (h * w), peak
+
+
+def channel_pool_counts(x: torch.Tensor, split: int | None = None
+                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`channel_pool` plus the int32 (N, C) number of elements equal to each max (training
+    forward: the backward splits the max's gradient evenly among ties, as ``torch.amax``)."""
+    n, c, h, w = x.shape
+    launch, sums, maxs, cnts = plan_channel_pool(x, split, count=True)
+    launch()
+    if sums.shape[1] == 1:
+        return sums[:, 0] / (h * w), maxs[:, 0], cnts[:, 0]
+    return sums.sum(dim=1) / (h * w), *combine_max_counts(maxs, cnts)

@@ -10,6 +10,7 @@ from cbam_triton.launchers._common import (
     acc_is_fp64,
     as_ncp,
     choose_split,
+    combine_max_counts,
     compute_dtype,
     nbytes,
     target_programs,
@@ -18,9 +19,10 @@ from cbam_triton.launchers._common import (
 )
 
 
-def plan_spatial_pool(x: torch.Tensor, mc: torch.Tensor | None,
-                      split: int | None = None) -> tuple[Launch, torch.Tensor]:
-    """Plan stage 2; returns the launch and its (N, SPLIT, 2, H, W) output (max, sum-or-mean)."""
+def plan_spatial_pool(x: torch.Tensor, mc: torch.Tensor | None, split: int | None = None,
+                      count: bool = False) -> tuple[Launch, torch.Tensor, torch.Tensor | None]:
+    """Plan stage 2; returns the launch, its (N, SPLIT, 2, H, W) output (max, sum-or-mean) and,
+    with ``count``, the int32 (N, SPLIT, H*W) counts of channels equal to each max."""
     n, c, h, w = x.shape
     p = h * w
     x, (sn, sc, sp) = as_ncp(x)
@@ -29,19 +31,20 @@ def plan_spatial_pool(x: torch.Tensor, mc: torch.Tensor | None,
     num_splits, per_split = choose_split(base, c, block_c, target_programs(x.device), split)
     acc = compute_dtype(x)
     out = torch.empty((n, num_splits, 2, h, w), dtype=acc, device=x.device)
+    cnts = torch.empty((n, num_splits, p), dtype=torch.int32, device=x.device) if count else None
     if mc is not None:
         mc = mc.to(acc).contiguous()
     launch = Launch(
         kernel=spatial_pool_kernel,
         grid=(base, num_splits),
-        args=(x, mc if mc is not None else out, out, c, p, per_split, sn, sc, sp),
-        meta=dict(HAS_MC=mc is not None, FINALIZE=num_splits == 1,
+        args=(x, mc if mc is not None else out, out, cnts if count else out, c, p, per_split, sn, sc, sp),
+        meta=dict(HAS_MC=mc is not None, FINALIZE=num_splits == 1, COUNT=count,
                   BLOCK_C=block_c, BLOCK_P=block_p, ACC_FP64=acc_is_fp64(x)),
         name="spatial_pool",
         bytes_read=nbytes(x, mc),
-        bytes_written=nbytes(out),
+        bytes_written=nbytes(out, cnts),
     )
-    return launch, out
+    return launch, out, cnts
 
 
 def spatial_pool(x: torch.Tensor, mc: torch.Tensor | None = None,
@@ -52,8 +55,21 @@ def spatial_pool(x: torch.Tensor, mc: torch.Tensor | None = None,
     once. NaN propagates like ``torch.amax``/``mean``.
     """
     c = x.shape[1]
-    launch, out = plan_spatial_pool(x, mc, split)
+    launch, out, _ = plan_spatial_pool(x, mc, split)
     launch()
     if out.shape[1] == 1:
         return out[:, 0]
     return torch.stack([out[:, :, 0].amax(dim=1), out[:, :, 1].sum(dim=1) / c], dim=1)
+
+
+def spatial_pool_counts(x: torch.Tensor, mc: torch.Tensor | None = None,
+                        split: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`spatial_pool` plus the int32 (N, H*W) number of channels where ``x * mc`` equals the
+    max (training forward: the backward splits the max's gradient evenly among ties)."""
+    n, c, h, w = x.shape
+    launch, out, cnts = plan_spatial_pool(x, mc, split, count=True)
+    launch()
+    if out.shape[1] == 1:
+        return out[:, 0], cnts[:, 0]
+    peak, cnt = combine_max_counts(out[:, :, 0].reshape(n, -1, h * w), cnts)
+    return torch.stack([peak.reshape(n, h, w), out[:, :, 1].sum(dim=1) / c], dim=1), cnt

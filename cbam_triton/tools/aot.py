@@ -19,7 +19,8 @@ from typing import Any
 
 import torch
 
-_PTR_TYPES = {torch.float32: "*fp32", torch.float16: "*fp16", torch.bfloat16: "*bf16", torch.float64: "*fp64"}
+_PTR_TYPES = {torch.float32: "*fp32", torch.float16: "*fp16", torch.bfloat16: "*bf16", torch.float64: "*fp64",
+              torch.int32: "*i32"}
 
 
 @dataclass

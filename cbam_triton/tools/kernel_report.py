@@ -46,7 +46,14 @@ def _meta_input(shape: tuple[int, int, int, int], dtype: torch.dtype, layout: st
 def launch_cases(dtypes: tuple[str, ...] = ("fp32", "fp16", "bf16", "fp64"),
                  quick: bool = False) -> Iterator[tuple[dict[str, Any], Any]]:
     """(description, Launch) for every kernel configuration the launchers can produce."""
-    from cbam_triton.launchers import plan_channel_pool, plan_gate, plan_spatial_pool
+    from cbam_triton.launchers import (
+        plan_channel_pool,
+        plan_gate,
+        plan_gate_backward,
+        plan_input_grad,
+        plan_spatial_pool,
+        plan_spatial_pool_backward,
+    )
     from cbam_triton.launchers._common import LONG_BLOCKS
 
     seen: set[str] = set()
@@ -63,13 +70,29 @@ def launch_cases(dtypes: tuple[str, ...] = ("fp32", "fp16", "bf16", "fp64"),
                     mc = torch.empty(n, c, device="meta")
                     mcs = torch.empty(xs.shape[0], xs.shape[1], device="meta")
                     ms = torch.empty(n, h, w, device="meta")
-                    plans.append(plan_channel_pool(x, split=1)[0])
-                    plans.append(plan_channel_pool(x, split=2)[0])
-                    for use_mc in (True, False):
-                        plans.append(plan_spatial_pool(xs, mcs if use_mc else None, split=1)[0])
-                        plans.append(plan_spatial_pool(xs, mcs if use_mc else None, split=2)[0])
+                    for count in (False, True):  # True: the training forward (tie counts)
+                        plans.append(plan_channel_pool(x, split=1, count=count)[0])
+                        plans.append(plan_channel_pool(x, split=2, count=count)[0])
+                        for use_mc in (True, False):
+                            plans.append(plan_spatial_pool(xs, mcs if use_mc else None, split=1, count=count)[0])
+                            plans.append(plan_spatial_pool(xs, mcs if use_mc else None, split=2, count=count)[0])
                     for use_mc, use_ms in ((True, True), (True, False), (False, True), (False, False)):
                         plans.append(plan_gate(x, mc if use_mc else None, ms if use_ms else None)[0])
+                    # backward (g has x's dtype and layout)
+                    g = torch.empty_like(x)
+                    small = torch.empty(n, h * w, device="meta")
+                    for use_mc, use_ms in ((True, True), (True, False), (False, True)):
+                        for split in (1, 2):
+                            plans.append(plan_gate_backward(g, x, mc if use_mc else None, ms if use_ms else None,
+                                                            split=split)[0])
+                    for split in (1, 2):
+                        plans.append(plan_spatial_pool_backward(x, mc, small, small, small, split=split)[0])
+                    spool = dict(pmax=small, a=small, b=small)
+                    for maps in (dict(mc=mc, ms=ms, **spool, cmax=mc, avg_g=mc, max_g=mc),  # CBAM
+                                 dict(mc=mc, cmax=mc, avg_g=mc, max_g=mc),                  # channel gate
+                                 dict(mc=mc, avg_g=mc),                                       # avg-only (ultralytics)
+                                 dict(ms=ms, **spool)):                                       # spatial gate
+                        plans.append(plan_input_grad(g, x, **maps)[0])
                     for launch in plans:
                         from cbam_triton.tools.aot import specialize
 
@@ -106,8 +129,8 @@ def check_row(row: dict[str, Any]) -> list[str]:
             problems.append(f"x loads not 128-bit: {row['global_loads_128']} LDG.128 < {vec_loads_needed} per tile")
         if row["kernel"] == "channel_pool" and row["global_loads_128"] != row["global_loads"]:
             problems.append("channel_pool has non-128-bit loads of x")
-        if row["kernel"] == "gate" and row["global_stores_128"] != row["global_stores"]:
-            problems.append("gate output stores not all 128-bit")
+        if row["kernel"] in ("gate", "input_grad") and row["global_stores_128"] != row["global_stores"]:
+            problems.append(f"{row['kernel']} full-size stores not all 128-bit")
     row["ok"] = not problems
     return problems
 
