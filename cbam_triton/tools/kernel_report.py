@@ -44,8 +44,15 @@ def _meta_input(shape: tuple[int, int, int, int], dtype: torch.dtype, layout: st
 
 
 def launch_cases(dtypes: tuple[str, ...] = ("fp32", "fp16", "bf16", "fp64"),
-                 quick: bool = False) -> Iterator[tuple[dict[str, Any], Any]]:
-    """(description, Launch) for every kernel configuration the launchers can produce."""
+                 quick: bool = False, full: bool = False) -> Iterator[tuple[dict[str, Any], Any]]:
+    """(description, Launch) for every kernel configuration the launchers can produce.
+
+    The forward kernels' inference variants are always compiled for every tile shape. The training
+    variants (tie-counting pools, backward kernels) are too with ``full``; otherwise their main flag
+    set (the whole CBAM block) is compiled for every tile shape and their rarer flag sets (lone
+    gates, avg-only channel branch) for one aligned and the unaligned shape per dtype and layout,
+    which keeps the CI gate's compile time in check while every flag combination still compiles.
+    """
     from cbam_triton.launchers import (
         plan_channel_pool,
         plan_gate,
@@ -70,28 +77,38 @@ def launch_cases(dtypes: tuple[str, ...] = ("fp32", "fp16", "bf16", "fp64"),
                     mc = torch.empty(n, c, device="meta")
                     mcs = torch.empty(xs.shape[0], xs.shape[1], device="meta")
                     ms = torch.empty(n, h, w, device="meta")
-                    for count in (False, True):  # True: the training forward (tie counts)
-                        plans.append(plan_channel_pool(x, split=1, count=count)[0])
-                        plans.append(plan_channel_pool(x, split=2, count=count)[0])
+                    # training variants: every tile shape with --full, else the middle two (64, 256) and the
+                    # unaligned shape; their rarer flag sets on one aligned and the unaligned shape
+                    train = full or not aligned or long_block in LONG_BLOCKS[1:3]
+                    rare = full or not aligned or long_block == LONG_BLOCKS[1]
+                    for split in (1, 2):
+                        plans.append(plan_channel_pool(x, split=split)[0])
+                        if train:
+                            plans.append(plan_channel_pool(x, split=split, count=True)[0])  # training forward
                         for use_mc in (True, False):
-                            plans.append(plan_spatial_pool(xs, mcs if use_mc else None, split=1, count=count)[0])
-                            plans.append(plan_spatial_pool(xs, mcs if use_mc else None, split=2, count=count)[0])
+                            plans.append(plan_spatial_pool(xs, mcs if use_mc else None, split=split)[0])
+                            if train and (use_mc or rare):
+                                plans.append(plan_spatial_pool(xs, mcs if use_mc else None, split=split,
+                                                               count=True)[0])
                     for use_mc, use_ms in ((True, True), (True, False), (False, True), (False, False)):
                         plans.append(plan_gate(x, mc if use_mc else None, ms if use_ms else None)[0])
                     # backward (g has x's dtype and layout)
                     g = torch.empty_like(x)
                     small = torch.empty(n, h * w, device="meta")
-                    for use_mc, use_ms in ((True, True), (True, False), (False, True)):
-                        for split in (1, 2):
-                            plans.append(plan_gate_backward(g, x, mc if use_mc else None, ms if use_ms else None,
-                                                            split=split)[0])
-                    for split in (1, 2):
+                    for use_mc, use_ms in ((True, True), (True, False), (False, True)) if train else ():
+                        if (use_mc and use_ms) or rare:
+                            for split in (1, 2) if full else (2,):
+                                plans.append(plan_gate_backward(g, x, mc if use_mc else None, ms if use_ms else None,
+                                                                split=split)[0])
+                    for split in ((1, 2) if full else (2,)) if train else ():
                         plans.append(plan_spatial_pool_backward(x, mc, small, small, small, split=split)[0])
                     spool = dict(pmax=small, a=small, b=small)
-                    for maps in (dict(mc=mc, ms=ms, **spool, cmax=mc, avg_g=mc, max_g=mc),  # CBAM
-                                 dict(mc=mc, cmax=mc, avg_g=mc, max_g=mc),                  # channel gate
-                                 dict(mc=mc, avg_g=mc),                                       # avg-only (ultralytics)
-                                 dict(ms=ms, **spool)):                                       # spatial gate
+                    variants = [dict(mc=mc, ms=ms, **spool, cmax=mc, avg_g=mc, max_g=mc)] if train else []  # CBAM
+                    if rare:
+                        variants += [dict(mc=mc, cmax=mc, avg_g=mc, max_g=mc),  # channel gate
+                                     dict(mc=mc, avg_g=mc),                      # avg-only (ultralytics)
+                                     dict(ms=ms, **spool)]                       # spatial gate
+                    for maps in variants:
                         plans.append(plan_input_grad(g, x, **maps)[0])
                     for launch in plans:
                         from cbam_triton.tools.aot import specialize
@@ -138,19 +155,19 @@ def check_row(row: dict[str, Any]) -> list[str]:
 _CASES_CACHE: dict[tuple[Any, ...], list[tuple[dict[str, Any], Any]]] = {}
 
 
-def _cases(dtypes: tuple[str, ...], quick: bool) -> list[tuple[dict[str, Any], Any]]:
-    key = (dtypes, quick)
+def _cases(dtypes: tuple[str, ...], quick: bool, full: bool = False) -> list[tuple[dict[str, Any], Any]]:
+    key = (dtypes, quick, full)
     if key not in _CASES_CACHE:
-        _CASES_CACHE[key] = list(launch_cases(dtypes, quick))
+        _CASES_CACHE[key] = list(launch_cases(dtypes, quick, full))
     return _CASES_CACHE[key]
 
 
-def _compile_row(job: tuple[tuple[str, ...], bool, int, int]) -> dict[str, Any]:
+def _compile_row(job: tuple[tuple[str, ...], bool, bool, int, int]) -> dict[str, Any]:
     """Compile case ``index`` for ``arch`` (runs in a worker process; cases are rebuilt there)."""
     from cbam_triton.tools.aot import compile_launch, cubin_report
 
-    dtypes, quick, index, arch = job
-    desc, launch = _cases(dtypes, quick)[index]
+    dtypes, quick, full, index, arch = job
+    desc, launch = _cases(dtypes, quick, full)[index]
     row = dict(desc, arch=f"sm_{arch}")
     try:
         compiled = compile_launch(launch, arch)
@@ -164,12 +181,13 @@ def _compile_row(job: tuple[tuple[str, ...], bool, int, int]) -> dict[str, Any]:
 
 
 def build_report(archs: tuple[int, ...] = ARCHS, dtypes: tuple[str, ...] = ("fp32", "fp16", "bf16", "fp64"),
-                 quick: bool = False, progress: bool = True, jobs: int | None = None) -> list[dict[str, Any]]:
+                 quick: bool = False, progress: bool = True, jobs: int | None = None,
+                 full: bool = False) -> list[dict[str, Any]]:
     """Compile every case for every arch (in ``jobs`` processes) and return one row per compile."""
     import concurrent.futures
     import multiprocessing
 
-    work = [(dtypes, quick, i, arch) for i in range(len(_cases(dtypes, quick))) for arch in archs]
+    work = [(dtypes, quick, full, i, arch) for i in range(len(_cases(dtypes, quick, full))) for arch in archs]
     jobs = jobs or min(len(work), os.cpu_count() or 1)
     start, rows, step = time.time(), [], max(1, len(work) // 10)
     ctx = multiprocessing.get_context("spawn")
@@ -219,6 +237,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--arch", type=int, nargs="+", default=list(ARCHS), help="SM versions (default 80 90)")
     parser.add_argument("--dtypes", nargs="+", default=["fp32", "fp16", "bf16", "fp64"], choices=list(DTYPES))
     parser.add_argument("--quick", action="store_true", help="two tile sizes per layout instead of four")
+    parser.add_argument("--full", action="store_true",
+                        help="every training flag set on every tile shape (default: on one shape per dtype/layout)")
     parser.add_argument("--json", help="write the rows as JSON to this path")
     parser.add_argument("--markdown", help="write the table as Markdown to this path")
     parser.add_argument("--check", action="store_true", help="exit 1 if any configuration fails the gate")
@@ -228,14 +248,15 @@ def main(argv: list[str] | None = None) -> int:
     import triton
 
     rows = build_report(tuple(args.arch), tuple(args.dtypes), args.quick, progress=not args.quiet,
-                        jobs=args.jobs)
+                        jobs=args.jobs, full=args.full)
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"schema": 1, "triton": triton.__version__, "torch": torch.__version__, "rows": rows}, f,
                       indent=1)
     if args.markdown:
         with open(args.markdown, "w") as f:
-            f.write(f"Generated by `python -m cbam_triton.tools.kernel_report` with triton {triton.__version__}, "
+            flag = " --full" if args.full else ""
+            f.write(f"Generated by `python -m cbam_triton.tools.kernel_report{flag}` with triton {triton.__version__}, "
                     f"torch {torch.__version__}.\n\n" + format_table(rows, markdown=True) + "\n")
     if not args.quiet:
         print(format_table(rows))
