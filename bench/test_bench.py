@@ -29,6 +29,17 @@ def _sync() -> None:
         torch.cuda.synchronize()
 
 
+def _measure(benchmark, case, provider, built, rounds):
+    benchmark.group = case.id
+    benchmark.extra_info.update(case.as_dict(), provider=provider, compile_s=built.compile_s)
+
+    def run() -> None:
+        built.fn()
+        _sync()
+
+    benchmark.pedantic(run, warmup_rounds=3, rounds=rounds, iterations=1)
+
+
 @pytest.mark.parametrize("provider", PROVIDERS)
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
 def test_forward(benchmark, case, provider):
@@ -39,14 +50,7 @@ def test_forward(benchmark, case, provider):
         expected = ref(x)
     ok, err = runner.check_output(built.fn(), expected, case.dtype)
     assert ok, f"{provider} differs from eager by {err:.3g}; not timed"
-    benchmark.group = case.id
-    benchmark.extra_info.update(case.as_dict(), provider=provider, compile_s=built.compile_s)
-
-    def run() -> None:
-        built.fn()
-        _sync()
-
-    benchmark.pedantic(run, warmup_rounds=3, rounds=20 if CUDA else 10, iterations=1)
+    _measure(benchmark, case, provider, built, rounds=20 if CUDA else 10)
 
 
 @pytest.mark.parametrize("provider", PROVIDERS)
@@ -61,11 +65,4 @@ def test_train(benchmark, case, provider):
     expected = runner.build_train_provider("eager", ref, x, g).fn()
     ok, err = runner.check_output(built.fn(), expected, case.dtype, scaled=True)
     assert ok, f"{provider} differs from eager by {err:.3g}; not timed"
-    benchmark.group = case.id
-    benchmark.extra_info.update(case.as_dict(), provider=provider, compile_s=built.compile_s)
-
-    def run() -> None:
-        built.fn()
-        _sync()
-
-    benchmark.pedantic(run, warmup_rounds=3, rounds=20 if CUDA else 5, iterations=1)
+    _measure(benchmark, case, provider, built, rounds=20 if CUDA else 5)

@@ -8,5 +8,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 .venv/bin/ruff check .
-# two workers (pytest-xdist): the ahead-of-time compile gate runs beside the interpreter tests
-.venv/bin/python -m pytest -n "${CBAM_TEST_WORKERS:-2}" "$@"
+# two workers (pytest-xdist), one test file per worker at a time (module fixtures such as the
+# ahead-of-time compile gate run once): the compile gate runs beside the interpreter tests
+.venv/bin/python -m pytest -n "${CBAM_TEST_WORKERS:-2}" --dist loadfile "$@"

@@ -399,6 +399,15 @@ def test_nan_in_x_propagates_to_the_same_gradients(device):
         assert torch.equal(gp_o[name].isnan(), gp_r[name].isnan()), name
 
 
+def test_double_backward_is_refused_loudly(device):
+    """The Triton backward is not itself differentiable: second derivatives raise, never silently wrong."""
+    ours = cbam_triton.CBAM.from_reference(make_reference(8, reduction_ratio=2, device=device), backend="triton")
+    x = torch.randn(2, 8, 5, 5, device=device, requires_grad=True)
+    (gx,) = torch.autograd.grad(ours(x).sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="autograd"):
+        gx.sum().backward()
+
+
 def test_opcheck_training_ops(device):
     x = make_input((2, 6, 5, 7), torch.float32, "channels_last", device)
     g = torch.randn_like(x)
@@ -450,3 +459,22 @@ def test_sgd_training_tracks_the_reference_loss_curve(device):
     assert curves[0][-1] < curves[0][0]  # it learns
     torch.testing.assert_close(torch.tensor(curves[1]), torch.tensor(curves[0]), rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(our_net[1].spatial_gate.bn.running_var, ref_net[1].spatial_gate.bn.running_var)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_inductor_training_step_on_gpu():
+    """torch.compile (inductor, fullgraph) of a training step through the Triton backward, on a GPU."""
+    ref = make_reference(64, reduction_ratio=4, train=True, device="cuda")
+    x = torch.randn(8, 64, 28, 28, device="cuda").to(memory_format=torch.channels_last)
+    g = torch.randn_like(x)
+    ours = cbam_triton.CBAM.from_reference(ref, backend="triton")
+    torch._dynamo.reset()
+    compiled = torch.compile(ours, fullgraph=True)
+    for _ in range(2):
+        leaf = x.clone().requires_grad_(True)
+        params = list(ours.parameters())
+        grads = torch.autograd.grad(compiled(leaf), [leaf, *params], g)
+    _, gx_r, gp_r, _ = _fwd_bwd(ref, x, g)
+    torch.testing.assert_close(grads[0], gx_r, rtol=1e-4, atol=1e-5)
+    for (name, _), got in zip(ours.named_parameters(), grads[1:]):
+        torch.testing.assert_close(got, gp_r[name], rtol=1e-4, atol=1e-4, msg=name)

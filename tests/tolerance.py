@@ -42,6 +42,19 @@ def assert_same_nonfinite(ours: torch.Tensor, ref: torch.Tensor) -> None:
     assert torch.equal(ours[inf_o], ref[inf_r].to(ours.dtype)), "inf signs differ from the reference"
 
 
+def _bound(r: torch.Tensor, dtype: torch.dtype, eager_err: torch.Tensor | None) -> torch.Tensor:
+    """The rule's per-element bound on |ours - ref64| (r: the float64 reference values)."""
+    if dtype in RTOL_ATOL:
+        rtol, atol = RTOL_ATOL[dtype]
+        bound = atol + rtol * r.abs()
+        return bound.clamp_min(LOWP_FACTOR * eager_err) if dtype == torch.float32 else bound
+    bound = LOWP_FACTOR * eager_err + LOWP_ULPS * ulp(r, dtype)
+    if dtype == torch.bfloat16 and os.environ.get("TRITON_INTERPRET") == "1":
+        tiny = torch.finfo(dtype).smallest_normal
+        bound = torch.where(r.abs() < tiny, torch.full_like(bound, tiny), bound)
+    return bound
+
+
 def assert_close_to_reference(ours: torch.Tensor, ref_module: torch.nn.Module, x: torch.Tensor,
                               eager: torch.Tensor | None = None, precision_limited: bool = False) -> None:
     """Check ``ours`` (computed from x) against ``ref_module`` under the rule above.
@@ -73,19 +86,12 @@ def assert_close_to_reference(ours: torch.Tensor, ref_module: torch.nn.Module, x
     o, r = ours64[finite], ref64[finite]
     eager_err = (eager.detach().double()[finite] - r).abs().max() if eager is not None else None
     err = (o - r).abs()
+    bound = _bound(r, dtype, eager_err)
     if dtype in RTOL_ATOL:
-        rtol, atol = RTOL_ATOL[dtype]
-        bound = atol + rtol * r.abs()
-        if dtype == torch.float32:
-            bound = bound.clamp_min(LOWP_FACTOR * eager_err)
         worst = (err - bound).argmax()
         assert (err <= bound).all(), (f"{dtype}: max error {err.max().item():.3g} exceeds the bound "
                                       f"(at ref value {r[worst].item():.6g}: ours {o[worst].item():.6g})")
         return
-    bound = LOWP_FACTOR * eager_err + LOWP_ULPS * ulp(r, dtype)
-    if dtype == torch.bfloat16 and os.environ.get("TRITON_INTERPRET") == "1":
-        tiny = torch.finfo(dtype).smallest_normal
-        bound = torch.where(r.abs() < tiny, torch.full_like(bound, tiny), bound)
     bad = err > bound
     assert not bad.any(), (f"{dtype}: {int(bad.sum())} elements too far from float64 reference: max error "
                            f"{err.max().item():.3g}, eager {dtype} error {eager_err.item():.3g}")
@@ -104,19 +110,7 @@ def assert_grad_close(ours: torch.Tensor, eager: torch.Tensor, ref64: torch.Tens
     if not fin.any():
         return
     o, e, r = o[fin], e[fin], r[fin]
-    err = (o - r).abs()
-    eager_err = (e - r).abs().max()
-    dtype = ours.dtype
-    if dtype in RTOL_ATOL:
-        rtol, atol = RTOL_ATOL[dtype]
-        bound = atol + rtol * r.abs()
-        if dtype == torch.float32:
-            bound = bound.clamp_min(LOWP_FACTOR * eager_err)
-    else:
-        bound = LOWP_FACTOR * eager_err + LOWP_ULPS * ulp(r, dtype)
-        if dtype == torch.bfloat16 and os.environ.get("TRITON_INTERPRET") == "1":
-            tiny = torch.finfo(dtype).smallest_normal
-            bound = torch.where(r.abs() < tiny, torch.full_like(bound, tiny), bound)
-    bad = err > bound
+    err, eager_err, dtype = (o - r).abs(), (e - r).abs().max(), ours.dtype
+    bad = err > _bound(r, dtype, eager_err)
     assert not bad.any(), (f"{name} ({dtype}): {int(bad.sum())}/{bad.numel()} elements too far from the float64 "
                            f"reference: max error {err.max().item():.3g}, eager error {eager_err.item():.3g}")

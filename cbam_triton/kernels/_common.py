@@ -39,3 +39,42 @@ def count_at_max(acc_max, acc_cnt, total_max, axis: tl.constexpr):
     else:
         hit = acc_max == total_max[:, None]
     return tl.sum(tl.where(hit, acc_cnt, 0), axis=axis)
+
+
+@triton.jit
+def tile_ptrs(base, n, offs_c, offs_p, stride_n, stride_c, stride_p):
+    """Pointers of the ``[len(offs_c), len(offs_p)]`` tile of sample n of a strided (n, c, p) tensor
+    (int64 offsets: no overflow past 2**31 elements)."""
+    return base + n * stride_n + offs_c.to(tl.int64)[:, None] * stride_c + offs_p.to(tl.int64)[None, :] * stride_p
+
+
+@triton.jit
+def tile_program(C, P, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
+    """This program's tile of a 1-D grid over N * cdiv(C, BLOCK_C) * cdiv(P, BLOCK_P) tiles
+    (p-blocks fastest): ``(n as int64, offs_c, offs_p, mask_c, mask_p)``."""
+    pid = tl.program_id(0)
+    num_pblocks = tl.cdiv(P, BLOCK_P)
+    num_cblocks = tl.cdiv(C, BLOCK_C)
+    pb = pid % num_pblocks
+    rest = pid // num_pblocks
+    cb = rest % num_cblocks
+    n = (rest // num_cblocks).to(tl.int64)
+    offs_c = cb * BLOCK_C + tl.arange(0, BLOCK_C)
+    offs_p = pb * BLOCK_P + tl.arange(0, BLOCK_P)
+    return n, offs_c, offs_p, offs_c < C, offs_p < P
+
+
+@triton.jit
+def walk_program(long_extent, walk_extent, walk_per_split, BLOCK_LONG: tl.constexpr):
+    """This program of a walk grid ``(N * cdiv(long_extent, BLOCK_LONG), SPLIT)`` (the backward
+    reductions): ``(n as int64, blk, num_blocks, offs, mask, start, end)`` — its long-axis block
+    ``blk`` of ``num_blocks``, that block's offsets and mask, and the ``[start, end)`` range of the
+    walked axis that its split covers."""
+    pid = tl.program_id(0)
+    num_blocks = tl.cdiv(long_extent, BLOCK_LONG)
+    n = (pid // num_blocks).to(tl.int64)
+    blk = pid % num_blocks
+    offs = blk * BLOCK_LONG + tl.arange(0, BLOCK_LONG)
+    start = tl.program_id(1) * walk_per_split
+    end = tl.minimum(start + walk_per_split, walk_extent)
+    return n, blk, num_blocks, offs, offs < long_extent, start, end

@@ -3,6 +3,8 @@
 import triton
 import triton.language as tl
 
+from cbam_triton.kernels._common import tile_ptrs, walk_program
+
 
 @triton.jit
 def gate_backward_kernel(
@@ -26,24 +28,15 @@ def gate_backward_kernel(
     # Each workspace element is written by exactly one program; the launcher sums dim 1 in a fixed
     # order: deterministic, no atomics. Workspaces are N * (#long blocks or #splits) * (C or P).
     acc_t: tl.constexpr = tl.float64 if ACC_FP64 else tl.float32
-    pid = tl.program_id(0)
     split = tl.program_id(1)
     num_splits = tl.num_programs(1)
     if WALK_C:
-        num_blocks = tl.cdiv(P, BLOCK_P)
-        n = (pid // num_blocks).to(tl.int64)
-        blk = pid % num_blocks
-        offs_p = blk * BLOCK_P + tl.arange(0, BLOCK_P)
-        mask_p = offs_p < P
+        n, blk, num_blocks, offs_p, mask_p, c_start, c_end = walk_program(P, C, walk_per_split, BLOCK_P)
         offs_c = tl.arange(0, BLOCK_C)
-        c_start = split * walk_per_split
-        c_end = tl.minimum(c_start + walk_per_split, C)
         if HAS_MS:
             s = tl.load(ms_ptr + n * P + offs_p, mask=mask_p, other=0.0).to(acc_t)
-        g_ptrs = (g_ptr + n * stride_gn + (c_start + offs_c).to(tl.int64)[:, None] * stride_gc
-                  + offs_p.to(tl.int64)[None, :] * stride_gp)
-        x_ptrs = (x_ptr + n * stride_xn + (c_start + offs_c).to(tl.int64)[:, None] * stride_xc
-                  + offs_p.to(tl.int64)[None, :] * stride_xp)
+        g_ptrs = tile_ptrs(g_ptr, n, c_start + offs_c, offs_p, stride_gn, stride_gc, stride_gp)
+        x_ptrs = tile_ptrs(x_ptr, n, c_start + offs_c, offs_p, stride_xn, stride_xc, stride_xp)
         g_step = tl.full([], BLOCK_C, tl.int64) * stride_gc
         x_step = tl.full([], BLOCK_C, tl.int64) * stride_xc
         acc = tl.zeros([BLOCK_C, BLOCK_P], dtype=acc_t)
@@ -70,20 +63,12 @@ def gate_backward_kernel(
         if HAS_MS:
             tl.store(dms_ptr + (n * num_splits + split) * P + offs_p, tl.sum(acc, axis=0), mask=mask_p)
     else:
-        num_blocks = tl.cdiv(C, BLOCK_C)
-        n = (pid // num_blocks).to(tl.int64)
-        blk = pid % num_blocks
-        offs_c = blk * BLOCK_C + tl.arange(0, BLOCK_C)
-        mask_c = offs_c < C
+        n, blk, num_blocks, offs_c, mask_c, p_start, p_end = walk_program(C, P, walk_per_split, BLOCK_C)
         offs_p = tl.arange(0, BLOCK_P)
-        p_start = split * walk_per_split
-        p_end = tl.minimum(p_start + walk_per_split, P)
         if HAS_MC:
             m = tl.load(mc_ptr + n * C + offs_c, mask=mask_c, other=0.0).to(acc_t)
-        g_ptrs = (g_ptr + n * stride_gn + offs_c.to(tl.int64)[:, None] * stride_gc
-                  + (p_start + offs_p).to(tl.int64)[None, :] * stride_gp)
-        x_ptrs = (x_ptr + n * stride_xn + offs_c.to(tl.int64)[:, None] * stride_xc
-                  + (p_start + offs_p).to(tl.int64)[None, :] * stride_xp)
+        g_ptrs = tile_ptrs(g_ptr, n, offs_c, p_start + offs_p, stride_gn, stride_gc, stride_gp)
+        x_ptrs = tile_ptrs(x_ptr, n, offs_c, p_start + offs_p, stride_xn, stride_xc, stride_xp)
         g_step = tl.full([], BLOCK_P, tl.int64) * stride_gp
         x_step = tl.full([], BLOCK_P, tl.int64) * stride_xp
         acc = tl.zeros([BLOCK_C, BLOCK_P], dtype=acc_t)

@@ -3,6 +3,8 @@
 import triton
 import triton.language as tl
 
+from cbam_triton.kernels._common import tile_program, tile_ptrs
+
 
 @triton.jit
 def input_grad_kernel(
@@ -25,26 +27,14 @@ def input_grad_kernel(
     # as torch.amax; a NaN max has no ties and yields NaN, as torch.amax's backward does).
     # 1-D grid over N * cdiv(C, BLOCK_C) * cdiv(P, BLOCK_P) tiles, p-blocks fastest.
     acc_t: tl.constexpr = tl.float64 if ACC_FP64 else tl.float32
-    pid = tl.program_id(0)
-    num_pblocks = tl.cdiv(P, BLOCK_P)
-    num_cblocks = tl.cdiv(C, BLOCK_C)
-    pb = pid % num_pblocks
-    rest = pid // num_pblocks
-    cb = rest % num_cblocks
-    n = (rest // num_cblocks).to(tl.int64)
-
-    offs_c = cb * BLOCK_C + tl.arange(0, BLOCK_C)
-    offs_p = pb * BLOCK_P + tl.arange(0, BLOCK_P)
-    mask_c = offs_c < C
-    mask_p = offs_p < P
+    n, offs_c, offs_p, mask_c, mask_p = tile_program(C, P, BLOCK_C, BLOCK_P)
     mask = mask_c[:, None] & mask_p[None, :]
-    c64 = offs_c.to(tl.int64)[:, None]
-    p64 = offs_p.to(tl.int64)[None, :]
 
-    xv = tl.load(x_ptr + n * stride_xn + c64 * stride_xc + p64 * stride_xp, mask=mask, other=0.0).to(acc_t)
+    xv = tl.load(tile_ptrs(x_ptr, n, offs_c, offs_p, stride_xn, stride_xc, stride_xp), mask=mask, other=0.0).to(acc_t)
     d = tl.zeros([BLOCK_C, BLOCK_P], dtype=acc_t)
     if HAS_G:
-        d = tl.load(g_ptr + n * stride_gn + c64 * stride_gc + p64 * stride_gp, mask=mask, other=0.0).to(acc_t)
+        d = tl.load(tile_ptrs(g_ptr, n, offs_c, offs_p, stride_gn, stride_gc, stride_gp), mask=mask,
+                    other=0.0).to(acc_t)
         if HAS_MS:
             s = tl.load(ms_ptr + n * P + offs_p, mask=mask_p, other=0.0).to(acc_t)
             d = d * s[None, :]
@@ -67,4 +57,5 @@ def input_grad_kernel(
         cm = tl.load(cmax_ptr + n * C + offs_c, mask=mask_c, other=0.0).to(acc_t)
         mg = tl.load(max_g_ptr + n * C + offs_c, mask=mask_c, other=0.0).to(acc_t)
         d = d + mg[:, None] * (xv == cm[:, None]).to(acc_t)
-    tl.store(dx_ptr + n * stride_dn + c64 * stride_dc + p64 * stride_dp, d.to(dx_ptr.dtype.element_ty), mask=mask)
+    tl.store(tile_ptrs(dx_ptr, n, offs_c, offs_p, stride_dn, stride_dc, stride_dp), d.to(dx_ptr.dtype.element_ty),
+             mask=mask)

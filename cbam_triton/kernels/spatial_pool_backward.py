@@ -3,6 +3,8 @@
 import triton
 import triton.language as tl
 
+from cbam_triton.kernels._common import tile_ptrs, walk_program
+
 
 @triton.jit
 def spatial_pool_backward_kernel(
@@ -21,23 +23,15 @@ def spatial_pool_backward_kernel(
     # dmc[n, p-block, c]. Else (channels_last): program (n, c-block) walks its p-range and writes
     # dmc[n, split, c]. The launcher sums dim 1 in a fixed order (deterministic, no atomics).
     acc_t: tl.constexpr = tl.float64 if ACC_FP64 else tl.float32
-    pid = tl.program_id(0)
     split = tl.program_id(1)
     num_splits = tl.num_programs(1)
     if WALK_C:
-        num_blocks = tl.cdiv(P, BLOCK_P)
-        n = (pid // num_blocks).to(tl.int64)
-        blk = pid % num_blocks
-        offs_p = blk * BLOCK_P + tl.arange(0, BLOCK_P)
-        mask_p = offs_p < P
+        n, blk, num_blocks, offs_p, mask_p, c_start, c_end = walk_program(P, C, walk_per_split, BLOCK_P)
         offs_c = tl.arange(0, BLOCK_C)
-        c_start = split * walk_per_split
-        c_end = tl.minimum(c_start + walk_per_split, C)
         pm = tl.load(pmax_ptr + n * P + offs_p, mask=mask_p, other=0.0).to(acc_t)
         a = tl.load(a_ptr + n * P + offs_p, mask=mask_p, other=0.0).to(acc_t)
         b = tl.load(b_ptr + n * P + offs_p, mask=mask_p, other=0.0).to(acc_t)
-        x_ptrs = (x_ptr + n * stride_xn + (c_start + offs_c).to(tl.int64)[:, None] * stride_xc
-                  + offs_p.to(tl.int64)[None, :] * stride_xp)
+        x_ptrs = tile_ptrs(x_ptr, n, c_start + offs_c, offs_p, stride_xn, stride_xc, stride_xp)
         x_step = tl.full([], BLOCK_C, tl.int64) * stride_xc
         for c0 in range(c_start, c_end, BLOCK_C):
             cc = c0 + offs_c
@@ -51,17 +45,10 @@ def spatial_pool_backward_kernel(
             tl.store(dmc_ptr + (n * num_blocks + blk) * C + cc, part, mask=mask_c)
             x_ptrs += x_step
     else:
-        num_blocks = tl.cdiv(C, BLOCK_C)
-        n = (pid // num_blocks).to(tl.int64)
-        blk = pid % num_blocks
-        offs_c = blk * BLOCK_C + tl.arange(0, BLOCK_C)
-        mask_c = offs_c < C
+        n, blk, num_blocks, offs_c, mask_c, p_start, p_end = walk_program(C, P, walk_per_split, BLOCK_C)
         offs_p = tl.arange(0, BLOCK_P)
-        p_start = split * walk_per_split
-        p_end = tl.minimum(p_start + walk_per_split, P)
         m = tl.load(mc_ptr + n * C + offs_c, mask=mask_c, other=0.0).to(acc_t)
-        x_ptrs = (x_ptr + n * stride_xn + offs_c.to(tl.int64)[:, None] * stride_xc
-                  + (p_start + offs_p).to(tl.int64)[None, :] * stride_xp)
+        x_ptrs = tile_ptrs(x_ptr, n, offs_c, p_start + offs_p, stride_xn, stride_xc, stride_xp)
         x_step = tl.full([], BLOCK_P, tl.int64) * stride_xp
         acc = tl.zeros([BLOCK_C, BLOCK_P], dtype=acc_t)
         for p0 in range(p_start, p_end, BLOCK_P):
