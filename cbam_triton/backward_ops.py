@@ -19,8 +19,9 @@ from cbam_triton._layout import compute_dtype, empty_output
 from cbam_triton.ops import define_op
 
 
-def _none_empty(t: Tensor | None, like: Tensor) -> Tensor:
-    return t if t is not None else like.new_empty((0,), dtype=compute_dtype(like))
+def _absent(like: Tensor) -> Tensor:
+    """The (0,) placeholder returned for an absent optional output."""
+    return like.new_empty((0,), dtype=compute_dtype(like))
 
 
 # ------------------------------------------------------------------------------ forward + counts
@@ -66,16 +67,16 @@ def gate_backward(g: Tensor, x: Tensor, mc: Tensor | None, ms: Tensor | None) ->
 
     n, _, h, w = x.shape
     dmc, dms = launch(g, x, mc, ms)
-    return (_none_empty(dmc.contiguous() if dmc is not None else None, x),
-            _none_empty(dms.reshape(n, 1, h, w).contiguous() if dms is not None else None, x))
+    return (dmc.contiguous() if dmc is not None else _absent(x),
+            dms.reshape(n, 1, h, w).contiguous() if dms is not None else _absent(x))
 
 
 @gate_backward.register_fake
 def _(g: Tensor, x: Tensor, mc: Tensor | None, ms: Tensor | None) -> tuple[Tensor, Tensor]:
     n, c, h, w = x.shape
     acc = compute_dtype(x)
-    dmc = x.new_empty((n, c), dtype=acc) if mc is not None else x.new_empty((0,), dtype=acc)
-    dms = x.new_empty((n, 1, h, w), dtype=acc) if ms is not None else x.new_empty((0,), dtype=acc)
+    dmc = x.new_empty((n, c), dtype=acc) if mc is not None else _absent(x)
+    dms = x.new_empty((n, 1, h, w), dtype=acc) if ms is not None else _absent(x)
     return dmc, dms
 
 

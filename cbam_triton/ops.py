@@ -18,6 +18,21 @@ from torch import Tensor
 from cbam_triton import _torch_stages
 from cbam_triton._layout import compute_dtype, empty_output
 
+#: op overload -> the plain Python implementation (lets a TorchDispatchMode look inside the ops)
+IMPLEMENTATIONS: dict[object, Callable[..., object]] = {}
+
+
+def define_op(name: str) -> Callable[[Callable[..., object]], object]:
+    """Decorator: register ``fn`` as the custom operator ``cbam_triton::name`` (no mutation) and
+    record its plain implementation in :data:`IMPLEMENTATIONS`."""
+
+    def wrap(fn: Callable[..., object]) -> object:
+        op = torch.library.custom_op(f"cbam_triton::{name}", mutates_args=())(fn)
+        IMPLEMENTATIONS[getattr(torch.ops.cbam_triton, name).default] = fn
+        return op
+
+    return wrap
+
 
 # ---------------------------------------------------------------------------------- channel_pool
 def _channel_pool_impl(x: Tensor) -> tuple[Tensor, Tensor]:
@@ -28,7 +43,7 @@ def _channel_pool_impl(x: Tensor) -> tuple[Tensor, Tensor]:
     return avg.contiguous(), mx.contiguous()
 
 
-channel_pool = torch.library.custom_op("cbam_triton::channel_pool", mutates_args=())(_channel_pool_impl)
+channel_pool = define_op("channel_pool")(_channel_pool_impl)
 
 
 @channel_pool.register_fake
@@ -45,7 +60,7 @@ def _spatial_pool_impl(x: Tensor, mc: Tensor | None) -> Tensor:
     return launch(x, mc).contiguous()
 
 
-spatial_pool = torch.library.custom_op("cbam_triton::spatial_pool", mutates_args=())(_spatial_pool_impl)
+spatial_pool = define_op("spatial_pool")(_spatial_pool_impl)
 
 
 @spatial_pool.register_fake
@@ -62,7 +77,7 @@ def _gate_impl(x: Tensor, mc: Tensor | None, ms: Tensor | None) -> Tensor:
     return launch(x, mc, ms)
 
 
-gate = torch.library.custom_op("cbam_triton::gate", mutates_args=())(_gate_impl)
+gate = define_op("gate")(_gate_impl)
 
 
 @gate.register_fake
@@ -108,26 +123,6 @@ def _gate_bwd(ctx, g):  # noqa: ANN001, ANN202
 channel_pool.register_autograd(_channel_pool_bwd, setup_context=_setup)
 spatial_pool.register_autograd(_spatial_pool_bwd, setup_context=_setup)
 gate.register_autograd(_gate_bwd, setup_context=_setup)
-
-
-#: op overload -> the plain Python implementation (lets a TorchDispatchMode look inside the ops)
-IMPLEMENTATIONS: dict[object, Callable[..., object]] = {
-    torch.ops.cbam_triton.channel_pool.default: _channel_pool_impl,
-    torch.ops.cbam_triton.spatial_pool.default: _spatial_pool_impl,
-    torch.ops.cbam_triton.gate.default: _gate_impl,
-}
-
-
-def define_op(name: str) -> Callable[[Callable[..., object]], object]:
-    """Decorator: register ``fn`` as the custom operator ``cbam_triton::name`` (no mutation) and
-    record its plain implementation in :data:`IMPLEMENTATIONS`."""
-
-    def wrap(fn: Callable[..., object]) -> object:
-        op = torch.library.custom_op(f"cbam_triton::{name}", mutates_args=())(fn)
-        IMPLEMENTATIONS[getattr(torch.ops.cbam_triton, name).default] = fn
-        return op
-
-    return wrap
 
 
 def decompositions() -> dict[object, Callable[..., object]]:

@@ -80,6 +80,14 @@ def _defined(t: Tensor | None) -> bool:
     return t is not None and t.numel() > 0
 
 
+def _spatial_pool_coefficients(d_pooled: Tensor, pooled_count: Tensor, channels: int,
+                               acc: torch.dtype) -> tuple[Tensor, Tensor]:
+    """Per pixel, what the gradient of ``[max_C, mean_C]`` gives each channel:
+    ``a = d_max / ties`` (for the channels at the max) and ``b = d_mean / C`` (for all)."""
+    d = d_pooled.to(acc)
+    return d[:, 0] / pooled_count.to(acc), d[:, 1] / channels
+
+
 def _anchor_backward(ctx, d_avg, d_max, d_pooled, g):  # noqa: ANN001, ANN202
     x, mx, max_count, mc, ms, pooled, pooled_count = ctx.saved_tensors
     has_avg, has_max, has_pool = ctx.has
@@ -89,10 +97,8 @@ def _anchor_backward(ctx, d_avg, d_max, d_pooled, g):  # noqa: ANN001, ANN202
     max_g = d_max.to(acc) / max_count.to(acc) if has_max and _defined(d_max) else None
     pmax = a = b = None
     if has_pool and _defined(d_pooled):
-        d_pooled = d_pooled.to(acc)
         pmax = pooled[:, 0]
-        a = d_pooled[:, 0] / pooled_count.to(acc)
-        b = d_pooled[:, 1] / c
+        a, b = _spatial_pool_coefficients(d_pooled, pooled_count, c, acc)
     if g is None and avg_g is None and max_g is None and pmax is None:
         return (torch.zeros_like(x),) + (None,) * 7
     dx = torch.ops.cbam_triton.input_grad(g, x, mc, ms, pmax, a, b, mx if max_g is not None else None,
@@ -126,10 +132,7 @@ def _spool_backward(ctx, d_pooled):  # noqa: ANN001, ANN202
     x, mc, pooled, pooled_count = ctx.saved_tensors
     d_mc = None
     if ctx.has_mc and ctx.needs_input_grad[1]:
-        acc = compute_dtype(x)
-        d = d_pooled.to(acc)
-        a = d[:, 0] / pooled_count.to(acc)
-        b = d[:, 1] / x.shape[1]
+        a, b = _spatial_pool_coefficients(d_pooled, pooled_count, x.shape[1], compute_dtype(x))
         d_mc = torch.ops.cbam_triton.spatial_pool_backward(x, mc, pooled[:, 0], a, b)
     return None, d_mc, d_pooled, None, None, None
 

@@ -164,13 +164,14 @@ class Walk:
     walk_c: bool        #: True: long axis p (NCHW), programs walk c; False: long axis c, walk p
     block_c: int
     block_p: int
+    samples: int        #: N
     num_blocks: int     #: long-axis blocks per sample
     num_splits: int
     per_split: int      #: walked elements per split (a multiple of the walked block)
 
     @property
     def grid(self) -> tuple[int, int]:
-        return (self.num_blocks, self.num_splits)
+        return (self.samples * self.num_blocks, self.num_splits)
 
 
 def plan_walk(n: int, c: int, p: int, stride_c: int, stride_p: int, device: torch.device,
@@ -181,7 +182,7 @@ def plan_walk(n: int, c: int, p: int, stride_c: int, stride_p: int, device: torc
     blocks = -(-p // block_p) if walk_c else -(-c // block_c)
     extent, block = (c, block_c) if walk_c else (p, block_p)
     num_splits, per_split = choose_split(n * blocks, extent, block, target_programs(device), split)
-    return Walk(walk_c, block_c, block_p, n * blocks, num_splits, per_split)
+    return Walk(walk_c, block_c, block_p, n, blocks, num_splits, per_split)
 
 
 def sum_partials(ws: torch.Tensor) -> torch.Tensor:

@@ -25,9 +25,8 @@ def plan_gate_backward(g: torch.Tensor, x: torch.Tensor, mc: torch.Tensor | None
     x, (sn, sc, sp) = as_ncp(x)
     g, (gn, gc, gp) = as_ncp(g)
     walk = plan_walk(n, c, p, sc, sp, x.device, split)
-    blocks = walk.num_blocks // max(n, 1)
     acc = compute_dtype(x)
-    k_ms, k_mc = (walk.num_splits, blocks) if walk.walk_c else (blocks, walk.num_splits)
+    k_ms, k_mc = (walk.num_splits, walk.num_blocks) if walk.walk_c else (walk.num_blocks, walk.num_splits)
     dms = torch.empty((n, k_ms, p), dtype=acc, device=x.device) if ms is not None else None
     dmc = torch.empty((n, k_mc, c), dtype=acc, device=x.device) if mc is not None else None
     if mc is not None:

@@ -13,6 +13,7 @@ from cbam_triton.launchers._common import (
     combine_max_counts,
     compute_dtype,
     nbytes,
+    sum_partials,
     target_programs,
     tile_for,
     unit_axis,
@@ -54,11 +55,8 @@ def channel_pool(x: torch.Tensor, split: int | None = None) -> tuple[torch.Tenso
     n, c, h, w = x.shape
     launch, sums, maxs, _ = plan_channel_pool(x, split)
     launch()
-    if sums.shape[1] == 1:
-        total, peak = sums[:, 0], maxs[:, 0]
-    else:  # fixed-order combine of the partials: deterministic
-        total, peak = sums.sum(dim=1), maxs.amax(dim=1)
-    return total / (h * w), peak
+    # fixed-order combine of the partials: deterministic
+    return sum_partials(sums) / (h * w), (maxs[:, 0] if maxs.shape[1] == 1 else maxs.amax(dim=1))
 
 
 def channel_pool_counts(x: torch.Tensor, split: int | None = None
@@ -68,6 +66,5 @@ def channel_pool_counts(x: torch.Tensor, split: int | None = None
     n, c, h, w = x.shape
     launch, sums, maxs, cnts = plan_channel_pool(x, split, count=True)
     launch()
-    if sums.shape[1] == 1:
-        return sums[:, 0] / (h * w), maxs[:, 0], cnts[:, 0]
-    return sums.sum(dim=1) / (h * w), *combine_max_counts(maxs, cnts)
+    peak, cnt = (maxs[:, 0], cnts[:, 0]) if maxs.shape[1] == 1 else combine_max_counts(maxs, cnts)
+    return sum_partials(sums) / (h * w), peak, cnt

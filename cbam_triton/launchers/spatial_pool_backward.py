@@ -24,9 +24,8 @@ def plan_spatial_pool_backward(x: torch.Tensor, mc: torch.Tensor, pmax: torch.Te
     p = h * w
     x, (sn, sc, sp) = as_ncp(x)
     walk = plan_walk(n, c, p, sc, sp, x.device, split)
-    blocks = walk.num_blocks // max(n, 1)
     acc = compute_dtype(x)
-    dmc = torch.empty((n, blocks if walk.walk_c else walk.num_splits, c), dtype=acc, device=x.device)
+    dmc = torch.empty((n, walk.num_blocks if walk.walk_c else walk.num_splits, c), dtype=acc, device=x.device)
     mc = mc.to(acc).contiguous()
     pmax, a, b = (t.to(acc).reshape(n, p).contiguous() for t in (pmax, a, b))
     launch = Launch(
