@@ -79,6 +79,8 @@ def _run(args: argparse.Namespace) -> int:
         copy_gbps = measure.copy_bandwidth_gbps(case.x_bytes(), device) if cuda else None
         rows += runner.run_case(case, providers, device, log=step, copy_gbps=copy_gbps)
     print(file=sys.stderr)
+    if args.ncu:
+        _ncu_rows(rows, cases, cuda)
     config = {"shapes": {s: SHAPES[s] for s in shapes}, "batches": batches, "dtypes": dtypes, "layouts": layouts,
               "modes": modes, "floor_x": runner.FLOOR_X,
               "providers": list(providers), "quick": quick, "check_tolerance": runner.CHECK_TOL,
@@ -108,6 +110,29 @@ def _run(args: argparse.Namespace) -> int:
     print(f"\nbench: wrote {args.out}/results.json, results.csv, results.md"
           + ("" if args.no_plots else ", latency.png, speedup.png, bandwidth.png, dashboard.html"))
     return 1 if (flagged and args.strict) else 0
+
+
+#: providers measured with --ncu (the compile providers would recompile in every child process)
+NCU_PROVIDERS = ("eager", "compile", "triton", "triton-l2", "triton-stream")
+
+
+def _ncu_rows(rows: list[dict], cases: list, cuda: bool) -> None:
+    from bench import ncu
+
+    if not cuda or ncu.ncu_path() is None:
+        print("bench: --ncu needs a CUDA device and Nsight Compute (ncu); skipped", file=sys.stderr)
+        return
+    by_id = {c.id: c for c in cases}
+    todo = [r for r in rows if r["status"] == "ok" and r["mode"] == "forward" and r["provider"] in NCU_PROVIDERS]
+    for i, r in enumerate(todo, 1):
+        print(f"bench: ncu {i}/{len(todo)} {r['id']} {r['provider']}", file=sys.stderr, flush=True)
+        try:
+            got = ncu.measure(by_id[r["id"]], r["provider"])
+        except Exception as exc:  # reported in the row, the run goes on
+            r["note"] = (r.get("note", "") + f" ncu: {type(exc).__name__}: {exc}")[:500]
+            continue
+        r["ncu_dram_bytes"] = got["read"] + got["write"]
+        r["ncu_dram_x"] = r["ncu_dram_bytes"] / r["x_bytes"]
 
 
 def _dashboard(args: argparse.Namespace) -> int:
@@ -147,6 +172,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=os.path.join("bench", "out"), help="output folder (default bench/out)")
     p.add_argument("--cpu", action="store_true", help="benchmark on the CPU even if CUDA is available")
     p.add_argument("--no-plots", action="store_true", help="skip PNG plots and the HTML dashboard")
+    p.add_argument("--ncu", action="store_true",
+                   help="GPU: measure each forward row's DRAM bytes with Nsight Compute (bench/ncu.py; slow)")
     p.add_argument("--strict", action="store_true", help="exit 1 if any provider mismatches or errors")
     args = p.parse_args(argv)
     import torch

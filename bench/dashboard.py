@@ -16,7 +16,8 @@ from typing import Any
 from bench.report import validate
 
 _KEEP = ("id", "shape_name", "batch", "dtype", "layout", "provider", "status", "median_ms", "p20_ms", "p80_ms",
-         "speedup_vs_eager", "traffic_x", "launches", "floor_gbps", "frac_copy_bw", "peak_mem_bytes", "note")
+         "speedup_vs_eager", "schedule", "traffic_x", "dram_model_x", "ncu_dram_x",
+         "launches", "floor_gbps", "frac_copy_bw", "peak_mem_bytes", "note")
 
 _TEMPLATE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>cbam-triton benchmark dashboard</title>

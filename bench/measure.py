@@ -59,6 +59,8 @@ class OpStats:
     alloc_count: int = 0
     alloc_bytes: int = 0
     triton_launches: int = 0
+    #: of the bytes read, what the L2-resident schedule expects L2 to serve (Launch.l2_bytes)
+    l2_bytes: int = 0
 
     @property
     def launches(self) -> int:
@@ -133,6 +135,7 @@ def count_traffic(fn: Callable[[], Any], grad: bool = False) -> OpStats:
     counter.stats.triton_launches += len(launches)
     counter.stats.bytes_read += sum(launch.bytes_read for launch in launches)
     counter.stats.bytes_written += sum(launch.bytes_written for launch in launches)
+    counter.stats.l2_bytes += sum(launch.l2_bytes for launch in launches)
     return counter.stats
 
 

@@ -18,10 +18,11 @@ OPTIONAL_NUMBERS = (
     "median_ms", "p20_ms", "p80_ms", "compile_s", "max_abs_err_vs_eager", "traffic_bytes", "traffic_x",
     "launches", "generated_kernels", "recompiles", "graphs", "peak_mem_bytes", "alloc_count", "alloc_bytes",
     "floor_gbps", "model_gbps", "copy_gbps", "frac_copy_bw", "speedup_vs_eager", "bytes_accessed", "reps",
-    "saved_bytes", "saved_x",
+    "saved_bytes", "saved_x", "dram_model_bytes", "dram_model_x", "ncu_dram_bytes", "ncu_dram_x",
 )
 COLUMNS = ("id", "provider", "status", "median_ms", "p20_ms", "p80_ms", "speedup_vs_eager", "compile_s",
-           "traffic_x", "launches", "peak_mem_bytes", "saved_x", "alloc_count", "alloc_bytes", "floor_gbps",
+           "schedule", "traffic_x", "dram_model_x", "ncu_dram_x", "launches",
+           "peak_mem_bytes", "saved_x", "alloc_count", "alloc_bytes", "floor_gbps",
            "frac_copy_bw", "max_abs_err_vs_eager", "generated_kernels", "recompiles", "note")
 
 
@@ -91,7 +92,7 @@ def _fmt(key: str, v: Any) -> str:
     if key in ("peak_mem_bytes", "alloc_bytes"):
         return f"{v / 2**20:.2f} MiB"
     if isinstance(v, float):
-        if key in ("speedup_vs_eager", "traffic_x", "frac_copy_bw", "saved_x"):
+        if key in ("speedup_vs_eager", "traffic_x", "frac_copy_bw", "saved_x", "dram_model_x", "ncu_dram_x"):
             return f"{v:.2f}"
         if key == "max_abs_err_vs_eager":
             return f"{v:.1e}"
@@ -102,7 +103,8 @@ def _fmt(key: str, v: Any) -> str:
 _SHORT = {"median_ms": "ms", "p20_ms": "p20", "p80_ms": "p80", "speedup_vs_eager": "x eager", "compile_s": "compile s",
           "traffic_x": "traffic |x|", "peak_mem_bytes": "peak mem", "alloc_count": "allocs", "alloc_bytes": "alloc",
           "floor_gbps": "GB/s (floor)", "frac_copy_bw": "of copy bw", "max_abs_err_vs_eager": "err vs eager",
-          "generated_kernels": "gen kernels", "recompiles": "recompiles", "saved_x": "saved |x|"}
+          "generated_kernels": "gen kernels", "recompiles": "recompiles", "saved_x": "saved |x|",
+          "dram_model_x": "DRAM model |x|", "ncu_dram_x": "DRAM ncu |x|"}
 
 
 def table_rows(rows: list[dict[str, Any]], columns: tuple[str, ...] = COLUMNS) -> tuple[list[str], list[list[str]]]:

@@ -16,8 +16,13 @@ import torch
 from bench import measure
 from bench.suite import Case
 
-PROVIDERS_CPU = ("eager", "compile", "compile-max-autotune", "triton")
-PROVIDERS_GPU = ("eager", "compile", "compile-max-autotune", "triton", "triton-cudagraph", "compile-cudagraphs")
+#: "triton" runs the default schedule ("auto"); "triton-l2" / "triton-stream" force one (see
+#: cbam_triton.schedule) so that a GPU run compares them
+PROVIDERS_CPU = ("eager", "compile", "compile-max-autotune", "triton", "triton-l2", "triton-stream")
+PROVIDERS_GPU = ("eager", "compile", "compile-max-autotune", "triton", "triton-l2", "triton-stream",
+                 "triton-cudagraph", "compile-cudagraphs")
+#: the forced schedule of each Triton provider
+TRITON_SCHEDULES = {"triton": "auto", "triton-l2": "l2", "triton-stream": "stream", "triton-cudagraph": "auto"}
 #: providers of the forward+backward ("train") mode; the CUDA-graph ones are forward-only
 TRAIN_PROVIDERS = ("eager", "compile", "compile-max-autotune", "triton")
 #: the physical floor of big-tensor traffic, in units of |x|: forward reads x and writes out; forward +
@@ -135,17 +140,17 @@ def build_provider(name: str, ref: torch.nn.Module, x: torch.Tensor) -> Built:
         return _compile(ref, x, "max-autotune-no-cudagraphs")
     if name == "compile-cudagraphs":
         return _compile(ref, x, "max-autotune")
-    ours = cbam_triton.CBAM.from_reference(ref, backend="triton")
+    if name not in TRITON_SCHEDULES:
+        raise ValueError(f"unknown provider {name!r}")
+    ours = cbam_triton.CBAM.from_reference(ref, backend="triton", schedule=TRITON_SCHEDULES[name])
 
     def triton_fn() -> torch.Tensor:
         with torch.no_grad():
             return ours(x)
 
-    if name == "triton":
-        return Built(triton_fn)
     if name == "triton-cudagraph":
         return _cudagraph(triton_fn)
-    raise ValueError(f"unknown provider {name!r}")
+    return Built(triton_fn)
 
 
 def build_train_provider(name: str, ref: torch.nn.Module, x: torch.Tensor, g: torch.Tensor) -> Built:
@@ -162,6 +167,18 @@ def build_train_provider(name: str, ref: torch.nn.Module, x: torch.Tensor, g: to
     if name == "triton":
         return Built(_train_step(cbam_triton.CBAM.from_reference(ref, backend="triton"), x, g))
     raise ValueError(f"provider {name!r} has no train mode (train providers: {', '.join(TRAIN_PROVIDERS)})")
+
+
+def _schedule_of(ref: torch.nn.Module, x: torch.Tensor, schedule: str) -> str:
+    """The resolved schedule of the fused forward, e.g. ``"l2 x2"`` (2 chunks) or ``"stream"``."""
+    import cbam_triton
+    from cbam_triton.explain import explain
+
+    plan = explain(cbam_triton.CBAM.from_reference(ref, schedule=schedule), x)
+    if plan["path"] != "fused":
+        return "unfused"
+    s = plan["schedule"]
+    return s["kind"] if s["num_chunks"] == 1 else f"{s['kind']} x{s['num_chunks']}"
 
 
 def check_output(out: Any, expected: Any, dtype: str, scaled: bool = False) -> tuple[bool, float]:
@@ -242,12 +259,16 @@ def run_case(case: Case, providers: tuple[str, ...], device: torch.device,
             row.update(status="mismatch", note=f"output differs from eager (max abs err {max_err:.3g}); not timed")
             continue
         # traffic model and launches
-        if name in ("eager", "triton", "triton-cudagraph") or name in (extra_providers or {}):
+        if name == "eager" or name in TRITON_SCHEDULES or name in (extra_providers or {}):
             fn_for_count = built.fn
             if name == "triton-cudagraph":  # count the eager launches that the graph replays
                 fn_for_count = build_provider("triton", ref, x).fn
             stats = measure.count_traffic(fn_for_count, grad=train)
             row["traffic_bytes"] = stats.bytes_total
+            row["dram_model_bytes"] = stats.bytes_total - stats.l2_bytes
+            row["dram_model_x"] = row["dram_model_bytes"] / x_bytes
+            if name in TRITON_SCHEDULES and not train:
+                row["schedule"] = _schedule_of(ref, x, TRITON_SCHEDULES[name])
             if train:  # what autograd keeps between forward and backward
                 row["saved_bytes"] = measure.saved_tensor_bytes(built.fn)
                 row["saved_x"] = row["saved_bytes"] / x_bytes

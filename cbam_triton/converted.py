@@ -18,7 +18,8 @@ from torch import nn
 
 from cbam_triton import stages
 from cbam_triton.functional import prepare, spatial_attention
-from cbam_triton.modules import _bn_state
+from cbam_triton.fusion import ChannelMLP, SpatialConv, activation_name, is_sigmoid
+from cbam_triton.modules import _bn_state, _Scheduled, _spatial_conv
 
 #: How the channel branch combines the pooled vectors.
 CHANNEL_POOLS = ("avg+max", "avg", "max", "light")
@@ -65,11 +66,13 @@ def _matrix(layer: nn.Module, acc: torch.dtype) -> tuple[torch.Tensor, torch.Ten
     return w.to(acc), (layer.bias.to(acc) if layer.bias is not None else None)
 
 
-class ConvertedCBAM(nn.Module):
+class ConvertedCBAM(_Scheduled, nn.Module):
     """Fused CBAM forward over the submodules of a CBAM of another dialect (see :class:`DialectSpec`)."""
 
-    def __init__(self, source: nn.Module, spec: DialectSpec, *, backend: str | None = None):
+    def __init__(self, source: nn.Module, spec: DialectSpec, *, backend: str | None = None,
+                 schedule: str = "auto", l2_budget_bytes: int | None = None):
         super().__init__()
+        self.set_schedule(schedule, l2_budget_bytes)
         for name, child in source.named_children():
             self.add_module(name, child)
         for attr in ("f", "i", "type", "np"):  # ultralytics' graph bookkeeping on every layer
@@ -122,7 +125,26 @@ class ConvertedCBAM(nn.Module):
         kwargs = _bn_state(self._sub(s.bn), update_stats)
         return spatial_attention(pooled, conv.weight, conv.bias, gate=self._gate(s.spatial_gate), **kwargs)
 
+    def fused_parts(self) -> tuple[ChannelMLP, SpatialConv | None] | str:
+        """The small parts as the fused forward's kernels compute them, or why they can't
+        (an activation other than ReLU/identity, a gate other than sigmoid, batch-statistics BN)."""
+        s = self.spec
+        act = activation_name(self._sub(s.act))
+        if act is None:
+            return f"hidden activation {type(self._sub(s.act)).__name__} (the kernels implement ReLU and identity)"
+        for path in (s.channel_gate, s.spatial_gate if s.spatial_input is not None else None):
+            if not is_sigmoid(self._sub(path)):
+                return f"gate {type(self._sub(path)).__name__} (the kernels implement sigmoid)"
+        fc1, fc2 = self.get_submodule(s.fc1), self._sub(s.fc2)
+        mlp = ChannelMLP(fc1.weight, fc1.bias, fc2.weight if fc2 is not None else None,
+                         fc2.bias if fc2 is not None else None, s.channel_pool, act)
+        if s.spatial_input is None:
+            return mlp, None
+        conv = _spatial_conv(self.get_submodule(s.conv), self._sub(s.bn), s.spatial_input)
+        return conv if isinstance(conv, str) else (mlp, conv)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         be = prepare(x, self.spec.channels, dict(self.named_parameters()), self.backend)
         spatial = self.spatial_map if self.spec.spatial_input is not None else None
-        return stages.run(x, be, self.channel_map, spatial, self.parameters())
+        return stages.run(x, be, self.channel_map, spatial, self.parameters(), self.fused_parts,
+                          self.schedule, self.l2_budget_bytes)

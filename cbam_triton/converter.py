@@ -19,6 +19,7 @@ from torch import nn
 
 from cbam_triton.converted import ConvertedCBAM, DialectSpec
 from cbam_triton.modules import CBAM
+from cbam_triton.schedule import validate_schedule
 
 log = logging.getLogger("cbam_triton.converter")
 
@@ -202,23 +203,24 @@ def _mmyolo(m: nn.Module) -> DialectSpec | None:
 _RECOGNISERS = (_timm, _ultralytics, _official, _luuuyi, _mmyolo)
 
 
-def from_module(m: nn.Module, *, backend: str | None = None) -> nn.Module:
+def from_module(m: nn.Module, *, backend: str | None = None, schedule: str = "auto") -> nn.Module:
     """The fused cbam-triton module computing the same function as CBAM module ``m``.
 
     ``reference.CBAM`` becomes :class:`cbam_triton.CBAM`; other dialects become
     :class:`~cbam_triton.converted.ConvertedCBAM`, which shares ``m``'s submodules (same parameters,
-    same ``state_dict`` keys). Raises :class:`UnsupportedCBAM` (a ``TypeError``) naming the reason when
+    same ``state_dict`` keys). ``schedule``: the fused forward's schedule (see
+    :mod:`cbam_triton.schedule`). Raises :class:`UnsupportedCBAM` (a ``TypeError``) naming the reason when
     ``m`` is not a CBAM cbam-triton can reproduce exactly.
     """
     if isinstance(m, (CBAM, ConvertedCBAM)):
         return m
     ref_mod = sys.modules.get("reference.cbam")
     if ref_mod is not None and type(m) is ref_mod.CBAM:
-        return CBAM.from_reference(m, backend=backend)
+        return CBAM.from_reference(m, backend=backend, schedule=schedule)
     for recognise in _RECOGNISERS:
         spec = recognise(m)
         if spec is not None:
-            return ConvertedCBAM(m, _validate(m, spec), backend=backend)
+            return ConvertedCBAM(m, _validate(m, spec), backend=backend, schedule=schedule)
     raise _NotACBAM(f"{type(m).__name__} is not a recognised CBAM dialect")
 
 
@@ -230,7 +232,7 @@ def _summary(done: list[Replacement]) -> dict[str, int]:
 
 
 def convert_with_report(model: nn.Module, *, inplace: bool = True,
-                        backend: str | None = None) -> tuple[nn.Module, list[Replacement]]:
+                        backend: str | None = None, schedule: str = "auto") -> tuple[nn.Module, list[Replacement]]:
     """Like :func:`convert`, returning ``(model, replacements)``."""
     if not inplace:
         model = copy.deepcopy(model)
@@ -247,7 +249,7 @@ def convert_with_report(model: nn.Module, *, inplace: bool = True,
 
     def _try(m: nn.Module, name: str) -> nn.Module | None:
         try:
-            new = from_module(m, backend=backend)
+            new = from_module(m, backend=backend, schedule=schedule)
         except UnsupportedCBAM as exc:  # warn about CBAMs we can't reproduce, and about unrecognised "*cbam*"
             if not isinstance(exc, _NotACBAM) or "cbam" in type(m).__name__.lower():
                 warnings.warn(f"cbam_triton.convert: left {name or type(m).__name__} ({type(m).__name__}) "
@@ -269,7 +271,7 @@ def convert_with_report(model: nn.Module, *, inplace: bool = True,
 
 
 def convert(model: nn.Module, *, inplace: bool = True, backend: str | None = None,
-            verbose: bool = False) -> nn.Module:
+            schedule: str = "auto", verbose: bool = False) -> nn.Module:
     """Replace every recognised CBAM module in ``model`` by its fused cbam-triton equivalent.
 
     Returns the model (a deep copy when ``inplace=False``; the new module when ``model`` itself is a
@@ -277,9 +279,11 @@ def convert(model: nn.Module, *, inplace: bool = True, backend: str | None = Non
     train/eval mode: BN is folded in eval and uses batch statistics in training. What was replaced
     is logged (logger ``cbam_triton.converter``) and printed with ``verbose=True``; use
     :func:`convert_with_report` for the list. CBAM-like modules that can't be reproduced exactly
-    are left alone with a warning.
+    are left alone with a warning. ``schedule``: the fused forward's schedule of every converted
+    module (``"auto"``, ``"l2"``, ``"stream"``; see :mod:`cbam_triton.schedule`).
     """
-    model, done = convert_with_report(model, inplace=inplace, backend=backend)
+    validate_schedule(schedule)
+    model, done = convert_with_report(model, inplace=inplace, backend=backend, schedule=schedule)
     if verbose:
         counts = _summary(done)
         print(f"cbam_triton.convert: replaced {len(done)} CBAM module(s)"

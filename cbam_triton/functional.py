@@ -15,6 +15,8 @@ import torch.nn.functional as F
 
 from cbam_triton import stages
 from cbam_triton._backend import resolve_backend
+from cbam_triton.fusion import ChannelMLP, SpatialConv
+from cbam_triton.schedule import validate_budget, validate_schedule
 
 __all__ = [
     "apply_gates", "cbam", "channel_attention", "channel_pool", "prepare", "spatial_attention", "spatial_pool",
@@ -209,6 +211,8 @@ def cbam(
     bn_eps: float = 1e-5,
     use_bn: bool | None = None,
     backend: str | None = None,
+    schedule: str = "auto",
+    l2_budget_bytes: int | None = None,
 ) -> torch.Tensor:
     """Fused CBAM forward: ``out = (x * Mc) * Ms``.
 
@@ -223,10 +227,14 @@ def cbam(
             ``bn_running_var`` or ``bn_weight`` is given); see :func:`spatial_attention`.
         backend: ``"auto"`` (default), ``"triton"`` or ``"torch"``; see
             :func:`cbam_triton._backend.resolve_backend`.
+        schedule, l2_budget_bytes: the fused inference forward's schedule (``"auto"``, ``"l2"``,
+            ``"stream"``) and L2 budget; see :mod:`cbam_triton.schedule`.
 
     Returns:
-        Tensor of x's shape, dtype and memory format. Big-tensor traffic: x is read three times and
-        the output written once; only the output is a full-size allocation.
+        Tensor of x's shape, dtype and memory format. Inference on the Triton backend is three
+        launches per chunk with the MLP and the conv + BN + sigmoid inside the kernels; x is read
+        once from DRAM under the ``"l2"`` schedule (three times under ``"stream"``) and the output
+        written once; only the output is a full-size allocation.
     """
     weights = {"fc1_weight": fc1_weight, "fc1_bias": fc1_bias, "fc2_weight": fc2_weight,
                "fc2_bias": fc2_bias, "conv_weight": conv_weight, "conv_bias": conv_bias,
@@ -246,6 +254,8 @@ def cbam(
         raise ValueError(f"pool_types must be a non-empty subset of ('avg', 'max'), got {pool_types!r}")
     if use_bn is None:
         use_bn = bn_running_var is not None or bn_weight is not None
+    validate_schedule(schedule)
+    validate_budget(l2_budget_bytes)
 
     def channel_map(avg: torch.Tensor, mx: torch.Tensor) -> torch.Tensor:
         return channel_attention(avg if "avg" in pools else None, mx if "max" in pools else None,
@@ -260,4 +270,17 @@ def cbam(
                                  bn_training=bn_training, bn_momentum=bn_momentum, bn_eps=bn_eps,
                                  use_bn=use_bn)
 
-    return stages.run(x, be, channel_map, spatial_map, weights.values())
+    def fused_parts() -> tuple[ChannelMLP, SpatialConv] | str:
+        mode = "avg+max" if len(pools) == 2 else pools[0]
+        mlp = ChannelMLP(fc1_weight, fc1_bias, fc2_weight, fc2_bias, mode, "relu")
+        if not use_bn:
+            return mlp, SpatialConv(conv_weight, conv_bias)
+        if bn_training or bn_running_mean is None or bn_running_var is None:
+            return "BatchNorm with batch statistics (bn_training or no running statistics)"
+        affine = bn_weight is not None and bn_bias is not None
+        if (bn_weight is None) != (bn_bias is None):
+            return "BatchNorm with only one of bn_weight, bn_bias"
+        return mlp, SpatialConv(conv_weight, conv_bias, "max,mean", bn_running_mean, bn_running_var,
+                                bn_weight if affine else None, bn_bias if affine else None, float(bn_eps))
+
+    return stages.run(x, be, channel_map, spatial_map, weights.values(), fused_parts, schedule, l2_budget_bytes)

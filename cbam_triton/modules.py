@@ -15,9 +15,36 @@ from torch import nn
 
 from cbam_triton import stages
 from cbam_triton.functional import channel_attention, prepare, spatial_attention
+from cbam_triton.fusion import ChannelMLP, SpatialConv, eval_bn
+from cbam_triton.schedule import validate_budget, validate_schedule
 from reference.cbam import validate_config  # the spec's own config rules, shipped in the same wheel
 
 _POOLS = ("avg", "max")
+
+
+def _pool_mode(pool_types: Sequence[str]) -> str:
+    """The fused kernel's channel-branch mode for a pool_types tuple."""
+    return "avg+max" if {"avg", "max"} <= set(pool_types) else ("avg" if "avg" in pool_types else "max")
+
+
+class _Scheduled:
+    """``schedule`` / ``l2_budget_bytes`` of the fused inference forward (see
+    :mod:`cbam_triton.schedule`); plain attributes, not part of the state_dict."""
+
+    schedule: str = "auto"
+    l2_budget_bytes: int | None = None
+
+    def set_schedule(self, schedule: str = "auto", l2_budget_bytes: int | None = None) -> None:
+        """Choose the schedule (``"auto"``, ``"l2"``, ``"stream"``) and optionally the L2 budget (bytes)."""
+        self.schedule = validate_schedule(schedule)
+        self.l2_budget_bytes = validate_budget(l2_budget_bytes)
+
+
+def _spatial_conv(conv: nn.Conv2d, bn: nn.Module | None, spatial_input: str = "max,mean") -> SpatialConv | str:
+    bn_fields = eval_bn(bn)
+    if bn_fields is None:
+        return "its BatchNorm normalises with batch statistics (training mode or no running statistics)"
+    return SpatialConv(conv.weight, conv.bias, spatial_input, **bn_fields)
 
 
 def _bn_state(bn: nn.BatchNorm2d | None, update_stats: bool = True) -> dict[str, Any]:
@@ -47,7 +74,7 @@ def _bn_state(bn: nn.BatchNorm2d | None, update_stats: bool = True) -> dict[str,
     }
 
 
-class ChannelGate(nn.Module):
+class ChannelGate(_Scheduled, nn.Module):
     """Channel attention ``x -> x * sigmoid(sum_p mlp(pool_p(x)))`` (same keys as the reference)."""
 
     def __init__(self, channels: int, hidden_channels: int, pool_types: Sequence[str] = _POOLS):
@@ -65,12 +92,22 @@ class ChannelGate(nn.Module):
                                  mx if "max" in self.pool_types else None,
                                  fc1.weight, fc1.bias, fc2.weight, fc2.bias)
 
+    def fused_mlp(self) -> ChannelMLP:
+        """The MLP as the fused forward's kernels compute it."""
+        fc1, fc2 = self.mlp[0], self.mlp[2]
+        return ChannelMLP(fc1.weight, fc1.bias, fc2.weight, fc2.bias, _pool_mode(self.pool_types), "relu")
+
     def forward(self, x: torch.Tensor, backend: str | None = None) -> torch.Tensor:
         be = prepare(x, self.channels, dict(self.named_parameters()), backend)
-        return stages.run(x, be, self.channel_map, None, self.parameters())
+        return stages.run(x, be, self.channel_map, None, self.parameters(), self.fused_parts,
+                          self.schedule, self.l2_budget_bytes)
+
+    def fused_parts(self) -> tuple[ChannelMLP, None]:
+        """``(mlp, None)`` for the fused forward."""
+        return self.fused_mlp(), None
 
 
-class SpatialGate(nn.Module):
+class SpatialGate(_Scheduled, nn.Module):
     """Spatial attention ``x -> x * sigmoid(bn(conv(cat([max_C x, mean_C x]))))``."""
 
     def __init__(self, kernel_size: int = 7, spatial_norm: bool = True):
@@ -87,12 +124,22 @@ class SpatialGate(nn.Module):
         ``update_stats=False``: BN's running statistics are left alone)."""
         return spatial_attention(pooled, self.conv.weight, self.conv.bias, **_bn_state(self.bn, update_stats))
 
+    def fused_conv(self) -> SpatialConv | str:
+        """The conv + BatchNorm as the fused forward's kernels compute them, or why they can't."""
+        return _spatial_conv(self.conv, self.bn)
+
+    def fused_parts(self) -> tuple[None, SpatialConv] | str:
+        """``(None, conv)`` for the fused forward, or why it can't run fused."""
+        conv = self.fused_conv()
+        return conv if isinstance(conv, str) else (None, conv)
+
     def forward(self, x: torch.Tensor, backend: str | None = None) -> torch.Tensor:
         be = prepare(x, None, dict(self.named_parameters()), backend)
-        return stages.run(x, be, None, self.spatial_map, self.parameters())
+        return stages.run(x, be, None, self.spatial_map, self.parameters(), self.fused_parts,
+                          self.schedule, self.l2_budget_bytes)
 
 
-class CBAM(nn.Module):
+class CBAM(_Scheduled, nn.Module):
     """Fused CBAM (channel gate, then spatial gate); drop-in for :class:`reference.CBAM`.
 
     Same constructor and ``state_dict`` keys as the reference, so checkpoints load both ways.
@@ -111,6 +158,10 @@ class CBAM(nn.Module):
         spatial_norm: BatchNorm2d(1) after the spatial convolution (folded into it in eval mode).
         hidden_channels: explicit MLP hidden width.
         backend: ``"auto"`` (default), ``"triton"`` or ``"torch"``; not part of the state_dict.
+        schedule: ``"auto"`` (default), ``"l2"`` or ``"stream"``: how the fused inference forward
+            cuts the batch (see :mod:`cbam_triton.schedule`); ``set_schedule`` changes it later.
+        l2_budget_bytes: bytes of x one chunk of the ``"l2"`` schedule may hold (default: half the
+            device's L2, or ``$CBAM_TRITON_L2_BYTES``).
     """
 
     def __init__(
@@ -123,8 +174,11 @@ class CBAM(nn.Module):
         hidden_channels: int | None = None,
         *,
         backend: str | None = None,
+        schedule: str = "auto",
+        l2_budget_bytes: int | None = None,
     ):
         super().__init__()
+        self.set_schedule(schedule, l2_budget_bytes)
         pools, hidden = validate_config(channels, reduction_ratio, spatial_kernel_size, pool_types,
                                          hidden_channels)
         self.channels = channels
@@ -142,21 +196,31 @@ class CBAM(nn.Module):
                 f"spatial_kernel_size={self.spatial_kernel_size}, pool_types={self.pool_types}, "
                 f"spatial_norm={self.spatial_norm}")
 
+    def fused_parts(self) -> tuple[ChannelMLP, SpatialConv] | str:
+        """``(mlp, conv)`` as the fused forward's kernels compute them, or why they can't
+        (BatchNorm with batch statistics)."""
+        conv = self.spatial_gate.fused_conv()
+        return conv if isinstance(conv, str) else (self.channel_gate.fused_mlp(), conv)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         be = prepare(x, self.channels, dict(self.named_parameters()), self.backend)
-        return stages.run(x, be, self.channel_gate.channel_map, self.spatial_gate.spatial_map, self.parameters())
+        return stages.run(x, be, self.channel_gate.channel_map, self.spatial_gate.spatial_map, self.parameters(),
+                          self.fused_parts, self.schedule, self.l2_budget_bytes)
 
     @classmethod
-    def from_reference(cls, module: nn.Module, *, backend: str | None = None) -> CBAM:
+    def from_reference(cls, module: nn.Module, *, backend: str | None = None, schedule: str = "auto",
+                       l2_budget_bytes: int | None = None) -> CBAM:
         """A ``cbam_triton.CBAM`` with the configuration, weights, device, dtype and mode of a
-        :class:`reference.CBAM` (or of another ``cbam_triton.CBAM``)."""
+        :class:`reference.CBAM` (or of another ``cbam_triton.CBAM``); ``schedule`` and
+        ``l2_budget_bytes`` as in the constructor."""
         for attr in ("channels", "reduction_ratio", "spatial_kernel_size", "pool_types",
                      "spatial_norm", "hidden_channels"):
             if not hasattr(module, attr):
                 raise TypeError(f"from_reference expects a reference.CBAM, got {type(module).__name__} "
                                 f"(no attribute {attr!r})")
         new = cls(module.channels, module.reduction_ratio, module.spatial_kernel_size,
-                  module.pool_types, module.spatial_norm, module.hidden_channels, backend=backend)
+                  module.pool_types, module.spatial_norm, module.hidden_channels, backend=backend,
+                  schedule=schedule, l2_budget_bytes=l2_budget_bytes)
         return _copy_state(module, new)
 
     def to_reference(self) -> nn.Module:

@@ -85,6 +85,36 @@ def _(x: Tensor, mc: Tensor | None, ms: Tensor | None) -> Tensor:
     return empty_output(x)[0]
 
 
+# --------------------------------------------------------------------------------- fused_forward
+def _fused_forward_impl(x: Tensor, fc1_weight: Tensor | None, fc1_bias: Tensor | None, fc2_weight: Tensor | None,
+                        fc2_bias: Tensor | None, conv_weight: Tensor | None, conv_bias: Tensor | None,
+                        bn_mean: Tensor | None, bn_var: Tensor | None, bn_weight: Tensor | None,
+                        bn_bias: Tensor | None, bn_eps: float, pools: str, act: str, spatial_input: str,
+                        schedule: str, l2_budget_bytes: int | None) -> Tensor:
+    """The whole inference forward (small parts inside the kernels; see
+    :mod:`cbam_triton.launchers.forward`). ``fc1_weight`` None: no channel branch; ``conv_weight``
+    None: no spatial branch. ``schedule``/``l2_budget_bytes``: see :mod:`cbam_triton.schedule`."""
+    from cbam_triton.fusion import ChannelMLP, SpatialConv
+    from cbam_triton.launchers.forward import fused_forward
+    from cbam_triton.schedule import l2_budget, plan_schedule
+
+    mlp = ChannelMLP(fc1_weight, fc1_bias, fc2_weight, fc2_bias, pools, act) if fc1_weight is not None else None
+    conv = (SpatialConv(conv_weight, conv_bias, spatial_input, bn_mean, bn_var, bn_weight, bn_bias, bn_eps)
+            if conv_weight is not None else None)
+    n, c, h, w = x.shape
+    plan = plan_schedule(n, c * h * w * x.element_size(), schedule, l2_budget(x.device, l2_budget_bytes),
+                         device_type=x.device.type)
+    return fused_forward(x, mlp, conv, plan)
+
+
+fused_forward = define_op("fused_forward")(_fused_forward_impl)
+
+
+@fused_forward.register_fake
+def _(x: Tensor, *args: object) -> Tensor:
+    return empty_output(x)[0]
+
+
 # -------------------------------------------------------------------------------------- autograd
 def _recompute(fn: Callable[..., object], inputs: tuple[Tensor | None, ...], needs: tuple[bool, ...],
                grads: tuple[Tensor | None, ...]) -> tuple[Tensor | None, ...]:

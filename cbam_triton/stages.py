@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable
 import torch
 
 from cbam_triton import _torch_stages, ops, training  # noqa: F401 (registers torch.ops.cbam_triton)
+from cbam_triton.fusion import ChannelMLP, SpatialConv
 
 
 def channel_pool(x: torch.Tensor, backend: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -57,22 +58,48 @@ def needs_grad(x: torch.Tensor, params: Iterable[torch.Tensor | None]) -> bool:
     return x.requires_grad or any(p is not None and p.requires_grad for p in params)
 
 
+#: what a module tells :func:`run` about fusing its small parts into the kernels: the
+#: ``(ChannelMLP | None, SpatialConv | None)`` of its branches, or why it can't (a reason string)
+FusedParts = Callable[[], "tuple[ChannelMLP | None, SpatialConv | None] | str"]
+
+
+def fused(x: torch.Tensor, mlp: ChannelMLP | None, conv: SpatialConv | None, schedule: str = "auto",
+          l2_budget_bytes: int | None = None) -> torch.Tensor:
+    """The fused inference forward (one custom operator; see :mod:`cbam_triton.launchers.forward`)."""
+    fc = mlp if mlp is not None else ChannelMLP(None, None, None, None, "avg+max", "identity")  # type: ignore[arg-type]
+    sc = conv if conv is not None else SpatialConv(None, None)  # type: ignore[arg-type]
+    return torch.ops.cbam_triton.fused_forward(
+        x, fc.fc1_weight, fc.fc1_bias, fc.fc2_weight, fc.fc2_bias, sc.weight, sc.bias, sc.bn_mean, sc.bn_var,
+        sc.bn_weight, sc.bn_bias, float(sc.bn_eps), fc.pools, fc.act, sc.input, schedule, l2_budget_bytes)
+
+
 def run(x: torch.Tensor, backend: str,
         channel_map: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None,
         spatial_map: Callable[[torch.Tensor, bool], torch.Tensor] | None,
-        params: Iterable[torch.Tensor | None] = ()) -> torch.Tensor:
+        params: Iterable[torch.Tensor | None] = (), fused_parts: FusedParts | None = None,
+        schedule: str = "auto", l2_budget_bytes: int | None = None) -> torch.Tensor:
     """The block's forward ``x * Mc * Ms`` with ``Mc = channel_map(avg, max)`` (N, C) and
     ``Ms = spatial_map(pooled, update_stats)`` (N, 1, H, W); either map may be None (a lone gate).
 
-    With the Triton backend and autograd recording (x or a parameter in ``params`` requires grad),
-    this is :func:`cbam_triton.training.forward`: the same values, and a backward of three Triton
-    kernels. Otherwise the three stages run directly (for the torch backend autograd differentiates
-    the PyTorch stages).
+    * Triton backend, autograd recording (x or a parameter in ``params`` requires grad):
+      :func:`cbam_triton.training.forward`, the same values and a backward of three Triton kernels.
+    * Triton backend, inference, ``fused_parts()`` gives the small parts: :func:`fused`, three
+      launches per chunk under ``schedule`` (``"auto"``, ``"l2"``, ``"stream"``).
+    * Otherwise the three stages with the small parts in PyTorch between them (``schedule="l2"``
+      is then refused: the L2 schedule needs the fused kernels). The torch backend ignores
+      ``schedule`` (it is a property of the Triton kernels).
     """
     if x.shape[0] == 0:  # nothing to compute or launch; still part of the autograd graph
         return x.clone() if needs_grad(x, params) else torch.empty_like(x)
     if backend == "triton" and needs_grad(x, params):
         return training.forward(x, channel_map, spatial_map)
+    if backend == "triton" and not _exporting():
+        parts = fused_parts() if fused_parts is not None else "no fusable description of the small parts"
+        if not isinstance(parts, str):
+            return fused(x, parts[0], parts[1], schedule, l2_budget_bytes)
+        if schedule == "l2":
+            raise ValueError(f"schedule='l2' needs the small parts fused into the kernels, which this "
+                             f"configuration does not allow: {parts}. Use schedule='auto' or 'stream'.")
     mc = channel_map(*channel_pool(x, backend)) if channel_map is not None else None
     ms = spatial_map(spatial_pool(x, mc, backend), True) if spatial_map is not None else None
     return gate(x, mc, ms, backend)

@@ -1,4 +1,5 @@
-"""One forward: exactly three Triton launches, and the output is the only full-size allocation."""
+"""One inference forward: exactly three Triton launches (the fused kernels), and the output is the
+only full-size allocation."""
 
 from __future__ import annotations
 
@@ -25,6 +26,9 @@ class _AllocationCounter(TorchDispatchMode):
                 return impl(*args, **(kwargs or {}))
         out = func(*args, **(kwargs or {}))
         flat = out if isinstance(out, (tuple, list)) else (out,)
+        inputs = {a.untyped_storage().data_ptr() for a in args if isinstance(a, torch.Tensor) and a.numel()}
+        if all(isinstance(t, torch.Tensor) and t.untyped_storage().data_ptr() in inputs for t in flat):
+            return out  # a view (or an op returning its input) allocates nothing
         self.ops.append((str(func), [t.numel() for t in flat if isinstance(t, torch.Tensor)]))
         return out
 
@@ -40,11 +44,9 @@ def test_one_full_size_allocation_and_three_launches(layout, split, device, monk
     big = x.numel()
     with torch.no_grad(), cbam_triton.record_launches() as launches, _AllocationCounter() as mode:
         y = ours(x)
-    assert [launch.name for launch in launches] == ["channel_pool", "spatial_pool", "gate"]
-    if split == "forced":
-        assert launches[0].grid[1] > 1  # H*W split
-        if layout == "nchw":  # C is split only when it spans several tiles (not so for channels_last)
-            assert launches[1].grid[1] > 1
+    assert [launch.name for launch in launches] == ["channel_pool_mlp", "spatial_pool", "gate_conv"]
+    if split == "forced":  # many programs wanted: the H*W reduction of stage 1 is split
+        assert launches[0].grid[1] > 1
     full = [(op, sizes) for op, sizes in mode.ops if any(s >= big for s in sizes)]
     assert len(full) == 1, f"expected only the output to be full-size, got {full}"
     small_limit = 64 * (shape[0] * shape[1] + shape[0] * shape[2] * shape[3])
@@ -56,9 +58,12 @@ def test_one_full_size_allocation_and_three_launches(layout, split, device, monk
 
 
 def test_non_mergeable_view_is_copied_once(device):
+    """A view whose H and W don't merge is copied to NCHW once, not once per stage."""
     ours = cbam_triton.CBAM.from_reference(make_reference(8, device=device, reduction_ratio=2))
     x = make_input((2, 8, 6, 7), torch.float32, "sliced_w", device)
+    with torch.no_grad():
+        ours(x)  # the launchers' arrival-counter buffer is zeroed once per process, not per forward
     with torch.no_grad(), _AllocationCounter() as mode:
         ours(x)
     full = [op for op, sizes in mode.ops if any(s >= x.numel() for s in sizes)]
-    assert len(full) == 4  # a documented copy per big-tensor stage (3) + the output
+    assert len(full) == 2  # one documented copy (shared by the three stages) + the output

@@ -48,10 +48,15 @@ def test_quick_cli_writes_every_output(quick_run):
     for (_case_id, provider), r in by_provider.items():
         if provider in ("eager", "compile", "compile-max-autotune"):
             assert r["status"] == "ok" and r["median_ms"] > 0, r
-        if provider == "triton":  # verified in the interpreter, never timed on CPU
+        if provider.startswith("triton") and r["mode"] == "forward":  # verified in the interpreter, not timed
             assert r["status"] == "verified" and r.get("median_ms") is None, r
+            # the traffic model per schedule: the L2 schedule reads x once from DRAM, stream three times
+            expect = {"triton-l2": 2, "triton-stream": 4, "triton": 4}[provider]
+            assert expect <= r["dram_model_x"] <= expect + 0.5, r
+            assert r["schedule"] == {"triton-l2": "l2", "triton-stream": "stream", "triton": "stream"}[provider]
     train = [r for r in doc["results"] if r["mode"] == "train"]
-    assert {r["provider"] for r in train} == {"eager", "compile", "compile-max-autotune", "triton"}
+    assert {r["provider"] for r in train if r["status"] != "skipped"} == {"eager", "compile", "compile-max-autotune",
+                                                                          "triton"}
     assert all(r["id"].endswith("-train") for r in train)
     assert "GPU timings need a CUDA device" in proc.stdout
 
@@ -156,3 +161,25 @@ def test_unknown_case_choices_raise():
         make_cases(["tiny"], [1], ["fp8"], ["nchw"])
     with pytest.raises(ValueError, match="unknown mode"):
         make_cases(["tiny"], [1], ["fp32"], ["nchw"], ["backward"])
+
+
+NCU_CSV = """==PROF== Connected to process 1234 (/usr/bin/python3)
+==PROF== Profiling "channel_pool_mlp_kernel" - 0: 0%....50%....100% - 1 pass
+program output line
+"ID","Process ID","Process Name","Host Name","Kernel Name","Context","Stream","Block Size","Grid Size","Device","CC","Section Name","Metric Name","Metric Unit","Metric Value"
+"0","1234","python3","127.0.0.1","channel_pool_mlp_kernel","1","7","(128, 1, 1)","(2048, 1, 1)","0","9.0","Command line profiler metrics","dram__bytes_read.sum","Mbyte","51.38"
+"0","1234","python3","127.0.0.1","channel_pool_mlp_kernel","1","7","(128, 1, 1)","(2048, 1, 1)","0","9.0","Command line profiler metrics","dram__bytes_write.sum","Kbyte","262.14"
+"1","1234","python3","127.0.0.1","gate_conv_kernel","1","7","(128, 1, 1)","(784, 1, 1)","0","9.0","Command line profiler metrics","dram__bytes_read.sum","byte","1,024"
+"1","1234","python3","127.0.0.1","gate_conv_kernel","1","7","(128, 1, 1)","(784, 1, 1)","0","9.0","Command line profiler metrics","dram__bytes_write.sum","Gbyte","0.05138"
+"""
+
+
+def test_ncu_csv_is_summed_in_bytes():
+    from bench import ncu
+
+    got = ncu.parse_csv(NCU_CSV)
+    assert got == {"read": 51_380_000 + 1024, "write": 262_140 + 51_380_000, "kernels": 2}
+    with pytest.raises(ValueError, match="header"):
+        ncu.parse_csv("==PROF== nothing profiled\n")
+    with pytest.raises(ValueError, match="unit"):
+        ncu.parse_csv(NCU_CSV.replace('"Kbyte"', '"parsec"'))

@@ -23,7 +23,10 @@ def _check(shape, dtype, layout, device, **ref_kwargs):
         with cbam_triton.record_launches() as launches:
             y = ours(x)
     if shape[0] > 0:
-        assert [launch.name for launch in launches] == ["channel_pool", "spatial_pool", "gate"]
+        # eval mode: the fused forward (MLP and conv + BN + sigmoid inside the kernels)
+        expect = ["channel_pool_mlp", "spatial_pool", "gate_conv"] if not ref.training else \
+            ["channel_pool", "spatial_pool", "gate"]
+        assert [launch.name for launch in launches] == expect
     assert y.is_contiguous(memory_format=torch.channels_last) == expected_channels_last(x) or \
         y.is_contiguous(), "output memory format differs from the input's"
     if expected_channels_last(x):

@@ -97,7 +97,8 @@ def test_torch_export_and_decomposition(device):
     assert not any("cbam_triton" in str(n.target) for n in standard.graph.nodes)
     assert not any("max_pool" in str(n.target) for n in standard.graph.nodes)
     with torch.no_grad():
-        torch.testing.assert_close(program.module()(x), ours(x), rtol=0, atol=0)
+        # the exported program keeps the unfused three-op forward; eager runs the fused kernels
+        torch.testing.assert_close(program.module()(x), ours(x), rtol=1e-6, atol=1e-6)
         torch.testing.assert_close(standard.module()(x), ours(x), rtol=1e-5, atol=1e-5)
 
 

@@ -78,3 +78,37 @@ def walk_program(long_extent, walk_extent, walk_per_split, BLOCK_LONG: tl.conste
     start = tl.program_id(1) * walk_per_split
     end = tl.minimum(start + walk_per_split, walk_extent)
     return n, blk, num_blocks, offs, offs < long_extent, start, end
+
+
+@triton.jit
+def sigmoid(v):
+    """``1 / (1 + exp(-v))`` in v's precision (0 at -inf, 1 at +inf, NaN stays NaN)."""
+    return 1.0 / (1.0 + tl.exp(-v))
+
+
+@triton.jit
+def relu(v):
+    """``max(v, 0)`` that keeps NaN, like ``torch.relu`` (``tl.maximum`` would drop it)."""
+    return tl.where(v < 0, 0.0, v)
+
+
+@triton.jit
+def last_arrival(counter_ptr, expected):
+    """Whether this program is the last of ``expected`` programs to reach ``counter_ptr``.
+
+    Call after the program's partial results are stored: the barrier makes every thread's stores
+    happen before the (acquire-release) atomic increment, so the last program sees every partial.
+    Integer atomics only: the combine that follows runs in a fixed order, so results are
+    deterministic. ``counter_ptr`` must hold 0 before the launch; the last program stores 0 back
+    when done (:func:`reset_counter`), so the launchers keep one zeroed buffer instead of zeroing
+    one per launch.
+    """
+    tl.debug_barrier()
+    arrived = tl.atomic_add(counter_ptr, 1, sem="acq_rel")
+    return arrived == expected - 1
+
+
+@triton.jit
+def reset_counter(counter_ptr):
+    """Put a :func:`last_arrival` counter back to 0 (by its last program: nobody else touches it)."""
+    tl.store(counter_ptr, 0)

@@ -12,7 +12,7 @@ def gate_kernel(
     C, P,
     stride_xn, stride_xc, stride_xp,
     stride_on, stride_oc, stride_op,
-    HAS_MC: tl.constexpr, HAS_MS: tl.constexpr,
+    HAS_MC: tl.constexpr, HAS_MS: tl.constexpr, HINTS: tl.constexpr,
     BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr, ACC_FP64: tl.constexpr,
 ):
     # Reads one [BLOCK_C, BLOCK_P] tile of x, the matching BLOCK_C values of mc[n, :] and BLOCK_P
@@ -20,16 +20,25 @@ def gate_kernel(
     # out's strides). 1-D grid over N * cdiv(C, BLOCK_C) * cdiv(P, BLOCK_P) tiles, p-blocks
     # fastest. Each element of x is read once and each element of out written once: 2*|x| bytes.
     # The product is formed in fp32 (fp64 for fp64 x) as (x * mc) * ms, the reference's order.
+    # HINTS (last stage of the L2-resident schedule): x is read for the last time (evict_first) and
+    # the output is streamed (st.global.cs), so neither evicts the next chunk's input from L2.
     acc_t: tl.constexpr = tl.float64 if ACC_FP64 else tl.float32
     n, offs_c, offs_p, mask_c, mask_p = tile_program(C, P, BLOCK_C, BLOCK_P)
     mask = mask_c[:, None] & mask_p[None, :]
 
-    v = tl.load(tile_ptrs(x_ptr, n, offs_c, offs_p, stride_xn, stride_xc, stride_xp), mask=mask, other=0.0).to(acc_t)
+    x_ptrs = tile_ptrs(x_ptr, n, offs_c, offs_p, stride_xn, stride_xc, stride_xp)
+    if HINTS:
+        v = tl.load(x_ptrs, mask=mask, other=0.0, eviction_policy="evict_first").to(acc_t)
+    else:
+        v = tl.load(x_ptrs, mask=mask, other=0.0).to(acc_t)
     if HAS_MC:
         g = tl.load(mc_ptr + n * C + offs_c, mask=mask_c, other=0.0).to(acc_t)
         v = v * g[:, None]
     if HAS_MS:
         s = tl.load(ms_ptr + n * P + offs_p, mask=mask_p, other=0.0).to(acc_t)
         v = v * s[None, :]
-    tl.store(tile_ptrs(out_ptr, n, offs_c, offs_p, stride_on, stride_oc, stride_op),
-             v.to(out_ptr.dtype.element_ty), mask=mask)
+    out_ptrs = tile_ptrs(out_ptr, n, offs_c, offs_p, stride_on, stride_oc, stride_op)
+    if HINTS:
+        tl.store(out_ptrs, v.to(out_ptr.dtype.element_ty), mask=mask, cache_modifier=".cs")
+    else:
+        tl.store(out_ptrs, v.to(out_ptr.dtype.element_ty), mask=mask)

@@ -7,6 +7,43 @@ from cbam_triton.kernels._common import count_at_max, max_propagate_nan, track_m
 
 
 @triton.jit
+def pool_partials(x_ptr, n, offs_c, mask_c, p_start, p_end, stride_xn, stride_xc, stride_xp,
+                  COUNT: tl.constexpr, HINTS: tl.constexpr,
+                  BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr, ACC_FP64: tl.constexpr):
+    """Sum, max (and, with COUNT, the number of elements equal to the max) over p in
+    ``[p_start, p_end)`` of ``x[n, offs_c, p]``: three ``[BLOCK_C]`` vectors. Elementwise
+    accumulators over the walk, one cross-lane reduction at the end. ``HINTS``: the loads ask L2
+    to keep x (``evict_last``), for the stages of the L2-resident schedule that read it again."""
+    acc_t: tl.constexpr = tl.float64 if ACC_FP64 else tl.float32
+    offs_p = tl.arange(0, BLOCK_P)
+    ptrs = (x_ptr + n.to(tl.int64) * stride_xn
+            + offs_c.to(tl.int64)[:, None] * stride_xc
+            + (p_start + offs_p).to(tl.int64)[None, :] * stride_xp)
+    step = tl.full([], BLOCK_P, tl.int64) * stride_xp  # int64: no overflow for huge strides
+    acc_sum = tl.zeros([BLOCK_C, BLOCK_P], dtype=acc_t)
+    acc_max = tl.full([BLOCK_C, BLOCK_P], float("-inf"), dtype=acc_t)
+    acc_cnt = tl.zeros([BLOCK_C, BLOCK_P], dtype=tl.int32)
+    for p0 in range(p_start, p_end, BLOCK_P):
+        mask = mask_c[:, None] & ((p0 + offs_p) < p_end)[None, :]
+        if HINTS:
+            v = tl.load(ptrs, mask=mask, other=0.0, eviction_policy="evict_last").to(acc_t)
+        else:
+            v = tl.load(ptrs, mask=mask, other=0.0).to(acc_t)
+        acc_sum += v
+        vm = tl.where(mask, v, float("-inf"))
+        if COUNT:
+            acc_max, acc_cnt = track_max_count(acc_max, acc_cnt, vm, mask)
+        else:
+            acc_max = tl.maximum(acc_max, vm, propagate_nan=tl.PropagateNan.ALL)
+        ptrs += step
+    vmax = max_propagate_nan(acc_max, 1)
+    cnt = tl.zeros([BLOCK_C], dtype=tl.int32)
+    if COUNT:
+        cnt = count_at_max(acc_max, acc_cnt, vmax, 1)
+    return tl.sum(acc_sum, axis=1), vmax, cnt
+
+
+@triton.jit
 def channel_pool_kernel(
     x_ptr, sum_ptr, max_ptr, cnt_ptr,
     C, P, p_per_split,
@@ -19,44 +56,19 @@ def channel_pool_kernel(
     # Grid: (N * cdiv(C, BLOCK_C), SPLIT). Tile [BLOCK_C, BLOCK_P] walks the p-range; the launcher
     # makes the unit-stride axis the long one (BLOCK_P for NCHW, BLOCK_C for channels_last).
     # Partial results of the SPLIT programs of one (n, c) are combined afterwards in a fixed order:
-    # deterministic, no atomics. Elementwise accumulators, one cross-lane reduction at the end.
-    # COUNT (training forward): also cnt[n, split, c] = how many elements equal the max (int32),
-    # which the backward needs to split the max's gradient among ties like torch.amax.
-    acc_t: tl.constexpr = tl.float64 if ACC_FP64 else tl.float32
+    # deterministic, no atomics. COUNT (training forward): also cnt[n, split, c] = how many elements
+    # equal the max (int32), which the backward needs to split the max's gradient among ties.
     pid_nc = tl.program_id(0)
     split = tl.program_id(1)
-    num_splits = tl.num_programs(1)
     num_cblocks = tl.cdiv(C, BLOCK_C)
     n = pid_nc // num_cblocks
-    cb = pid_nc % num_cblocks
-
-    offs_c = cb * BLOCK_C + tl.arange(0, BLOCK_C)
+    offs_c = (pid_nc % num_cblocks) * BLOCK_C + tl.arange(0, BLOCK_C)
     mask_c = offs_c < C
-    offs_p = tl.arange(0, BLOCK_P)
     p_start = split * p_per_split
-    p_end = tl.minimum(p_start + p_per_split, P)
-
-    ptrs = (x_ptr + n.to(tl.int64) * stride_xn
-            + offs_c.to(tl.int64)[:, None] * stride_xc
-            + (p_start + offs_p).to(tl.int64)[None, :] * stride_xp)
-    step = tl.full([], BLOCK_P, tl.int64) * stride_xp  # int64: no overflow for huge strides
-    acc_sum = tl.zeros([BLOCK_C, BLOCK_P], dtype=acc_t)
-    acc_max = tl.full([BLOCK_C, BLOCK_P], float("-inf"), dtype=acc_t)
-    acc_cnt = tl.zeros([BLOCK_C, BLOCK_P], dtype=tl.int32)
-    for p0 in range(p_start, p_end, BLOCK_P):
-        mask = mask_c[:, None] & ((p0 + offs_p) < p_end)[None, :]
-        v = tl.load(ptrs, mask=mask, other=0.0).to(acc_t)
-        acc_sum += v
-        vm = tl.where(mask, v, float("-inf"))
-        if COUNT:
-            acc_max, acc_cnt = track_max_count(acc_max, acc_cnt, vm, mask)
-        else:
-            acc_max = tl.maximum(acc_max, vm, propagate_nan=tl.PropagateNan.ALL)
-        ptrs += step
-
-    out = (n * num_splits + split).to(tl.int64) * C + offs_c
-    vmax = max_propagate_nan(acc_max, 1)
-    tl.store(sum_ptr + out, tl.sum(acc_sum, axis=1), mask=mask_c)
+    vsum, vmax, cnt = pool_partials(x_ptr, n, offs_c, mask_c, p_start, tl.minimum(p_start + p_per_split, P),
+                                    stride_xn, stride_xc, stride_xp, COUNT, False, BLOCK_C, BLOCK_P, ACC_FP64)
+    out = (n * tl.num_programs(1) + split).to(tl.int64) * C + offs_c
+    tl.store(sum_ptr + out, vsum, mask=mask_c)
     tl.store(max_ptr + out, vmax, mask=mask_c)
     if COUNT:
-        tl.store(cnt_ptr + out, count_at_max(acc_max, acc_cnt, vmax, 1), mask=mask_c)
+        tl.store(cnt_ptr + out, cnt, mask=mask_c)

@@ -3,15 +3,16 @@
 import triton
 import triton.language as tl
 
-from cbam_triton.kernels._common import count_at_max, max_propagate_nan, track_max_count
+from cbam_triton.kernels._common import count_at_max, last_arrival, max_propagate_nan, reset_counter, track_max_count
 
 
 @triton.jit
 def spatial_pool_kernel(
-    x_ptr, mc_ptr, out_ptr, cnt_ptr,
+    x_ptr, mc_ptr, out_ptr, cnt_ptr, counter_ptr, final_ptr,
     C, P, c_per_split,
     stride_xn, stride_xc, stride_xp,
     HAS_MC: tl.constexpr, FINALIZE: tl.constexpr, COUNT: tl.constexpr,
+    HINTS: tl.constexpr, COMBINE: tl.constexpr,
     BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr, ACC_FP64: tl.constexpr,
 ):
     # Reads x[n, c-range, p-block] once and the channel map mc[n, c] (fp32/fp64, N*C values);
@@ -21,6 +22,10 @@ def spatial_pool_kernel(
     # Tile [BLOCK_C, BLOCK_P] walks the c-range; partials are combined afterwards in a fixed
     # order (deterministic, no atomics). COUNT (training forward): also cnt[n, split, p] = how many
     # channels reach the max (int32), for the backward's even split of the max's gradient among ties.
+    # Fused forward: HINTS loads x with evict_last (stage 3 reads it again from L2); COMBINE (SPLIT
+    # > 1): the last of the SPLIT programs of a (n, p-block), found with one integer atomic on
+    # counter[n, p-block], combines the partials in split order into final[n] (N, 2, H, W), so no
+    # PyTorch op runs between the stages.
     acc_t: tl.constexpr = tl.float64 if ACC_FP64 else tl.float32
     pid_np = tl.program_id(0)
     split = tl.program_id(1)
@@ -46,7 +51,10 @@ def spatial_pool_kernel(
     for c0 in range(c_start, c_end, BLOCK_C):
         mask_cc = (c0 + offs_c) < c_end
         mask = mask_cc[:, None] & mask_p[None, :]
-        v = tl.load(ptrs, mask=mask, other=0.0).to(acc_t)
+        if HINTS:
+            v = tl.load(ptrs, mask=mask, other=0.0, eviction_policy="evict_last").to(acc_t)
+        else:
+            v = tl.load(ptrs, mask=mask, other=0.0).to(acc_t)
         if HAS_MC:
             g = tl.load(mc_ptrs, mask=mask_cc, other=0.0).to(acc_t)
             v = v * g[:, None]
@@ -69,3 +77,17 @@ def spatial_pool_kernel(
     if COUNT:
         cnt_out = cnt_ptr + (n * num_splits + split).to(tl.int64) * P + offs_p
         tl.store(cnt_out, count_at_max(acc_max, acc_cnt, vmax, 0), mask=mask_p)
+    if COMBINE:
+        if last_arrival(counter_ptr + pid_np, num_splits):
+            # ".cg": the other splits' partials were written by other SMs; read them from L2
+            pmax = tl.full([BLOCK_P], float("-inf"), dtype=acc_t)
+            psum = tl.zeros([BLOCK_P], dtype=acc_t)
+            for s in range(num_splits):
+                src = out_ptr + (n * num_splits + s).to(tl.int64) * 2 * P + offs_p
+                pmax = tl.maximum(pmax, tl.load(src, mask=mask_p, other=float("-inf"), cache_modifier=".cg"),
+                                  propagate_nan=tl.PropagateNan.ALL)
+                psum += tl.load(src + P, mask=mask_p, other=0.0, cache_modifier=".cg")
+            dst = final_ptr + n.to(tl.int64) * 2 * P + offs_p
+            tl.store(dst, pmax, mask=mask_p)
+            tl.store(dst + P, psum / C, mask=mask_p)
+            reset_counter(counter_ptr + pid_np)

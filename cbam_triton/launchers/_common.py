@@ -44,6 +44,13 @@ class Launch:
     #: DRAM traffic model of this launch: bytes it reads and writes (each element once).
     bytes_read: int = 0
     bytes_written: int = 0
+    #: of ``bytes_read``, what the schedule expects L2 to serve (x re-read in the L2-resident schedule)
+    l2_bytes: int = 0
+
+    @property
+    def dram_bytes(self) -> int:
+        """Modelled DRAM traffic: reads not served by L2, plus writes."""
+        return self.bytes_read - self.l2_bytes + self.bytes_written
 
     def __call__(self) -> None:
         for hook in _LAUNCH_HOOKS:
@@ -73,6 +80,18 @@ def record_launches() -> Iterator[list[Launch]]:
         yield seen
     finally:
         _LAUNCH_HOOKS.remove(seen.append)
+
+
+def output_for(x: torch.Tensor, out: torch.Tensor | None) -> tuple[torch.Tensor, tuple[int, int, int]]:
+    """``out`` (checked: x's shape and dtype, H and W mergeable) or a new output like x, with its
+    (n, c, p) strides."""
+    if out is None:
+        return empty_output(x)
+    strides = ncp_strides(out)
+    if out.shape != x.shape or out.dtype != x.dtype or strides is None:
+        raise ValueError(f"out must have x's shape {tuple(x.shape)} and dtype {x.dtype} with mergeable H, W; "
+                         f"got {tuple(out.shape)} {out.dtype} strides {out.stride()}")
+    return out, strides
 
 
 def nbytes(*tensors: torch.Tensor | None) -> int:
@@ -131,7 +150,7 @@ def target_programs(device: torch.device) -> int:
 
 
 def choose_split(base_programs: int, extent: int, block: int, target: int,
-                 forced: int | None = None) -> tuple[int, int]:
+                 forced: int | None = None, max_split: int = MAX_SPLIT) -> tuple[int, int]:
     """Split a reduction of length ``extent`` (tiles of ``block``) to reach ``target`` programs.
 
     Returns ``(num_splits, per_split)`` with ``per_split`` a multiple of ``block`` and every split
@@ -142,10 +161,67 @@ def choose_split(base_programs: int, extent: int, block: int, target: int,
         want = max(1, forced)
     else:
         want = -(-target // max(1, base_programs)) if base_programs < target else 1
-        want = min(want, max(1, iters // MIN_ITERS_PER_SPLIT), MAX_SPLIT)
+        want = min(want, max(1, iters // MIN_ITERS_PER_SPLIT), MAX_SPLIT, max(1, max_split))
     want = min(want, iters)
     per_split = -(-iters // want) * block
     return -(-extent // per_split), per_split
+
+
+#: Fused forward: the long (unit-stride) tile axis may shrink to this many elements (128 bytes of
+#: fp16) to create more programs along the free axis before a reduction is split.
+MIN_FUSED_LONG = 64
+#: Fused forward: the split partials of a reduction (8 bytes per split and output element) may
+#: add at most 1/WORKSPACE_FRACTION of the x bytes they reduce.
+WORKSPACE_FRACTION = 8
+
+
+@dataclass(frozen=True)
+class FusedPlan:
+    """Tile and grid of a fused-forward kernel: tile ``[block_c, block_p]``, ``base`` programs
+    (N times the blocks of the free axis) times ``num_splits`` of the reduced axis."""
+
+    block_c: int
+    block_p: int
+    base: int
+    num_splits: int
+    per_split: int
+
+
+def plan_fused(n: int, c: int, p: int, stride_c: int, stride_p: int, itemsize: int, reduce: str,
+               device: torch.device, split: int | None = None) -> FusedPlan:
+    """The tile rule of the fused forward's kernels (documented in docs/kernels.md).
+
+    ``reduce`` is the axis a program walks: ``"p"`` (stage 1: pool over H*W, the free axis is C) or
+    ``"c"`` (stages 2 and 3: walk the channels, the free axis is H*W).
+
+    1. The unit-stride axis is the tile's long axis (coalesced, 128-bit accesses). Its length is the
+       largest of :data:`LONG_BLOCKS` (<= the extent's block, >= :data:`MIN_FUSED_LONG`) that gives
+       ``target`` programs along the free axis; else the one giving the most programs. Large C with
+       small H*W in channels_last (2048 x 7 x 7) thus gets 256-long channel tiles and many programs
+       instead of 1024-long ones and few; NCHW with large H*W (64 x 128 x 128) gets 256-pixel tiles.
+    2. Only if the free axis still gives fewer than ``target`` programs is the walked axis split
+       (:func:`choose_split`), at most so far that the split partials stay within
+       1/:data:`WORKSPACE_FRACTION` of x's bytes (8 bytes per split and output element).
+    """
+    long_axis = unit_axis(stride_c, stride_p, c, p)
+    extent = p if long_axis == "p" else c
+    top = long_block(extent)
+    candidates = [b for b in LONG_BLOCKS if b <= top and (b >= MIN_FUSED_LONG or b == top)][::-1]
+    target = target_programs(device)
+    best = None
+    for long in candidates:
+        block_c, block_p = (TILE_ELEMS // long, long) if long_axis == "p" else (long, TILE_ELEMS // long)
+        base = n * (-(-c // block_c) if reduce == "p" else -(-p // block_p))
+        if best is None or base > best[2]:
+            best = (block_c, block_p, base)
+        if base >= target:
+            best = (block_c, block_p, base)
+            break
+    block_c, block_p, base = best
+    walked, block = (p, block_p) if reduce == "p" else (c, block_c)
+    cap = walked * itemsize // (8 * WORKSPACE_FRACTION)
+    num_splits, per_split = choose_split(base, walked, block, target, split, max_split=cap)
+    return FusedPlan(block_c, block_p, base, num_splits, per_split)
 
 
 def combine_max_counts(maxs: torch.Tensor, cnts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -188,3 +264,25 @@ def plan_walk(n: int, c: int, p: int, stride_c: int, stride_p: int, device: torc
 def sum_partials(ws: torch.Tensor) -> torch.Tensor:
     """Sum an (N, K, L) workspace of partials over K in a fixed order (deterministic)."""
     return ws[:, 0] if ws.shape[1] == 1 else ws.sum(dim=1)
+
+
+_COUNTERS: dict[tuple[str, int | None, int], torch.Tensor] = {}
+
+
+def counter_buffer(device: torch.device, size: int) -> torch.Tensor:
+    """A zeroed int32 buffer of at least ``size`` arrival counters (``last_arrival`` in the kernels).
+
+    The kernels put every counter they use back to 0, so one buffer per (device, stream) is zeroed
+    once and reused by every later forward on that stream (launches on one stream run in order;
+    another stream gets its own buffer). While a CUDA graph is being captured a fresh zeroed buffer
+    is allocated instead (its zeroing is then part of the graph).
+    """
+    if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+        return torch.zeros(size, dtype=torch.int32, device=device)
+    stream = torch.cuda.current_stream(device).stream_id if device.type == "cuda" else 0
+    key = (device.type, device.index, stream)
+    buf = _COUNTERS.get(key)
+    if buf is None or buf.numel() < size:
+        buf = torch.zeros(max(size, 1024), dtype=torch.int32, device=device)
+        _COUNTERS[key] = buf
+    return buf

@@ -10,20 +10,22 @@ from cbam_triton.launchers._common import (
     acc_is_fp64,
     as_ncp,
     compute_dtype,
-    empty_output,
     nbytes,
+    output_for,
     tile_for,
     unit_axis,
 )
 
 
-def plan_gate(x: torch.Tensor, mc: torch.Tensor | None,
-              ms: torch.Tensor | None) -> tuple[Launch, torch.Tensor]:
-    """Plan stage 3; returns the launch and the output (x's dtype and memory format)."""
+def plan_gate(x: torch.Tensor, mc: torch.Tensor | None, ms: torch.Tensor | None, hints: bool = False,
+              out: torch.Tensor | None = None) -> tuple[Launch, torch.Tensor]:
+    """Plan stage 3; returns the launch and the output (x's dtype and memory format, or ``out``:
+    a tensor of x's shape and dtype whose H and W merge, e.g. a batch slice of a larger output).
+    ``hints``: evict_first loads and streaming (.cs) stores (the L2-resident schedule)."""
     n, c, h, w = x.shape
     p = h * w
     x, (sn, sc, sp) = as_ncp(x)
-    out, (on, oc, op) = empty_output(x)
+    out, (on, oc, op) = output_for(x, out)
     block_c, block_p = tile_for(unit_axis(sc, sp, c, p), c, p)
     acc = compute_dtype(x)
     if mc is not None:
@@ -36,7 +38,7 @@ def plan_gate(x: torch.Tensor, mc: torch.Tensor | None,
         grid=grid,
         args=(x, mc if mc is not None else out, ms if ms is not None else out, out,
               c, p, sn, sc, sp, on, oc, op),
-        meta=dict(HAS_MC=mc is not None, HAS_MS=ms is not None,
+        meta=dict(HAS_MC=mc is not None, HAS_MS=ms is not None, HINTS=hints,
                   BLOCK_C=block_c, BLOCK_P=block_p, ACC_FP64=acc_is_fp64(x)),
         name="gate",
         bytes_read=nbytes(x, mc, ms),

@@ -12,7 +12,9 @@ from cbam_triton.launchers._common import (
     choose_split,
     combine_max_counts,
     compute_dtype,
+    counter_buffer,
     nbytes,
+    plan_fused,
     target_programs,
     tile_for,
     unit_axis,
@@ -20,31 +22,45 @@ from cbam_triton.launchers._common import (
 
 
 def plan_spatial_pool(x: torch.Tensor, mc: torch.Tensor | None, split: int | None = None,
-                      count: bool = False) -> tuple[Launch, torch.Tensor, torch.Tensor | None]:
+                      count: bool = False, hints: bool = False, combine: bool = False
+                      ) -> tuple[Launch, torch.Tensor, torch.Tensor | None]:
     """Plan stage 2; returns the launch, its (N, SPLIT, 2, H, W) output (max, sum-or-mean) and,
-    with ``count``, the int32 (N, SPLIT, H*W) counts of channels equal to each max."""
+    with ``count``, the int32 (N, SPLIT, H*W) counts of channels equal to each max.
+
+    Fused forward: ``combine`` makes the kernel itself combine the splits (the second result is
+    then the final (N, 2, H, W) map [max, mean] whatever the split); ``hints``: evict_last loads.
+    """
     n, c, h, w = x.shape
     p = h * w
     x, (sn, sc, sp) = as_ncp(x)
-    block_c, block_p = tile_for(unit_axis(sc, sp, c, p), c, p)
-    base = n * -(-p // block_p)
-    num_splits, per_split = choose_split(base, c, block_c, target_programs(x.device), split)
+    if combine:  # the fused forward's tile rule
+        plan = plan_fused(n, c, p, sc, sp, x.element_size(), "c", x.device, split)
+        block_c, block_p, base, num_splits, per_split = (plan.block_c, plan.block_p, plan.base, plan.num_splits,
+                                                         plan.per_split)
+    else:
+        block_c, block_p = tile_for(unit_axis(sc, sp, c, p), c, p)
+        base = n * -(-p // block_p)
+        num_splits, per_split = choose_split(base, c, block_c, target_programs(x.device), split)
     acc = compute_dtype(x)
     out = torch.empty((n, num_splits, 2, h, w), dtype=acc, device=x.device)
     cnts = torch.empty((n, num_splits, p), dtype=torch.int32, device=x.device) if count else None
     if mc is not None:
         mc = mc.to(acc).contiguous()
+    combine = combine and num_splits > 1
+    final = torch.empty((n, 2, h, w), dtype=acc, device=x.device) if combine else out
+    counters = counter_buffer(x.device, base) if combine else out
     launch = Launch(
         kernel=spatial_pool_kernel,
         grid=(base, num_splits),
-        args=(x, mc if mc is not None else out, out, cnts if count else out, c, p, per_split, sn, sc, sp),
-        meta=dict(HAS_MC=mc is not None, FINALIZE=num_splits == 1, COUNT=count,
+        args=(x, mc if mc is not None else out, out, cnts if count else out, counters, final,
+              c, p, per_split, sn, sc, sp),
+        meta=dict(HAS_MC=mc is not None, FINALIZE=num_splits == 1, COUNT=count, HINTS=hints, COMBINE=combine,
                   BLOCK_C=block_c, BLOCK_P=block_p, ACC_FP64=acc_is_fp64(x)),
         name="spatial_pool",
         bytes_read=nbytes(x, mc),
-        bytes_written=nbytes(out, cnts),
+        bytes_written=nbytes(out, cnts) + (nbytes(final) if combine else 0),
     )
-    return launch, out, cnts
+    return launch, final if combine else out, cnts
 
 
 def spatial_pool(x: torch.Tensor, mc: torch.Tensor | None = None,

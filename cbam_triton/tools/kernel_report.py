@@ -63,6 +63,8 @@ def launch_cases(dtypes: tuple[str, ...] = ("fp32", "fp16", "bf16", "fp64"),
     )
     from cbam_triton.launchers._common import LONG_BLOCKS
 
+    fused = list(_fused_plans)
+
     seen: set[str] = set()
     blocks = LONG_BLOCKS[1:3] if quick else LONG_BLOCKS
     for dname in dtypes:
@@ -110,6 +112,8 @@ def launch_cases(dtypes: tuple[str, ...] = ("fp32", "fp16", "bf16", "fp64"),
                                      dict(ms=ms, **spool)]                       # spatial gate
                     for maps in variants:
                         plans.append(plan_input_grad(g, x, **maps)[0])
+                    for make in fused:  # the fused inference forward's kernels
+                        plans += make(x, xs, aligned and long_block in LONG_BLOCKS[1:3], full or rare)
                     for launch in plans:
                         from cbam_triton.tools.aot import specialize
 
@@ -130,6 +134,90 @@ def launch_cases(dtypes: tuple[str, ...] = ("fp32", "fp16", "bf16", "fp64"),
                         }, launch
 
 
+def _mlp(c: int, hidden: int = 4, pools: str = "avg+max", act: str = "relu", bias: bool = True,
+         fc2: bool = True) -> Any:
+    from cbam_triton.fusion import ChannelMLP
+
+    def m(*shape: int) -> torch.Tensor:
+        return torch.empty(shape, device="meta")
+
+    if not fc2:
+        return ChannelMLP(m(c, c), m(c) if bias else None, None, None, pools, act)
+    return ChannelMLP(m(hidden, c), m(hidden) if bias else None, m(c, hidden), m(c) if bias else None, pools, act)
+
+
+def _conv(k: int = 7, spatial_input: str = "max,mean", bias: bool = False, bn: bool = True,
+          affine: bool = True) -> Any:
+    from cbam_triton.fusion import SpatialConv
+
+    one = torch.empty(1, device="meta")
+    return SpatialConv(torch.empty(1, 1 if spatial_input == "light" else 2, k, k, device="meta"),
+                       one if bias else None, spatial_input, one if bn else None, one if bn else None,
+                       one if bn and affine else None, one if bn and affine else None)
+
+
+def _pool_mlp_plans(x: torch.Tensor, xs: torch.Tensor, main: bool, rare: bool) -> list[Any]:
+    """Stage 1 of the fused forward: the CBAM MLP with the L2 hints on every tile shape; without
+    them (the stream schedule) and the other dialects' MLPs (avg/max/light pools, identity, no
+    bias, one layer) on the rare shapes (every shape with ``full``)."""
+    from cbam_triton.launchers.pool_mlp import plan_channel_pool_mlp
+
+    c = x.shape[1]
+    plans = [plan_channel_pool_mlp(x, _mlp(c), hints=h, split=2)[0] for h in ((True, False) if rare else (True,))]
+    if rare:
+        for mlp in (_mlp(c, pools="avg", fc2=False, act="identity"), _mlp(c, pools="max", bias=False),
+                    _mlp(c, pools="light")):
+            plans.append(plan_channel_pool_mlp(x, mlp, hints=True, split=1)[0])
+    return plans
+
+
+def _spatial_plans(x: torch.Tensor, xs: torch.Tensor, main: bool, rare: bool) -> list[Any]:
+    """Stages 2 and 3 of the fused forward (in-kernel split combine, conv + BN + sigmoid + gate)."""
+    from cbam_triton.launchers.gate import plan_gate
+    from cbam_triton.launchers.gate_conv import plan_gate_conv
+    from cbam_triton.launchers.spatial_pool import plan_spatial_pool
+
+    n, c, h, w = x.shape
+    mcs = torch.empty(xs.shape[0], xs.shape[1], device="meta")
+    mc = torch.empty(n, c, device="meta")
+    pooled = torch.empty(n, 2, h, w, device="meta")
+    plans = []
+    for hints in (True, False) if rare else (True,):  # the stream schedule's variants on the rare shapes
+        plans.append(plan_spatial_pool(xs, mcs, split=2, hints=hints, combine=True)[0])
+        plans.append(plan_gate_conv(x, mc, pooled, _conv(), hints=hints, split=2)[0])
+    if rare:
+        plans.append(plan_spatial_pool(xs, None, split=2, hints=True, combine=True)[0])      # spatial gate
+        plans.append(plan_spatial_pool(xs, mcs, split=1, hints=True, combine=True)[0])       # one split
+        plans.append(plan_gate(x, mc, None, hints=True)[0])                                   # channel gate
+        for conv, use_mc in ((_conv(3, "light", bias=True, bn=False), True),
+                             (_conv(7, "mean,max", affine=False), False), (_conv(5, bias=True), True)):
+            plans.append(plan_gate_conv(x, mc if use_mc else None, pooled, conv, hints=True, split=2)[0])
+    return plans
+
+
+_fused_plans = (_pool_mlp_plans, _spatial_plans)
+
+
+#: the L2 cache hints each kernel must carry with HINTS=True (the L2-resident schedule), and only then
+EXPECTED_HINTS = {"channel_pool_mlp": ["evict_last"], "spatial_pool": ["evict_last"],
+                  "gate": [".cs", "evict_first"], "gate_conv": [".cs", "evict_first"]}
+
+
+def ptx_cache_hints(ptx: str) -> list[str]:
+    """The L2 cache hints in a kernel's PTX: ``evict_last`` / ``evict_first`` (an L2 eviction
+    policy, ``createpolicy ... L2::evict_*`` used by ``ld ... L2::cache_hint``) and ``.cs``
+    (streaming stores, ``st.global.cs``)."""
+    import re
+
+    hints = set()
+    for h in ("evict_last", "evict_first"):
+        if re.search(rf"createpolicy\.\S*L2::{h}", ptx) and "L2::cache_hint" in ptx:
+            hints.add(h)
+    if re.search(r"\bst\.global\.cs\b", ptx):
+        hints.add(".cs")
+    return sorted(hints)
+
+
 def check_row(row: dict[str, Any]) -> list[str]:
     """Reasons this compiled configuration fails the quality gate (empty list: it passes)."""
     problems = []
@@ -146,8 +234,11 @@ def check_row(row: dict[str, Any]) -> list[str]:
             problems.append(f"x loads not 128-bit: {row['global_loads_128']} LDG.128 < {vec_loads_needed} per tile")
         if row["kernel"] == "channel_pool" and row["global_loads_128"] != row["global_loads"]:
             problems.append("channel_pool has non-128-bit loads of x")
-        if row["kernel"] in ("gate", "input_grad") and row["global_stores_128"] != row["global_stores"]:
+        if row["kernel"] in ("gate", "gate_conv", "input_grad") and row["global_stores_128"] != row["global_stores"]:
             problems.append(f"{row['kernel']} full-size stores not all 128-bit")
+    want = EXPECTED_HINTS.get(row["kernel"], []) if row["meta"].get("HINTS") else []
+    if row.get("ptx_cache_hints") is not None and row["ptx_cache_hints"] != want:
+        problems.append(f"PTX cache hints {row['ptx_cache_hints']}, expected {want}")
     row["ok"] = not problems
     return problems
 
@@ -173,7 +264,7 @@ def _compile_row(job: tuple[tuple[str, ...], bool, bool, int, int]) -> dict[str,
         compiled = compile_launch(launch, arch)
         row.update(cubin_report(compiled.asm["cubin"]))
         ptx = compiled.asm["ptx"]
-        row["ptx_cache_hints"] = sorted({h for h in ("evict_first", "evict_last", ".cs") if h in ptx})
+        row["ptx_cache_hints"] = ptx_cache_hints(ptx)
     except Exception as exc:  # reported, and fails --check
         row["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
     row["problems"] = check_row(row)

@@ -1,0 +1,116 @@
+"""What the fused forward will do for a module and an input: schedule, chunks, launches, tiles and
+modelled DRAM traffic, without running a kernel.
+
+    python -m cbam_triton.explain --shape 32 256 56 56 --dtype fp16 --layout channels_last \\
+        --l2-mib 50 --sms 132          # an H100's L2 and SM count, on any machine
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+
+from cbam_triton.schedule import l2_budget, plan_schedule
+
+
+@contextlib.contextmanager
+def _target_programs(sms: int | None) -> Iterator[None]:
+    if sms is None:
+        yield
+        return
+    old = os.environ.get("CBAM_TRITON_TARGET_PROGRAMS")
+    os.environ["CBAM_TRITON_TARGET_PROGRAMS"] = str(4 * sms)  # the launchers' rule: 4 programs per SM
+    try:
+        yield
+    finally:
+        if old is None:
+            del os.environ["CBAM_TRITON_TARGET_PROGRAMS"]
+        else:
+            os.environ["CBAM_TRITON_TARGET_PROGRAMS"] = old
+
+
+def explain(module: torch.nn.Module, x: torch.Tensor, *, l2_cache_bytes: int | None = None,
+            sms: int | None = None) -> dict[str, Any]:
+    """The plan of ``module``'s fused inference forward on x (a real or a ``meta`` tensor).
+
+    ``l2_cache_bytes`` / ``sms`` stand in for the device's L2 size and SM count (to plan for a GPU
+    from anywhere). Returns a dict: ``path`` (``"fused"`` or ``"unfused"`` with ``reason``),
+    ``schedule`` (kind, chunk, num_chunks, budget_bytes, reason), ``launches`` (name, grid, tile,
+    flags, bytes) and the modelled bytes (``logical_bytes``: every launch's reads and writes;
+    ``dram_model_bytes``: minus the re-reads the L2 schedule expects from L2), also in units of |x|.
+    """
+    from cbam_triton.launchers.forward import plan_fused_forward
+
+    x_bytes = x.numel() * x.element_size()
+    parts = module.fused_parts()
+    if isinstance(parts, str):
+        return {"path": "unfused", "reason": parts, "x_bytes": x_bytes}
+    n, c, h, w = x.shape
+    device_type = "cuda" if l2_cache_bytes is not None else x.device.type
+    budget = l2_budget(x.device, getattr(module, "l2_budget_bytes", None), l2_cache_bytes) \
+        if (l2_cache_bytes is not None or x.device.type == "cuda" or getattr(module, "l2_budget_bytes", None)
+            or os.environ.get("CBAM_TRITON_L2_BYTES")) else None
+    plan = plan_schedule(n, c * h * w * x.element_size(), getattr(module, "schedule", "auto"), budget,
+                         device_type=device_type)
+    with _target_programs(sms):
+        launches, _ = plan_fused_forward(x, parts[0], parts[1], plan)
+    rows = [{"name": launch.name, "grid": list(launch.grid), "tile": [launch.meta["BLOCK_C"], launch.meta["BLOCK_P"]],
+             "flags": sorted(k for k, v in launch.meta.items() if v is True),
+             "bytes_read": launch.bytes_read, "bytes_written": launch.bytes_written, "l2_bytes": launch.l2_bytes}
+            for launch in launches]
+    logical = sum(r["bytes_read"] + r["bytes_written"] for r in rows)
+    dram = sum(launch.dram_bytes for launch in launches)
+    return {
+        "path": "fused", "x_bytes": x_bytes,
+        "schedule": {"kind": plan.kind, "chunk": plan.chunk, "num_chunks": plan.num_chunks,
+                     "budget_bytes": plan.budget_bytes, "reason": plan.reason},
+        "launches": rows, "logical_bytes": logical, "dram_model_bytes": dram,
+        "logical_x": logical / x_bytes if x_bytes else 0.0, "dram_model_x": dram / x_bytes if x_bytes else 0.0,
+    }
+
+
+def format_plan(plan: dict[str, Any]) -> str:
+    """A short human-readable rendering of :func:`explain`'s result."""
+    if plan["path"] != "fused":
+        return f"unfused forward: {plan['reason']}"
+    s = plan["schedule"]
+    lines = [f"schedule {s['kind']}: {s['num_chunks']} chunk(s) of {s['chunk']} sample(s) ({s['reason']})",
+             f"modelled DRAM traffic {plan['dram_model_x']:.2f}*|x| (logical {plan['logical_x']:.2f}*|x|), "
+             f"{len(plan['launches'])} launches"]
+    for r in plan["launches"][:3]:
+        lines.append(f"  {r['name']:<17} grid {str(tuple(r['grid'])):<12} tile {r['tile'][0]}x{r['tile'][1]:<5} "
+                     f"{','.join(f for f in r['flags'] if f in ('HINTS', 'COMBINE'))}")
+    if len(plan["launches"]) > 3:
+        lines.append(f"  ... the same for each of the {s['num_chunks']} chunks")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from cbam_triton.modules import CBAM
+
+    p = argparse.ArgumentParser(prog="python -m cbam_triton.explain", description=__doc__.split("\n\n")[0])
+    p.add_argument("--shape", type=int, nargs=4, required=True, metavar=("N", "C", "H", "W"))
+    p.add_argument("--dtype", default="fp16", choices=["fp16", "bf16", "fp32", "fp64"])
+    p.add_argument("--layout", default="nchw", choices=["nchw", "channels_last"])
+    p.add_argument("--schedule", default="auto", choices=["auto", "l2", "stream"])
+    p.add_argument("--reduction", type=int, default=16)
+    p.add_argument("--l2-mib", type=float, default=50.0, help="L2 size in MiB (default 50: H100)")
+    p.add_argument("--sms", type=int, default=132, help="SM count (default 132: H100 SXM)")
+    args = p.parse_args(argv)
+    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32, "fp64": torch.float64}[args.dtype]
+    x = torch.empty(args.shape, dtype=dtype, device="meta")
+    if args.layout == "channels_last":
+        x = x.to(memory_format=torch.channels_last)
+    module = CBAM(args.shape[1], args.reduction, schedule=args.schedule).eval().to(device="meta", dtype=dtype)
+    print(format_plan(explain(module, x, l2_cache_bytes=int(args.l2_mib * (1 << 20)), sms=args.sms)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

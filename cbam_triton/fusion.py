@@ -1,0 +1,86 @@
+"""The small parts that the fused forward computes inside its kernels.
+
+The fused forward (:mod:`cbam_triton.launchers.forward`) folds the channel MLP + sigmoid into the
+pooling kernel and the spatial k x k convolution + eval-mode BatchNorm + sigmoid into the gating
+kernel. It can do so for the configurations described here; anything else (another activation or
+gate, BatchNorm with batch statistics) runs the small parts in PyTorch between the kernels instead.
+Modules describe themselves with :class:`ChannelMLP` / :class:`SpatialConv` (None: not fusable).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+#: channel-branch inputs: mlp(avg) + mlp(max), mlp(avg), mlp(max), mlp(0.5 * avg + 0.5 * max)
+POOL_MODES = {"avg+max": 0, "avg": 1, "max": 2, "light": 3}
+#: hidden activations the kernel implements
+ACTIVATIONS = {"identity": 0, "relu": 1}
+#: what the spatial convolution reads: [max, mean], [mean, max], or one channel 0.5*mean + 0.5*max
+SPATIAL_INPUTS = {"max,mean": 0, "mean,max": 1, "light": 2}
+
+
+class ChannelMLP(NamedTuple):
+    """``Mc = sigmoid(sum over the pools of fc2(act(fc1(pool))))``; fc2 may be absent (one layer:
+    then fc1 maps C -> C and its output is the logit)."""
+
+    fc1_weight: torch.Tensor            #: (hidden, C) or a 1x1 conv's (hidden, C, 1, 1)
+    fc1_bias: torch.Tensor | None
+    fc2_weight: torch.Tensor | None     #: (C, hidden) or (C, hidden, 1, 1)
+    fc2_bias: torch.Tensor | None
+    pools: str = "avg+max"              #: a key of POOL_MODES
+    act: str = "relu"                   #: a key of ACTIVATIONS
+
+    @property
+    def hidden(self) -> int:
+        return self.fc1_weight.shape[0]
+
+
+class SpatialConv(NamedTuple):
+    """``Ms = sigmoid(bn(conv(input)))`` with a (1, Cin, k, k) conv (padding k // 2) and an optional
+    eval-mode BatchNorm2d(1) given by its running statistics (and affine parameters)."""
+
+    weight: torch.Tensor                #: (1, 2, k, k) ((1, 1, k, k) for the "light" input)
+    bias: torch.Tensor | None
+    input: str = "max,mean"             #: a key of SPATIAL_INPUTS
+    bn_mean: torch.Tensor | None = None
+    bn_var: torch.Tensor | None = None
+    bn_weight: torch.Tensor | None = None
+    bn_bias: torch.Tensor | None = None
+    bn_eps: float = 1e-5
+
+    @property
+    def ksize(self) -> int:
+        return self.weight.shape[-1]
+
+
+def activation_name(act: nn.Module | None) -> str | None:
+    """``"relu"`` / ``"identity"`` for the activations the kernel implements, else None."""
+    if act is None or isinstance(act, nn.Identity):
+        return "identity"
+    if type(act) is nn.ReLU:
+        return "relu"
+    return None
+
+
+def is_sigmoid(gate: nn.Module | None) -> bool:
+    """Whether a gate module (None: the default) is the logistic sigmoid (torch's or timm's)."""
+    if gate is None or type(gate) is nn.Sigmoid:
+        return True
+    return type(gate).__name__ == "Sigmoid" and type(gate).__module__.startswith("timm.layers") \
+        and not list(gate.parameters())
+
+
+def eval_bn(bn: nn.Module | None) -> dict[str, object] | None:
+    """The :class:`SpatialConv` BatchNorm fields of an eval-mode BatchNorm2d that uses running
+    statistics (``{}`` for no BatchNorm); None when it normalises with batch statistics (training
+    mode, or no running statistics), which a per-chunk kernel cannot compute."""
+    if bn is None:
+        return {}
+    if not isinstance(bn, nn.BatchNorm2d) or bn.training or bn.running_mean is None or bn.running_var is None:
+        return None
+    affine = bn.weight is not None and bn.bias is not None
+    return {"bn_mean": bn.running_mean, "bn_var": bn.running_var, "bn_weight": bn.weight if affine else None,
+            "bn_bias": bn.bias if affine else None, "bn_eps": float(bn.eps)}

@@ -1,0 +1,114 @@
+"""Stage 3 of the fused forward: the spatial map (k x k conv + BatchNorm + sigmoid of the pooled
+map) and the final gating ``out = x * Mc * Ms``, in one launch."""
+
+import triton
+import triton.language as tl
+
+from cbam_triton.kernels._common import sigmoid
+
+#: what the convolution reads (``SPATIAL_INPUT``); must match :data:`cbam_triton.fusion.SPATIAL_INPUTS`
+INPUT_MAX_MEAN = tl.constexpr(0)   # 2 channels [max, mean]
+INPUT_MEAN_MAX = tl.constexpr(1)   # 2 channels [mean, max]
+INPUT_LIGHT = tl.constexpr(2)      # 1 channel 0.5 * mean + 0.5 * max
+
+
+@triton.jit
+def spatial_logits(pooled_ptr, n, offs_p, mask_p, P, H, W, cw_ptr,
+                   SPATIAL_INPUT: tl.constexpr, KSIZE: tl.constexpr, acc_t: tl.constexpr):
+    """The k x k convolution (zero padding k // 2, no bias) of the (N, 2, H, W) [max, mean] map at
+    the pixels ``offs_p`` of sample n: a ``[BLOCK_P]`` vector. The k*k taps are unrolled; the map
+    (8 bytes a pixel) and the weights are tiny and hit in L1/L2."""
+    hh = offs_p // W
+    ww = offs_p % W
+    base = pooled_ptr + n * 2 * P
+    acc = tl.zeros(offs_p.shape, dtype=acc_t)
+    for i in range(KSIZE):  # rows: a loop (unrolling all k*k taps costs ~100 registers)
+        for j in tl.static_range(KSIZE):
+            y = hh + (i - KSIZE // 2)
+            x = ww + (j - KSIZE // 2)
+            ok = mask_p & (y >= 0) & (y < H) & (x >= 0) & (x < W)
+            q = y * W + x
+            vmax = tl.load(base + q, mask=ok, other=0.0)
+            vmean = tl.load(base + P + q, mask=ok, other=0.0)
+            w0 = tl.load(cw_ptr + i * KSIZE + j).to(acc_t)
+            if SPATIAL_INPUT == INPUT_LIGHT:
+                tap = w0 * (0.5 * vmean + 0.5 * vmax)
+            else:
+                w1 = tl.load(cw_ptr + KSIZE * KSIZE + i * KSIZE + j).to(acc_t)
+                if SPATIAL_INPUT == INPUT_MAX_MEAN:
+                    tap = w0 * vmax + w1 * vmean
+                else:
+                    tap = w0 * vmean + w1 * vmax
+            # padding taps contribute nothing, as in PyTorch's convolutions (a NaN/inf weight times
+            # the zero padding would otherwise give NaN)
+            acc += tl.where(ok, tap, 0.0)
+    return acc
+
+
+@triton.jit
+def gate_conv_kernel(
+    x_ptr, mc_ptr, pooled_ptr, out_ptr,
+    cw_ptr, cb_ptr, bn_mean_ptr, bn_var_ptr, bn_w_ptr, bn_b_ptr, bn_eps,
+    C, P, H, W, c_per_split,
+    stride_xn, stride_xc, stride_xp,
+    stride_on, stride_oc, stride_op,
+    HAS_MC: tl.constexpr, HAS_CONV_BIAS: tl.constexpr, HAS_BN: tl.constexpr, HAS_BN_AFFINE: tl.constexpr,
+    SPATIAL_INPUT: tl.constexpr, KSIZE: tl.constexpr, HINTS: tl.constexpr,
+    BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr, ACC_FP64: tl.constexpr,
+):
+    # Grid (N * cdiv(P, BLOCK_P), SPLIT), the walk of stage 2: a program owns a block of BLOCK_P
+    # pixels of sample n. It first computes Ms for them from the small (N, 2, H, W) pooled map
+    # (conv + bias + eval-mode BatchNorm + sigmoid, in registers: Ms never exists in memory), then
+    # walks its c-range in [BLOCK_C, BLOCK_P] tiles: reads each element of x once, multiplies by
+    # mc[n, c] and Ms, writes each element of out once (x's dtype, out's strides): 2*|x| bytes.
+    # The conv is recomputed by the SPLIT programs of a pixel block (k*k*2 FMAs a pixel, from L1/L2),
+    # a small cost next to C / SPLIT gated elements a pixel. HINTS (last stage of the L2-resident
+    # schedule): x loads evict_first and output stores .cs, so they don't evict the next chunk.
+    acc_t: tl.constexpr = tl.float64 if ACC_FP64 else tl.float32
+    pid_np = tl.program_id(0)
+    split = tl.program_id(1)
+    num_pblocks = tl.cdiv(P, BLOCK_P)
+    n = (pid_np // num_pblocks).to(tl.int64)
+    offs_p = (pid_np % num_pblocks) * BLOCK_P + tl.arange(0, BLOCK_P)
+    mask_p = offs_p < P
+
+    logit = spatial_logits(pooled_ptr, n, offs_p, mask_p, P, H, W, cw_ptr, SPATIAL_INPUT, KSIZE, acc_t)
+    if HAS_CONV_BIAS:
+        logit += tl.load(cb_ptr).to(acc_t)
+    if HAS_BN:  # eval mode: (y - running_mean) / sqrt(running_var + eps) * weight + bias
+        var_eps = tl.load(bn_var_ptr).to(acc_t) + bn_eps
+        if ACC_FP64:
+            inv_std = 1.0 / tl.sqrt(var_eps)  # fp64 sqrt is IEEE-rounded
+        else:
+            inv_std = 1.0 / tl.sqrt_rn(var_eps)  # IEEE-rounded, not sqrt.approx
+        logit = (logit - tl.load(bn_mean_ptr).to(acc_t)) * inv_std
+        if HAS_BN_AFFINE:
+            logit = logit * tl.load(bn_w_ptr).to(acc_t) + tl.load(bn_b_ptr).to(acc_t)
+    ms = sigmoid(logit)
+
+    offs_c = tl.arange(0, BLOCK_C)
+    c_start = split * c_per_split
+    c_end = tl.minimum(c_start + c_per_split, C)
+    x_ptrs = (x_ptr + n * stride_xn + (c_start + offs_c).to(tl.int64)[:, None] * stride_xc
+              + offs_p.to(tl.int64)[None, :] * stride_xp)
+    o_ptrs = (out_ptr + n * stride_on + (c_start + offs_c).to(tl.int64)[:, None] * stride_oc
+              + offs_p.to(tl.int64)[None, :] * stride_op)
+    x_step = tl.full([], BLOCK_C, tl.int64) * stride_xc
+    o_step = tl.full([], BLOCK_C, tl.int64) * stride_oc
+    for c0 in range(c_start, c_end, BLOCK_C):
+        mask_c = (c0 + offs_c) < c_end
+        mask = mask_c[:, None] & mask_p[None, :]
+        if HINTS:
+            v = tl.load(x_ptrs, mask=mask, other=0.0, eviction_policy="evict_first").to(acc_t)
+        else:
+            v = tl.load(x_ptrs, mask=mask, other=0.0).to(acc_t)
+        if HAS_MC:
+            g = tl.load(mc_ptr + n * C + c0 + offs_c, mask=mask_c, other=0.0).to(acc_t)
+            v = v * g[:, None]
+        v = v * ms[None, :]
+        if HINTS:
+            tl.store(o_ptrs, v.to(out_ptr.dtype.element_ty), mask=mask, cache_modifier=".cs")
+        else:
+            tl.store(o_ptrs, v.to(out_ptr.dtype.element_ty), mask=mask)
+        x_ptrs += x_step
+        o_ptrs += o_step

@@ -1,0 +1,59 @@
+"""Launcher of stage 3 of the fused forward (:func:`~cbam_triton.kernels.gate_conv.gate_conv_kernel`)."""
+
+from __future__ import annotations
+
+import torch
+
+from cbam_triton.fusion import SPATIAL_INPUTS, SpatialConv
+from cbam_triton.kernels.gate_conv import gate_conv_kernel
+from cbam_triton.launchers._common import (
+    Launch,
+    acc_is_fp64,
+    as_ncp,
+    compute_dtype,
+    nbytes,
+    output_for,
+    plan_fused,
+)
+
+
+def plan_gate_conv(x: torch.Tensor, mc: torch.Tensor | None, pooled: torch.Tensor, conv: SpatialConv,
+                   hints: bool = False, out: torch.Tensor | None = None,
+                   split: int | None = None) -> tuple[Launch, torch.Tensor]:
+    """Plan the fused spatial map + gating: ``out = x * mc * sigmoid(bn(conv(pooled)))``.
+
+    ``pooled`` is the (N, 2, H, W) [max, mean] map of stage 2 (contiguous, x's compute dtype);
+    ``mc`` the (N, C) channel map or None. Same walk as stage 2: a program owns a pixel block and
+    walks a c-range (split to fill the GPU). Returns the launch and the output (or ``out``).
+    """
+    n, c, h, w = x.shape
+    p = h * w
+    x, (sn, sc, sp) = as_ncp(x)
+    out, (on, oc, op) = output_for(x, out)
+    plan = plan_fused(n, c, p, sc, sp, x.element_size(), "c", x.device, split)
+    block_c, block_p, base = plan.block_c, plan.block_p, plan.base
+    num_splits, per_split = plan.num_splits, plan.per_split
+    acc = compute_dtype(x)
+    if mc is not None:
+        mc = mc.to(acc).contiguous()
+    pooled = pooled.to(acc).contiguous()
+    weight = conv.weight.contiguous()
+    has_bn = conv.bn_mean is not None and conv.bn_var is not None
+    affine = has_bn and conv.bn_weight is not None and conv.bn_bias is not None
+    small = (mc, pooled, weight, conv.bias, conv.bn_mean, conv.bn_var, conv.bn_weight, conv.bn_bias)
+    launch = Launch(
+        kernel=gate_conv_kernel,
+        grid=(base, num_splits),
+        args=(x, mc if mc is not None else pooled, pooled, out, weight,
+              conv.bias if conv.bias is not None else weight,
+              conv.bn_mean if has_bn else weight, conv.bn_var if has_bn else weight,
+              conv.bn_weight if affine else weight, conv.bn_bias if affine else weight, float(conv.bn_eps),
+              c, p, h, w, per_split, sn, sc, sp, on, oc, op),
+        meta=dict(HAS_MC=mc is not None, HAS_CONV_BIAS=conv.bias is not None, HAS_BN=has_bn, HAS_BN_AFFINE=affine,
+                  SPATIAL_INPUT=SPATIAL_INPUTS[conv.input], KSIZE=conv.ksize, HINTS=hints,
+                  BLOCK_C=block_c, BLOCK_P=block_p, ACC_FP64=acc_is_fp64(x)),
+        name="gate_conv",
+        bytes_read=nbytes(x, *small),
+        bytes_written=nbytes(out),
+    )
+    return launch, out
