@@ -40,3 +40,46 @@ def device() -> torch.device:
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+# ------------------------------------------------------------------------------------------------
+# The ahead-of-time compile gate (tests/test_aot_compile.py) is the longest single job of the suite
+# (hundreds of compiles). When the whole suite (or that file) runs on the CPU, the controlling pytest
+# process starts it in the background at once, so it overlaps every other test whatever order
+# pytest-xdist hands out the files in; the test then waits for its result.
+AOT_FILE = "test_aot_compile.py"
+
+
+def _aot_command(out_json: str) -> list[str]:
+    import sys
+
+    archs = os.environ.get("CBAM_AOT_ARCHS", "90").split()
+    extra = os.environ.get("CBAM_AOT_OPTIONS", "").split()
+    return [sys.executable, "-m", "cbam_triton.tools.kernel_report", "--check", "--quiet", "--json", out_json,
+            "--arch", *archs, *extra]
+
+
+def pytest_configure(config):
+    if hasattr(config, "workerinput") or DEVICE != "cpu" or os.environ.get("CBAM_AOT_EARLY_DIR"):
+        return  # an xdist worker, a GPU run, or already started
+    args = [a for a in config.args if not a.startswith("-")]
+    wanted = not args or any(a.rstrip("/").endswith(("tests", AOT_FILE)) or AOT_FILE in a for a in args)
+    if not wanted or config.getoption("collectonly", False):
+        return
+    import subprocess
+    import tempfile
+
+    folder = tempfile.mkdtemp(prefix="cbam-aot-")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    cmd = " ".join(f"'{c}'" for c in _aot_command(os.path.join(folder, "report.json")))
+    script = f"{cmd} > '{folder}/log' 2>&1; echo $? > '{folder}/rc.tmp'; mv '{folder}/rc.tmp' '{folder}/rc'"
+    config._cbam_aot = subprocess.Popen(["sh", "-c", script], env=env, start_new_session=True)
+    os.environ["CBAM_AOT_EARLY_DIR"] = folder  # inherited by the xdist workers started after this
+
+
+def pytest_unconfigure(config):
+    proc = getattr(config, "_cbam_aot", None)
+    if proc is not None and proc.poll() is None:  # the run ended early (-x, Ctrl-C): stop compiling
+        import signal
+
+        os.killpg(proc.pid, signal.SIGTERM)

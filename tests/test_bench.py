@@ -51,9 +51,9 @@ def test_quick_cli_writes_every_output(quick_run):
         if provider.startswith("triton") and r["mode"] == "forward":  # verified in the interpreter, not timed
             assert r["status"] == "verified" and r.get("median_ms") is None, r
             # the traffic model per schedule: the L2 schedule reads x once from DRAM, stream three times
-            expect = {"triton-l2": 2, "triton-stream": 4, "triton": 4}[provider]
-            assert expect <= r["dram_model_x"] <= expect + 0.5, r
-            assert r["schedule"] == {"triton-l2": "l2", "triton-stream": "stream", "triton": "stream"}[provider]
+            expect = {"triton-l2": 2, "triton": 4}[provider]  # on a CPU "auto" resolves to "stream"
+            assert expect <= r["dram_model_x"] <= expect + 0.6, r
+            assert r["schedule"] == {"triton-l2": "l2", "triton": "stream"}[provider]
     train = [r for r in doc["results"] if r["mode"] == "train"]
     assert {r["provider"] for r in train if r["status"] != "skipped"} == {"eager", "compile", "compile-max-autotune",
                                                                           "triton"}
@@ -163,15 +163,25 @@ def test_unknown_case_choices_raise():
         make_cases(["tiny"], [1], ["fp32"], ["nchw"], ["backward"])
 
 
-NCU_CSV = """==PROF== Connected to process 1234 (/usr/bin/python3)
-==PROF== Profiling "channel_pool_mlp_kernel" - 0: 0%....50%....100% - 1 pass
-program output line
-"ID","Process ID","Process Name","Host Name","Kernel Name","Context","Stream","Block Size","Grid Size","Device","CC","Section Name","Metric Name","Metric Unit","Metric Value"
-"0","1234","python3","127.0.0.1","channel_pool_mlp_kernel","1","7","(128, 1, 1)","(2048, 1, 1)","0","9.0","Command line profiler metrics","dram__bytes_read.sum","Mbyte","51.38"
-"0","1234","python3","127.0.0.1","channel_pool_mlp_kernel","1","7","(128, 1, 1)","(2048, 1, 1)","0","9.0","Command line profiler metrics","dram__bytes_write.sum","Kbyte","262.14"
-"1","1234","python3","127.0.0.1","gate_conv_kernel","1","7","(128, 1, 1)","(784, 1, 1)","0","9.0","Command line profiler metrics","dram__bytes_read.sum","byte","1,024"
-"1","1234","python3","127.0.0.1","gate_conv_kernel","1","7","(128, 1, 1)","(784, 1, 1)","0","9.0","Command line profiler metrics","dram__bytes_write.sum","Gbyte","0.05138"
-"""
+_NCU_HEAD = ('"ID","Process ID","Process Name","Host Name","Kernel Name","Context","Stream","Block Size",'
+             '"Grid Size","Device","CC","Section Name","Metric Name","Metric Unit","Metric Value"')
+
+
+def _ncu_row(kid: str, kernel: str, metric: str, unit: str, value: str) -> str:
+    return (f'"{kid}","1234","python3","127.0.0.1","{kernel}","1","7","(128, 1, 1)","(784, 1, 1)","0","9.0",'
+            f'"Command line profiler metrics","{metric}","{unit}","{value}"')
+
+
+NCU_CSV = "\n".join([
+    "==PROF== Connected to process 1234 (/usr/bin/python3)",
+    '==PROF== Profiling "channel_pool_mlp_kernel" - 0: 0%....50%....100% - 1 pass',
+    "program output line",
+    _NCU_HEAD,
+    _ncu_row("0", "channel_pool_mlp_kernel", "dram__bytes_read.sum", "Mbyte", "51.38"),
+    _ncu_row("0", "channel_pool_mlp_kernel", "dram__bytes_write.sum", "Kbyte", "262.14"),
+    _ncu_row("1", "gate_conv_kernel", "dram__bytes_read.sum", "byte", "1,024"),
+    _ncu_row("1", "gate_conv_kernel", "dram__bytes_write.sum", "Gbyte", "0.05138"),
+]) + "\n"
 
 
 def test_ncu_csv_is_summed_in_bytes():

@@ -26,5 +26,6 @@ ALL_KERNELS = FORWARD_KERNELS + FUSED_KERNELS + BACKWARD_KERNELS
 
 __all__ = [
     "ALL_KERNELS", "BACKWARD_KERNELS", "FORWARD_KERNELS", "FUSED_KERNELS", "channel_pool_kernel",
-    "channel_pool_mlp_kernel", "gate_backward_kernel", "gate_conv_kernel", "gate_kernel", "input_grad_kernel", "spatial_pool_backward_kernel", "spatial_pool_kernel",
+    "channel_pool_mlp_kernel", "gate_backward_kernel", "gate_conv_kernel", "gate_kernel", "input_grad_kernel",
+    "spatial_pool_backward_kernel", "spatial_pool_kernel",
 ]

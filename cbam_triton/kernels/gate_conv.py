@@ -13,16 +13,48 @@ INPUT_LIGHT = tl.constexpr(2)      # 1 channel 0.5 * mean + 0.5 * max
 
 
 @triton.jit
+def _taps(w0, w1, vmax, vmean, SPATIAL_INPUT: tl.constexpr):
+    """One tap's contribution: weights times the map's [max, mean] (or its light mix)."""
+    if SPATIAL_INPUT == INPUT_LIGHT:
+        return w0 * (0.5 * vmean + 0.5 * vmax)
+    if SPATIAL_INPUT == INPUT_MAX_MEAN:
+        return w0 * vmax + w1 * vmean
+    return w0 * vmean + w1 * vmax
+
+
+@triton.jit
 def spatial_logits(pooled_ptr, n, offs_p, mask_p, P, H, W, cw_ptr,
-                   SPATIAL_INPUT: tl.constexpr, KSIZE: tl.constexpr, acc_t: tl.constexpr):
+                   SPATIAL_INPUT: tl.constexpr, KSIZE: tl.constexpr, TAPS: tl.constexpr, acc_t: tl.constexpr):
     """The k x k convolution (zero padding k // 2, no bias) of the (N, 2, H, W) [max, mean] map at
-    the pixels ``offs_p`` of sample n: a ``[BLOCK_P]`` vector. The k*k taps are unrolled; the map
-    (8 bytes a pixel) and the weights are tiny and hit in L1/L2."""
+    the pixels ``offs_p`` of sample n: a ``[BLOCK_P]`` vector. The map (8 bytes a pixel) and the
+    weights are tiny and hit in L1/L2. Padding taps contribute nothing, as in PyTorch's
+    convolutions (a NaN/inf weight times the zero padding would otherwise give NaN).
+
+    ``TAPS`` > 0 (small pixel blocks: channels_last tiles): all k*k taps at once as a
+    ``[TAPS, BLOCK_P]`` tile (TAPS = next power of two >= k*k), one reduction over the taps.
+    ``TAPS`` == 0 (long pixel blocks: NCHW): a loop over the rows, the k taps of a row unrolled
+    (unrolling all k*k taps costs ~100 registers)."""
     hh = offs_p // W
     ww = offs_p % W
     base = pooled_ptr + n * 2 * P
+    KK: tl.constexpr = KSIZE * KSIZE
+    if TAPS > 0:
+        t = tl.arange(0, TAPS)
+        valid_t = t < KK
+        y = hh[None, :] + (t // KSIZE - KSIZE // 2)[:, None]
+        x = ww[None, :] + (t % KSIZE - KSIZE // 2)[:, None]
+        ok = valid_t[:, None] & mask_p[None, :] & (y >= 0) & (y < H) & (x >= 0) & (x < W)
+        q = y * W + x
+        vmax = tl.load(base + q, mask=ok, other=0.0)
+        vmean = tl.load(base + P + q, mask=ok, other=0.0)
+        w0 = tl.load(cw_ptr + t, mask=valid_t, other=0.0).to(acc_t)
+        w1 = w0
+        if SPATIAL_INPUT != INPUT_LIGHT:
+            w1 = tl.load(cw_ptr + KK + t, mask=valid_t, other=0.0).to(acc_t)
+        tap = _taps(w0[:, None], w1[:, None], vmax, vmean, SPATIAL_INPUT)
+        return tl.sum(tl.where(ok, tap, 0.0), axis=0)
     acc = tl.zeros(offs_p.shape, dtype=acc_t)
-    for i in range(KSIZE):  # rows: a loop (unrolling all k*k taps costs ~100 registers)
+    for i in range(KSIZE):
         for j in tl.static_range(KSIZE):
             y = hh + (i - KSIZE // 2)
             x = ww + (j - KSIZE // 2)
@@ -31,17 +63,10 @@ def spatial_logits(pooled_ptr, n, offs_p, mask_p, P, H, W, cw_ptr,
             vmax = tl.load(base + q, mask=ok, other=0.0)
             vmean = tl.load(base + P + q, mask=ok, other=0.0)
             w0 = tl.load(cw_ptr + i * KSIZE + j).to(acc_t)
-            if SPATIAL_INPUT == INPUT_LIGHT:
-                tap = w0 * (0.5 * vmean + 0.5 * vmax)
-            else:
-                w1 = tl.load(cw_ptr + KSIZE * KSIZE + i * KSIZE + j).to(acc_t)
-                if SPATIAL_INPUT == INPUT_MAX_MEAN:
-                    tap = w0 * vmax + w1 * vmean
-                else:
-                    tap = w0 * vmean + w1 * vmax
-            # padding taps contribute nothing, as in PyTorch's convolutions (a NaN/inf weight times
-            # the zero padding would otherwise give NaN)
-            acc += tl.where(ok, tap, 0.0)
+            w1 = w0
+            if SPATIAL_INPUT != INPUT_LIGHT:
+                w1 = tl.load(cw_ptr + KK + i * KSIZE + j).to(acc_t)
+            acc += tl.where(ok, _taps(w0, w1, vmax, vmean, SPATIAL_INPUT), 0.0)
     return acc
 
 
@@ -53,7 +78,7 @@ def gate_conv_kernel(
     stride_xn, stride_xc, stride_xp,
     stride_on, stride_oc, stride_op,
     HAS_MC: tl.constexpr, HAS_CONV_BIAS: tl.constexpr, HAS_BN: tl.constexpr, HAS_BN_AFFINE: tl.constexpr,
-    SPATIAL_INPUT: tl.constexpr, KSIZE: tl.constexpr, HINTS: tl.constexpr,
+    SPATIAL_INPUT: tl.constexpr, KSIZE: tl.constexpr, TAPS: tl.constexpr, HINTS: tl.constexpr,
     BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr, ACC_FP64: tl.constexpr,
 ):
     # Grid (N * cdiv(P, BLOCK_P), SPLIT), the walk of stage 2: a program owns a block of BLOCK_P
@@ -72,7 +97,7 @@ def gate_conv_kernel(
     offs_p = (pid_np % num_pblocks) * BLOCK_P + tl.arange(0, BLOCK_P)
     mask_p = offs_p < P
 
-    logit = spatial_logits(pooled_ptr, n, offs_p, mask_p, P, H, W, cw_ptr, SPATIAL_INPUT, KSIZE, acc_t)
+    logit = spatial_logits(pooled_ptr, n, offs_p, mask_p, P, H, W, cw_ptr, SPATIAL_INPUT, KSIZE, TAPS, acc_t)
     if HAS_CONV_BIAS:
         logit += tl.load(cb_ptr).to(acc_t)
     if HAS_BN:  # eval mode: (y - running_mean) / sqrt(running_var + eps) * weight + bias

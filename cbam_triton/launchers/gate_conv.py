@@ -12,9 +12,20 @@ from cbam_triton.launchers._common import (
     as_ncp,
     compute_dtype,
     nbytes,
+    next_pow2,
     output_for,
     plan_fused,
 )
+
+#: the conv's taps are vectorised as a [TAPS, BLOCK_P] tile when it holds at most this many elements
+TAPS_TILE = 2048
+
+
+def conv_taps(ksize: int, block_p: int) -> int:
+    """``TAPS`` of the kernel: the next power of two >= k*k when a ``[TAPS, BLOCK_P]`` tile fits
+    :data:`TAPS_TILE` elements (small pixel blocks), else 0 (a loop over the rows)."""
+    taps = next_pow2(ksize * ksize)
+    return taps if taps * block_p <= TAPS_TILE else 0
 
 
 def plan_gate_conv(x: torch.Tensor, mc: torch.Tensor | None, pooled: torch.Tensor, conv: SpatialConv,
@@ -50,7 +61,8 @@ def plan_gate_conv(x: torch.Tensor, mc: torch.Tensor | None, pooled: torch.Tenso
               conv.bn_weight if affine else weight, conv.bn_bias if affine else weight, float(conv.bn_eps),
               c, p, h, w, per_split, sn, sc, sp, on, oc, op),
         meta=dict(HAS_MC=mc is not None, HAS_CONV_BIAS=conv.bias is not None, HAS_BN=has_bn, HAS_BN_AFFINE=affine,
-                  SPATIAL_INPUT=SPATIAL_INPUTS[conv.input], KSIZE=conv.ksize, HINTS=hints,
+                  SPATIAL_INPUT=SPATIAL_INPUTS[conv.input], KSIZE=conv.ksize, TAPS=conv_taps(conv.ksize, block_p),
+                  HINTS=hints,
                   BLOCK_C=block_c, BLOCK_P=block_p, ACC_FP64=acc_is_fp64(x)),
         name="gate_conv",
         bytes_read=nbytes(x, *small),
