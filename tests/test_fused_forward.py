@@ -98,14 +98,21 @@ def test_mlp_widths_and_pools(pool_types, reduction, hidden, device):
     assert_close_to_reference(out, ref, x)
 
 
-@pytest.mark.parametrize("kernel_size,spatial_norm", [(3, True), (5, False), (1, True)])
-def test_conv_sizes_and_bn(kernel_size, spatial_norm, device):
+@pytest.mark.parametrize("taps", ["loop", "vector"])
+@pytest.mark.parametrize("kernel_size,spatial_norm", [(3, True), (5, False), (1, True), (7, True)])
+def test_conv_sizes_and_bn(kernel_size, spatial_norm, taps, device, monkeypatch):
+    """Both conv paths of gate_conv (a row loop for long pixel blocks, all taps as one tile for short
+    ones; the GPU picks by tile size, the interpreter always vectorises unless forced)."""
+    monkeypatch.setenv("CBAM_TRITON_CONV_TAPS", taps)
     ref = make_reference(16, reduction_ratio=4, kernel_size=kernel_size, spatial_norm=spatial_norm, device=device)
     ours = cbam_triton.CBAM.from_reference(ref, backend="triton")
-    x = make_input((2, 16, 6, 4), torch.float32, "channels_last", device)
-    out, launches = _run(ours, x, "l2", 1)
-    assert launches[2].meta["KSIZE"] == kernel_size and launches[2].meta["HAS_BN"] == spatial_norm
-    assert_close_to_reference(out, ref, x)
+    for layout in ("channels_last", "nchw"):
+        x = make_input((2, 16, 6, 4), torch.float32, layout, device)
+        x[1, 2, 3, 1] = float("nan")
+        out, launches = _run(ours, x, "l2", 1)
+        assert launches[2].meta["KSIZE"] == kernel_size and launches[2].meta["HAS_BN"] == spatial_norm
+        assert (launches[2].meta["TAPS"] > 0) == (taps == "vector")
+        assert_close_to_reference(out, ref, x)
 
 
 def test_functional_with_conv_bias_bn_without_affine(device):

@@ -1,6 +1,6 @@
 """Property-based fuzzing of cbam_triton.CBAM against the reference (hypothesis).
 
-Profiles (tests/conftest.py): ``ci`` (default, 200 derandomised examples, inputs capped at 60k
+Profiles (tests/conftest.py): ``ci`` (default, 100 derandomised examples, inputs capped at 60k
 elements so the interpreter stays fast) and ``long`` (``pytest tests/test_fuzz.py
 --hypothesis-profile=long``: 5000 random examples, up to 600k elements). Every failure found
 becomes an ``@example`` below.

@@ -37,23 +37,38 @@ def spatial_logits(pooled_ptr, n, offs_p, mask_p, P, H, W, cw_ptr,
     hh = offs_p // W
     ww = offs_p % W
     base = pooled_ptr + n * 2 * P
-    KK: tl.constexpr = KSIZE * KSIZE
     if TAPS > 0:
-        t = tl.arange(0, TAPS)
-        valid_t = t < KK
-        y = hh[None, :] + (t // KSIZE - KSIZE // 2)[:, None]
-        x = ww[None, :] + (t % KSIZE - KSIZE // 2)[:, None]
-        ok = valid_t[:, None] & mask_p[None, :] & (y >= 0) & (y < H) & (x >= 0) & (x < W)
-        q = y * W + x
-        vmax = tl.load(base + q, mask=ok, other=0.0)
-        vmean = tl.load(base + P + q, mask=ok, other=0.0)
-        w0 = tl.load(cw_ptr + t, mask=valid_t, other=0.0).to(acc_t)
-        w1 = w0
-        if SPATIAL_INPUT != INPUT_LIGHT:
-            w1 = tl.load(cw_ptr + KK + t, mask=valid_t, other=0.0).to(acc_t)
-        tap = _taps(w0[:, None], w1[:, None], vmax, vmean, SPATIAL_INPUT)
-        return tl.sum(tl.where(ok, tap, 0.0), axis=0)
-    acc = tl.zeros(offs_p.shape, dtype=acc_t)
+        acc = _logits_all_taps(base, hh, ww, mask_p, P, H, W, cw_ptr, SPATIAL_INPUT, KSIZE, TAPS, acc_t)
+    else:
+        acc = _logits_row_loop(base, hh, ww, mask_p, P, H, W, cw_ptr, SPATIAL_INPUT, KSIZE, acc_t)
+    return acc
+
+
+@triton.jit
+def _logits_all_taps(base, hh, ww, mask_p, P, H, W, cw_ptr,
+                     SPATIAL_INPUT: tl.constexpr, KSIZE: tl.constexpr, TAPS: tl.constexpr, acc_t: tl.constexpr):
+    KK: tl.constexpr = KSIZE * KSIZE
+    t = tl.arange(0, TAPS)
+    valid_t = t < KK
+    y = hh[None, :] + (t // KSIZE - KSIZE // 2)[:, None]
+    x = ww[None, :] + (t % KSIZE - KSIZE // 2)[:, None]
+    ok = valid_t[:, None] & mask_p[None, :] & (y >= 0) & (y < H) & (x >= 0) & (x < W)
+    q = y * W + x
+    vmax = tl.load(base + q, mask=ok, other=0.0)
+    vmean = tl.load(base + P + q, mask=ok, other=0.0)
+    w0 = tl.load(cw_ptr + t, mask=valid_t, other=0.0).to(acc_t)
+    w1 = w0
+    if SPATIAL_INPUT != INPUT_LIGHT:
+        w1 = tl.load(cw_ptr + KK + t, mask=valid_t, other=0.0).to(acc_t)
+    tap = _taps(w0[:, None], w1[:, None], vmax, vmean, SPATIAL_INPUT)
+    return tl.sum(tl.where(ok, tap, 0.0), axis=0)
+
+
+@triton.jit
+def _logits_row_loop(base, hh, ww, mask_p, P, H, W, cw_ptr,
+                     SPATIAL_INPUT: tl.constexpr, KSIZE: tl.constexpr, acc_t: tl.constexpr):
+    KK: tl.constexpr = KSIZE * KSIZE
+    acc = tl.zeros(hh.shape, dtype=acc_t)
     for i in range(KSIZE):
         for j in tl.static_range(KSIZE):
             y = hh + (i - KSIZE // 2)

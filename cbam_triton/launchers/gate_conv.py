@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 from cbam_triton.fusion import SPATIAL_INPUTS, SpatialConv
@@ -21,10 +23,19 @@ from cbam_triton.launchers._common import (
 TAPS_TILE = 2048
 
 
-def conv_taps(ksize: int, block_p: int) -> int:
+def conv_taps(ksize: int, block_p: int, device: torch.device | None = None) -> int:
     """``TAPS`` of the kernel: the next power of two >= k*k when a ``[TAPS, BLOCK_P]`` tile fits
-    :data:`TAPS_TILE` elements (small pixel blocks), else 0 (a loop over the rows)."""
+    :data:`TAPS_TILE` elements (small pixel blocks), else 0 (a loop over the rows).
+
+    Off a GPU (Triton's interpreter, where every op costs a numpy call and registers cost nothing)
+    the taps are always vectorised; ``CBAM_TRITON_CONV_TAPS=loop|vector`` forces either path (the
+    tests run both)."""
     taps = next_pow2(ksize * ksize)
+    forced = os.environ.get("CBAM_TRITON_CONV_TAPS")
+    if forced in ("loop", "vector"):
+        return taps if forced == "vector" else 0
+    if device is not None and device.type == "cpu":
+        return taps
     return taps if taps * block_p <= TAPS_TILE else 0
 
 
@@ -61,8 +72,8 @@ def plan_gate_conv(x: torch.Tensor, mc: torch.Tensor | None, pooled: torch.Tenso
               conv.bn_weight if affine else weight, conv.bn_bias if affine else weight, float(conv.bn_eps),
               c, p, h, w, per_split, sn, sc, sp, on, oc, op),
         meta=dict(HAS_MC=mc is not None, HAS_CONV_BIAS=conv.bias is not None, HAS_BN=has_bn, HAS_BN_AFFINE=affine,
-                  SPATIAL_INPUT=SPATIAL_INPUTS[conv.input], KSIZE=conv.ksize, TAPS=conv_taps(conv.ksize, block_p),
-                  HINTS=hints,
+                  SPATIAL_INPUT=SPATIAL_INPUTS[conv.input], KSIZE=conv.ksize,
+                  TAPS=conv_taps(conv.ksize, block_p, x.device), HINTS=hints,
                   BLOCK_C=block_c, BLOCK_P=block_p, ACC_FP64=acc_is_fp64(x)),
         name="gate_conv",
         bytes_read=nbytes(x, *small),
