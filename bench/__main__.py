@@ -5,6 +5,7 @@
     python -m bench --suite resnet50 --batch 32 --dtypes fp16 --layouts channels_last
     python -m bench --modes train --suite resnet50   # forward + backward (training) only
     python -m bench dashboard run1.json run2.json -o dashboard.html
+    python -m bench targets bench/results/<run>/results.json   # the speed targets, met or not
 
 Every provider's output is checked against eager before it is timed; a mismatch is reported, not
 timed. On a CPU-only machine eager and torch.compile are timed on the CPU and the Triton provider is
@@ -40,7 +41,7 @@ def _progress(total: int):  # noqa: ANN202
 def _run(args: argparse.Namespace) -> int:
     import torch
 
-    from bench import measure, report, runner
+    from bench import measure, report, runner, targets
     from bench.suite import SHAPES, SUITES, make_cases
 
     cuda = torch.cuda.is_available() and not args.cpu
@@ -87,6 +88,7 @@ def _run(args: argparse.Namespace) -> int:
               "timer": "triton.testing.do_bench (median, p20, p80; L2 flushed)" if cuda else
               "wall clock, synchronous CPU execution (median, p20, p80)"}
     doc = report.make_document(env, config, rows)
+    doc["targets"] = targets.evaluate(doc)
     problems = report.validate(doc)
     if problems:
         print("bench: internal error, invalid result document:", problems[:5], file=sys.stderr)
@@ -101,6 +103,8 @@ def _run(args: argparse.Namespace) -> int:
         write_plots(doc, args.out)
         write_dashboard([doc], os.path.join(args.out, "dashboard.html"))
     print(report.format_terminal(rows))
+    print("\nspeed targets (fp16 forward, ResNet-50 shapes; bench/targets.py):")
+    print(targets.format_verdicts(doc["targets"]))
     if not cuda:
         print("\nNo CUDA device: the timings above are CPU timings of eager and torch.compile; the Triton "
               "kernels were verified in the interpreter, not timed. GPU timings need a CUDA device.")
@@ -158,6 +162,13 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("files", nargs="+", help="results.json files")
         p.add_argument("-o", "--output", default="dashboard.html")
         return _dashboard(p.parse_args(argv[1:]))
+    if argv[:1] == ["targets"]:
+        from bench.targets import main as targets_main
+
+        p = argparse.ArgumentParser(prog="python -m bench targets",
+                                    description="check result files against the speed targets")
+        p.add_argument("files", nargs="+", help="results.json files")
+        return targets_main(p.parse_args(argv[1:]).files)
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     p.add_argument("--quick", action="store_true", help="a few small cases (CPU-friendly)")

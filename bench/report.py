@@ -125,6 +125,11 @@ def write_markdown(doc: dict[str, Any], path: str) -> None:
         "|" + "---|" * len(head),
     ]
     lines += ["| " + " | ".join(cell.replace("|", "/") for cell in row) + " |" for row in body]
+    if doc.get("targets"):
+        from bench.targets import format_verdicts
+
+        lines += ["", "## Speed targets (fp16 forward, ResNet-50 shapes; bench/targets.py)", "",
+                  format_verdicts(doc["targets"], markdown=True)]
     with open(path, "w") as f:
         f.write("\n".join(lines) + "\n")
 

@@ -34,6 +34,23 @@ def define_op(name: str) -> Callable[[Callable[..., object]], object]:
     return wrap
 
 
+#: "is anything active that could intercept an op call" (None: this torch lacks one: always dispatch)
+_MODE_PROBES = tuple(getattr(torch._C, name, None) for name in (
+    "_len_torch_dispatch_stack", "_len_torch_function_stack", "_are_functorch_transforms_active"))
+_MODE_PROBES = None if None in _MODE_PROBES else _MODE_PROBES
+
+
+def direct_call_ok(*tensors: Tensor | None) -> bool:
+    """Whether an op's plain implementation may run without the dispatcher: eager (not traced by
+    dynamo or export), plain tensors (no subclass such as FakeTensor), and no dispatch mode,
+    function mode or functorch transform active. The dispatcher would then only call the same
+    implementation; skipping it saves tens of microseconds of host time per call (what a
+    launch-bound batch-1 forward pays)."""
+    if _MODE_PROBES is None or torch.compiler.is_compiling() or any(probe() for probe in _MODE_PROBES):
+        return False
+    return all(t is None or type(t) in (Tensor, torch.nn.Parameter) for t in tensors)
+
+
 # ---------------------------------------------------------------------------------- channel_pool
 def _channel_pool_impl(x: Tensor) -> tuple[Tensor, Tensor]:
     """(avg, max) over H*W as (N, C) fp32 (fp64) tensors, one read of x."""

@@ -68,9 +68,13 @@ def fused(x: torch.Tensor, mlp: ChannelMLP | None, conv: SpatialConv | None, sch
     """The fused inference forward (one custom operator; see :mod:`cbam_triton.launchers.forward`)."""
     fc = mlp if mlp is not None else ChannelMLP(None, None, None, None, "avg+max", "identity")  # type: ignore[arg-type]
     sc = conv if conv is not None else SpatialConv(None, None)  # type: ignore[arg-type]
-    return torch.ops.cbam_triton.fused_forward(
-        x, fc.fc1_weight, fc.fc1_bias, fc.fc2_weight, fc.fc2_bias, sc.weight, sc.bias, sc.bn_mean, sc.bn_var,
-        sc.bn_weight, sc.bn_bias, float(sc.bn_eps), fc.pools, fc.act, sc.input, schedule, l2_budget_bytes)
+    args = (x, fc.fc1_weight, fc.fc1_bias, fc.fc2_weight, fc.fc2_bias, sc.weight, sc.bias, sc.bn_mean, sc.bn_var,
+            sc.bn_weight, sc.bn_bias)
+    if ops.direct_call_ok(*args):  # plain eager call: the op would only run its implementation
+        return ops._fused_forward_impl(*args, float(sc.bn_eps), fc.pools, fc.act, sc.input, schedule,
+                                       l2_budget_bytes)
+    return torch.ops.cbam_triton.fused_forward(*args, float(sc.bn_eps), fc.pools, fc.act, sc.input, schedule,
+                                               l2_budget_bytes)
 
 
 def run(x: torch.Tensor, backend: str,

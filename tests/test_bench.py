@@ -12,7 +12,7 @@ import sys
 import pytest
 import torch
 
-from bench import measure, report, runner
+from bench import measure, report, runner, targets
 from bench.dashboard import build_dashboard
 from bench.suite import Case, make_cases
 
@@ -59,6 +59,10 @@ def test_quick_cli_writes_every_output(quick_run):
                                                                           "triton"}
     assert all(r["id"].endswith("-train") for r in train)
     assert "GPU timings need a CUDA device" in proc.stdout
+    # the speed targets are GPU timings: on a CPU run every one is "not measured", and says why
+    assert [v["status"] for v in doc["targets"]] == ["not measured"] * len(targets.TARGETS)
+    assert all("cpu run" in v["why"] for v in doc["targets"])
+    assert "## Speed targets" in md and "speed targets" in proc.stdout
 
 
 def test_train_mode_checks_output_and_input_gradient():
@@ -193,3 +197,65 @@ def test_ncu_csv_is_summed_in_bytes():
         ncu.parse_csv("==PROF== nothing profiled\n")
     with pytest.raises(ValueError, match="unit"):
         ncu.parse_csv(NCU_CSV.replace('"Kbyte"', '"parsec"'))
+
+
+def _target_rows(triton_ms: float, graph_ms: float, ncu_x: float | None) -> list[dict]:
+    """fp16 forward rows of the four ResNet-50 shapes at batch 32 and 1 (eager 1 ms everywhere)."""
+    rows = []
+    for shape in targets.RESNET50:
+        for batch in (32, 1):
+            case_id = f"{shape}-b{batch}-fp16-channels_last"
+            base = {"id": case_id, "shape_name": shape, "batch": batch, "dtype": "fp16", "mode": "forward",
+                    "status": "ok"}
+            times = {"eager": 1.0, "compile-max-autotune": 0.45, "triton": triton_ms, "triton-cudagraph": graph_ms,
+                     "triton-l2": triton_ms}
+            for provider, ms in times.items():
+                row = dict(base, provider=provider, median_ms=ms, speedup_vs_eager=1.0 / ms)
+                if provider == "triton":
+                    row["frac_copy_bw"] = 0.2 / ms
+                if provider == "triton-l2" and ncu_x is not None:
+                    row["ncu_dram_x"] = ncu_x
+                rows.append(row)
+    return rows
+
+
+def test_targets_met_missed_and_not_measured(tmp_path):
+    doc = {"env": {"device_type": "cuda"}, "results": _target_rows(0.25, 0.3, 2.1)}
+    verdicts = {v["target"]: v for v in targets.evaluate(doc)}
+    assert [v["status"] for v in verdicts.values()] == ["met"] * 5
+    assert all(len(v["cases"]) == 4 for v in verdicts.values())
+    assert verdicts["forward >= 1.5x torch.compile(max-autotune-no-cudagraphs)"]["worst"] == pytest.approx(1.8)
+    # 0.35 ms: 2.86x eager and 1.29x compile (missed), 0.57 of copy bandwidth (missed); graphs 0.34 ms missed
+    doc["results"] = _target_rows(0.35, 0.34, 2.6)
+    status = {v["target"]: v["status"] for v in targets.evaluate(doc)}
+    assert set(status.values()) == {"missed"}
+    # rows of another dtype or batch are not judged; no ncu column -> that target is not measured
+    doc["results"] = [dict(r, dtype="fp32") for r in _target_rows(0.25, 0.3, None)]
+    assert {v["status"] for v in targets.evaluate(doc)} == {"not measured"}
+    doc["results"] = _target_rows(0.25, 0.3, None)
+    last = targets.evaluate(doc)[-1]
+    assert last["status"] == "not measured" and "--ncu" in last["why"]
+    # the CLI: exit 1 when a target is missed, 2 on an unreadable file
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps({"env": {"device_type": "cuda"}, "results": _target_rows(0.35, 0.34, 2.6)}))
+    proc = subprocess.run([sys.executable, "-m", "bench", "targets", str(path)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 1 and "missed" in proc.stdout, proc.stdout + proc.stderr
+    proc = subprocess.run([sys.executable, "-m", "bench", "targets", str(tmp_path / "absent.json")], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "cannot read" in proc.stderr
+
+
+def test_host_time_cli_measures_every_configuration_and_restores_state():
+    from bench import host
+    from cbam_triton import ops
+    from cbam_triton.launchers import _common
+    from cbam_triton.launchers import forward as fwd
+
+    before = (_common.Launch.__call__, fwd.PlanCache.SIZE, ops.direct_call_ok)
+    got = host.measure((1, 8, 4, 4), calls=3)
+    assert list(got) == list(host.CONFIGS) and all(v > 0 for v in got.values())
+    assert (_common.Launch.__call__, fwd.PlanCache.SIZE, ops.direct_call_ok) == before
+    proc = subprocess.run([sys.executable, "-m", "bench.host", "--shape", "1", "0", "4", "4"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "--shape" in proc.stderr

@@ -1,6 +1,7 @@
 """Property-based fuzzing of cbam_triton.CBAM against the reference (hypothesis).
 
-Profiles (tests/conftest.py): ``ci`` (default, 100 derandomised examples, inputs capped at 60k
+Cases draw the schedule too: `"l2"` with a budget of 1-3 samples chunks the fused forward over the
+batch. Profiles (tests/conftest.py): ``ci`` (default, 100 derandomised examples, inputs capped at 60k
 elements so the interpreter stays fast) and ``long`` (``pytest tests/test_fuzz.py
 --hypothesis-profile=long``: 5000 random examples, up to 600k elements). Every failure found
 becomes an ``@example`` below.
@@ -51,6 +52,8 @@ def cases(draw):
         "pool_types": draw(st.sampled_from([("avg", "max"), ("avg",), ("max",)])),
         "spatial_norm": draw(st.booleans()),
         "reduction_ratio": draw(st.sampled_from([1, 2, 16, 64])),
+        # "l2" with a budget of this many samples: the fused forward chunked over the batch
+        "l2_samples": draw(st.sampled_from([None, 1, 2, 3])),
     }
 
 
@@ -101,6 +104,8 @@ def _run(case, device) -> None:
                          device=device)
     ours = cbam_triton.CBAM.from_reference(ref, backend="triton")
     x = _input(case).to(device)
+    if case.get("l2_samples"):
+        ours.set_schedule("l2", max(1, case["l2_samples"] * c * h * w * x.element_size()))
     with torch.no_grad():
         y = ours(x)
     assert y.shape == x.shape and y.dtype == x.dtype

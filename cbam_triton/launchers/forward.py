@@ -4,14 +4,24 @@ Per chunk (see :mod:`cbam_triton.schedule`): stage 1 pools and computes Mc (MLP 
 pools ``x * Mc`` across channels (splits combined in-kernel), stage 3 computes Ms (conv + BN +
 sigmoid folded in) and writes the output slice. No PyTorch op runs between the launches; a lone
 channel gate uses the plain gate kernel as its second launch.
+
+Host time matters at batch 1 (without CUDA graphs the forward is launch-bound), so a plan is built
+once per configuration and then *rebound* (:class:`PlanCache`): a later call with the same shapes,
+strides, dtypes, devices, schedule and settings reuses the cached launches with its own tensors —
+x, the weights, a fresh output and fresh workspaces — instead of re-running the tile rules.
 """
 
 from __future__ import annotations
 
+import os
+import threading
+from collections import OrderedDict
+from typing import Any
+
 import torch
 
 from cbam_triton.fusion import ChannelMLP, SpatialConv
-from cbam_triton.launchers._common import Launch, as_ncp, empty_output, nbytes
+from cbam_triton.launchers._common import Launch, as_ncp, counter_buffer, empty_output, nbytes
 from cbam_triton.launchers.gate import plan_gate
 from cbam_triton.launchers.gate_conv import plan_gate_conv
 from cbam_triton.launchers.pool_mlp import plan_channel_pool_mlp
@@ -57,10 +67,179 @@ def plan_fused_forward(x: torch.Tensor, mlp: ChannelMLP | None, conv: SpatialCon
     return launches, out
 
 
+def _params(mlp: ChannelMLP | None, conv: SpatialConv | None) -> list[torch.Tensor | None]:
+    """The weight tensors the kernels read, in a fixed order (None where absent)."""
+    fields: list[torch.Tensor | None] = list(mlp[:4]) if mlp is not None else [None] * 4
+    fields += [conv.weight, conv.bias, conv.bn_mean, conv.bn_var, conv.bn_weight, conv.bn_bias] if conv is not None \
+        else [None] * 6
+    return fields
+
+
+def _sig(t: torch.Tensor | None) -> tuple[Any, ...] | None:
+    return None if t is None else (t.shape, t.stride(), t.dtype, t.device)
+
+
+class PlanCache:
+    """Plans of the fused forward, rebound to new tensors (LRU, :data:`SIZE` entries).
+
+    Every tensor argument of a cached launch is recorded as a view of a *root*: x (after
+    :func:`as_ncp`), the output, one of the weights, the arrival-counter buffer, or a workspace the
+    plan allocated. Rebinding takes the same view (size, stride, offset relative to the root) of
+    the call's own roots: x and the weights as given, a new output, the current counter buffer of
+    the stream, new workspaces of the same sizes. The key holds everything the plan depends on:
+    shapes, strides, dtypes and devices of x and every weight, the dialect fields, the schedule,
+    the stream and the environment overrides of the tile rules. Not used while a CUDA graph is
+    being captured (the counters are then fresh zeros inside the graph).
+    """
+
+    SIZE = 64
+    ENV = ("CBAM_TRITON_CONV_TAPS", "CBAM_TRITON_TARGET_PROGRAMS")
+
+    def __init__(self) -> None:
+        #: key -> (how to make each tensor argument, [(launch without tensors, its arguments with _Refs)])
+        self._plans: OrderedDict[tuple[Any, ...], tuple[list[tuple[Any, ...]], list[tuple[Launch, tuple[Any, ...]]]]] \
+            = OrderedDict()
+        self.hits = 0
+        self.misses = 0
+        self._lock = threading.Lock()  # forwards may run in several threads
+
+    def clear(self) -> None:
+        with self._lock:
+            self._plans.clear()
+
+    def __len__(self) -> int:
+        return len(self._plans)
+
+    @classmethod
+    def key(cls, x: torch.Tensor, mlp: ChannelMLP | None, conv: SpatialConv | None,
+            schedule: Schedule) -> tuple[Any, ...]:
+        dialect = (mlp.pools, mlp.act) if mlp is not None else None
+        spatial = (conv.input, float(conv.bn_eps)) if conv is not None else None
+        stream = torch.cuda.current_stream(x.device).stream_id if x.device.type == "cuda" else 0
+        return (_sig(x), tuple(_sig(t) for t in _params(mlp, conv)), dialect, spatial, schedule.kind,
+                schedule.chunk, stream, tuple(os.environ.get(k) for k in cls.ENV))
+
+    def store(self, key: tuple[Any, ...], launches: list[Launch], x: torch.Tensor, out: torch.Tensor,
+              params: list[torch.Tensor | None]) -> None:
+        """Record ``launches`` (planned for x, out, params) under ``key``; skipped if a tensor
+        argument can't be told apart from the roots unambiguously."""
+        roots: dict[int, tuple[str, Any, torch.Tensor]] = {}
+
+        def add(ptr: int, role: tuple[str, Any], t: torch.Tensor) -> bool:
+            if ptr in roots and roots[ptr][:2] != role:
+                return False
+            roots.setdefault(ptr, (*role, t))
+            return True
+
+        ok = add(x.untyped_storage().data_ptr(), ("x", None), x)
+        ok &= add(out.untyped_storage().data_ptr(), ("out", None), out)
+        for i, t in enumerate(params):
+            if t is not None:
+                ok &= add(t.untyped_storage().data_ptr(), ("param", i), t)
+        counters = counter_buffer(x.device, 0)
+        ok &= add(counters.untyped_storage().data_ptr(), ("counter", None), counters)
+        if not ok:
+            return
+        specs: dict[tuple[Any, ...], int] = {}   # how to make each distinct tensor argument
+        scratch: dict[int, tuple[int, torch.dtype]] = {}
+        skeletons = []
+        for launch in launches:
+            args: list[Any] = []
+            for a in launch.args:
+                if not isinstance(a, torch.Tensor):
+                    args.append(a)
+                    continue
+                ptr = a.untyped_storage().data_ptr()
+                view = (tuple(a.shape), a.stride())
+                if ptr in roots:
+                    kind, index, root = roots[ptr]
+                    if a.dtype != root.dtype:
+                        return
+                    spec: tuple[Any, ...] = (kind, index, *view, a.storage_offset() - root.storage_offset())
+                elif a.dtype == torch.int32:  # arrival counters of a buffer replaced while planning
+                    return
+                else:  # a workspace of this plan: its whole storage is allocated anew per call
+                    slot, dtype = scratch.setdefault(ptr, (len(scratch), a.dtype))
+                    if dtype != a.dtype:
+                        return
+                    numel = a.untyped_storage().nbytes() // a.element_size()
+                    whole = a.storage_offset() == 0 and a.numel() == numel and a.is_contiguous()
+                    spec = ("scratch", slot, *view, a.storage_offset(), numel, a.dtype, whole)
+                args.append(_Ref(specs.setdefault(spec, len(specs))))
+            # the launch without this call's tensors (nothing of the call is kept alive)
+            skeletons.append((Launch(launch.kernel, launch.grid, (), launch.meta, launch.num_warps, launch.name,
+                                     launch.bytes_read, launch.bytes_written, launch.l2_bytes), tuple(args)))
+        with self._lock:
+            self._plans[key] = (list(specs), skeletons)
+            while len(self._plans) > self.SIZE:
+                self._plans.popitem(last=False)
+
+    def rebind(self, key: tuple[Any, ...], x: torch.Tensor,
+               params: list[torch.Tensor | None]) -> tuple[list[Launch], torch.Tensor] | None:
+        """The cached launches bound to x, params, a new output and new workspaces (None: not cached)."""
+        with self._lock:
+            plan = self._plans.get(key)
+            if plan is None:
+                return None
+            self._plans.move_to_end(key)
+        specs, skeletons = plan
+        out, _ = empty_output(x)
+        roots = {"x": x, "out": out, "counter": counter_buffer(x.device, 0)}
+        bases: dict[int, torch.Tensor] = {}
+        tensors = []
+        for kind, index, size, stride, offset, *alloc in specs:
+            if kind == "scratch":
+                numel, dtype, whole = alloc
+                base = bases.get(index)
+                if base is None and whole:  # the view is the whole workspace: allocate it as such
+                    tensors.append(torch.empty_strided(size, stride, dtype=dtype, device=x.device))
+                    bases[index] = tensors[-1]
+                    continue
+                if base is None:
+                    base = bases[index] = torch.empty(numel, dtype=dtype, device=x.device)
+                tensors.append(base.as_strided(size, stride, offset))
+                continue
+            root = params[index] if kind == "param" else roots[kind]
+            if offset == 0 and size == root.shape and stride == root.stride():
+                tensors.append(root)
+            else:
+                tensors.append(root.as_strided(size, stride, root.storage_offset() + offset))
+        launches = [Launch(s.kernel, s.grid, tuple(tensors[a.index] if type(a) is _Ref else a for a in args),
+                           s.meta, s.num_warps, s.name, s.bytes_read, s.bytes_written, s.l2_bytes)
+                    for s, args in skeletons]
+        return launches, out
+
+
+class _Ref:
+    """A tensor argument of a cached launch: the ``index``-th tensor made by :meth:`PlanCache.rebind`."""
+
+    __slots__ = ("index",)
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+
+
+#: the process-wide plan cache of :func:`fused_forward`
+PLANS = PlanCache()
+
+
 def fused_forward(x: torch.Tensor, mlp: ChannelMLP | None, conv: SpatialConv | None,
                   schedule: Schedule) -> torch.Tensor:
-    """``x * Mc * Ms`` with the small parts inside the kernels: ``3 * num_chunks`` launches."""
-    launches, out = plan_fused_forward(x, mlp, conv, schedule)
+    """``x * Mc * Ms`` with the small parts inside the kernels: ``3 * num_chunks`` launches
+    (planned once per configuration, see :class:`PlanCache`)."""
+    capturing = x.device.type == "cuda" and torch.cuda.is_current_stream_capturing()
+    x, _ = as_ncp(x)  # the same copy decision for every call with these strides: before the lookup
+    params = _params(mlp, conv)
+    key = None if capturing else PLANS.key(x, mlp, conv, schedule)
+    got = PLANS.rebind(key, x, params) if key is not None else None
+    if got is not None:
+        PLANS.hits += 1
+        launches, out = got
+    else:
+        launches, out = plan_fused_forward(x, mlp, conv, schedule)
+        if key is not None:
+            PLANS.misses += 1
+            PLANS.store(key, launches, x, out, params)
     for launch in launches:
         launch()
     return out
