@@ -16,7 +16,7 @@ fi
 "$VENV/bin/python" -m pip install -q --no-deps -e .
 "$VENV/bin/python" -c "import torch, triton; print(f'triton-3.6 leg: torch {torch.__version__}, triton {triton.__version__}')"
 # the compile gate here: sm_90 (the lent GPUs), the --quick tile set in fp16 (the main leg compiles
-# fp16/fp32/fp64 with triton 3.8)
+# fp16/fp64 with triton 3.8)
 # (the parity file without its three 2x64x128x128 seed configurations: the main leg runs those)
 CBAM_AOT_ARCHS=90 CBAM_AOT_OPTIONS="--quick --dtypes fp16" "$VENV/bin/python" -m pytest -n "${CBAM_TEST_WORKERS:-2}" --dist loadfile tests/test_kernels.py tests/test_cbam_parity.py \
     tests/test_allocations.py tests/test_aot_compile.py -k "not seed_configuration" "$@"
