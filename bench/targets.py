@@ -91,9 +91,14 @@ def evaluate(doc: dict[str, Any]) -> list[dict[str, Any]]:
         else:
             verdict["worst"] = None
             verdict["status"] = "not measured"
+            missing = ""
+            if t.needs == "--ncu" and not any(r.get("ncu_dram_x") is not None for r in rows):
+                missing = "; no DRAM measurement in this run (needs --ncu)"
+            elif t.needs and not any(r.get("provider") == t.needs and r.get("median_ms") for r in rows):
+                missing = f"; no timed '{t.needs}' rows to compare with"
             verdict["why"] = (f"no timed fp16 forward '{t.provider}' rows at batch {t.batch} on ResNet-50 shapes"
                               + (f" on this {device} run (targets are GPU timings)" if device != "cuda" else "")
-                              + (f"; needs {t.needs}" if t.needs else ""))
+                              + missing)
         verdicts.append(verdict)
     return verdicts
 
