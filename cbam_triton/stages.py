@@ -70,11 +70,9 @@ def fused(x: torch.Tensor, mlp: ChannelMLP | None, conv: SpatialConv | None, sch
     sc = conv if conv is not None else SpatialConv(None, None)  # type: ignore[arg-type]
     args = (x, fc.fc1_weight, fc.fc1_bias, fc.fc2_weight, fc.fc2_bias, sc.weight, sc.bias, sc.bn_mean, sc.bn_var,
             sc.bn_weight, sc.bn_bias)
-    if ops.direct_call_ok(*args):  # plain eager call: the op would only run its implementation
-        return ops._fused_forward_impl(*args, float(sc.bn_eps), fc.pools, fc.act, sc.input, schedule,
-                                       l2_budget_bytes)
-    return torch.ops.cbam_triton.fused_forward(*args, float(sc.bn_eps), fc.pools, fc.act, sc.input, schedule,
-                                               l2_budget_bytes)
+    # a plain eager call runs the op's implementation directly: the dispatcher would do only that
+    call = ops._fused_forward_impl if ops.direct_call_ok(*args) else torch.ops.cbam_triton.fused_forward
+    return call(*args, float(sc.bn_eps), fc.pools, fc.act, sc.input, schedule, l2_budget_bytes)
 
 
 def run(x: torch.Tensor, backend: str,

@@ -112,11 +112,12 @@ class PlanCache:
 
     @classmethod
     def key(cls, x: torch.Tensor, mlp: ChannelMLP | None, conv: SpatialConv | None,
-            schedule: Schedule) -> tuple[Any, ...]:
+            params: list[torch.Tensor | None], schedule: Schedule) -> tuple[Any, ...]:
+        """What the plan depends on (``params``: :func:`_params` of mlp and conv)."""
         dialect = (mlp.pools, mlp.act) if mlp is not None else None
         spatial = (conv.input, float(conv.bn_eps)) if conv is not None else None
         stream = torch.cuda.current_stream(x.device).stream_id if x.device.type == "cuda" else 0
-        return (_sig(x), tuple(_sig(t) for t in _params(mlp, conv)), dialect, spatial, schedule.kind,
+        return (_sig(x), tuple(_sig(t) for t in params), dialect, spatial, schedule.kind,
                 schedule.chunk, stream, tuple(os.environ.get(k) for k in cls.ENV))
 
     def store(self, key: tuple[Any, ...], launches: list[Launch], x: torch.Tensor, out: torch.Tensor,
@@ -230,7 +231,7 @@ def fused_forward(x: torch.Tensor, mlp: ChannelMLP | None, conv: SpatialConv | N
     capturing = x.device.type == "cuda" and torch.cuda.is_current_stream_capturing()
     x, _ = as_ncp(x)  # the same copy decision for every call with these strides: before the lookup
     params = _params(mlp, conv)
-    key = None if capturing else PLANS.key(x, mlp, conv, schedule)
+    key = None if capturing else PLANS.key(x, mlp, conv, params, schedule)
     got = PLANS.rebind(key, x, params) if key is not None else None
     if got is not None:
         PLANS.hits += 1
