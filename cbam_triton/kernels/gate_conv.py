@@ -24,23 +24,25 @@ def _taps(w0, w1, vmax, vmean, SPATIAL_INPUT: tl.constexpr):
 
 @triton.jit
 def spatial_logits(pooled_ptr, n, offs_p, mask_p, P, H, W, cw_ptr,
-                   SPATIAL_INPUT: tl.constexpr, KSIZE: tl.constexpr, TAPS: tl.constexpr, acc_t: tl.constexpr):
+                   SPATIAL_INPUT: tl.constexpr, KSIZE: tl.constexpr, TAPS: tl.constexpr, KP: tl.constexpr,
+                   acc_t: tl.constexpr):
     """The k x k convolution (zero padding k // 2, no bias) of the (N, 2, H, W) [max, mean] map at
     the pixels ``offs_p`` of sample n: a ``[BLOCK_P]`` vector. The map (8 bytes a pixel) and the
     weights are tiny and hit in L1/L2. Padding taps contribute nothing, as in PyTorch's
     convolutions (a NaN/inf weight times the zero padding would otherwise give NaN).
 
-    ``TAPS`` > 0 (small pixel blocks: channels_last tiles): all k*k taps at once as a
-    ``[TAPS, BLOCK_P]`` tile (TAPS = next power of two >= k*k), one reduction over the taps.
-    ``TAPS`` == 0 (long pixel blocks: NCHW): a loop over the rows, the k taps of a row unrolled
-    (unrolling all k*k taps costs ~100 registers)."""
+    ``TAPS`` > 0 (short pixel blocks): all k*k taps at once as a ``[TAPS, BLOCK_P]`` tile (TAPS =
+    next power of two >= k*k), 4 loads. ``TAPS`` == 0 (long pixel blocks): the k rows unrolled
+    (``tl.static_range``: no loop-carried wait between rows), each row's k taps a ``[KP, BLOCK_P]``
+    tile (KP = next power of two >= k; the launcher keeps KP * BLOCK_P <= 2048), the weights one
+    ``[KP, KP]`` tile per input channel: 2 * k + 2 independent loads."""
     hh = offs_p // W
     ww = offs_p % W
     base = pooled_ptr + n * 2 * P
     if TAPS > 0:
         acc = _logits_all_taps(base, hh, ww, mask_p, P, H, W, cw_ptr, SPATIAL_INPUT, KSIZE, TAPS, acc_t)
     else:
-        acc = _logits_row_loop(base, hh, ww, mask_p, P, H, W, cw_ptr, SPATIAL_INPUT, KSIZE, acc_t)
+        acc = _logits_rows(base, hh, ww, mask_p, P, H, W, cw_ptr, SPATIAL_INPUT, KSIZE, KP, acc_t)
     return acc
 
 
@@ -65,23 +67,30 @@ def _logits_all_taps(base, hh, ww, mask_p, P, H, W, cw_ptr,
 
 
 @triton.jit
-def _logits_row_loop(base, hh, ww, mask_p, P, H, W, cw_ptr,
-                     SPATIAL_INPUT: tl.constexpr, KSIZE: tl.constexpr, acc_t: tl.constexpr):
+def _logits_rows(base, hh, ww, mask_p, P, H, W, cw_ptr,
+                 SPATIAL_INPUT: tl.constexpr, KSIZE: tl.constexpr, KP: tl.constexpr, acc_t: tl.constexpr):
     KK: tl.constexpr = KSIZE * KSIZE
+    j = tl.arange(0, KP)
+    valid_j = j < KSIZE
+    rows = tl.arange(0, KP)
+    wmask = (rows < KSIZE)[:, None] & valid_j[None, :]
+    wtile0 = tl.load(cw_ptr + rows[:, None] * KSIZE + j[None, :], mask=wmask, other=0.0).to(acc_t)
+    wtile1 = wtile0
+    if SPATIAL_INPUT != INPUT_LIGHT:
+        wtile1 = tl.load(cw_ptr + KK + rows[:, None] * KSIZE + j[None, :], mask=wmask, other=0.0).to(acc_t)
+    x = ww[None, :] + (j - KSIZE // 2)[:, None]
+    ok_x = valid_j[:, None] & mask_p[None, :] & (x >= 0) & (x < W)
     acc = tl.zeros(hh.shape, dtype=acc_t)
-    for i in range(KSIZE):
-        for j in tl.static_range(KSIZE):
-            y = hh + (i - KSIZE // 2)
-            x = ww + (j - KSIZE // 2)
-            ok = mask_p & (y >= 0) & (y < H) & (x >= 0) & (x < W)
-            q = y * W + x
-            vmax = tl.load(base + q, mask=ok, other=0.0)
-            vmean = tl.load(base + P + q, mask=ok, other=0.0)
-            w0 = tl.load(cw_ptr + i * KSIZE + j).to(acc_t)
-            w1 = w0
-            if SPATIAL_INPUT != INPUT_LIGHT:
-                w1 = tl.load(cw_ptr + KK + i * KSIZE + j).to(acc_t)
-            acc += tl.where(ok, _taps(w0, w1, vmax, vmean, SPATIAL_INPUT), 0.0)
+    for i in tl.static_range(KSIZE):
+        y = hh + (i - KSIZE // 2)
+        ok = ok_x & ((y >= 0) & (y < H))[None, :]
+        q = y[None, :] * W + x
+        vmax = tl.load(base + q, mask=ok, other=0.0)
+        vmean = tl.load(base + P + q, mask=ok, other=0.0)
+        # row i of the weight tiles, picked in registers (no load)
+        w0 = tl.sum(tl.where(rows[:, None] == i, wtile0, 0.0), axis=0)
+        w1 = tl.sum(tl.where(rows[:, None] == i, wtile1, 0.0), axis=0)
+        acc += tl.sum(tl.where(ok, _taps(w0[:, None], w1[:, None], vmax, vmean, SPATIAL_INPUT), 0.0), axis=0)
     return acc
 
 
@@ -93,7 +102,7 @@ def gate_conv_kernel(
     stride_xn, stride_xc, stride_xp,
     stride_on, stride_oc, stride_op,
     HAS_MC: tl.constexpr, HAS_CONV_BIAS: tl.constexpr, HAS_BN: tl.constexpr, HAS_BN_AFFINE: tl.constexpr,
-    SPATIAL_INPUT: tl.constexpr, KSIZE: tl.constexpr, TAPS: tl.constexpr, HINTS: tl.constexpr,
+    SPATIAL_INPUT: tl.constexpr, KSIZE: tl.constexpr, TAPS: tl.constexpr, KP: tl.constexpr, HINTS: tl.constexpr,
     BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr, ACC_FP64: tl.constexpr,
 ):
     # Grid (N * cdiv(P, BLOCK_P), SPLIT), the walk of stage 2: a program owns a block of BLOCK_P
@@ -102,7 +111,9 @@ def gate_conv_kernel(
     # walks its c-range in [BLOCK_C, BLOCK_P] tiles: reads each element of x once, multiplies by
     # mc[n, c] and Ms, writes each element of out once (x's dtype, out's strides): 2*|x| bytes.
     # The conv is recomputed by the SPLIT programs of a pixel block (k*k*2 FMAs a pixel, from L1/L2),
-    # a small cost next to C / SPLIT gated elements a pixel. HINTS (last stage of the L2-resident
+    # a small cost next to C / SPLIT gated elements a pixel. mc (N, C) was stored by stage 2.
+    # Longest program: <= 2k + 2 independent loads of the map and the conv weights (see
+    # spatial_logits), 5 scalars, then one mc tile per x tile of its c-range. HINTS (last stage of the L2-resident
     # schedule): x loads evict_first and output stores .cs, so they don't evict the next chunk.
     acc_t: tl.constexpr = tl.float64 if ACC_FP64 else tl.float32
     pid_np = tl.program_id(0)
@@ -112,7 +123,7 @@ def gate_conv_kernel(
     offs_p = (pid_np % num_pblocks) * BLOCK_P + tl.arange(0, BLOCK_P)
     mask_p = offs_p < P
 
-    logit = spatial_logits(pooled_ptr, n, offs_p, mask_p, P, H, W, cw_ptr, SPATIAL_INPUT, KSIZE, TAPS, acc_t)
+    logit = spatial_logits(pooled_ptr, n, offs_p, mask_p, P, H, W, cw_ptr, SPATIAL_INPUT, KSIZE, TAPS, KP, acc_t)
     if HAS_CONV_BIAS:
         logit += tl.load(cb_ptr).to(acc_t)
     if HAS_BN:  # eval mode: (y - running_mean) / sqrt(running_var + eps) * weight + bias

@@ -4,28 +4,54 @@ import triton
 import triton.language as tl
 
 from cbam_triton.kernels._common import count_at_max, last_arrival, max_propagate_nan, reset_counter, track_max_count
+from cbam_triton.kernels.mlp import MC_LOAD, MC_NONE, channel_map_tile
+
+
+@triton.jit
+def combine_pixel_splits(base_ptr, offs_p, mask_p, P, num_splits,
+                         SB: tl.constexpr, BLOCK_P: tl.constexpr, acc_t: tl.constexpr):
+    """(max, sum) over the SPLIT partials ``(SPLIT, 2, P)`` at ``base_ptr`` (one sample) of one
+    pixel block: ``[SB, BLOCK_P]`` tiles reduced along the split axis in split order; ``.cg``
+    loads (the partials come from other programs)."""
+    offs_s = tl.arange(0, SB)
+    pmax = tl.full([BLOCK_P], float("-inf"), dtype=acc_t)
+    psum = tl.zeros([BLOCK_P], dtype=acc_t)
+    for s0 in range(0, num_splits, SB):
+        ss = s0 + offs_s
+        m = (ss < num_splits)[:, None] & mask_p[None, :]
+        src = base_ptr + ss.to(tl.int64)[:, None] * 2 * P + offs_p[None, :]
+        part = tl.load(src, mask=m, other=float("-inf"), cache_modifier=".cg")
+        pmax = tl.maximum(pmax, max_propagate_nan(part, 0), propagate_nan=tl.PropagateNan.ALL)
+        psum += tl.sum(tl.load(src + P, mask=m, other=0.0, cache_modifier=".cg"), axis=0)
+    return pmax, psum
 
 
 @triton.jit
 def spatial_pool_kernel(
     x_ptr, mc_ptr, out_ptr, cnt_ptr, counter_ptr, final_ptr,
-    C, P, c_per_split,
-    stride_xn, stride_xc, stride_xp,
-    HAS_MC: tl.constexpr, FINALIZE: tl.constexpr, COUNT: tl.constexpr,
-    HINTS: tl.constexpr, COMBINE: tl.constexpr,
+    mcw_ptr, mcb_ptr, vec_ptr, mc_out_ptr,
+    C, P, K, c_per_split,
+    stride_xn, stride_xc, stride_xp, s_mcw_c, s_mcw_k,
+    MC_MODE: tl.constexpr, POOLS: tl.constexpr, ACT: tl.constexpr, HAS_MCB: tl.constexpr, KB: tl.constexpr,
+    FINALIZE: tl.constexpr, COUNT: tl.constexpr, HINTS: tl.constexpr, COMBINE: tl.constexpr, SB: tl.constexpr,
     BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr, ACC_FP64: tl.constexpr,
 ):
-    # Reads x[n, c-range, p-block] once and the channel map mc[n, c] (fp32/fp64, N*C values);
-    # x * mc lives only in registers, never in memory. Writes out[n, split, 0, p] = max_c and
-    # out[n, split, 1, p] = sum_c over the c-range (FINALIZE, i.e. SPLIT == 1: the mean, so out is
-    # directly the (N, 2, H, W) map [max, mean]). Grid: (N * cdiv(P, BLOCK_P), SPLIT).
-    # Tile [BLOCK_C, BLOCK_P] walks the c-range; partials are combined afterwards in a fixed
-    # order (deterministic, no atomics). COUNT (training forward): also cnt[n, split, p] = how many
-    # channels reach the max (int32), for the backward's even split of the max's gradient among ties.
+    # Reads x[n, c-range, p-block] once; x * Mc lives only in registers, never in memory. Writes
+    # out[n, split, 0, p] = max_c and out[n, split, 1, p] = sum_c over the c-range (FINALIZE, i.e.
+    # SPLIT == 1: the mean, so out is directly the (N, 2, H, W) map [max, mean]). Grid:
+    # (N * cdiv(P, BLOCK_P), SPLIT); tile [BLOCK_C, BLOCK_P] walks the c-range.
+    # Mc (MC_MODE): none, loaded from mc (N, C), or computed here per channel tile from the
+    # MLP's last layer (kernels/mlp.py: W2 @ z from stage 1, or a one-layer MLP from the pooled
+    # vectors), so no program runs a whole sample's MLP: each reads the weight rows of its own
+    # c-range (the launcher bounds c-range * K and keeps the pixel blocks per sample few when the
+    # weights are large); the programs of pixel block 0 store it to mc_out for stage 3.
+    # COUNT (training forward): also cnt[n, split, p] = how many channels reach the max (int32).
     # Fused forward: HINTS loads x with evict_last (stage 3 reads it again from L2); COMBINE (SPLIT
     # > 1): the last of the SPLIT programs of a (n, p-block), found with one integer atomic on
-    # counter[n, p-block], combines the partials in split order into final[n] (N, 2, H, W), so no
-    # PyTorch op runs between the stages.
+    # counter[n, p-block], combines the partials as [SB, BLOCK_P] tiles in split order into
+    # final[n] (N, 2, H, W). Deterministic; no PyTorch op runs between the stages.
+    # Longest program: its x tiles, one Mc tile (a few weight tiles) per x tile, and the combine's
+    # 2 * cdiv(SPLIT, SB) tiles.
     acc_t: tl.constexpr = tl.float64 if ACC_FP64 else tl.float32
     pid_np = tl.program_id(0)
     split = tl.program_id(1)
@@ -44,19 +70,24 @@ def spatial_pool_kernel(
             + (c_start + offs_c).to(tl.int64)[:, None] * stride_xc
             + offs_p.to(tl.int64)[None, :] * stride_xp)
     step = tl.full([], BLOCK_C, tl.int64) * stride_xc  # int64: no overflow for huge strides
-    mc_ptrs = mc_ptr + n.to(tl.int64) * C + c_start + offs_c
     acc_sum = tl.zeros([BLOCK_C, BLOCK_P], dtype=acc_t)
     acc_max = tl.full([BLOCK_C, BLOCK_P], float("-inf"), dtype=acc_t)
     acc_cnt = tl.zeros([BLOCK_C, BLOCK_P], dtype=tl.int32)
     for c0 in range(c_start, c_end, BLOCK_C):
-        mask_cc = (c0 + offs_c) < c_end
+        cc = c0 + offs_c
+        mask_cc = cc < c_end
         mask = mask_cc[:, None] & mask_p[None, :]
         if HINTS:
             v = tl.load(ptrs, mask=mask, other=0.0, eviction_policy="evict_last").to(acc_t)
         else:
             v = tl.load(ptrs, mask=mask, other=0.0).to(acc_t)
-        if HAS_MC:
-            g = tl.load(mc_ptrs, mask=mask_cc, other=0.0).to(acc_t)
+        if MC_MODE != MC_NONE:
+            if MC_MODE == MC_LOAD:
+                g = tl.load(mc_ptr + n.to(tl.int64) * C + cc, mask=mask_cc, other=0.0).to(acc_t)
+            else:
+                g = channel_map_tile(n, cc, mask_cc, C, K, vec_ptr, mcw_ptr, mcb_ptr, s_mcw_c, s_mcw_k,
+                                     MC_MODE, POOLS, ACT, HAS_MCB, KB, acc_t)
+                tl.store(mc_out_ptr + n.to(tl.int64) * C + cc, g, mask=mask_cc & (pb == 0))
             v = v * g[:, None]
         acc_sum += tl.where(mask, v, 0.0)
         vm = tl.where(mask, v, float("-inf"))
@@ -65,7 +96,6 @@ def spatial_pool_kernel(
         else:
             acc_max = tl.maximum(acc_max, vm, propagate_nan=tl.PropagateNan.ALL)
         ptrs += step
-        mc_ptrs += BLOCK_C
 
     vmax = max_propagate_nan(acc_max, 0)
     vsum = tl.sum(acc_sum, axis=0)
@@ -79,14 +109,8 @@ def spatial_pool_kernel(
         tl.store(cnt_out, count_at_max(acc_max, acc_cnt, vmax, 0), mask=mask_p)
     if COMBINE:
         if last_arrival(counter_ptr + pid_np, num_splits):
-            # ".cg": the other splits' partials were written by other SMs; read them from L2
-            pmax = tl.full([BLOCK_P], float("-inf"), dtype=acc_t)
-            psum = tl.zeros([BLOCK_P], dtype=acc_t)
-            for s in range(num_splits):
-                src = out_ptr + (n * num_splits + s).to(tl.int64) * 2 * P + offs_p
-                pmax = tl.maximum(pmax, tl.load(src, mask=mask_p, other=float("-inf"), cache_modifier=".cg"),
-                                  propagate_nan=tl.PropagateNan.ALL)
-                psum += tl.load(src + P, mask=mask_p, other=0.0, cache_modifier=".cg")
+            pmax, psum = combine_pixel_splits(out_ptr + (n * num_splits).to(tl.int64) * 2 * P, offs_p, mask_p, P,
+                                              num_splits, SB, BLOCK_P, acc_t)
             dst = final_ptr + n.to(tl.int64) * 2 * P + offs_p
             tl.store(dst, pmax, mask=mask_p)
             tl.store(dst + P, psum / C, mask=mask_p)

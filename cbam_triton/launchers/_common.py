@@ -150,11 +150,13 @@ def target_programs(device: torch.device) -> int:
 
 
 def choose_split(base_programs: int, extent: int, block: int, target: int,
-                 forced: int | None = None, max_split: int = MAX_SPLIT) -> tuple[int, int]:
+                 forced: int | None = None, max_split: int = MAX_SPLIT, min_split: int = 1) -> tuple[int, int]:
     """Split a reduction of length ``extent`` (tiles of ``block``) to reach ``target`` programs.
 
     Returns ``(num_splits, per_split)`` with ``per_split`` a multiple of ``block`` and every split
     non-empty. ``forced`` (tests, benchmarks) requests a split count, still clamped to valid values.
+    ``min_split``: at least this many splits (where the extent allows), e.g. so that each split's
+    share of the MLP weights stays small; it overrides ``max_split``.
     """
     iters = max(1, -(-extent // block))
     if forced is not None:
@@ -162,6 +164,7 @@ def choose_split(base_programs: int, extent: int, block: int, target: int,
     else:
         want = -(-target // max(1, base_programs)) if base_programs < target else 1
         want = min(want, max(1, iters // MIN_ITERS_PER_SPLIT), MAX_SPLIT, max(1, max_split))
+        want = max(want, min_split)
     want = min(want, iters)
     per_split = -(-iters // want) * block
     return -(-extent // per_split), per_split
@@ -170,9 +173,28 @@ def choose_split(base_programs: int, extent: int, block: int, target: int,
 #: Fused forward: the long (unit-stride) tile axis may shrink to this many elements (128 bytes of
 #: fp16) to create more programs along the free axis before a reduction is split.
 MIN_FUSED_LONG = 64
+#: Fused forward: lengths of the long tile axis the tile rule may pick (below MIN_FUSED_LONG only to
+#: fit a small extent or to keep the MLP weights re-read per sample bounded).
+FUSED_LONG_BLOCKS = (1024, 256, 64, 32, 16)
 #: Fused forward: the split partials of a reduction (8 bytes per split and output element) may
 #: add at most 1/WORKSPACE_FRACTION of the x bytes they reduce.
 WORKSPACE_FRACTION = 8
+#: Fused forward: a tile whose blocks cover the (c, p) extents at least this well, and whose last
+#: block of the free axis is at least a quarter full, is "fitting"; e.g. 196 pixels in 64-pixel
+#: blocks would leave the programs of the last block 4/64 of a tile (256-pixel blocks: one, 77 %).
+MIN_TILE_FILL = 0.7
+#: Fused forward: bytes of small data (weight slices, split partials) one program may read in one
+#: phase; the launchers size splits and blocks so that no program's serial work exceeds it.
+PROGRAM_SMALL_BYTES = 64 * 1024
+#: Elements of the small tiles (weights, partials) the fused kernels load at once (32 fp32 registers
+#: per thread at 4 warps).
+SMALL_TILE = 4096
+
+
+def small_tile_rows(cols: int, rows: int) -> int:
+    """Rows of a ``[rows, cols]`` small tile: a power of two, at most ``next_pow2(rows)``, with
+    ``rows * cols <= SMALL_TILE`` (at least 1)."""
+    return max(1, min(next_pow2(max(1, rows)), SMALL_TILE // max(1, next_pow2(cols))))
 
 
 @dataclass(frozen=True)
@@ -187,40 +209,76 @@ class FusedPlan:
     per_split: int
 
 
+def _fill(extent: int, block: int) -> float:
+    return extent / (-(-extent // block) * block)
+
+
+def _last_fill(extent: int, block: int) -> float:
+    """How full the last of the blocks covering ``extent`` is (1.0 when they divide it)."""
+    rest = extent % block
+    return 1.0 if rest == 0 or extent < block else rest / block
+
+
 def plan_fused(n: int, c: int, p: int, stride_c: int, stride_p: int, itemsize: int, reduce: str,
-               device: torch.device, split: int | None = None) -> FusedPlan:
+               device: torch.device, split: int | None = None, *, weight_bytes: int = 0,
+               block_c_range: tuple[int, int] = (1, 1 << 30), max_long_p: int | None = None,
+               min_split: int = 1) -> FusedPlan:
     """The tile rule of the fused forward's kernels (documented in docs/kernels.md).
 
     ``reduce`` is the axis a program walks: ``"p"`` (stage 1: pool over H*W, the free axis is C) or
     ``"c"`` (stages 2 and 3: walk the channels, the free axis is H*W).
 
-    1. The unit-stride axis is the tile's long axis (coalesced, 128-bit accesses). Its length is the
-       largest of :data:`LONG_BLOCKS` (<= the extent's block, >= :data:`MIN_FUSED_LONG`) that gives
-       ``target`` programs along the free axis; else the one giving the most programs. Large C with
-       small H*W in channels_last (2048 x 7 x 7) thus gets 256-long channel tiles and many programs
-       instead of 1024-long ones and few; NCHW with large H*W (64 x 128 x 128) gets 256-pixel tiles.
-    2. Only if the free axis still gives fewer than ``target`` programs is the walked axis split
+    1. The unit-stride axis is the tile's long axis (coalesced, 128-bit accesses), of a length in
+       :data:`FUSED_LONG_BLOCKS`. Hard limits first: ``block_c_range`` (stage 1 keeps its slice of W1
+       and the sample's layer-1 partials small), ``max_long_p`` (stage 3's conv rows), and with
+       ``weight_bytes`` (stage 2 computes Mc from the MLP's last layer per pixel block) the weights
+       re-read per sample, ``(pixel blocks - 1) * weight_bytes``, stay within the sample's x bytes.
+    2. Among those: at least :data:`MIN_FUSED_LONG` long (unless the extent is smaller) and
+       fitting (:data:`MIN_TILE_FILL`, no program of the free axis's last block with less than a
+       quarter of a tile) where possible; the longest that gives ``target`` programs
+       along the free axis, else the one giving the most programs.
+    3. Only if the free axis still gives fewer than ``target`` programs is the walked axis split
        (:func:`choose_split`), at most so far that the split partials stay within
-       1/:data:`WORKSPACE_FRACTION` of x's bytes (8 bytes per split and output element).
+       1/:data:`WORKSPACE_FRACTION` of x's bytes and one program's combine within
+       :data:`PROGRAM_SMALL_BYTES`; ``min_split`` splits at least.
     """
     long_axis = unit_axis(stride_c, stride_p, c, p)
     extent = p if long_axis == "p" else c
     top = long_block(extent)
-    candidates = [b for b in LONG_BLOCKS if b <= top and (b >= MIN_FUSED_LONG or b == top)][::-1]
     target = target_programs(device)
-    best = None
-    for long in candidates:
+    sample_bytes = c * p * itemsize
+    rows = []
+    for long in FUSED_LONG_BLOCKS:
+        if long > max(top, 16):
+            continue
         block_c, block_p = (TILE_ELEMS // long, long) if long_axis == "p" else (long, TILE_ELEMS // long)
-        base = n * (-(-c // block_c) if reduce == "p" else -(-p // block_p))
-        if best is None or base > best[2]:
-            best = (block_c, block_p, base)
-        if base >= target:
-            best = (block_c, block_p, base)
+        free = -(-c // block_c) if reduce == "p" else -(-p // block_p)
+        hard = 0.0  # how far a hard limit is exceeded (0: within every limit)
+        lo, hi = block_c_range
+        if block_c > hi:
+            hard += block_c / hi
+        if block_c < lo and block_c < c:
+            hard += lo / block_c
+        if max_long_p is not None and block_p > max_long_p and p > max_long_p:
+            hard += block_p / max_long_p
+        if weight_bytes and reduce == "c" and (free - 1) * weight_bytes > sample_bytes:
+            hard += (free - 1) * weight_bytes / max(1, sample_bytes)
+        last = _last_fill(c, block_c) if reduce == "p" else _last_fill(p, block_p)
+        unfit = _fill(c, block_c) * _fill(p, block_p) < MIN_TILE_FILL or last < 0.25
+        soft = (long < MIN_FUSED_LONG and long < top, unfit)
+        rows.append((hard, soft, long, block_c, block_p, n * free))
+    least = min(r[0] for r in rows)
+    rows = [r for r in rows if r[0] == least]
+    for relax in ((False, False), (False, True), (True, True)):
+        ok = [r for r in rows if all(s <= a for s, a in zip(r[1], relax))]
+        if ok:
+            rows = ok
             break
-    block_c, block_p, base = best
-    walked, block = (p, block_p) if reduce == "p" else (c, block_c)
-    cap = walked * itemsize // (8 * WORKSPACE_FRACTION)
-    num_splits, per_split = choose_split(base, walked, block, target, split, max_split=cap)
+    chosen = next((r for r in rows if r[5] >= target), None) or max(rows, key=lambda r: r[5])
+    _, _, _, block_c, block_p, base = chosen
+    walked, block, other = (p, block_p, block_c) if reduce == "p" else (c, block_c, block_p)
+    cap = min(walked * itemsize // (8 * WORKSPACE_FRACTION), PROGRAM_SMALL_BYTES // (8 * other))
+    num_splits, per_split = choose_split(base, walked, block, target, split, max_split=cap, min_split=min_split)
     return FusedPlan(block_c, block_p, base, num_splits, per_split)
 
 

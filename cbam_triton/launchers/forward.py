@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from cbam_triton.fusion import ChannelMLP, SpatialConv
-from cbam_triton.launchers._common import Launch, as_ncp, counter_buffer, empty_output, nbytes
+from cbam_triton.launchers._common import Launch, as_ncp, compute_dtype, counter_buffer, empty_output, nbytes
 from cbam_triton.launchers.gate import plan_gate
 from cbam_triton.launchers.gate_conv import plan_gate_conv
 from cbam_triton.launchers.pool_mlp import plan_channel_pool_mlp
@@ -31,19 +31,24 @@ from cbam_triton.schedule import Schedule
 
 def plan_chunk(x: torch.Tensor, out: torch.Tensor, mlp: ChannelMLP | None, conv: SpatialConv | None,
                hints: bool) -> list[Launch]:
-    """The launches of one chunk (x and out: the chunk's slices), in order."""
+    """The launches of one chunk (x and out: the chunk's slices), in order.
+
+    Stage 1 pools and runs the MLP's first layer, spread over its channel blocks; stage 2 computes
+    Mc per channel tile from the last layer as it streams (and stores it for stage 3); a lone
+    channel gate computes it per tile in the gating kernel."""
     if mlp is None and conv is None:
         raise ValueError("the fused forward needs a channel MLP, a spatial conv, or both")
     launches: list[Launch] = []
-    mc = None
+    channel = None
     if mlp is not None:
-        launch, mc, _ = plan_channel_pool_mlp(x, mlp, hints=hints)
+        launch, channel = plan_channel_pool_mlp(x, mlp, hints=hints)
         launches.append(launch)
     if conv is None:
-        launch, _ = plan_gate(x, mc, None, hints=hints, out=out)
+        launch, _ = plan_gate(x, None, None, hints=hints, out=out, channel=channel)
         launches.append(launch)
     else:
-        launch, pooled, _ = plan_spatial_pool(x, mc, hints=hints, combine=True)
+        mc = torch.empty(x.shape[:2], dtype=compute_dtype(x), device=x.device) if channel is not None else None
+        launch, pooled, _ = plan_spatial_pool(x, None, hints=hints, combine=True, channel=channel, mc_out=mc)
         launches.append(launch)
         launch, _ = plan_gate_conv(x, mc, pooled, conv, hints=hints, out=out)
         launches.append(launch)

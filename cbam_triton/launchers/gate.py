@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from cbam_triton.kernels.gate import gate_kernel
+from cbam_triton.launchers.pool_mlp import ChannelState, channel_map_args
 from cbam_triton.launchers._common import (
     Launch,
     acc_is_fp64,
@@ -18,10 +19,12 @@ from cbam_triton.launchers._common import (
 
 
 def plan_gate(x: torch.Tensor, mc: torch.Tensor | None, ms: torch.Tensor | None, hints: bool = False,
-              out: torch.Tensor | None = None) -> tuple[Launch, torch.Tensor]:
+              out: torch.Tensor | None = None, channel: ChannelState | None = None) -> tuple[Launch, torch.Tensor]:
     """Plan stage 3; returns the launch and the output (x's dtype and memory format, or ``out``:
     a tensor of x's shape and dtype whose H and W merge, e.g. a batch slice of a larger output).
-    ``hints``: evict_first loads and streaming (.cs) stores (the L2-resident schedule)."""
+    ``hints``: evict_first loads and streaming (.cs) stores (the L2-resident schedule).
+    ``channel`` (the fused forward's lone channel gate, instead of ``mc``): each program computes
+    its tile's Mc from the MLP's last layer."""
     n, c, h, w = x.shape
     p = h * w
     x, (sn, sc, sp) = as_ncp(x)
@@ -33,15 +36,16 @@ def plan_gate(x: torch.Tensor, mc: torch.Tensor | None, ms: torch.Tensor | None,
     if ms is not None:
         ms = ms.to(acc).reshape(n, p).contiguous()
     grid = (n * -(-c // block_c) * -(-p // block_p),)
+    (mcw, mcb, vec), (k, s_wc, s_wk), mc_meta = channel_map_args(channel, mc, block_c, out)
     launch = Launch(
         kernel=gate_kernel,
         grid=grid,
-        args=(x, mc if mc is not None else out, ms if ms is not None else out, out,
-              c, p, sn, sc, sp, on, oc, op),
-        meta=dict(HAS_MC=mc is not None, HAS_MS=ms is not None, HINTS=hints,
+        args=(x, mc if mc is not None else out, ms if ms is not None else out, out, mcw, mcb, vec,
+              c, p, k, sn, sc, sp, on, oc, op, s_wc, s_wk),
+        meta=dict(**mc_meta, HAS_MS=ms is not None, HINTS=hints,
                   BLOCK_C=block_c, BLOCK_P=block_p, ACC_FP64=acc_is_fp64(x)),
         name="gate",
-        bytes_read=nbytes(x, mc, ms),
+        bytes_read=nbytes(x, mc, ms) + (channel.map_weight_bytes if channel is not None else 0),
         bytes_written=nbytes(out),
     )
     return launch, out

@@ -25,7 +25,8 @@ TAPS_TILE = 2048
 
 def conv_taps(ksize: int, block_p: int, device: torch.device | None = None) -> int:
     """``TAPS`` of the kernel: the next power of two >= k*k when a ``[TAPS, BLOCK_P]`` tile fits
-    :data:`TAPS_TILE` elements (small pixel blocks), else 0 (a loop over the rows).
+    :data:`TAPS_TILE` elements (small pixel blocks), else 0 (the rows unrolled, a ``[KP, BLOCK_P]``
+    tile each).
 
     Off a GPU (Triton's interpreter, where every op costs a numpy call and registers cost nothing)
     the taps are always vectorised; ``CBAM_TRITON_CONV_TAPS=loop|vector`` forces either path (the
@@ -52,7 +53,10 @@ def plan_gate_conv(x: torch.Tensor, mc: torch.Tensor | None, pooled: torch.Tenso
     p = h * w
     x, (sn, sc, sp) = as_ncp(x)
     out, (on, oc, op) = output_for(x, out)
-    plan = plan_fused(n, c, p, sc, sp, x.element_size(), "c", x.device, split)
+    kp = next_pow2(conv.ksize)
+    # long pixel blocks take the conv's row path: one [KP, BLOCK_P] tile of the map per row
+    plan = plan_fused(n, c, p, sc, sp, x.element_size(), "c", x.device, split,
+                      max_long_p=max(16, TAPS_TILE // kp))
     block_c, block_p, base = plan.block_c, plan.block_p, plan.base
     num_splits, per_split = plan.num_splits, plan.per_split
     acc = compute_dtype(x)
@@ -73,7 +77,7 @@ def plan_gate_conv(x: torch.Tensor, mc: torch.Tensor | None, pooled: torch.Tenso
               c, p, h, w, per_split, sn, sc, sp, on, oc, op),
         meta=dict(HAS_MC=mc is not None, HAS_CONV_BIAS=conv.bias is not None, HAS_BN=has_bn, HAS_BN_AFFINE=affine,
                   SPATIAL_INPUT=SPATIAL_INPUTS[conv.input], KSIZE=conv.ksize,
-                  TAPS=conv_taps(conv.ksize, block_p, x.device), HINTS=hints,
+                  TAPS=conv_taps(conv.ksize, block_p, x.device), KP=kp, HINTS=hints,
                   BLOCK_C=block_c, BLOCK_P=block_p, ACC_FP64=acc_is_fp64(x)),
         name="gate_conv",
         bytes_read=nbytes(x, *small),

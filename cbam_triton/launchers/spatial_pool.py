@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from cbam_triton.kernels.spatial_pool import spatial_pool_kernel
+from cbam_triton.launchers.pool_mlp import ChannelState, channel_map_args, map_split_min
 from cbam_triton.launchers._common import (
     Launch,
     acc_is_fp64,
@@ -15,6 +16,7 @@ from cbam_triton.launchers._common import (
     counter_buffer,
     nbytes,
     plan_fused,
+    small_tile_rows,
     target_programs,
     tile_for,
     unit_axis,
@@ -22,19 +24,26 @@ from cbam_triton.launchers._common import (
 
 
 def plan_spatial_pool(x: torch.Tensor, mc: torch.Tensor | None, split: int | None = None,
-                      count: bool = False, hints: bool = False, combine: bool = False
+                      count: bool = False, hints: bool = False, combine: bool = False,
+                      channel: ChannelState | None = None, mc_out: torch.Tensor | None = None,
                       ) -> tuple[Launch, torch.Tensor, torch.Tensor | None]:
     """Plan stage 2; returns the launch, its (N, SPLIT, 2, H, W) output (max, sum-or-mean) and,
     with ``count``, the int32 (N, SPLIT, H*W) counts of channels equal to each max.
 
     Fused forward: ``combine`` makes the kernel itself combine the splits (the second result is
-    then the final (N, 2, H, W) map [max, mean] whatever the split); ``hints``: evict_last loads.
+    then the final (N, 2, H, W) map [max, mean] whatever the split); ``hints``: evict_last loads;
+    ``channel`` (stage 1's :class:`ChannelState`, instead of ``mc``): Mc is computed in-kernel per
+    channel tile from the MLP's last layer and stored to ``mc_out`` (N, C) for stage 3.
     """
     n, c, h, w = x.shape
     p = h * w
     x, (sn, sc, sp) = as_ncp(x)
     if combine:  # the fused forward's tile rule
-        plan = plan_fused(n, c, p, sc, sp, x.element_size(), "c", x.device, split)
+        # Mc from the MLP's last layer: few pixel blocks per sample when its weights are large, and
+        # enough channel splits that each program's slice of them stays small
+        plan = plan_fused(n, c, p, sc, sp, x.element_size(), "c", x.device, split,
+                          weight_bytes=channel.map_weight_bytes if channel is not None else 0,
+                          min_split=map_split_min(channel, c))
         block_c, block_p, base, num_splits, per_split = (plan.block_c, plan.block_p, plan.base, plan.num_splits,
                                                          plan.per_split)
     else:
@@ -46,19 +55,23 @@ def plan_spatial_pool(x: torch.Tensor, mc: torch.Tensor | None, split: int | Non
     cnts = torch.empty((n, num_splits, p), dtype=torch.int32, device=x.device) if count else None
     if mc is not None:
         mc = mc.to(acc).contiguous()
+    if channel is not None and mc_out is None:
+        raise ValueError("plan_spatial_pool: channel= needs mc_out= (the (N, C) map stage 3 reads)")
     combine = combine and num_splits > 1
     final = torch.empty((n, 2, h, w), dtype=acc, device=x.device) if combine else out
     counters = counter_buffer(x.device, base) if combine else out
+    (mcw, mcb, vec), (k, s_wc, s_wk), mc_meta = channel_map_args(channel, mc, block_c, out)
     launch = Launch(
         kernel=spatial_pool_kernel,
         grid=(base, num_splits),
         args=(x, mc if mc is not None else out, out, cnts if count else out, counters, final,
-              c, p, per_split, sn, sc, sp),
-        meta=dict(HAS_MC=mc is not None, FINALIZE=num_splits == 1, COUNT=count, HINTS=hints, COMBINE=combine,
-                  BLOCK_C=block_c, BLOCK_P=block_p, ACC_FP64=acc_is_fp64(x)),
+              mcw, mcb, vec, mc_out if mc_out is not None else out,
+              c, p, k, per_split, sn, sc, sp, s_wc, s_wk),
+        meta=dict(**mc_meta, FINALIZE=num_splits == 1, COUNT=count, HINTS=hints, COMBINE=combine,
+                  SB=small_tile_rows(block_p, num_splits), BLOCK_C=block_c, BLOCK_P=block_p, ACC_FP64=acc_is_fp64(x)),
         name="spatial_pool",
-        bytes_read=nbytes(x, mc),
-        bytes_written=nbytes(out, cnts) + (nbytes(final) if combine else 0),
+        bytes_read=nbytes(x, mc) + (channel.map_weight_bytes if channel is not None else 0),
+        bytes_written=nbytes(out, cnts, mc_out) + (nbytes(final) if combine else 0),
     )
     return launch, final if combine else out, cnts
 

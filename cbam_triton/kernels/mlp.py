@@ -1,0 +1,146 @@
+"""The channel MLP of the fused forward, spread over the programs that stream x.
+
+``Mc = sigmoid(sum over the pools of fc2(act(fc1(pool))))``. No program computes a whole sample's
+MLP (a serial tail of C * hidden dependent loads); instead:
+
+* stage 1, per channel block (once its pooled values are final): the layer-1 partial
+  ``W1[:, block] @ pool[block]`` (:func:`hidden_partial`); the last channel block of a sample sums
+  those small ``(blocks, hidden)`` partials as a few tile loads and applies bias and activation
+  (:func:`hidden_combine`): ``z[n]``;
+* stage 2 (and the lone channel gate), per channel tile it streams: ``Mc[tile] = sigmoid(W2[tile] @
+  z + pools * b2[tile])`` (:func:`channel_map_tile`); a one-layer MLP (fc1: C -> C) computes
+  ``sigmoid(sum over pools of act(W1[tile] @ pool + b1[tile]))`` there from the pooled vectors.
+
+Every weight tile is a ``[rows, cols]`` block with ``rows * cols <= 4096`` (the launcher picks the
+constexpr widths): a handful of independent loads per program instead of a loop of hundreds.
+"""
+
+import triton
+import triton.language as tl
+
+from cbam_triton.kernels._common import relu, sigmoid
+
+#: channel-branch input modes (``POOLS``); must match :data:`cbam_triton.fusion.POOL_MODES`
+POOLS_AVG_MAX = tl.constexpr(0)   # mlp(avg) + mlp(max)
+POOLS_AVG = tl.constexpr(1)       # mlp(avg)
+POOLS_MAX = tl.constexpr(2)       # mlp(max)
+POOLS_LIGHT = tl.constexpr(3)     # mlp(0.5 * avg + 0.5 * max)
+#: hidden activations (``ACT``); must match :data:`cbam_triton.fusion.ACTIVATIONS`
+ACT_IDENTITY = tl.constexpr(0)
+ACT_RELU = tl.constexpr(1)
+#: where a streaming kernel's channel map comes from (``MC_MODE``)
+MC_NONE = tl.constexpr(0)         # no channel gate
+MC_LOAD = tl.constexpr(1)         # read mc[n, c] from memory
+MC_FC2 = tl.constexpr(2)          # sigmoid(W2 @ z + pools * b2), z from stage 1
+MC_FC1 = tl.constexpr(3)          # one-layer MLP from the pooled [avg, max] vectors
+
+
+@triton.jit
+def _activate(v, ACT: tl.constexpr):
+    if ACT == ACT_RELU:
+        v = relu(v)
+    return v
+
+
+@triton.jit
+def pool_inputs(avg, mx, POOLS: tl.constexpr):
+    """The MLP's input vectors from the pooled ones: (first, second); second is unused unless
+    POOLS is avg+max."""
+    if POOLS == POOLS_LIGHT:
+        return 0.5 * avg + 0.5 * mx, mx
+    if POOLS == POOLS_MAX:
+        return mx, mx
+    return avg, mx
+
+
+@triton.jit
+def hidden_partial(n, cb, num_cblocks, offs_c, mask_c, va, vm, HID, w1_ptr, s_w1h, s_w1c, part_ptr,
+                   POOLS: tl.constexpr, HB: tl.constexpr, acc_t: tl.constexpr):
+    """Layer-1 partial of one channel block: ``part[n, cb, i, h] = sum_c W1[h, c] * v_i[c]`` for
+    the block's channels (v_0 = the first MLP input, v_1 = max when POOLS is avg+max).
+    ``[HB, BLOCK_C]`` weight tiles, one load each; HID / HB of them."""
+    offs_h = tl.arange(0, HB)
+    base = part_ptr + (n * num_cblocks + cb).to(tl.int64) * 2 * HID
+    for h0 in range(0, HID, HB):
+        hh = h0 + offs_h
+        mh = hh < HID
+        w = tl.load(w1_ptr + hh[:, None] * s_w1h + offs_c[None, :] * s_w1c,
+                    mask=mh[:, None] & mask_c[None, :], other=0.0).to(acc_t)
+        tl.store(base + hh, tl.sum(w * va[None, :], axis=1), mask=mh)
+        if POOLS == POOLS_AVG_MAX:
+            tl.store(base + HID + hh, tl.sum(w * vm[None, :], axis=1), mask=mh)
+
+
+@triton.jit
+def hidden_combine(n, num_cblocks, HID, part_ptr, b1_ptr, z_ptr,
+                   POOLS: tl.constexpr, ACT: tl.constexpr, HAS_B1: tl.constexpr,
+                   CBB: tl.constexpr, HB: tl.constexpr, acc_t: tl.constexpr):
+    """``z[n] = sum over pools of act(sum_cb part[n, cb, pool] + b1)``: the sample's hidden vector.
+    ``[CBB, HB]`` tiles of the partials (``.cg``: written by other programs), summed over the
+    channel blocks in a fixed order: deterministic."""
+    offs_b = tl.arange(0, CBB)
+    offs_h = tl.arange(0, HB)
+    base = part_ptr + n.to(tl.int64) * num_cblocks * 2 * HID
+    for h0 in range(0, HID, HB):
+        hh = h0 + offs_h
+        mh = hh < HID
+        acc_a = tl.zeros([HB], dtype=acc_t)
+        acc_m = tl.zeros([HB], dtype=acc_t)
+        for b0 in range(0, num_cblocks, CBB):
+            bb = b0 + offs_b
+            m = (bb < num_cblocks)[:, None] & mh[None, :]
+            ptrs = base + bb.to(tl.int64)[:, None] * 2 * HID + hh[None, :]
+            acc_a += tl.sum(tl.load(ptrs, mask=m, other=0.0, cache_modifier=".cg"), axis=0)
+            if POOLS == POOLS_AVG_MAX:
+                acc_m += tl.sum(tl.load(ptrs + HID, mask=m, other=0.0, cache_modifier=".cg"), axis=0)
+        if HAS_B1:
+            b1 = tl.load(b1_ptr + hh, mask=mh, other=0.0).to(acc_t)
+            acc_a += b1
+            acc_m += b1
+        z = _activate(acc_a, ACT)
+        if POOLS == POOLS_AVG_MAX:
+            z += _activate(acc_m, ACT)
+        tl.store(z_ptr + n.to(tl.int64) * HID + hh, z, mask=mh)
+
+
+@triton.jit
+def channel_map_tile(n, cc, mask_c, C, K, vec_ptr, w_ptr, b_ptr, s_wc, s_wk,
+                     MC_MODE: tl.constexpr, POOLS: tl.constexpr, ACT: tl.constexpr, HAS_B: tl.constexpr,
+                     KB: tl.constexpr, acc_t: tl.constexpr):
+    """``Mc[n, cc]`` (a ``[len(cc)]`` vector) from the MLP's last layer.
+
+    MC_FC2: ``sigmoid(W2[cc] @ z[n] + pools * b2[cc])`` with ``vec = z`` (N, K = hidden).
+    MC_FC1 (one-layer MLP, fc1: C -> C): ``sigmoid(sum over pools of act(W1[cc] @ pool + b1[cc]))``
+    with ``vec = pooled`` (N, 2, C) [avg, max] and K = C. ``[len(cc), KB]`` weight tiles."""
+    offs_k = tl.arange(0, KB)
+    acc_a = tl.zeros(cc.shape, dtype=acc_t)
+    acc_m = tl.zeros(cc.shape, dtype=acc_t)
+    if MC_MODE == MC_FC2:
+        vbase = vec_ptr + n.to(tl.int64) * K
+    else:
+        vbase = vec_ptr + n.to(tl.int64) * 2 * K
+    for k0 in range(0, K, KB):
+        kk = k0 + offs_k
+        mk = kk < K
+        w = tl.load(w_ptr + cc[:, None] * s_wc + kk[None, :] * s_wk,
+                    mask=mask_c[:, None] & mk[None, :], other=0.0).to(acc_t)
+        if MC_MODE == MC_FC2:
+            acc_a += tl.sum(w * tl.load(vbase + kk, mask=mk, other=0.0)[None, :], axis=1)
+        else:
+            va, vm = pool_inputs(tl.load(vbase + kk, mask=mk, other=0.0),
+                                 tl.load(vbase + K + kk, mask=mk, other=0.0), POOLS)
+            acc_a += tl.sum(w * va[None, :], axis=1)
+            if POOLS == POOLS_AVG_MAX:
+                acc_m += tl.sum(w * vm[None, :], axis=1)
+    b = tl.zeros(cc.shape, dtype=acc_t)
+    if HAS_B:
+        b = tl.load(b_ptr + cc, mask=mask_c, other=0.0).to(acc_t)
+    if MC_MODE == MC_FC2:  # fc2's bias once per pool (fc2 is linear: the pools' activations were summed)
+        logit = acc_a + b
+        if POOLS == POOLS_AVG_MAX:
+            logit += b
+    else:
+        logit = _activate(acc_a + b, ACT)
+        if POOLS == POOLS_AVG_MAX:
+            logit += _activate(acc_m + b, ACT)
+    return sigmoid(logit)
