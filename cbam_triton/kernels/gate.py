@@ -41,8 +41,8 @@ def gate_kernel(
         if MC_MODE == MC_LOAD:
             g = tl.load(mc_ptr + n * C + offs_c, mask=mask_c, other=0.0).to(acc_t)
         else:
-            g = channel_map_tile(n, offs_c, mask_c, C, K, vec_ptr, mcw_ptr, mcb_ptr, s_mcw_c, s_mcw_k,
-                                 MC_MODE, POOLS, ACT, HAS_MCB, KB, acc_t)
+            g = channel_map_tile(n, offs_c, mask_c, C, K, vec_ptr, mcw_ptr, mcb_ptr, s_mcw_c, s_mcw_k, 0.0,
+                                 MC_MODE, POOLS, ACT, HAS_MCB, KB, False, acc_t)
         v = v * g[:, None]
     if HAS_MS:
         s = tl.load(ms_ptr + n * P + offs_p, mask=mask_p, other=0.0).to(acc_t)

@@ -104,14 +104,22 @@ def hidden_combine(n, num_cblocks, HID, part_ptr, b1_ptr, z_ptr,
 
 
 @triton.jit
-def channel_map_tile(n, cc, mask_c, C, K, vec_ptr, w_ptr, b_ptr, s_wc, s_wk,
+def load_hidden(n, K, vec_ptr, KB: tl.constexpr):
+    """z[n] as a ``[KB]`` vector (KB >= K): loaded once before a walk over channel tiles."""
+    offs_k = tl.arange(0, KB)
+    return tl.load(vec_ptr + n.to(tl.int64) * K + offs_k, mask=offs_k < K, other=0.0)
+
+
+@triton.jit
+def channel_map_tile(n, cc, mask_c, C, K, vec_ptr, w_ptr, b_ptr, s_wc, s_wk, z,
                      MC_MODE: tl.constexpr, POOLS: tl.constexpr, ACT: tl.constexpr, HAS_B: tl.constexpr,
-                     KB: tl.constexpr, acc_t: tl.constexpr):
+                     KB: tl.constexpr, Z_ONCE: tl.constexpr, acc_t: tl.constexpr):
     """``Mc[n, cc]`` (a ``[len(cc)]`` vector) from the MLP's last layer.
 
     MC_FC2: ``sigmoid(W2[cc] @ z[n] + pools * b2[cc])`` with ``vec = z`` (N, K = hidden).
     MC_FC1 (one-layer MLP, fc1: C -> C): ``sigmoid(sum over pools of act(W1[cc] @ pool + b1[cc]))``
-    with ``vec = pooled`` (N, 2, C) [avg, max] and K = C. ``[len(cc), KB]`` weight tiles."""
+    with ``vec = pooled`` (N, 2, C) [avg, max] and K = C. ``[len(cc), KB]`` weight tiles.
+    ``Z_ONCE`` (MC_FC2 with K <= KB): ``z`` is :func:`load_hidden`'s vector, not loaded again."""
     offs_k = tl.arange(0, KB)
     acc_a = tl.zeros(cc.shape, dtype=acc_t)
     acc_m = tl.zeros(cc.shape, dtype=acc_t)
@@ -125,7 +133,10 @@ def channel_map_tile(n, cc, mask_c, C, K, vec_ptr, w_ptr, b_ptr, s_wc, s_wk,
         w = tl.load(w_ptr + cc[:, None] * s_wc + kk[None, :] * s_wk,
                     mask=mask_c[:, None] & mk[None, :], other=0.0).to(acc_t)
         if MC_MODE == MC_FC2:
-            acc_a += tl.sum(w * tl.load(vbase + kk, mask=mk, other=0.0)[None, :], axis=1)
+            if Z_ONCE:
+                acc_a += tl.sum(w * z[None, :], axis=1)
+            else:
+                acc_a += tl.sum(w * tl.load(vbase + kk, mask=mk, other=0.0)[None, :], axis=1)
         else:
             va, vm = pool_inputs(tl.load(vbase + kk, mask=mk, other=0.0),
                                  tl.load(vbase + K + kk, mask=mk, other=0.0), POOLS)

@@ -4,7 +4,7 @@ import triton
 import triton.language as tl
 
 from cbam_triton.kernels._common import count_at_max, last_arrival, max_propagate_nan, reset_counter, track_max_count
-from cbam_triton.kernels.mlp import MC_LOAD, MC_NONE, channel_map_tile
+from cbam_triton.kernels.mlp import MC_FC2, MC_LOAD, MC_NONE, channel_map_tile, load_hidden
 
 
 @triton.jit
@@ -33,7 +33,8 @@ def spatial_pool_kernel(
     C, P, K, c_per_split,
     stride_xn, stride_xc, stride_xp, s_mcw_c, s_mcw_k,
     MC_MODE: tl.constexpr, POOLS: tl.constexpr, ACT: tl.constexpr, HAS_MCB: tl.constexpr, KB: tl.constexpr,
-    FINALIZE: tl.constexpr, COUNT: tl.constexpr, HINTS: tl.constexpr, COMBINE: tl.constexpr, SB: tl.constexpr,
+    Z_ONCE: tl.constexpr, FINALIZE: tl.constexpr, COUNT: tl.constexpr, HINTS: tl.constexpr, COMBINE: tl.constexpr,
+    SB: tl.constexpr,
     BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr, ACC_FP64: tl.constexpr,
 ):
     # Reads x[n, c-range, p-block] once; x * Mc lives only in registers, never in memory. Writes
@@ -73,6 +74,9 @@ def spatial_pool_kernel(
     acc_sum = tl.zeros([BLOCK_C, BLOCK_P], dtype=acc_t)
     acc_max = tl.full([BLOCK_C, BLOCK_P], float("-inf"), dtype=acc_t)
     acc_cnt = tl.zeros([BLOCK_C, BLOCK_P], dtype=tl.int32)
+    z = tl.zeros([KB], dtype=acc_t)
+    if MC_MODE == MC_FC2 and Z_ONCE:
+        z = load_hidden(n, K, vec_ptr, KB)
     for c0 in range(c_start, c_end, BLOCK_C):
         cc = c0 + offs_c
         mask_cc = cc < c_end
@@ -85,8 +89,8 @@ def spatial_pool_kernel(
             if MC_MODE == MC_LOAD:
                 g = tl.load(mc_ptr + n.to(tl.int64) * C + cc, mask=mask_cc, other=0.0).to(acc_t)
             else:
-                g = channel_map_tile(n, cc, mask_cc, C, K, vec_ptr, mcw_ptr, mcb_ptr, s_mcw_c, s_mcw_k,
-                                     MC_MODE, POOLS, ACT, HAS_MCB, KB, acc_t)
+                g = channel_map_tile(n, cc, mask_cc, C, K, vec_ptr, mcw_ptr, mcb_ptr, s_mcw_c, s_mcw_k, z,
+                                     MC_MODE, POOLS, ACT, HAS_MCB, KB, Z_ONCE, acc_t)
                 tl.store(mc_out_ptr + n.to(tl.int64) * C + cc, g, mask=mask_cc & (pb == 0))
             v = v * g[:, None]
         acc_sum += tl.where(mask, v, 0.0)

@@ -186,6 +186,9 @@ MIN_TILE_FILL = 0.7
 #: Fused forward: bytes of small data (weight slices, split partials) one program may read in one
 #: phase; the launchers size splits and blocks so that no program's serial work exceeds it.
 PROGRAM_SMALL_BYTES = 64 * 1024
+#: Fused forward: the most tiles a program of stages 2 and 3 walks when it loads small data (Mc,
+#: weight slices) per tile, so that its loads that are not x stay a few tens
+MAX_WALK_TILES = 8
 #: Elements of the small tiles (weights, partials) the fused kernels load at once (32 fp32 registers
 #: per thread at 4 warps).
 SMALL_TILE = 4096
@@ -222,7 +225,7 @@ def _last_fill(extent: int, block: int) -> float:
 def plan_fused(n: int, c: int, p: int, stride_c: int, stride_p: int, itemsize: int, reduce: str,
                device: torch.device, split: int | None = None, *, weight_bytes: int = 0,
                block_c_range: tuple[int, int] = (1, 1 << 30), max_long_p: int | None = None,
-               min_split: int = 1) -> FusedPlan:
+               min_split: int = 1, max_walk_tiles: int | None = None) -> FusedPlan:
     """The tile rule of the fused forward's kernels (documented in docs/kernels.md).
 
     ``reduce`` is the axis a program walks: ``"p"`` (stage 1: pool over H*W, the free axis is C) or
@@ -240,7 +243,8 @@ def plan_fused(n: int, c: int, p: int, stride_c: int, stride_p: int, itemsize: i
     3. Only if the free axis still gives fewer than ``target`` programs is the walked axis split
        (:func:`choose_split`), at most so far that the split partials stay within
        1/:data:`WORKSPACE_FRACTION` of x's bytes and one program's combine within
-       :data:`PROGRAM_SMALL_BYTES`; ``min_split`` splits at least.
+       :data:`PROGRAM_SMALL_BYTES`; ``min_split`` splits at least, and with ``max_walk_tiles``
+       (kernels that load small data per tile they walk) enough that no program walks more tiles.
     """
     long_axis = unit_axis(stride_c, stride_p, c, p)
     extent = p if long_axis == "p" else c
@@ -278,6 +282,8 @@ def plan_fused(n: int, c: int, p: int, stride_c: int, stride_p: int, itemsize: i
     _, _, _, block_c, block_p, base = chosen
     walked, block, other = (p, block_p, block_c) if reduce == "p" else (c, block_c, block_p)
     cap = min(walked * itemsize // (8 * WORKSPACE_FRACTION), PROGRAM_SMALL_BYTES // (8 * other))
+    if max_walk_tiles:
+        min_split = max(min_split, -(-walked // (block * max_walk_tiles)))
     num_splits, per_split = choose_split(base, walked, block, target, split, max_split=cap, min_split=min_split)
     return FusedPlan(block_c, block_p, base, num_splits, per_split)
 

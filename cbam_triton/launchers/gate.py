@@ -5,7 +5,6 @@ from __future__ import annotations
 import torch
 
 from cbam_triton.kernels.gate import gate_kernel
-from cbam_triton.launchers.pool_mlp import ChannelState, channel_map_args
 from cbam_triton.launchers._common import (
     Launch,
     acc_is_fp64,
@@ -16,6 +15,7 @@ from cbam_triton.launchers._common import (
     tile_for,
     unit_axis,
 )
+from cbam_triton.launchers.pool_mlp import ChannelState, channel_map_args
 
 
 def plan_gate(x: torch.Tensor, mc: torch.Tensor | None, ms: torch.Tensor | None, hints: bool = False,
@@ -37,6 +37,7 @@ def plan_gate(x: torch.Tensor, mc: torch.Tensor | None, ms: torch.Tensor | None,
         ms = ms.to(acc).reshape(n, p).contiguous()
     grid = (n * -(-c // block_c) * -(-p // block_p),)
     (mcw, mcb, vec), (k, s_wc, s_wk), mc_meta = channel_map_args(channel, mc, block_c, out)
+    mc_meta.pop("Z_ONCE")  # one channel tile per program: nothing to hoist
     launch = Launch(
         kernel=gate_kernel,
         grid=grid,

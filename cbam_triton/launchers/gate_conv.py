@@ -9,6 +9,7 @@ import torch
 from cbam_triton.fusion import SPATIAL_INPUTS, SpatialConv
 from cbam_triton.kernels.gate_conv import gate_conv_kernel
 from cbam_triton.launchers._common import (
+    MAX_WALK_TILES,
     Launch,
     acc_is_fp64,
     as_ncp,
@@ -54,9 +55,11 @@ def plan_gate_conv(x: torch.Tensor, mc: torch.Tensor | None, pooled: torch.Tenso
     x, (sn, sc, sp) = as_ncp(x)
     out, (on, oc, op) = output_for(x, out)
     kp = next_pow2(conv.ksize)
-    # long pixel blocks take the conv's row path: one [KP, BLOCK_P] tile of the map per row
+    # the conv re-reads the map k*k times a pixel (from L1): pixel blocks of at most 2048 / (2 * KP)
+    # keep that (and the row path's [2, KP, BLOCK_P] tiles) small
     plan = plan_fused(n, c, p, sc, sp, x.element_size(), "c", x.device, split,
-                      max_long_p=max(16, TAPS_TILE // kp))
+                      max_long_p=max(16, TAPS_TILE // (2 * kp)),
+                      max_walk_tiles=2 * MAX_WALK_TILES if mc is not None else None)
     block_c, block_p, base = plan.block_c, plan.block_p, plan.base
     num_splits, per_split = plan.num_splits, plan.per_split
     acc = compute_dtype(x)

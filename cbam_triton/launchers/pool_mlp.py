@@ -60,15 +60,16 @@ def channel_map_args(state: ChannelState | None, mc: torch.Tensor | None, block_
     ``state`` (fused forward): Mc computed in-kernel per channel tile from the MLP's last layer;
     else ``mc`` (N, C) loaded, or no channel map. ``filler`` stands in for absent tensors."""
     if state is None:
-        meta = dict(MC_MODE=MC_LOAD if mc is not None else MC_NONE, POOLS=0, ACT=0, HAS_MCB=False, KB=1)
+        meta = dict(MC_MODE=MC_LOAD if mc is not None else MC_NONE, POOLS=0, ACT=0, HAS_MCB=False, KB=1, Z_ONCE=False)
         return (filler, filler, filler), (1, 0, 0), meta
     mlp = state.mlp
     w = state.last_weight
     two = state.z is not None
     b = mlp.fc2_bias if two else mlp.fc1_bias
     k = w.shape[1]
+    kb = small_tile_rows(block_c, k)
     meta = dict(MC_MODE=MC_FC2 if two else MC_FC1, POOLS=POOL_MODES[mlp.pools], ACT=ACTIVATIONS[mlp.act],
-                HAS_MCB=b is not None, KB=small_tile_rows(block_c, k))
+                HAS_MCB=b is not None, KB=kb, Z_ONCE=two and kb >= k)
     return (w, b if b is not None else w, state.z if two else state.pooled), (k, *_matrix_strides(w)), meta
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 
 from cbam_triton.kernels.spatial_pool import spatial_pool_kernel
-from cbam_triton.launchers.pool_mlp import ChannelState, channel_map_args, map_split_min
 from cbam_triton.launchers._common import (
+    MAX_WALK_TILES,
     Launch,
     acc_is_fp64,
     as_ncp,
@@ -21,6 +21,7 @@ from cbam_triton.launchers._common import (
     tile_for,
     unit_axis,
 )
+from cbam_triton.launchers.pool_mlp import ChannelState, channel_map_args, map_split_min
 
 
 def plan_spatial_pool(x: torch.Tensor, mc: torch.Tensor | None, split: int | None = None,
@@ -43,7 +44,8 @@ def plan_spatial_pool(x: torch.Tensor, mc: torch.Tensor | None, split: int | Non
         # enough channel splits that each program's slice of them stays small
         plan = plan_fused(n, c, p, sc, sp, x.element_size(), "c", x.device, split,
                           weight_bytes=channel.map_weight_bytes if channel is not None else 0,
-                          min_split=map_split_min(channel, c))
+                          min_split=map_split_min(channel, c),
+                          max_walk_tiles=MAX_WALK_TILES if channel is not None else None)
         block_c, block_p, base, num_splits, per_split = (plan.block_c, plan.block_p, plan.base, plan.num_splits,
                                                          plan.per_split)
     else:
