@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import os
 import sys
 from collections.abc import Iterator
@@ -62,7 +63,8 @@ def explain(module: torch.nn.Module, x: torch.Tensor, *, l2_cache_bytes: int | N
         launches, _ = plan_fused_forward(x, parts[0], parts[1], plan)
     rows = [{"name": launch.name, "grid": list(launch.grid), "tile": [launch.meta["BLOCK_C"], launch.meta["BLOCK_P"]],
              "flags": sorted(k for k, v in launch.meta.items() if v is True),
-             "bytes_read": launch.bytes_read, "bytes_written": launch.bytes_written, "l2_bytes": launch.l2_bytes}
+             "bytes_read": launch.bytes_read, "bytes_written": launch.bytes_written, "l2_bytes": launch.l2_bytes,
+             "longest": None if launch.longest is None else dataclasses.asdict(launch.longest)}
             for launch in launches]
     logical = sum(r["bytes_read"] + r["bytes_written"] for r in rows)
     dram = sum(launch.dram_bytes for launch in launches)
@@ -85,7 +87,11 @@ def format_plan(plan: dict[str, Any]) -> str:
              f"{len(plan['launches'])} launches"]
     for r in plan["launches"][:3]:
         lines.append(f"  {r['name']:<17} grid {str(tuple(r['grid'])):<12} tile {r['tile'][0]}x{r['tile'][1]:<5} "
-                     f"{','.join(f for f in r['flags'] if f in ('HINTS', 'COMBINE'))}")
+                     f"{','.join(f for f in r['flags'] if f in ('HINTS', 'COMBINE', 'SPLIT'))}")
+        lp = r.get("longest")
+        if lp:  # the critical path: what one program does one load after another
+            lines.append(f"    longest program: streams {lp['x_loads']} x tiles ({lp['x_bytes'] / 1024:.1f} KiB); "
+                         f"other loads {lp['other_loads']} ({lp['other_bytes'] / 1024:.1f} KiB) [model]")
     if len(plan["launches"]) > 3:
         lines.append(f"  ... the same for each of the {s['num_chunks']} chunks")
     return "\n".join(lines)

@@ -7,6 +7,7 @@ import torch
 from cbam_triton.kernels.gate import gate_kernel
 from cbam_triton.launchers._common import (
     Launch,
+    ProgramModel,
     acc_is_fp64,
     as_ncp,
     compute_dtype,
@@ -15,7 +16,7 @@ from cbam_triton.launchers._common import (
     tile_for,
     unit_axis,
 )
-from cbam_triton.launchers.pool_mlp import ChannelState, channel_map_args
+from cbam_triton.launchers.pool_mlp import ChannelState, channel_map_args, map_tile_loads
 
 
 def plan_gate(x: torch.Tensor, mc: torch.Tensor | None, ms: torch.Tensor | None, hints: bool = False,
@@ -49,6 +50,9 @@ def plan_gate(x: torch.Tensor, mc: torch.Tensor | None, ms: torch.Tensor | None,
         bytes_read=nbytes(x, mc, ms) + (channel.map_weight_bytes if channel is not None else 0),
         bytes_written=nbytes(out),
     )
+    if channel is not None:
+        loads, nb = map_tile_loads(dict(mc_meta, Z_ONCE=False), block_c, k, mcw.element_size(), 4)
+        launch.longest = ProgramModel(1, block_c * block_p * x.element_size(), loads, nb)
     return launch, out
 
 

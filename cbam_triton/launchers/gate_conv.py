@@ -11,6 +11,7 @@ from cbam_triton.kernels.gate_conv import gate_conv_kernel
 from cbam_triton.launchers._common import (
     MAX_WALK_TILES,
     Launch,
+    ProgramModel,
     acc_is_fp64,
     as_ncp,
     compute_dtype,
@@ -86,4 +87,15 @@ def plan_gate_conv(x: torch.Tensor, mc: torch.Tensor | None, pooled: torch.Tenso
         bytes_read=nbytes(x, *small),
         bytes_written=nbytes(out),
     )
+    acc_size = pooled.element_size()
+    tiles = -(-min(per_split, c) // block_c)
+    taps, k = launch.meta["TAPS"], conv.ksize
+    if taps:
+        loads, nb = 4, 2 * taps * block_p * acc_size + 2 * taps * weight.element_size()
+    else:
+        loads, nb = k + 1, k * 2 * kp * block_p * acc_size + 2 * kp * kp * weight.element_size()
+    scalars = sum(t is not None for t in small[3:]) if has_bn else int(conv.bias is not None)
+    loads += scalars + (tiles if mc is not None else 0)
+    nb += scalars * weight.element_size() + (tiles * block_c * acc_size if mc is not None else 0)
+    launch.longest = ProgramModel(tiles, min(per_split, c) * block_p * x.element_size(), loads, nb)
     return launch, out

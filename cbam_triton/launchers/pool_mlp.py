@@ -14,6 +14,7 @@ from cbam_triton.launchers._common import (
     SMALL_TILE,
     WORKSPACE_FRACTION,
     Launch,
+    ProgramModel,
     acc_is_fp64,
     as_ncp,
     compute_dtype,
@@ -71,6 +72,19 @@ def channel_map_args(state: ChannelState | None, mc: torch.Tensor | None, block_
     meta = dict(MC_MODE=MC_FC2 if two else MC_FC1, POOLS=POOL_MODES[mlp.pools], ACT=ACTIVATIONS[mlp.act],
                 HAS_MCB=b is not None, KB=kb, Z_ONCE=two and kb >= k)
     return (w, b if b is not None else w, state.z if two else state.pooled), (k, *_matrix_strides(w)), meta
+
+
+def map_tile_loads(meta: dict[str, Any], block_c: int, k: int, wsize: int, acc: int) -> tuple[int, int]:
+    """(loads, bytes) of one Mc tile of ``block_c`` channels (:func:`channel_map_args`' meta)."""
+    mode = meta["MC_MODE"]
+    if mode == MC_NONE:
+        return 0, 0
+    if mode == MC_LOAD:
+        return 1, block_c * acc
+    chunks = -(-k // meta["KB"])
+    vec = 0 if meta.get("Z_ONCE") else chunks * (1 if mode == MC_FC2 else 2)
+    bias = 1 if meta["HAS_MCB"] else 0
+    return chunks + vec + bias, block_c * k * wsize + (vec * meta["KB"] * acc) + bias * block_c * wsize
 
 
 def map_split_min(state: ChannelState | None, c: int) -> int:
@@ -133,4 +147,26 @@ def plan_channel_pool_mlp(x: torch.Tensor, mlp: ChannelMLP, hints: bool = False,
         bytes_read=nbytes(x, w1 if two else None, mlp.fc1_bias if two else None),
         bytes_written=nbytes(sums, maxs, pooled, parts, z),
     )
+    launch.longest = _stage1_longest(launch, x, c, p, hidden, num_splits, per_split, num_cblocks, two, wsize)
     return launch, ChannelState(mlp, pooled, z)
+
+
+def _stage1_longest(launch: Launch, x: torch.Tensor, c: int, p: int, hidden: int, splits: int, per_split: int,
+                    blocks: int, two: bool, wsize: int) -> ProgramModel:
+    """Stage 1's longest program: the last of a sample (its x tiles, the split combine, its W1
+    slice, the sample's layer-1 partials)."""
+    m = launch.meta
+    bc, bp, acc = m["BLOCK_C"], m["BLOCK_P"], 8 if m["ACC_FP64"] else 4
+    span = min(per_split, p)
+    loads = nbytes_ = 0
+    if splits > 1:
+        loads += 2 * -(-splits // m["SB"])
+        nbytes_ += 2 * splits * bc * acc
+    if two:
+        pools = 2 if m["POOLS"] == 0 else 1
+        loads += -(-hidden // m["HB"]) + pools * -(-hidden // m["ZB"]) * -(-blocks // m["CBB"])
+        nbytes_ += hidden * bc * wsize + pools * blocks * hidden * acc
+        if m["HAS_B1"]:
+            loads += -(-hidden // m["ZB"])
+            nbytes_ += hidden * wsize
+    return ProgramModel(-(-span // bp), bc * span * x.element_size(), loads, nbytes_)

@@ -7,7 +7,10 @@ import torch
 from cbam_triton.kernels.spatial_pool import spatial_pool_kernel
 from cbam_triton.launchers._common import (
     MAX_WALK_TILES,
+    NUM_WARPS,
+    SMALL_TILE,
     Launch,
+    ProgramModel,
     acc_is_fp64,
     as_ncp,
     choose_split,
@@ -21,7 +24,7 @@ from cbam_triton.launchers._common import (
     tile_for,
     unit_axis,
 )
-from cbam_triton.launchers.pool_mlp import ChannelState, channel_map_args, map_split_min
+from cbam_triton.launchers.pool_mlp import ChannelState, channel_map_args, map_split_min, map_tile_loads
 
 
 def plan_spatial_pool(x: torch.Tensor, mc: torch.Tensor | None, split: int | None = None,
@@ -72,9 +75,21 @@ def plan_spatial_pool(x: torch.Tensor, mc: torch.Tensor | None, split: int | Non
         meta=dict(**mc_meta, FINALIZE=num_splits == 1, COUNT=count, HINTS=hints, COMBINE=combine,
                   SB=small_tile_rows(block_p, num_splits), BLOCK_C=block_c, BLOCK_P=block_p, ACC_FP64=acc_is_fp64(x)),
         name="spatial_pool",
+        # Mc's [BLOCK_C, KB] weight tile next to the x tile: 8 warps keep it under ~128 registers a thread
+        num_warps=8 if channel is not None and block_c * mc_meta["KB"] > SMALL_TILE // 2 else NUM_WARPS,
         bytes_read=nbytes(x, mc) + (channel.map_weight_bytes if channel is not None else 0),
         bytes_written=nbytes(out, cnts, mc_out) + (nbytes(final) if combine else 0),
     )
+    tiles = -(-min(per_split, c) // block_c)
+    acc_size = out.element_size()
+    loads, nb = map_tile_loads(mc_meta, block_c, k, mcw.element_size(), acc_size)
+    loads, nb = tiles * loads, tiles * nb
+    if mc_meta.get("Z_ONCE"):
+        loads, nb = loads + 1, nb + mc_meta["KB"] * acc_size
+    if combine:
+        loads += 2 * -(-num_splits // launch.meta["SB"])
+        nb += 2 * num_splits * block_p * acc_size
+    launch.longest = ProgramModel(tiles, min(per_split, c) * block_p * x.element_size(), loads, nb)
     return launch, final if combine else out, cnts
 
 

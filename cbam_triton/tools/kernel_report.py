@@ -114,6 +114,8 @@ def launch_cases(dtypes: tuple[str, ...] = ("fp32", "fp16", "bf16", "fp64"),
                         plans.append(plan_input_grad(g, x, **maps)[0])
                     for make in fused:  # the fused inference forward's kernels
                         plans += make(x, xs, aligned and long_block in LONG_BLOCKS[1:3], full or rare)
+                    if aligned and long_block == blocks[0]:  # what the tile rule picks on real shapes
+                        plans += _resnet_plans(dtype, layout)
                     for launch in plans:
                         from cbam_triton.tools.aot import specialize
 
@@ -126,12 +128,24 @@ def launch_cases(dtypes: tuple[str, ...] = ("fp32", "fp16", "bf16", "fp64"),
                             "kernel": launch.name,
                             "dtype": dname,
                             "layout": layout,
-                            "aligned": aligned,
+                            "aligned": aligned and _rows_aligned(launch.args[0]),
                             "shape": list(launch.args[0].shape),
                             "num_warps": launch.num_warps,
                             "meta": {k: (bool(v) if isinstance(v, bool) else v) for k, v in launch.meta.items()},
                             "x_tile_bytes": launch.meta["BLOCK_C"] * launch.meta["BLOCK_P"] * dtype.itemsize,
                         }, launch
+
+
+def _rows_aligned(x: torch.Tensor) -> bool:
+    """Whether x's rows along its unit-stride axis start 16-byte aligned (128-bit access possible):
+    the other axis's stride in bytes is a multiple of 16 (the ResNet shapes' 7x7 and 14x14 maps
+    in NCHW are not)."""
+    from cbam_triton.launchers._common import ncp_strides, unit_axis
+
+    _, sc, sp = ncp_strides(x)
+    n, c, h, w = x.shape
+    other = sc if unit_axis(sc, sp, c, h * w) == "p" else sp
+    return (other * x.element_size()) % 16 == 0
 
 
 def _mlp(c: int, hidden: int = 4, pools: str = "avg+max", act: str = "relu", bias: bool = True,
@@ -157,13 +171,14 @@ def _conv(k: int = 7, spatial_input: str = "max,mean", bias: bool = False, bn: b
 
 
 def _pool_mlp_plans(x: torch.Tensor, xs: torch.Tensor, main: bool, rare: bool) -> list[Any]:
-    """Stage 1 of the fused forward: the CBAM MLP with the L2 hints on every tile shape; without
-    them (the stream schedule) and the other dialects' MLPs (avg/max/light pools, identity, no
-    bias, one layer) on the rare shapes (every shape with ``full``)."""
+    """Stage 1 of the fused forward: the CBAM MLP with the L2 hints on every tile shape, split and
+    not; without them (the stream schedule) and the other dialects' MLPs (avg/max/light pools,
+    identity, no bias, one layer) on the rare shapes (every shape with ``full``)."""
     from cbam_triton.launchers.pool_mlp import plan_channel_pool_mlp
 
     c = x.shape[1]
-    plans = [plan_channel_pool_mlp(x, _mlp(c), hints=h, split=2)[0] for h in ((True, False) if rare else (True,))]
+    plans = [plan_channel_pool_mlp(x, _mlp(c), hints=h, split=s)[0]
+             for h in ((True, False) if rare else (True,)) for s in (1, 2)]
     if rare:
         for mlp in (_mlp(c, pools="avg", fc2=False, act="identity"), _mlp(c, pools="max", bias=False),
                     _mlp(c, pools="light")):
@@ -172,27 +187,71 @@ def _pool_mlp_plans(x: torch.Tensor, xs: torch.Tensor, main: bool, rare: bool) -
 
 
 def _spatial_plans(x: torch.Tensor, xs: torch.Tensor, main: bool, rare: bool) -> list[Any]:
-    """Stages 2 and 3 of the fused forward (in-kernel split combine, conv + BN + sigmoid + gate)."""
+    """Stages 2 and 3 of the fused forward (Mc from the MLP's last layer, in-kernel split combine,
+    conv + BN + sigmoid + gate), and the lone channel gate's Mc in the gating kernel."""
     from cbam_triton.launchers.gate import plan_gate
     from cbam_triton.launchers.gate_conv import plan_gate_conv
+    from cbam_triton.launchers.pool_mlp import ChannelState
     from cbam_triton.launchers.spatial_pool import plan_spatial_pool
 
     n, c, h, w = x.shape
-    mcs = torch.empty(xs.shape[0], xs.shape[1], device="meta")
     mc = torch.empty(n, c, device="meta")
+    mcs = torch.empty(xs.shape[0], xs.shape[1], device="meta")
     pooled = torch.empty(n, 2, h, w, device="meta")
+
+    def state(t: torch.Tensor, **kw: Any) -> ChannelState:
+        mlp = _mlp(t.shape[1], **kw)
+        z = torch.empty(t.shape[0], mlp.hidden, device="meta") if mlp.fc2_weight is not None else None
+        return ChannelState(mlp, torch.empty(t.shape[0], 2, t.shape[1], device="meta"), z)
+
     plans = []
     for hints in (True, False) if rare else (True,):  # the stream schedule's variants on the rare shapes
-        plans.append(plan_spatial_pool(xs, mcs, split=2, hints=hints, combine=True)[0])
+        plans.append(plan_spatial_pool(xs, None, split=2, hints=hints, combine=True, channel=state(xs), mc_out=mcs)[0])
         plans.append(plan_gate_conv(x, mc, pooled, _conv(), hints=hints, split=2)[0])
     if rare:
         plans.append(plan_spatial_pool(xs, None, split=2, hints=True, combine=True)[0])      # spatial gate
-        plans.append(plan_spatial_pool(xs, mcs, split=1, hints=True, combine=True)[0])       # one split
-        plans.append(plan_gate(x, mc, None, hints=True)[0])                                   # channel gate
+        plans.append(plan_spatial_pool(xs, None, split=1, hints=True, combine=True,         # one split
+                                       channel=state(xs), mc_out=mcs)[0])
+        for kw in (dict(pools="avg", fc2=False, act="identity"), dict(pools="light", bias=False)):  # other MLPs
+            plans.append(plan_spatial_pool(xs, None, split=2, hints=True, combine=True, channel=state(xs, **kw),
+                                           mc_out=mcs)[0])
+        plans.append(plan_gate(x, None, None, hints=True, channel=state(x))[0])             # channel gate
+        plans.append(plan_gate(x, None, None, hints=True, channel=state(x, fc2=False))[0])
         for conv, use_mc in ((_conv(3, "light", bias=True, bn=False), True),
                              (_conv(7, "mean,max", affine=False), False), (_conv(5, bias=True), True)):
             plans.append(plan_gate_conv(x, mc if use_mc else None, pooled, conv, hints=True, split=2)[0])
     return plans
+
+
+#: The ResNet-50 CBAM shapes at batch 1 and 32, planned for an H100/H200 (528 programs): the fused
+#: tile rule's choices there (stage-2 tiles kept short for the MLP weights, 128x16 stage-1 tiles, ...)
+RESNET_SHAPES = ((256, 56), (512, 28), (1024, 14), (2048, 7))
+
+
+def _resnet_plans(dtype: torch.dtype, layout: str) -> list[Any]:
+    """Every launch of the fused forward (both schedules) on :data:`RESNET_SHAPES`."""
+    import os
+
+    from cbam_triton.launchers.forward import plan_chunk
+
+    old = os.environ.get("CBAM_TRITON_TARGET_PROGRAMS")
+    os.environ["CBAM_TRITON_TARGET_PROGRAMS"] = "528"
+    try:
+        plans = []
+        for c, hw in RESNET_SHAPES:
+            for n in (1, 32):
+                x = _meta_input((n, c, hw, hw), dtype, layout)
+                mlp = _mlp(c, hidden=c // 16)
+                mlp = mlp._replace(**{k: getattr(mlp, k).to(dtype) for k in ("fc1_weight", "fc1_bias", "fc2_weight",
+                                                                                "fc2_bias")})
+                for hints in (True, False):
+                    plans += plan_chunk(x, torch.empty_like(x), mlp, _conv(), hints)
+        return plans
+    finally:
+        if old is None:
+            del os.environ["CBAM_TRITON_TARGET_PROGRAMS"]
+        else:
+            os.environ["CBAM_TRITON_TARGET_PROGRAMS"] = old
 
 
 _fused_plans = (_pool_mlp_plans, _spatial_plans)
