@@ -162,9 +162,10 @@ def test_three_launches_per_chunk_and_no_pytorch_op_between(layout, device, monk
         out = ours(x)
     assert [launch.name for launch in launches] == FUSED * 2
     # the splits are combined in-kernel: of H*W in stage 1 (channels_last: short p tiles), of C in stage 2
-    if layout == "channels_last":
+    if layout == "channels_last":  # short p tiles: stage 1 splits H*W
         assert launches[0].grid[1] > 1 and launches[0].meta["SPLIT"]
-    assert launches[1].grid[1] > 1 and launches[1].meta["COMBINE"]
+    else:  # few pixel blocks: stage 2 splits C
+        assert launches[1].grid[1] > 1 and launches[1].meta["COMBINE"]
     # no MLP, conv, BN, sigmoid or combine ops: only views, allocations and the dtype-preserving no-op casts
     assert not [op for op in ops.ops if op not in ("_to_copy", "clone", "contiguous")], ops.ops
     assert torch.all(_COUNTERS[("cpu", None, 0)] == 0)  # every counter was put back to 0
@@ -299,3 +300,57 @@ def test_opcheck_fused_forward(layout, device):
             None, conv.bn_mean, conv.bn_var, conv.bn_weight.detach(), conv.bn_bias.detach(), conv.bn_eps,
             "avg+max", "relu", "max,mean", "l2", 2 * _sample_bytes(x))
     torch.library.opcheck(torch.ops.cbam_triton.fused_forward.default, args)
+
+
+# ------------------------------------------------------------------------- counters, devices
+def test_interrupted_forward_leaves_no_counter_set(device, monkeypatch):
+    """A launch that stops part-way (here: an exception after a few arrivals of stage 2, as a
+    KeyboardInterrupt in the interpreter would) must not leave an arrival counter set: the next
+    forward would let the wrong program combine the partials. The launchers zero them on the way out."""
+    if torch.device(device).type != "cpu":
+        pytest.skip("interrupts a launch mid-grid through Triton's interpreter")
+    from triton.runtime import interpreter
+
+    monkeypatch.setenv("CBAM_TRITON_TARGET_PROGRAMS", "4096")  # splits: both stages count arrivals
+    ref = make_reference(256, reduction_ratio=16)
+    ours = cbam_triton.CBAM.from_reference(ref, backend="triton").eval()
+    x = make_input((2, 256, 12, 12), torch.float32, "nchw", "cpu")  # stage 1: 16 arrivals, stage 2: 24
+    builder = interpreter.interpreter_builder
+    real = builder.create_atomic_rmw
+    calls = []
+
+    def flaky(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 16 + 7:  # stage 2, part-way (2 of the 4 splits of a pixel block arrived)
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(builder, "create_atomic_rmw", flaky, raising=False)
+    with torch.no_grad(), pytest.raises((KeyboardInterrupt, Exception)):
+        ours(x)
+    monkeypatch.setattr(builder, "create_atomic_rmw", real, raising=False)
+    assert torch.all(_COUNTERS[("cpu", None, 0)] == 0)
+    with torch.no_grad():
+        assert_close_to_reference(ours(x), ref, x)
+
+
+@pytest.mark.gpu
+def test_runs_on_the_inputs_device_not_the_current_one():
+    """x on cuda:1 while cuda:0 is current: every launch (fused, unfused, backward) runs on cuda:1."""
+    if not torch.cuda.is_available() or torch.cuda.device_count() < 2:
+        pytest.skip("needs 2 GPUs")
+    ref = make_reference(32, reduction_ratio=8, device="cuda:1")
+    ours = cbam_triton.CBAM.from_reference(ref, backend="triton").eval()
+    x = make_input((2, 32, 9, 9), torch.float32, "nchw", "cuda:1")
+    with torch.cuda.device(0):
+        with torch.no_grad():
+            out = ours(x)
+            again = ours(x)  # the fast path
+        torch.cuda.synchronize(1)
+        assert out.device == x.device
+        assert_close_to_reference(out, ref, x)
+        torch.testing.assert_close(again, out, rtol=0, atol=0)
+        ours.train()
+        xg = x.clone().requires_grad_(True)
+        ours(xg).sum().backward()
+        assert xg.grad is not None and xg.grad.device == x.device

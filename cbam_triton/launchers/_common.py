@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,6 +32,16 @@ MAX_SPLIT = 64
 CPU_TARGET_PROGRAMS = 8
 
 
+@dataclass(frozen=True)
+class ProgramModel:
+    """Modelled work of one program: loads of x and other loads (count, bytes)."""
+
+    x_loads: int
+    x_bytes: int
+    other_loads: int
+    other_bytes: int
+
+
 @dataclass
 class Launch:
     """One kernel launch, fully described: runnable, countable and compilable ahead of time."""
@@ -46,26 +57,55 @@ class Launch:
     bytes_written: int = 0
     #: of ``bytes_read``, what the schedule expects L2 to serve (x re-read in the L2-resident schedule)
     l2_bytes: int = 0
+    #: model of the launch's longest program (fused forward): its loads of x and its other loads
+    #: (weights, partials, maps), counts and bytes; see :func:`cbam_triton.tools.program_work.modelled`
+    longest: ProgramModel | None = None
 
     @property
     def dram_bytes(self) -> int:
         """Modelled DRAM traffic: reads not served by L2, plus writes."""
         return self.bytes_read - self.l2_bytes + self.bytes_written
 
-    def __call__(self) -> None:
+    def __call__(self) -> Any:
+        """Launch (after the :func:`record_launches` hooks). Returns what ``kernel[grid](...)``
+        returned: on a GPU Triton's compiled kernel, which :mod:`cbam_triton.launchers.bound` keeps
+        to launch again without Triton's per-call argument binding."""
         for hook in _LAUNCH_HOOKS:
             hook(self)
         if min(self.grid) == 0:
-            return
+            return None
         if type(self.kernel).__name__ == "InterpretedFunction":
-            # Triton's interpreter moves the kernel's arguments with aten ops of its own; a GPU launch
-            # does not. Hide them from any active TorchDispatchMode (allocation/traffic counters).
+            return interpret(self.kernel, self.grid, self.args, {**self.meta, "num_warps": self.num_warps})
+        x = self.args[0]
+        if x.is_cuda and x.device.index != torch.cuda.current_device():
+            # Triton launches on the current device: run on x's (multi-GPU: x on cuda:1, current cuda:0)
+            with torch.cuda.device(x.device):
+                return self.kernel[self.grid](*self.args, **self.meta, num_warps=self.num_warps)
+        return self.kernel[self.grid](*self.args, **self.meta, num_warps=self.num_warps)
+
+
+#: one launch at a time in Triton's interpreter: its programs run on the host, and the arrival
+#: counters they share with every other forward on the device are all back at 0 only once a launch ends
+INTERPRETER_LOCK = threading.Lock()
+
+
+def interpret(kernel: Any, grid: tuple[int, ...], args: Any, kwargs: dict[str, Any]) -> Any:
+    """``kernel[grid](*args, **kwargs)`` in Triton's interpreter, serialised across threads.
+
+    The interpreter moves the kernel's arguments with aten ops of its own; a GPU launch does not.
+    Only while a TorchDispatchMode is active (allocation/traffic counters) are they hidden from it:
+    the check costs ~0.1 us, hiding them ~10 us.
+    """
+    with INTERPRETER_LOCK:
+        if torch._C._len_torch_dispatch_stack() or _PRE_DISPATCH_MODES():
             from torch.utils._python_dispatch import _disable_current_modes
 
             with _disable_current_modes():
-                self.kernel[self.grid](*self.args, **self.meta, num_warps=self.num_warps)
-            return
-        self.kernel[self.grid](*self.args, **self.meta, num_warps=self.num_warps)
+                return kernel[grid](*args, **kwargs)
+        return kernel[grid](*args, **kwargs)
+
+
+_PRE_DISPATCH_MODES: Callable[[], int] = getattr(torch._ops, "_len_torch_dispatch_stack_pre_dispatch", lambda: 0)
 
 
 _LAUNCH_HOOKS: list[Callable[[Launch], None]] = []
@@ -175,7 +215,7 @@ def choose_split(base_programs: int, extent: int, block: int, target: int,
 MIN_FUSED_LONG = 64
 #: Fused forward: lengths of the long tile axis the tile rule may pick (below MIN_FUSED_LONG only to
 #: fit a small extent or to keep the MLP weights re-read per sample bounded).
-FUSED_LONG_BLOCKS = (1024, 256, 64, 32, 16)
+FUSED_LONG_BLOCKS = (1024, 512, 256, 128, 64, 32, 16)
 #: Fused forward: the split partials of a reduction (8 bytes per split and output element) may
 #: add at most 1/WORKSPACE_FRACTION of the x bytes they reduce.
 WORKSPACE_FRACTION = 8
@@ -343,10 +383,39 @@ def counter_buffer(device: torch.device, size: int) -> torch.Tensor:
     """
     if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
         return torch.zeros(size, dtype=torch.int32, device=device)
-    stream = torch.cuda.current_stream(device).stream_id if device.type == "cuda" else 0
-    key = (device.type, device.index, stream)
+    key = _counter_key(device)
     buf = _COUNTERS.get(key)
     if buf is None or buf.numel() < size:
+        if buf is not None:  # recorded launches (cbam_triton.fastpath) may still use it
+            _RETIRED.setdefault(key, []).append(buf)
         buf = torch.zeros(max(size, 1024), dtype=torch.int32, device=device)
         _COUNTERS[key] = buf
     return buf
+
+
+_RETIRED: dict[tuple[str, int | None, int], list[torch.Tensor]] = {}
+
+
+def _counter_key(device: torch.device) -> tuple[str, int | None, int]:
+    stream = torch.cuda.current_stream(device).stream_id if device.type == "cuda" else 0
+    index = device.index if device.type != "cuda" or device.index is not None else torch.cuda.current_device()
+    return (device.type, index if device.type == "cuda" else device.index, stream)
+
+
+def reset_counters(device: torch.device) -> None:
+    """Zero the arrival counters of ``device``'s current stream, in place (stream-ordered).
+
+    Every fused kernel's last program puts its counters back to 0, so they are zero at every launch
+    unless a launch stopped part-way. On a GPU a kernel that faults leaves the CUDA context unusable
+    (every later call raises), so that cannot go unnoticed; what can is a launch sequence interrupted
+    on the host (an exception or KeyboardInterrupt raised through a launch, e.g. in Triton's
+    interpreter, where programs run on the host). The launchers call this whenever a fused forward
+    raises, so the next forward never sees a counter left part-way (which would make the wrong
+    program combine the partials). Callers that abort kernels by other means can call it themselves.
+    """
+    if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+        return
+    key = _counter_key(device)
+    for buf in [_COUNTERS.get(key), *_RETIRED.get(key, ())]:
+        if buf is not None:
+            buf.zero_()

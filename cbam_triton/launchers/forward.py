@@ -13,15 +13,25 @@ x, the weights, a fresh output and fresh workspaces — instead of re-running th
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from collections import OrderedDict
+from collections.abc import Iterator
 from typing import Any
 
 import torch
 
 from cbam_triton.fusion import ChannelMLP, SpatialConv
-from cbam_triton.launchers._common import Launch, as_ncp, compute_dtype, counter_buffer, empty_output, nbytes
+from cbam_triton.launchers._common import (
+    Launch,
+    as_ncp,
+    compute_dtype,
+    counter_buffer,
+    empty_output,
+    nbytes,
+    reset_counters,
+)
 from cbam_triton.launchers.gate import plan_gate
 from cbam_triton.launchers.gate_conv import plan_gate_conv
 from cbam_triton.launchers.pool_mlp import plan_channel_pool_mlp
@@ -88,10 +98,11 @@ class PlanCache:
     """Plans of the fused forward, rebound to new tensors (LRU, :data:`SIZE` entries).
 
     Every tensor argument of a cached launch is recorded as a view of a *root*: x (after
-    :func:`as_ncp`), the output, one of the weights, the arrival-counter buffer, or a workspace the
-    plan allocated. Rebinding takes the same view (size, stride, offset relative to the root) of
-    the call's own roots: x and the weights as given, a new output, the current counter buffer of
-    the stream, new workspaces of the same sizes. The key holds everything the plan depends on:
+    :func:`as_ncp`), the output, one of the weights, the arrival-counter buffer, a copy the planner
+    made of a weight (a non-contiguous conv weight made contiguous), or a workspace the plan
+    allocated. Rebinding takes the same view (size, stride, offset relative to the root) of the
+    call's own roots: x and the weights as given, a new output, the current counter buffer of the
+    stream, a new copy of the weight, new workspaces of the same sizes. The key holds everything the plan depends on:
     shapes, strides, dtypes and devices of x and every weight, the dialect fields, the schedule,
     the stream and the environment overrides of the tile rules. Not used while a CUDA graph is
     being captured (the counters are then fresh zeros inside the graph).
@@ -164,6 +175,8 @@ class PlanCache:
                     spec: tuple[Any, ...] = (kind, index, *view, a.storage_offset() - root.storage_offset())
                 elif a.dtype == torch.int32:  # arrival counters of a buffer replaced while planning
                     return
+                elif (src := _copy_of(a, params)) is not None:  # a weight copied while planning (e.g.
+                    spec = ("copy", src, *view, 0, a.dtype)    # .contiguous() of a channels_last conv)
                 else:  # a workspace of this plan: its whole storage is allocated anew per call
                     slot, dtype = scratch.setdefault(ptr, (len(scratch), a.dtype))
                     if dtype != a.dtype:
@@ -194,6 +207,10 @@ class PlanCache:
         bases: dict[int, torch.Tensor] = {}
         tensors = []
         for kind, index, size, stride, offset, *alloc in specs:
+            if kind == "copy":  # the same copy of this call's weight
+                tensors.append(torch.empty_strided(size, stride, dtype=alloc[0], device=x.device)
+                               .copy_(params[index].reshape(size)))
+                continue
             if kind == "scratch":
                 numel, dtype, whole = alloc
                 base = bases.get(index)
@@ -214,6 +231,22 @@ class PlanCache:
                            s.meta, s.num_warps, s.name, s.bytes_read, s.bytes_written, s.l2_bytes)
                     for s, args in skeletons]
         return launches, out
+
+
+def _copy_of(t: torch.Tensor, params: list[torch.Tensor | None]) -> int | None:
+    """Index of the weight whose values (cast to t's dtype, bit for bit) a tensor argument holds, if
+    any: a copy the planner made of it, which a rebound plan must make again (not a workspace).
+    Only weights a planner could have copied (non-contiguous, or of another dtype) are compared."""
+    for i, p in enumerate(params):
+        if p is not None and (not p.is_contiguous() or p.dtype != t.dtype) and p.numel() == t.numel() \
+                and p.device == t.device and torch.equal(_bits(p.to(t.dtype)), _bits(t)):
+            return i
+    return None
+
+
+def _bits(t: torch.Tensor) -> torch.Tensor:
+    """t's values as raw bytes in logical order (NaN compares equal to itself)."""
+    return t.reshape(-1).contiguous().view(torch.uint8)
 
 
 class _Ref:
@@ -246,6 +279,27 @@ def fused_forward(x: torch.Tensor, mlp: ChannelMLP | None, conv: SpatialConv | N
         if key is not None:
             PLANS.misses += 1
             PLANS.store(key, launches, x, out, params)
-    for launch in launches:
-        launch()
+    try:
+        results = [launch() for launch in launches]
+    except BaseException:  # a launch stopped part-way: no arrival counter may stay non-zero
+        reset_counters(x.device)
+        raise
+    sink = getattr(_RECORDING, "sink", None)
+    if sink is not None:  # cbam_triton.fastpath builds its entry from this call
+        sink.append((x, out, launches, results))
     return out
+
+
+_RECORDING = threading.local()
+
+
+@contextlib.contextmanager
+def recording() -> Iterator[list[tuple[torch.Tensor, torch.Tensor, list[Launch], list[Any]]]]:
+    """Collect, in this thread, every :func:`fused_forward` call made inside: ``(x after as_ncp,
+    out, launches, what each launch returned)`` — what :mod:`cbam_triton.fastpath` replays."""
+    saved = getattr(_RECORDING, "sink", None)
+    _RECORDING.sink = calls = []
+    try:
+        yield calls
+    finally:
+        _RECORDING.sink = saved
