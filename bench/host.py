@@ -1,14 +1,21 @@
-"""Host time of one fused forward, kernels excluded: ``python -m bench.host``.
+"""Host time of one CBAM forward, kernels excluded, in tiny-aten-op units: ``python -m bench.host``.
 
-At batch 1 the forward is launch-bound without CUDA graphs: what the host spends per call (module
-prologue, schedule, planning, argument binding) adds to the kernels' few microseconds. This runs
-``cbam_triton.CBAM`` in eval mode under ``no_grad`` with every kernel launch replaced by a no-op,
-so it measures exactly the Python/PyTorch work per forward (the kernel launch itself — Triton's
-argument binding and the driver call — is not included): as shipped, without the plan cache
-(``cbam_triton.launchers.forward.PlanCache``: planning from scratch every call), through the
-dispatcher (``torch.ops.cbam_triton.fused_forward`` instead of the direct call that
-``cbam_triton.ops.direct_call_ok`` allows), and without either. Runs on any machine (CPU tensors;
-no kernel executes).
+At batch 1 the forward is launch-bound without CUDA graphs: what the host spends per call adds to
+the kernels' few microseconds. This times ``cbam_triton.CBAM(C, 16).eval()`` at batch 1 with
+Triton's launch itself stubbed out — the interpreter's ``InterpretedFunction.run``, where
+``kernel[grid](...)`` lands, replaced by a no-op — so it measures the project's own Python/PyTorch
+work per forward, and, in the same run, one tiny aten op (``t.mul(2.0)`` on a 1-element tensor) as
+the unit that makes the figure comparable across machines. Rows (see :data:`CONFIGS`): the module's
+fast path (:mod:`cbam_triton.fastpath`) under ``no_grad`` and with grad mode on (eval mode,
+parameters requiring grad), and the full path without it: with the plan cache and the direct op
+call (what every call cost before the fast path), without the plan cache, through the dispatcher,
+and with grad mode on (then the training path). Rounds are interleaved and the best of each is kept,
+so a busy machine slows the unit and the forward alike. Runs on any machine (CPU tensors, Triton's
+interpreter; no kernel executes).
+
+``--device cuda`` instead times real batch-1 fp16 forwards on a GPU (wall clock, kernels
+included, no CUDA graphs) on the four ResNet-50 stage shapes: the fast path, the full path and
+eager PyTorch (the reference module).
 """
 
 from __future__ import annotations
@@ -19,72 +26,172 @@ import sys
 import time
 from collections.abc import Callable
 
+#: the shapes of the acceptance measurement (issue 16)
+SHAPES = ((1, 256, 56, 56), (1, 2048, 7, 7), (1, 64, 128, 128))
+#: the four ResNet-50 stage shapes (``--device cuda``)
+GPU_SHAPES = ((1, 256, 56, 56), (1, 512, 28, 28), (1, 1024, 14, 14), (1, 2048, 7, 7))
+#: name -> (fast path on, plan cache on, direct op call allowed, grad mode on)
+CONFIGS = {
+    "fast path, no_grad": (True, True, True, False),
+    "fast path, grad mode on": (True, True, True, True),
+    "full path, no_grad": (False, True, True, False),
+    "full path, no plan cache": (False, False, True, False),
+    "full path, dispatcher": (False, True, False, False),
+    "full path, grad mode on": (False, True, True, True),
+}
+
+
+def _calls_for(fn: Callable[[], object], calls: int, budget_s: float = 0.02) -> int:
+    """``calls``, fewer when one call is slow (a repeat takes at most about ``budget_s``)."""
+    t = time.perf_counter()
+    fn()
+    fn()
+    one = (time.perf_counter() - t) / 2
+    return max(3, min(calls, int(budget_s / max(one, 1e-9))))
+
+
+def _time_us(fn: Callable[[], object], calls: int) -> float:
+    t = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    return (time.perf_counter() - t) / calls * 1e6
+
 
 def _best_us(fn: Callable[[], object], calls: int, repeats: int = 7) -> float:
-    for _ in range(max(10, calls // 10)):
+    calls = _calls_for(fn, calls)
+    for _ in range(max(3, calls // 10)):
         fn()
-    best = float("inf")
-    for _ in range(repeats):
-        t = time.perf_counter()
-        for _ in range(calls):
-            fn()
-        best = min(best, (time.perf_counter() - t) / calls * 1e6)
-    return best
+    return min(_time_us(fn, calls) for _ in range(repeats))
 
 
-#: the configurations measured: (plan cache on, direct op call allowed)
-CONFIGS = {"default": (True, True), "no plan cache": (False, True), "through the dispatcher": (True, False),
-           "neither": (False, False)}
+def measure_all(shapes: tuple[tuple[int, int, int, int], ...] = SHAPES, calls: int = 300,
+                rounds: int = 7) -> tuple[float, dict[tuple[int, ...], dict[str, float]]]:
+    """``(unit_us, {shape: {config: us}})``: host microseconds per forward of each of
+    :data:`CONFIGS` (best of ``rounds`` interleaved rounds of ``calls`` calls) and of the unit,
+    one ``t.mul(2.0)`` on a 1-element tensor. Needs Triton's interpreter (``TRITON_INTERPRET=1``
+    before triton is imported); every setting it changes is restored."""
+    import torch
+    from triton.runtime.interpreter import InterpretedFunction
+
+    import cbam_triton
+    from cbam_triton import fastpath, ops
+    from cbam_triton._backend import interpreter_active
+    from cbam_triton.launchers import forward as fwd
+
+    if not interpreter_active():
+        raise RuntimeError("bench.host times the host work through Triton's interpreter: set TRITON_INTERPRET=1 "
+                           "before triton is imported (python -m bench.host does)")
+    unit_t = torch.ones(1)
+    jobs: list[tuple[tuple[int, ...], str, Callable[[], object]]] = []
+    saved = InterpretedFunction.run, fastpath.ENABLED, fwd.PlanCache.SIZE, ops.direct_call_ok, torch.is_grad_enabled()
+    try:
+        InterpretedFunction.run = lambda self, *a, **k: None  # type: ignore[method-assign]
+        for shape in shapes:
+            c = shape[1]
+            module = cbam_triton.CBAM(c, reduction_ratio=16 if c >= 32 else 1, backend="triton").eval()
+            x = torch.randn(shape)
+            jobs += [(shape, name, lambda module=module, x=x: module(x)) for name in CONFIGS]
+        best: dict[tuple[tuple[int, ...], str], float] = {}
+        unit = float("inf")
+        for _ in range(rounds):
+            unit = min(unit, _best_us(lambda: unit_t.mul(2.0), 20 * calls, repeats=3))
+            for shape, name, call in jobs:
+                fast, cache, direct, grad = CONFIGS[name]
+                fastpath.ENABLED = fast
+                fwd.PlanCache.SIZE = saved[2] if cache else 0
+                ops.direct_call_ok = saved[3] if direct else (lambda *t: False)  # type: ignore[assignment]
+                fwd.PLANS.clear()
+                torch.set_grad_enabled(grad)
+                us = _best_us(call, calls, repeats=3)
+                best[shape, name] = min(best.get((shape, name), float("inf")), us)
+                torch.set_grad_enabled(saved[4])
+    finally:
+        InterpretedFunction.run, fastpath.ENABLED, fwd.PlanCache.SIZE, ops.direct_call_ok = saved[:4]  # type: ignore[method-assign]
+        torch.set_grad_enabled(saved[4])
+        fwd.PLANS.clear()
+    return unit, {tuple(shape): {name: best[tuple(shape), name] for name in CONFIGS} for shape in shapes}
 
 
-def measure(shape: tuple[int, int, int, int], calls: int = 300) -> dict[str, float]:
-    """Host microseconds per ``CBAM`` forward (best of 7 repeats of ``calls`` calls) in each of
-    :data:`CONFIGS`: with and without the plan cache, with and without the direct op call."""
+def measure(shape: tuple[int, int, int, int], calls: int = 300, rounds: int = 3) -> dict[str, float]:
+    """Host microseconds per forward of each of :data:`CONFIGS` at one shape."""
+    return measure_all((tuple(shape),), calls, rounds)[1][tuple(shape)]
+
+
+def measure_gpu(shapes: tuple[tuple[int, int, int, int], ...] = GPU_SHAPES, calls: int = 200,
+                rounds: int = 5) -> dict[tuple[int, ...], dict[str, float]]:
+    """Wall-clock microseconds per batch-1 fp16 forward on the current GPU (kernels included, no
+    CUDA graphs, ``no_grad``, eval): cbam_triton's fast path, its full path, and eager PyTorch."""
     import torch
 
     import cbam_triton
-    from cbam_triton import ops
-    from cbam_triton.launchers import _common
-    from cbam_triton.launchers import forward as fwd
+    import reference
+    from cbam_triton import fastpath
 
-    c = shape[1]
-    module = cbam_triton.CBAM(c, reduction_ratio=16 if c >= 32 else 1, backend="triton").eval()
-    x = torch.randn(shape)
-    saved = _common.Launch.__call__, fwd.PlanCache.SIZE, ops.direct_call_ok
-    _common.Launch.__call__ = lambda self: None  # type: ignore[method-assign]
-    got = {}
-    try:
+    got: dict[tuple[int, ...], dict[str, float]] = {}
+    for shape in shapes:
+        ref = reference.CBAM(shape[1], 16).cuda().half().eval()
+        ours = cbam_triton.CBAM.from_reference(ref)
+        x = torch.randn(shape, device="cuda", dtype=torch.float16)
+        rows = {"fast path": (ours, True), "full path": (ours, False), "eager": (ref, True)}
+        best = dict.fromkeys(rows, float("inf"))
         with torch.no_grad():
-            for name, (cache, direct) in CONFIGS.items():
-                fwd.PlanCache.SIZE = saved[1] if cache else 0
-                fwd.PLANS.clear()
-                ops.direct_call_ok = saved[2] if direct else (lambda *t: False)  # type: ignore[assignment]
-                got[name] = _best_us(lambda: module(x), calls)
-    finally:
-        _common.Launch.__call__, fwd.PlanCache.SIZE, ops.direct_call_ok = saved  # type: ignore[method-assign]
-        fwd.PLANS.clear()
+            for _ in range(rounds):
+                for name, (module, fast) in rows.items():
+                    fastpath.ENABLED = fast
+                    try:
+                        for _ in range(20):
+                            module(x)
+                        torch.cuda.synchronize()
+                        t = time.perf_counter()
+                        for _ in range(calls):
+                            module(x)
+                        torch.cuda.synchronize()
+                        best[name] = min(best[name], (time.perf_counter() - t) / calls * 1e6)
+                    finally:
+                        fastpath.ENABLED = True
+        got[tuple(shape)] = best
     return got
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.host", description=__doc__.split("\n\n")[0])
-    p.add_argument("--shape", type=int, nargs=4, default=[1, 256, 56, 56], metavar=("N", "C", "H", "W"))
-    p.add_argument("--calls", type=int, default=300, help="calls per repeat (best of 7 repeats)")
+    p.add_argument("--shape", type=int, nargs=4, action="append", metavar=("N", "C", "H", "W"),
+                   help="a shape to time (repeatable; default: the three of the acceptance measurement, or the "
+                        "four ResNet-50 stages with --device cuda)")
+    p.add_argument("--calls", type=int, default=300, help="calls per repeat")
+    p.add_argument("--rounds", type=int, default=7, help="interleaved rounds (the best of each is kept)")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                   help="cpu: host time with the kernels stubbed out (default); cuda: batch-1 fp16 wall clock")
     args = p.parse_args(argv)
-    if any(v < 1 for v in args.shape) or args.calls < 1:
-        p.error("--shape needs N, C, H, W >= 1 and --calls >= 1")
-    os.environ.setdefault("TRITON_INTERPRET", "1")  # no GPU needed: nothing is launched
+    shapes = tuple(tuple(s) for s in args.shape) if args.shape else None
+    if any(v < 1 for s in shapes or () for v in s) or args.calls < 1 or args.rounds < 1:
+        p.error("--shape needs N, C, H, W >= 1; --calls and --rounds >= 1")
+    if args.device == "cpu":
+        os.environ.setdefault("TRITON_INTERPRET", "1")  # no GPU needed: nothing is launched
     import platform
 
     import torch
     import triton
 
-    got = measure(tuple(args.shape), args.calls)
-    print(f"host time per fused forward, kernels excluded, shape {tuple(args.shape)} fp32 "
-          f"({platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
-          f"triton {triton.__version__}):")
-    for name, us in got.items():
-        print(f"  {name:<24} {us:8.1f} us")
+    where = (f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
+             f"triton {triton.__version__}, {time.strftime('%Y-%m-%d')}")
+    if args.device == "cuda":
+        if not torch.cuda.is_available():
+            p.error("--device cuda needs a CUDA device")
+        got = measure_gpu(shapes or GPU_SHAPES, args.calls, args.rounds)
+        print(f"batch-1 fp16 forward, wall clock, no CUDA graphs ({torch.cuda.get_device_name()}; {where}):")
+        for shape, row in got.items():
+            cells = "  ".join(f"{name} {us:7.1f} us" for name, us in row.items())
+            print(f"  {str(shape):<20} {cells}  eager / fast path {row['eager'] / row['fast path']:.2f}x")
+        return 0
+    unit, got = measure_all(shapes or SHAPES, args.calls, args.rounds)
+    print(f"host time per forward, Triton's launch stubbed at InterpretedFunction.run, CBAM(C, 16).eval(), "
+          f"fp32 ({where}):")
+    print(f"  unit: one tiny aten op (t.mul(2.0) on a 1-element tensor) = {unit:.2f} us")
+    for shape, row in got.items():
+        print(f"  {shape}")
+        for name, us in row.items():
+            print(f"    {name:<26} {us:9.1f} us = {us / unit:7.1f} tiny ops")
     return 0
 
 

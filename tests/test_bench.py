@@ -247,15 +247,21 @@ def test_targets_met_missed_and_not_measured(tmp_path):
 
 
 def test_host_time_cli_measures_every_configuration_and_restores_state():
+    from triton.runtime.interpreter import InterpretedFunction
+
     from bench import host
-    from cbam_triton import ops
-    from cbam_triton.launchers import _common
+    from cbam_triton import fastpath, ops
     from cbam_triton.launchers import forward as fwd
 
-    before = (_common.Launch.__call__, fwd.PlanCache.SIZE, ops.direct_call_ok)
-    got = host.measure((1, 8, 4, 4), calls=3)
-    assert list(got) == list(host.CONFIGS) and all(v > 0 for v in got.values())
-    assert (_common.Launch.__call__, fwd.PlanCache.SIZE, ops.direct_call_ok) == before
+    def settings():
+        return (InterpretedFunction.run, fastpath.ENABLED, fwd.PlanCache.SIZE, ops.direct_call_ok,
+                torch.is_grad_enabled())
+
+    before = settings()
+    unit, got = host.measure_all(((1, 8, 4, 4),), calls=3, rounds=1)
+    row = got[(1, 8, 4, 4)]
+    assert unit > 0 and list(row) == list(host.CONFIGS) and all(v > 0 for v in row.values())
+    assert settings() == before
     proc = subprocess.run([sys.executable, "-m", "bench.host", "--shape", "1", "0", "4", "4"], cwd=ROOT,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "--shape" in proc.stderr

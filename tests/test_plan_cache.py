@@ -14,13 +14,14 @@ from helpers import make_input, make_reference
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import cbam_triton
-from cbam_triton import stages
+from cbam_triton import fastpath, stages
 from cbam_triton.launchers import forward as fwd
 from cbam_triton.ops import IMPLEMENTATIONS, direct_call_ok
 
 
 @pytest.fixture
-def plans():
+def plans(monkeypatch):
+    monkeypatch.setattr(fastpath, "ENABLED", False)  # the plan cache is what the module's full path uses
     fwd.PLANS.clear()
     fwd.PLANS.hits = fwd.PLANS.misses = 0
     yield fwd.PLANS
@@ -68,6 +69,24 @@ def test_each_call_uses_its_own_weights_and_input(plans, device):
     assert plans.hits == 2
     assert not torch.equal(first, second)
     assert torch.equal(second, _fresh(ours, x)) and torch.equal(third, _fresh(ours, x2))
+
+
+def test_a_weight_the_planner_copies_is_copied_again_per_call(plans, device):
+    """A channels_last model's conv weight is not contiguous: the planner's contiguous copy of it is
+    made again by every rebound call (with the call's weight), not left as an empty workspace."""
+    ours = _module(16, device).to(memory_format=torch.channels_last)
+    assert not ours.spatial_gate.conv.weight.is_contiguous()
+    x = make_input((2, 16, 5, 6), torch.float32, "channels_last", device)
+    got = []
+    for _ in range(2):
+        with torch.no_grad():
+            ours(x)
+            got.append((ours(x), _fresh(ours, x)))  # rebound, then planned from scratch
+            ours.spatial_gate.conv.weight.mul_(0.5)
+    assert plans.hits >= 2
+    for rebound, fresh in got:
+        assert torch.equal(rebound, fresh)
+    assert not torch.equal(got[0][0], got[1][0])
 
 
 def test_a_different_configuration_is_planned_anew(plans, device, monkeypatch):

@@ -1,0 +1,165 @@
+"""Launches bound once and replayed per call: the launch half of :mod:`cbam_triton.fastpath`.
+
+A :class:`BoundLaunch` is a recorded :class:`~cbam_triton.launchers._common.Launch` whose arguments
+are fixed except for per-call *holes*: x and the output (or views of them at fixed offsets). It is
+generic over the launch list: whatever kernels, workspaces, arguments and meta-parameters the
+planners produce, every tensor argument that is not x or the output is kept as recorded.
+
+Direct launches: on a GPU, ``kernel[grid](...)`` binds and specialises every argument on every
+call (~5-10 us per launch) before Triton's launcher runs. A bound launch keeps the compiled kernel
+that the recorded launch returned and calls its launcher with a pre-bound argument list — exactly
+the call ``JITFunction.run`` ends with in Triton 3.6-3.9 — so that binding is paid once. Elsewhere
+(Triton's interpreter, another Triton version, a kernel with pre-run hooks or one that is not a
+plain ``triton.jit`` function) it launches ``kernel[grid](...)`` as :class:`Launch` does.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import torch
+
+from cbam_triton.launchers._common import _LAUNCH_HOOKS, INTERPRETER_LOCK, Launch
+
+#: hole roles: which per-call tensor fills an argument
+X, OUT = 0, 1
+#: set False to launch every bound launch through ``kernel[grid](...)`` (tests compare both paths)
+DIRECT = True
+#: Triton versions whose ``JITFunction.run`` ends with the launcher call a direct :class:`BoundLaunch` makes
+SUPPORTED_TRITON = ((3, 6), (3, 7), (3, 8), (3, 9))
+
+
+def _triton_supported() -> bool:
+    import triton
+
+    try:
+        version = tuple(int(v) for v in triton.__version__.split(".")[:2])
+    except ValueError:
+        return False
+    return version in SUPPORTED_TRITON
+
+
+_RUNTIME: list[Any] = []  # triton.knobs.runtime, imported on the first direct launch
+
+
+def _launch_hooks() -> tuple[Any, Any] | None:
+    """Triton's launch enter/exit hooks (profilers) when any is installed, else None."""
+    if not _RUNTIME:
+        from triton import knobs
+
+        _RUNTIME.append(knobs.runtime)
+    enter, leave = _RUNTIME[0].launch_enter_hook, _RUNTIME[0].launch_exit_hook
+    if all(h is None or getattr(h, "calls", None) == [] for h in (enter, leave)):
+        return None
+    return enter, leave
+
+
+def directly_launchable(kernel: Any, compiled: Any) -> bool:
+    """Whether ``compiled`` (what ``kernel[grid](...)`` returned) can be launched again directly."""
+    from triton.runtime.jit import JITFunction
+
+    return (DIRECT and type(kernel) is JITFunction and not kernel.pre_run_hooks and _triton_supported()
+            and type(compiled).__name__ == "CompiledKernel"
+            and all(hasattr(compiled, a) for a in ("run", "function", "packed_metadata", "launch_metadata")))
+
+
+class BoundLaunch:
+    """One launch of a recorded plan, replayed with a call's x and output (see the module docstring).
+
+    ``holes``: ``(position, role, view)`` with role :data:`X` or :data:`OUT` and view None (the
+    tensor itself) or ``(size, stride, element offset, byte offset)`` relative to it.
+    """
+
+    __slots__ = ("kernel", "grid", "args", "kwargs", "holes", "launch", "compiled", "run", "function",
+                 "packed", "values", "grid3", "interpreted", "empty")
+
+    def __init__(self, launch: Launch, compiled: Any, x: torch.Tensor, out: torch.Tensor) -> None:
+        # for the launch hooks: the launch without the recorded call's tensors (nothing of it is kept)
+        self.launch = dataclasses.replace(launch, args=())
+        self.kernel = launch.kernel
+        self.interpreted = type(launch.kernel).__name__ == "InterpretedFunction"
+        self.grid = launch.grid
+        self.empty = min(launch.grid) == 0
+        self.kwargs = {**launch.meta, "num_warps": launch.num_warps}
+        args: list[Any] = []
+        holes: list[tuple[int, int, Any]] = []
+        for pos, a in enumerate(launch.args):
+            role = _role(a, x, out) if isinstance(a, torch.Tensor) else None
+            if role is None:
+                args.append(a)
+                continue
+            holes.append((pos, role[0], role[1]))
+            args.append(None)  # nothing of the recorded call is kept
+        self.args = args
+        self.holes = tuple(holes)
+        self.compiled = None
+        if compiled is not None and directly_launchable(self.kernel, compiled):
+            params = self.kernel.signature.parameters
+            bound = self.kernel.signature.bind(*launch.args, **{k: v for k, v in launch.meta.items() if k in params})
+            bound.apply_defaults()
+            self.values = list(bound.arguments.values())  # every parameter in order, constexprs included
+            for pos, _, _ in self.holes:
+                self.values[pos] = None
+            self.compiled = compiled
+            self.run = compiled.run
+            self.function = compiled.function
+            self.packed = compiled.packed_metadata
+            self.grid3 = (*self.grid, 1, 1)[:3]
+
+    @property
+    def direct(self) -> bool:
+        """Whether this launch goes straight to Triton's launcher (GPU) rather than ``kernel[grid]``."""
+        return self.compiled is not None
+
+    def __call__(self, x: torch.Tensor, out: torch.Tensor, stream: int | None) -> None:
+        if _LAUNCH_HOOKS:
+            seen = dataclasses.replace(self.launch, args=tuple(self._fill(list(self.args), x, out, False)))
+            for hook in _LAUNCH_HOOKS:
+                hook(seen)
+        if self.compiled is not None:
+            hooks = _launch_hooks()
+            values = self._fill(self.values.copy(), x, out, hooks is None)  # (hooks see tensors)
+            g0, g1, g2 = self.grid3
+            if hooks is None:
+                self.run(g0, g1, g2, stream, self.function, self.packed, None, None, None, *values)
+            else:
+                meta = self.compiled.launch_metadata(self.grid, stream, *values)
+                self.run(g0, g1, g2, stream, self.function, self.packed, meta, hooks[0], hooks[1], *values)
+            return
+        if self.empty:
+            return
+        args = self.args.copy()
+        for pos, role, view in self.holes:
+            t = x if role == X else out
+            args[pos] = t if view is None else t.as_strided(view[0], view[1], t.storage_offset() + view[2])
+        if self.interpreted:  # (the fast path runs only while no dispatch mode is active: nothing to hide)
+            with INTERPRETER_LOCK:
+                self.kernel[self.grid](*args, **self.kwargs)
+        else:
+            self.kernel[self.grid](*args, **self.kwargs)
+
+    def _fill(self, args: list[Any], x: torch.Tensor, out: torch.Tensor, raw: bool) -> list[Any]:
+        for pos, role, view in self.holes:
+            t = x if role == X else out
+            if view is None:
+                args[pos] = t
+            elif raw:  # Triton's launcher takes a device address for a pointer argument
+                args[pos] = t.data_ptr() + view[3]
+            else:
+                args[pos] = t.as_strided(view[0], view[1], t.storage_offset() + view[2])
+        return args
+
+
+def _role(a: torch.Tensor, x: torch.Tensor, out: torch.Tensor) -> tuple[int, Any] | None:
+    """(:data:`X` or :data:`OUT`, view) when ``a`` is x, the output or a view of either, else None."""
+    for role, base in ((X, x), (OUT, out)):
+        if a is base:
+            return role, None
+        if a.untyped_storage().data_ptr() == base.untyped_storage().data_ptr() and a.dtype == base.dtype:
+            offset = a.storage_offset() - base.storage_offset()
+            if offset == 0 and a.shape == base.shape and a.stride() == base.stride():
+                return role, None
+            return role, (tuple(a.shape), a.stride(), offset, offset * a.element_size())
+    return None
+
