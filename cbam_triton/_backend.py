@@ -7,6 +7,8 @@ import os
 
 import torch
 
+from cbam_triton.deploy import exporting
+
 BACKENDS = ("auto", "triton", "torch")
 
 
@@ -41,8 +43,12 @@ def resolve_backend(x: torch.Tensor, backend: str | None) -> str:
 
     ``backend`` (or the ``CBAM_TRITON_BACKEND`` environment variable when None) is ``"auto"``
     (Triton on CUDA tensors, and on CPU tensors under ``TRITON_INTERPRET=1``; PyTorch otherwise),
-    ``"triton"`` (fail loudly if the kernels cannot run on x) or ``"torch"``.
+    ``"triton"`` (fail loudly if the kernels cannot run on x) or ``"torch"``. While a model is
+    exported or traced for deployment (:func:`cbam_triton.deploy.exporting`): ``"torch"``, whatever
+    ``backend`` says, so the recorded graph holds standard ops only.
     """
+    if exporting():
+        return "torch"
     if backend is None:
         backend = os.environ.get("CBAM_TRITON_BACKEND", "auto") or "auto"
     if backend not in BACKENDS:

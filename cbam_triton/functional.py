@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 from cbam_triton import stages
 from cbam_triton._backend import resolve_backend
+from cbam_triton.deploy import quiet_shape_checks
 from cbam_triton.fusion import ChannelMLP, SpatialConv
 from cbam_triton.schedule import validate_budget, validate_schedule
 
@@ -66,6 +67,7 @@ def prepare(x: object, channels: int | None, tensors: dict[str, torch.Tensor | N
     """The common prologue of every CBAM forward: validate x (and its channel count) and the
     weights' devices/dtypes, then resolve the backend (N == 0 is handled by :func:`stages.run`:
     an empty output, nothing launched)."""
+    quiet_shape_checks()  # under torch.jit.trace: no TracerWarnings from the checks (cbam_triton/deploy.py)
     validate_input(x, channels)
     _check_devices(x, tensors)
     return resolve_backend(x, backend)

@@ -1,19 +1,23 @@
 """Drop-in ``nn.Module``s: same constructors and ``state_dict`` keys as :mod:`reference`.
 
 ``CBAM.forward`` does not call its submodules' ``forward``: it runs the fused three-stage
-pipeline of :func:`cbam_triton.functional.cbam` with their parameters. The submodules also work
+pipeline of :func:`cbam_triton.functional.cbam` with their parameters (except a spatial norm that
+is not a plain BatchNorm2d — ``SyncBatchNorm`` in training, a subclass with its own ``forward`` —
+which is called as the module it is; see :func:`_plain_bn`). The submodules also work
 on their own (``ChannelGate(x) = x * Mc``, ``SpatialGate(x) = x * Ms``), each with two passes over x.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
-from cbam_triton import stages
+from cbam_triton import fastpath, stages
+from cbam_triton.deploy import script_error
 from cbam_triton.functional import channel_attention, prepare, spatial_attention
 from cbam_triton.fusion import ChannelMLP, SpatialConv, eval_bn
 from cbam_triton.schedule import validate_budget, validate_schedule
@@ -39,22 +43,77 @@ class _Scheduled:
         self.schedule = validate_schedule(schedule)
         self.l2_budget_bytes = validate_budget(l2_budget_bytes)
 
+    def __prepare_scriptable__(self) -> nn.Module:
+        """``torch.jit.script`` refuses every cbam-triton module with an error saying what to use
+        instead (trace or export; see :mod:`cbam_triton.deploy`)."""
+        raise script_error(self)
+
 
 def _spatial_conv(conv: nn.Conv2d, bn: nn.Module | None, spatial_input: str = "max,mean") -> SpatialConv | str:
+    if bn is not None and not _plain_bn(bn):
+        return (f"its spatial norm is a {type(bn).__name__}, not a plain nn.BatchNorm2d: the module itself runs "
+                "between the kernels")
     bn_fields = eval_bn(bn)
     if bn_fields is None:
         return "its BatchNorm normalises with batch statistics (training mode or no running statistics)"
     return SpatialConv(conv.weight, conv.bias, spatial_input, **bn_fields)
 
 
-def _bn_state(bn: nn.BatchNorm2d | None, update_stats: bool = True) -> dict[str, Any]:
-    """Keyword arguments for :func:`spatial_attention`, with nn.BatchNorm2d's own bookkeeping.
+def _plain_bn(bn: nn.Module) -> bool:
+    """Whether ``bn`` computes exactly ``nn.BatchNorm2d``'s function of its attributes, so that
+    :func:`_bn_state` may compute it: ``nn.BatchNorm2d`` itself, timm's ``BatchNormAct2d`` with identity
+    drop/act, and — in eval mode only, where it synchronises nothing — ``nn.SyncBatchNorm``. Any other
+    norm (``SyncBatchNorm`` in training, which all-reduces the batch statistics across processes, or a
+    subclass with its own ``forward``) is called as the module it is."""
+    t = type(bn)
+    if t is nn.BatchNorm2d:
+        return True
+    if t is nn.SyncBatchNorm:
+        return not bn.training
+    return (t.__name__ == "BatchNormAct2d" and t.__module__.startswith("timm.layers")
+            and all(getattr(bn, n, None) is None or isinstance(getattr(bn, n), nn.Identity) for n in ("drop", "act")))
+
+
+@contextlib.contextmanager
+def _buffers_restored(module: nn.Module) -> Iterator[None]:
+    """Run a module on copies of its own buffers (running statistics, counters): what it writes into
+    them is dropped (the originals are never written, so autograd's saved versions stay valid)."""
+    saved = dict(module._buffers)
+    module._buffers.update({k: v.clone() for k, v in saved.items() if v is not None})
+    try:
+        yield
+    finally:
+        module._buffers.update(saved)
+
+
+def _called_norm(bn: nn.Module, update_stats: bool,
+                 gate: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``y -> gate(bn(y))`` calling the norm module itself, in its parameters' dtype
+    (``update_stats=False``: its buffers are restored afterwards)."""
+    def norm_then_gate(y: torch.Tensor) -> torch.Tensor:
+        p = next(iter(bn.parameters()), None)
+        dtype = p.dtype if p is not None and p.is_floating_point() else y.dtype
+        with contextlib.nullcontext() if update_stats else _buffers_restored(bn):
+            z = bn(y.to(dtype))
+        return gate(z.to(y.dtype))
+
+    return norm_then_gate
+
+
+def _bn_state(bn: nn.BatchNorm2d | None, update_stats: bool = True,
+              gate: Callable[[torch.Tensor], torch.Tensor] = torch.sigmoid) -> dict[str, Any]:
+    """Keyword arguments for :func:`spatial_attention` (``gate`` included), with nn.BatchNorm2d's own
+    bookkeeping.
 
     ``update_stats=False`` (the training path's differentiable recomputation): the same values,
-    but neither the running statistics nor ``num_batches_tracked`` are touched.
+    but neither the running statistics nor ``num_batches_tracked`` are touched. A norm that is not a
+    plain BatchNorm2d (:func:`_plain_bn`: e.g. ``nn.SyncBatchNorm`` in training, after
+    ``convert_sync_batchnorm``) is called as the module it is, never recomputed as a local BatchNorm.
     """
     if bn is None:
-        return {"use_bn": False}
+        return {"use_bn": False, "gate": gate}
+    if not _plain_bn(bn):
+        return {"use_bn": False, "gate": _called_norm(bn, update_stats, gate)}
     momentum = 0.0 if bn.momentum is None else bn.momentum
     if update_stats and bn.training and bn.track_running_stats and bn.num_batches_tracked is not None:
         bn.num_batches_tracked.add_(1)
@@ -71,6 +130,7 @@ def _bn_state(bn: nn.BatchNorm2d | None, update_stats: bool = True) -> dict[str,
         "bn_training": use_batch_stats,
         "bn_momentum": momentum,
         "bn_eps": bn.eps,
+        "gate": gate,
     }
 
 
@@ -98,6 +158,9 @@ class ChannelGate(_Scheduled, nn.Module):
         return ChannelMLP(fc1.weight, fc1.bias, fc2.weight, fc2.bias, _pool_mode(self.pool_types), "relu")
 
     def forward(self, x: torch.Tensor, backend: str | None = None) -> torch.Tensor:
+        out = fastpath.forward(self, x) if backend is None else None  # a cached configuration: launch
+        if out is not None:
+            return out
         be = prepare(x, self.channels, dict(self.named_parameters()), backend)
         return stages.run(x, be, self.channel_map, None, self.parameters(), self.fused_parts,
                           self.schedule, self.l2_budget_bytes)
@@ -134,6 +197,9 @@ class SpatialGate(_Scheduled, nn.Module):
         return conv if isinstance(conv, str) else (None, conv)
 
     def forward(self, x: torch.Tensor, backend: str | None = None) -> torch.Tensor:
+        out = fastpath.forward(self, x) if backend is None else None  # a cached configuration: launch
+        if out is not None:
+            return out
         be = prepare(x, None, dict(self.named_parameters()), backend)
         return stages.run(x, be, None, self.spatial_map, self.parameters(), self.fused_parts,
                           self.schedule, self.l2_budget_bytes)
@@ -203,6 +269,9 @@ class CBAM(_Scheduled, nn.Module):
         return conv if isinstance(conv, str) else (self.channel_gate.fused_mlp(), conv)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = fastpath.forward(self, x)  # a cached configuration: guard, then the launches (cbam_triton/fastpath.py)
+        if out is not None:
+            return out
         be = prepare(x, self.channels, dict(self.named_parameters()), self.backend)
         return stages.run(x, be, self.channel_gate.channel_map, self.spatial_gate.spatial_map, self.parameters(),
                           self.fused_parts, self.schedule, self.l2_budget_bytes)

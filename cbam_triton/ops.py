@@ -5,7 +5,8 @@ has a fake (meta) implementation giving the real output's shape, dtype and strid
 registered (backward: recompute the stage in PyTorch and differentiate it — the reference's
 gradients). ``torch.compile(fullgraph=True)`` therefore sees three opaque nodes and no graph
 break, and the ops work under the interpreter too (where ``triton_op``/``wrap_triton`` cannot be
-traced). For export to standard ops, :func:`decompositions` maps each op to its PyTorch math.
+traced). Exports record standard ops instead (:mod:`cbam_triton.deploy`); a program exported with the
+ops kept is lowered by :func:`decompositions`, which maps each op to its PyTorch math.
 """
 
 from __future__ import annotations
@@ -173,21 +174,12 @@ gate.register_autograd(_gate_bwd, setup_context=_setup)
 
 
 def decompositions() -> dict[object, Callable[..., object]]:
-    """``{op: PyTorch implementation}`` for ``ExportedProgram.run_decompositions``: an exported
-    graph of standard ops (ONNX, TensorRT) computing the same function."""
+    """``{op: PyTorch implementation}`` for ``ExportedProgram.run_decompositions``: lowers a program
+    exported inside :func:`cbam_triton.keep_custom_ops` to standard ops computing the same function
+    (plain ``torch.export.export`` records standard ops already; see :mod:`cbam_triton.deploy`)."""
     return {
         torch.ops.cbam_triton.channel_pool.default: _torch_stages.channel_pool,
         torch.ops.cbam_triton.spatial_pool.default: _torch_stages.spatial_pool,
         torch.ops.cbam_triton.gate.default: _torch_stages.gate,
     }
 
-
-def export(model: torch.nn.Module, args: tuple[object, ...], **kwargs: object) -> torch.export.ExportedProgram:
-    """``torch.export.export`` with cbam_triton's ops decomposed to standard PyTorch ops.
-
-    The result contains no custom operators (global max pooling stays a global ``amax``
-    reduction), so ``torch.onnx.export(program, args, dynamo=True)`` and TensorRT accept it.
-    ``kwargs`` go to ``torch.export.export`` (e.g. ``dynamic_shapes``).
-    """
-    program = torch.export.export(model, args, **kwargs)
-    return program.run_decompositions(decompositions())

@@ -1,5 +1,5 @@
 """First-class PyTorch citizen: custom ops (opcheck), torch.compile without graph breaks, dynamic
-batch sizes, autocast, torch.export, and ONNX export evaluated by ONNX Runtime.
+batch sizes, autocast (torch.export, ONNX export and tracing: tests/test_deploy.py).
 
 On CPU the compiler is exercised with ``backend="aot_eager"`` (fake-tensor tracing through the ops'
 fake implementations, AOT autograd; the ops run the Triton kernels in the interpreter);
@@ -85,41 +85,6 @@ def test_autocast_matches_eager_autocast(x_dtype, device):
         y_ref, y = ref(x), ours(x)
     assert y.dtype == y_ref.dtype
     torch.testing.assert_close(y.float(), y_ref.float(), rtol=3e-2, atol=3e-2)
-
-
-def test_torch_export_and_decomposition(device):
-    ours = _module(device).eval()
-    x = make_input((2, 16, 8, 8), device=device)
-    program = torch.export.export(ours, (x,))
-    targets = {str(n.target) for n in program.graph.nodes}
-    assert any("cbam_triton" in t for t in targets)
-    standard = cbam_triton.export(ours, (x,))
-    assert not any("cbam_triton" in str(n.target) for n in standard.graph.nodes)
-    assert not any("max_pool" in str(n.target) for n in standard.graph.nodes)
-    with torch.no_grad():
-        # the exported program keeps the unfused three-op forward; eager runs the fused kernels
-        torch.testing.assert_close(program.module()(x), ours(x), rtol=1e-6, atol=1e-6)
-        torch.testing.assert_close(standard.module()(x), ours(x), rtol=1e-5, atol=1e-5)
-
-
-def test_onnx_export_runs_in_onnxruntime(tmp_path, device):
-    pytest.importorskip("onnxscript")
-    onnx = pytest.importorskip("onnx")
-    ort = pytest.importorskip("onnxruntime")
-    ours = _module(device).eval()
-    x = make_input((2, 16, 8, 8), device=device)
-    batch = torch.export.Dim("batch", min=1)
-    program = cbam_triton.export(ours, (x,), dynamic_shapes=({0: batch},))
-    path = tmp_path / "cbam.onnx"
-    torch.onnx.export(program, (x,), dynamo=True).save(str(path))
-    ops = {n.op_type for n in onnx.load(str(path)).graph.node}
-    assert "ReduceMax" in ops and "MaxPool" not in ops and "GlobalMaxPool" not in ops
-    sess = ort.InferenceSession(str(path))
-    for n in (2, 5):
-        xn = make_input((n, 16, 8, 8), device=device)
-        got = sess.run(None, {sess.get_inputs()[0].name: xn.cpu().numpy()})[0]
-        with torch.no_grad():
-            torch.testing.assert_close(torch.from_numpy(got), ours(xn).cpu(), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.skipif(not CUDA, reason="needs a CUDA device")
