@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from bench import measure
+from bench.models import quiet_metrics_log
 from bench.suite import Case
 
 #: "triton" runs the default schedule ("auto"); "triton-l2" / "triton-stream" force one (see
@@ -94,7 +95,7 @@ def _compile(ref: torch.nn.Module, x: torch.Tensor, mode: str | None, g: torch.T
         def fn() -> torch.Tensor:
             with torch.no_grad():
                 return compiled(x)
-    with measure.inductor_metrics() as metrics:
+    with measure.inductor_metrics() as metrics, quiet_metrics_log():
         t0 = time.perf_counter()
         fn()
         if x.is_cuda:
