@@ -1,0 +1,183 @@
+"""The small workload of the GPU acceptance run's sanitizer phase (``scripts/gpu_check.sh``).
+
+    python -m bench.gpu_check_driver            # CUDA: small shapes, compiled kernels
+    TRITON_INTERPRET=1 python -m bench.gpu_check_driver --tiny   # CPU: the interpreter, tiny shapes
+
+It runs, once each, every kind of launch sequence the project has — the fused forward under both
+schedules (the ``"l2"`` one cut into one-sample chunks), fp16 and fp32, NCHW and channels_last; a lone
+channel gate and a lone spatial gate; one training step (forward + backward, x and every parameter);
+a converted timm ``CbamModule`` — and checks each output against the reference (bench/runner.py's
+per-dtype tolerances) and that Triton kernels really ran. ``bench/gpu_check.py`` runs it plainly and
+under ``compute-sanitizer --tool memcheck / racecheck / synccheck``. Exit status 1 if a check fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections.abc import Callable
+from functools import partial
+from typing import Any
+
+import torch
+
+#: (N, C, H, W) of the forward checks: a multi-chunk batch, and one sample big enough for split reductions
+SHAPES_GPU = ((4, 128, 28, 28), (1, 256, 56, 56))
+SHAPES_TINY = ((2, 16, 5, 6),)
+DTYPES = {"fp16": torch.float16, "fp32": torch.float32}
+LAYOUTS = ("nchw", "channels_last")
+
+
+def _input(shape: tuple[int, ...], dtype: torch.dtype, layout: str, device: torch.device, seed: int = 1
+           ) -> torch.Tensor:
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    x = torch.randn(shape, generator=g).to(device=device, dtype=dtype)
+    return x.to(memory_format=torch.channels_last) if layout == "channels_last" else x
+
+
+def _reference(channels: int, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
+    from bench.runner import make_reference
+    from bench.suite import Case
+
+    case = Case("driver", 1, channels, 1, 1, 4, {v: k for k, v in DTYPES.items()}[dtype], "nchw")
+    return make_reference(case, device)
+
+
+def _launched(fn: Callable[[], Any]) -> tuple[Any, int]:
+    """``fn()`` and the number of Triton launches it made."""
+    import cbam_triton
+
+    with cbam_triton.record_launches() as launches:
+        out = fn()
+    if out is not None and isinstance(out, torch.Tensor) and out.is_cuda:
+        torch.cuda.synchronize()
+    return out, len(launches)
+
+
+def _compare(got: Any, expected: Any, dtype: str, launches: int, scaled: bool = False) -> str:
+    from bench.runner import check_output
+
+    ok, err = check_output(got, expected, dtype, scaled)
+    if not ok:
+        raise AssertionError(f"differs from the reference (max abs err {err:.3g})")
+    if launches == 0:
+        raise AssertionError("no Triton launch: the PyTorch fallback ran instead of the kernels")
+    return f"max err {err:.1e}, {launches} launches"
+
+
+def check_fused(device: torch.device, shape: tuple[int, ...], schedule: str, dname: str, layout: str) -> str:
+    """The fused inference forward; ``"l2"`` with a one-sample L2 budget (one chunk per sample)."""
+    import cbam_triton
+
+    dtype = DTYPES[dname]
+    ref = _reference(shape[1], device, dtype)
+    x = _input(shape, dtype, layout, device)
+    budget = x[0].numel() * x.element_size() if schedule == "l2" else None
+    ours = cbam_triton.CBAM.from_reference(ref, backend="triton", schedule=schedule, l2_budget_bytes=budget)
+    with torch.no_grad():
+        expected = ref(x)
+        got, launches = _launched(lambda: ours(x))
+    return _compare(got, expected, dname, launches)
+
+
+def check_lone_gate(device: torch.device, shape: tuple[int, ...], gate: str) -> str:
+    """``channel_gate`` or ``spatial_gate`` alone (fp16, channels_last)."""
+    import cbam_triton
+
+    ref = _reference(shape[1], device, torch.float16)
+    x = _input(shape, torch.float16, "channels_last", device)
+    ours = getattr(cbam_triton.CBAM.from_reference(ref, backend="triton"), gate)
+    with torch.no_grad():
+        expected = getattr(ref, gate)(x)
+        got, launches = _launched(lambda: ours(x))
+    return _compare(got, expected, "fp16", launches)
+
+
+def check_train(device: torch.device, shape: tuple[int, ...]) -> str:
+    """One training step: output and the gradients of x and every parameter (fp32, channels_last)."""
+    import cbam_triton
+
+    ref = _reference(shape[1], device, torch.float32).train()
+    ours = cbam_triton.CBAM.from_reference(ref, backend="triton").train()
+    x = _input(shape, torch.float32, "channels_last", device)
+    g = _input(shape, torch.float32, "channels_last", device, seed=2)
+
+    def step(module: torch.nn.Module) -> tuple[torch.Tensor, ...]:
+        leaf = x.detach().requires_grad_(True)
+        params = [p for p in module.parameters() if p.requires_grad]
+        y = module(leaf)
+        return (y, *torch.autograd.grad(y, [leaf, *params], g))
+
+    expected = step(ref)
+    got, launches = _launched(lambda: step(ours))
+    return _compare(tuple(got), tuple(expected), "fp32", launches, scaled=True)
+
+
+def check_timm(device: torch.device, shape: tuple[int, ...]) -> str:
+    """A timm ``CbamModule`` converted by ``cbam_triton.convert`` (fp16, channels_last, eval)."""
+    import cbam_triton
+
+    try:
+        from timm.layers.cbam import CbamModule
+    except ImportError as exc:
+        return f"SKIPPED: timm not importable ({exc})"
+    torch.manual_seed(3)
+    src = CbamModule(shape[1], rd_ratio=1 / 4).to(device=device, dtype=torch.float16).eval()
+    fused = cbam_triton.convert(src, inplace=False, backend="triton").eval()
+    x = _input(shape, torch.float16, "channels_last", device)
+    with torch.no_grad():
+        expected = src(x)
+        got, launches = _launched(lambda: fused(x))
+    return _compare(got, expected, "fp16", launches)
+
+
+def checks(device: torch.device, tiny: bool) -> list[tuple[str, Callable[[], str]]]:
+    """(name, check) pairs; a check returns a short note (``SKIPPED: ...`` when it cannot run) or raises."""
+    shapes = SHAPES_TINY if tiny else SHAPES_GPU
+    out: list[tuple[str, Callable[[], str]]] = []
+    for shape in shapes:
+        for schedule in ("l2", "stream"):
+            for dname in DTYPES:
+                for layout in LAYOUTS:
+                    out.append((f"fused {schedule} {dname} {layout} {shape}",
+                                partial(check_fused, device, shape, schedule, dname, layout)))
+    shape = shapes[0]
+    for gate in ("channel_gate", "spatial_gate"):
+        out.append((f"lone {gate} fp16 channels_last {shape}", partial(check_lone_gate, device, shape, gate)))
+    out.append((f"training step fp32 channels_last {shape} (output, dx and every parameter's gradient)",
+                partial(check_train, device, shape)))
+    out.append((f"converted timm CbamModule fp16 channels_last {shape}", partial(check_timm, device, shape)))
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.gpu_check_driver", description=__doc__.split("\n\n")[0])
+    p.add_argument("--tiny", action="store_true", help="tiny shapes (the CPU interpreter: gpu_check --dry)")
+    args = p.parse_args(argv)
+    cuda = torch.cuda.is_available()
+    if not cuda and os.environ.get("TRITON_INTERPRET") != "1":
+        print("gpu_check_driver: no CUDA device; on a CPU run it with TRITON_INTERPRET=1 (and --tiny)",
+              file=sys.stderr)
+        return 2
+    device = torch.device("cuda" if cuda else "cpu")
+    todo = checks(device, args.tiny or not cuda)
+    failed = 0
+    start = time.perf_counter()
+    for name, check in todo:
+        t0 = time.perf_counter()
+        try:
+            note = check()
+            status = "skipped" if note.startswith("SKIPPED") else "ok"
+        except Exception as exc:  # every check runs; the failures are listed
+            failed += 1
+            status, note = "FAILED", f"{type(exc).__name__}: {exc}"[:400]
+        print(f"driver: {status:<7} {name}: {note} ({time.perf_counter() - t0:.1f} s)", flush=True)
+    print(f"driver: {len(todo)} checks, {failed} failed, on {device} in {time.perf_counter() - start:.1f} s",
+          flush=True)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
