@@ -9,7 +9,9 @@ import os
 import platform
 import statistics
 import subprocess
+import sys
 import time
+import traceback
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -240,3 +242,19 @@ def _nvidia_driver() -> str | None:
         return out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout.strip() else None
     except (OSError, subprocess.SubprocessError):
         return None
+
+
+def first_run(make: Callable[[], Any], device: torch.device, row: dict[str, Any]) -> tuple[Any, Any] | None:
+    """Build a provider (``make()``) and run it once: ``(built, output)``, or None with the error
+    recorded in ``row`` (status "error"; the traceback on stderr with ``CBAM_BENCH_DEBUG``)."""
+    try:
+        built = make()
+        out = built.fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+    except Exception as exc:  # reported in the row, the run goes on
+        row.update(status="error", note=f"{type(exc).__name__}: {exc}"[:500])
+        if os.environ.get("CBAM_BENCH_DEBUG"):
+            traceback.print_exc(file=sys.stderr)
+        return None
+    return built, out

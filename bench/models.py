@@ -44,10 +44,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
-import os
-import sys
 import time
-import traceback
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -56,7 +53,7 @@ import torch
 from torch import nn
 
 from bench import measure
-from bench.suite import DTYPES, LAYOUTS
+from bench.suite import DTYPES, check_choices, check_common
 
 # ------------------------------------------------------------------------------------------ networks
 
@@ -217,18 +214,8 @@ def make_model_cases(names: list[str], batches: list[int] | None, dtypes: list[s
     """The cross product in a stable order (``batches`` None: each model's own; ``image_size`` None:
     each model's, its small one when ``quick``); raises ValueError naming an unknown choice."""
     names = list(MODELS) if names == ["all"] else names
-    for n in names:
-        if n not in MODELS:
-            raise ValueError(f"unknown model {n!r}; known: {', '.join(MODELS)} (or all)")
-    for d in dtypes:
-        if d not in DTYPES:
-            raise ValueError(f"unknown dtype {d!r}; known: {', '.join(DTYPES)}")
-    for lay in layouts:
-        if lay not in LAYOUTS:
-            raise ValueError(f"unknown layout {lay!r}; known: {', '.join(LAYOUTS)}")
-    for b in batches or ():
-        if b < 1:
-            raise ValueError(f"batch sizes must be >= 1, got {b}")
+    check_choices(("model", names, [*MODELS, "all"]))
+    check_common(batches, dtypes, layouts)
     if image_size is not None and (image_size < 32 or image_size % 32):
         raise ValueError(f"--image-size must be a multiple of 32 (>= 32), got {image_size}")
     cases = []
@@ -530,16 +517,10 @@ def run_model_case(case: ModelCase, providers: tuple[str, ...], device: torch.de
             row.update(status="skipped", note="Triton on CPU runs in the interpreter: verified on small inputs only "
                                               "(--image-size, --batch)")
             continue
-        try:
-            built = make()
-            out = built.fn()
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-        except Exception as exc:  # reported in the row, the run goes on
-            row.update(status="error", note=f"{type(exc).__name__}: {exc}"[:500])
-            if os.environ.get("CBAM_BENCH_DEBUG"):
-                traceback.print_exc(file=sys.stderr)
+        got = measure.first_run(make, device, row)
+        if got is None:  # the error is reported in the row, the run goes on
             continue
+        built, out = got
         ok, max_err = check_output(out, expected, case.dtype, scaled=True)
         row["max_abs_err_vs_eager"] = max_err
         row["compile_s"] = built.compile_s

@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import copy
-import os
-import sys
 import time
-import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -242,16 +239,10 @@ def run_case(case: Case, providers: tuple[str, ...], device: torch.device,
         if interpreted and case.batch * case.channels * case.height * case.width > INTERPRETER_MAX_ELEMENTS:
             row.update(status="skipped", note="Triton on CPU runs in the interpreter: verified on small cases only")
             continue
-        try:
-            built = make()
-            out = built.fn()
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-        except Exception as exc:  # reported in the row, the run goes on
-            row.update(status="error", note=f"{type(exc).__name__}: {exc}"[:500])
-            if os.environ.get("CBAM_BENCH_DEBUG"):
-                traceback.print_exc(file=sys.stderr)
+        got = measure.first_run(make, device, row)
+        if got is None:  # the error is reported in the row, the run goes on
             continue
+        built, out = got
         ok, max_err = check_output(out, expected, case.dtype, scaled=train)
         row["max_abs_err_vs_eager"] = max_err
         row["compile_s"] = built.compile_s

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
 
@@ -67,24 +68,27 @@ class Case:
         return dict(asdict(self), id=self.id)
 
 
+def check_choices(*groups: tuple[str, list[str] | tuple[str, ...], Any]) -> None:
+    """Raise ValueError naming the first choice not known: ``(what, given, known)`` per group."""
+    for what, given, known in groups:
+        for v in given:
+            if v not in known:
+                raise ValueError(f"unknown {what} {v!r}; known: {', '.join(known)}")
+
+
+def check_common(batches: list[int] | None, dtypes: list[str], layouts: list[str]) -> None:
+    """The choices every workload shares: dtypes, layouts and batch sizes (>= 1)."""
+    check_choices(("dtype", dtypes, DTYPES), ("layout", layouts, LAYOUTS))
+    for b in batches or ():
+        if b < 1:
+            raise ValueError(f"batch sizes must be >= 1, got {b}")
+
+
 def make_cases(shape_names: list[str], batches: list[int], dtypes: list[str], layouts: list[str],
                modes: tuple[str, ...] | list[str] = ("forward",)) -> list[Case]:
     """The cross product, in a stable order; raises ValueError naming an unknown choice."""
-    for m in modes:
-        if m not in MODES:
-            raise ValueError(f"unknown mode {m!r}; known: {', '.join(MODES)}")
-    for name in shape_names:
-        if name not in SHAPES:
-            raise ValueError(f"unknown shape {name!r}; known: {', '.join(SHAPES)}")
-    for d in dtypes:
-        if d not in DTYPES:
-            raise ValueError(f"unknown dtype {d!r}; known: {', '.join(DTYPES)}")
-    for lay in layouts:
-        if lay not in LAYOUTS:
-            raise ValueError(f"unknown layout {lay!r}; known: {', '.join(LAYOUTS)}")
-    for b in batches:
-        if b < 1:
-            raise ValueError(f"batch sizes must be >= 1, got {b}")
+    check_choices(("mode", modes, MODES), ("shape", shape_names, SHAPES))
+    check_common(batches, dtypes, layouts)
     cases = []
     for mode in modes:
         for name in shape_names:
