@@ -33,9 +33,11 @@ def spatial_logits(pooled_ptr, n, offs_p, mask_p, P, H, W, cw_ptr,
 
     ``TAPS`` > 0 (short pixel blocks): all k*k taps at once as a ``[TAPS, BLOCK_P]`` tile (TAPS =
     next power of two >= k*k), 4 loads. ``TAPS`` == 0 (long pixel blocks): the k rows unrolled
-    (``tl.static_range``: no loop-carried wait between rows), each row's k taps a ``[2, KP, BLOCK_P]``
-    tile of both map channels (KP = next power of two >= k; the launcher keeps KP * BLOCK_P <= 2048),
-    the weights one ``[2, KP, KP]`` tile: k + 1 independent loads."""
+    (``tl.static_range``: no loop-carried wait between rows), each row's k taps a ``[KP, BLOCK_P]``
+    tile per map channel (KP = next power of two >= k; the launcher keeps 2 * KP * BLOCK_P <= 2048),
+    the weights one ``[KP, KP]`` tile per input channel, its rows picked in registers: 2k + 2
+    independent loads. (One [2, KP, BLOCK_P] tile per row would halve the loads, but triton 3.6
+    then lost the 128-bit x loads and went to 215 registers.)"""
     hh = offs_p // W
     ww = offs_p % W
     base = pooled_ptr + n * 2 * P
@@ -69,32 +71,27 @@ def _logits_all_taps(base, hh, ww, mask_p, P, H, W, cw_ptr,
 @triton.jit
 def _logits_rows(base, hh, ww, mask_p, P, H, W, cw_ptr,
                  SPATIAL_INPUT: tl.constexpr, KSIZE: tl.constexpr, KP: tl.constexpr, acc_t: tl.constexpr):
-    # weights as one [2, KP, KP] tile (input channel, row, column) applying to the map's [max, mean]
+    # the weights as one [KP, KP] tile per input channel (row, column); row i picked in registers
     KK: tl.constexpr = KSIZE * KSIZE
-    ch = tl.arange(0, 2)[:, None, None]
-    r3 = tl.arange(0, KP)[None, :, None]
-    j3 = tl.arange(0, KP)[None, None, :]
-    wmask = (r3 < KSIZE) & (j3 < KSIZE)
-    if SPATIAL_INPUT == INPUT_LIGHT:  # w * (0.5 * mean + 0.5 * max)
-        wtile = 0.5 * tl.load(cw_ptr + r3 * KSIZE + j3 + ch * 0, mask=wmask & (ch < 2), other=0.0).to(acc_t)
-    elif SPATIAL_INPUT == INPUT_MAX_MEAN:
-        wtile = tl.load(cw_ptr + ch * KK + r3 * KSIZE + j3, mask=wmask & (ch < 2), other=0.0).to(acc_t)
-    else:  # [mean, max]: the first weight channel applies to the mean (map channel 1)
-        wtile = tl.load(cw_ptr + (1 - ch) * KK + r3 * KSIZE + j3, mask=wmask & (ch < 2), other=0.0).to(acc_t)
-    # the map's taps of one row as a [2, KP, BLOCK_P] tile (channel, column offset, pixel)
-    c2 = tl.arange(0, 2)[:, None, None]
-    j = tl.arange(0, KP)[None, :, None]
-    x = ww[None, None, :] + (j - KSIZE // 2)
-    ok_x = (j < KSIZE) & mask_p[None, None, :] & (x >= 0) & (x < W) & (c2 < 2)
-    rows2 = tl.arange(0, KP)[None, :, None]
+    rows = tl.arange(0, KP)
+    j = tl.arange(0, KP)
+    wmask = (rows < KSIZE)[:, None] & (j < KSIZE)[None, :]
+    wtile0 = tl.load(cw_ptr + rows[:, None] * KSIZE + j[None, :], mask=wmask, other=0.0).to(acc_t)
+    wtile1 = wtile0
+    if SPATIAL_INPUT != INPUT_LIGHT:
+        wtile1 = tl.load(cw_ptr + KK + rows[:, None] * KSIZE + j[None, :], mask=wmask, other=0.0).to(acc_t)
+    x = ww[None, :] + (j - KSIZE // 2)[:, None]
+    ok_x = (j < KSIZE)[:, None] & mask_p[None, :] & (x >= 0) & (x < W)
     acc = tl.zeros(hh.shape, dtype=acc_t)
     for i in tl.static_range(KSIZE):
         y = hh + (i - KSIZE // 2)
-        ok = ok_x & ((y >= 0) & (y < H))[None, None, :]
-        v = tl.load(base + c2 * P + y[None, None, :] * W + x, mask=ok, other=0.0)
-        # row i of the weight tile, picked in registers (no load): [2, KP, 1]
-        w = tl.sum(tl.where(rows2 == i, wtile, 0.0), axis=1)[:, :, None]
-        acc += tl.sum(tl.sum(tl.where(ok, w * v, 0.0), axis=0), axis=0)
+        ok = ok_x & ((y >= 0) & (y < H))[None, :]
+        q = y[None, :] * W + x
+        vmax = tl.load(base + q, mask=ok, other=0.0)
+        vmean = tl.load(base + P + q, mask=ok, other=0.0)
+        w0 = tl.sum(tl.where(rows[:, None] == i, wtile0, 0.0), axis=0)
+        w1 = tl.sum(tl.where(rows[:, None] == i, wtile1, 0.0), axis=0)
+        acc += tl.sum(tl.where(ok, _taps(w0[:, None], w1[:, None], vmax, vmean, SPATIAL_INPUT), 0.0), axis=0)
     return acc
 
 
@@ -116,7 +113,7 @@ def gate_conv_kernel(
     # mc[n, c] and Ms, writes each element of out once (x's dtype, out's strides): 2*|x| bytes.
     # The conv is recomputed by the SPLIT programs of a pixel block (k*k*2 FMAs a pixel, from L1/L2),
     # a small cost next to C / SPLIT gated elements a pixel. mc (N, C) was stored by stage 2.
-    # Longest program: <= k + 1 independent loads of the map and the conv weights (see
+    # Longest program: <= 2k + 2 independent loads of the map and the conv weights (see
     # spatial_logits), 5 scalars, then one mc tile per x tile of its c-range (the launcher bounds
     # the c-range's tiles). HINTS (last stage of the L2-resident
     # schedule): x loads evict_first and output stores .cs, so they don't evict the next chunk.

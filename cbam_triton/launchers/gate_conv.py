@@ -10,6 +10,7 @@ from cbam_triton.fusion import SPATIAL_INPUTS, SpatialConv
 from cbam_triton.kernels.gate_conv import gate_conv_kernel
 from cbam_triton.launchers._common import (
     MAX_WALK_TILES,
+    NUM_WARPS,
     Launch,
     ProgramModel,
     acc_is_fp64,
@@ -57,10 +58,10 @@ def plan_gate_conv(x: torch.Tensor, mc: torch.Tensor | None, pooled: torch.Tenso
     out, (on, oc, op) = output_for(x, out)
     kp = next_pow2(conv.ksize)
     # the conv re-reads the map k*k times a pixel (from L1): pixel blocks of at most 2048 / (2 * KP)
-    # keep that (and the row path's [2, KP, BLOCK_P] tiles) small
+    # keep that (and the row path's [KP, BLOCK_P] tiles) small
     plan = plan_fused(n, c, p, sc, sp, x.element_size(), "c", x.device, split,
                       max_long_p=max(16, TAPS_TILE // (2 * kp)),
-                      max_walk_tiles=2 * MAX_WALK_TILES if mc is not None else None)
+                      max_walk_tiles=MAX_WALK_TILES if mc is not None else None)
     block_c, block_p, base = plan.block_c, plan.block_p, plan.base
     num_splits, per_split = plan.num_splits, plan.per_split
     acc = compute_dtype(x)
@@ -71,6 +72,7 @@ def plan_gate_conv(x: torch.Tensor, mc: torch.Tensor | None, pooled: torch.Tenso
     has_bn = conv.bn_mean is not None and conv.bn_var is not None
     affine = has_bn and conv.bn_weight is not None and conv.bn_bias is not None
     small = (mc, pooled, weight, conv.bias, conv.bn_mean, conv.bn_var, conv.bn_weight, conv.bn_bias)
+    taps = conv_taps(conv.ksize, block_p, x.device)
     launch = Launch(
         kernel=gate_conv_kernel,
         grid=(base, num_splits),
@@ -81,19 +83,21 @@ def plan_gate_conv(x: torch.Tensor, mc: torch.Tensor | None, pooled: torch.Tenso
               c, p, h, w, per_split, sn, sc, sp, on, oc, op),
         meta=dict(HAS_MC=mc is not None, HAS_CONV_BIAS=conv.bias is not None, HAS_BN=has_bn, HAS_BN_AFFINE=affine,
                   SPATIAL_INPUT=SPATIAL_INPUTS[conv.input], KSIZE=conv.ksize,
-                  TAPS=conv_taps(conv.ksize, block_p, x.device), KP=kp, HINTS=hints,
+                  TAPS=taps, KP=kp, HINTS=hints,
                   BLOCK_C=block_c, BLOCK_P=block_p, ACC_FP64=acc_is_fp64(x)),
         name="gate_conv",
+        # the conv's row tiles next to the x tile: 8 warps keep long pixel blocks near 100 registers a thread
+        num_warps=8 if taps == 0 and 2 * kp * block_p > TAPS_TILE // 2 and x.element_size() < 4 else NUM_WARPS,
         bytes_read=nbytes(x, *small),
         bytes_written=nbytes(out),
     )
     acc_size = pooled.element_size()
     tiles = -(-min(per_split, c) // block_c)
-    taps, k = launch.meta["TAPS"], conv.ksize
+    k = conv.ksize
     if taps:
         loads, nb = 4, 2 * taps * block_p * acc_size + 2 * taps * weight.element_size()
     else:
-        loads, nb = k + 1, k * 2 * kp * block_p * acc_size + 2 * kp * kp * weight.element_size()
+        loads, nb = 2 * k + 2, k * 2 * kp * block_p * acc_size + 2 * kp * kp * weight.element_size()
     scalars = sum(t is not None for t in small[3:]) if has_bn else int(conv.bias is not None)
     loads += scalars + (tiles if mc is not None else 0)
     nb += scalars * weight.element_size() + (tiles * block_c * acc_size if mc is not None else 0)

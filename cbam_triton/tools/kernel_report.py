@@ -137,15 +137,16 @@ def launch_cases(dtypes: tuple[str, ...] = ("fp32", "fp16", "bf16", "fp64"),
 
 
 def _rows_aligned(x: torch.Tensor) -> bool:
-    """Whether x's rows along its unit-stride axis start 16-byte aligned (128-bit access possible):
-    the other axis's stride in bytes is a multiple of 16 (the ResNet shapes' 7x7 and 14x14 maps
-    in NCHW are not)."""
+    """Whether the kernels can see x's rows along its unit-stride axis as 16-byte aligned and
+    whole (128-bit access possible): Triton specialises an integer argument as divisible by 16, so
+    the other axis's stride (and the extent along the rows) must be a multiple of 16 elements. The
+    ResNet shapes' 7x7, 14x14 and 28x28 maps in NCHW are not (49, 196, 784 pixels)."""
     from cbam_triton.launchers._common import ncp_strides, unit_axis
 
     _, sc, sp = ncp_strides(x)
     n, c, h, w = x.shape
-    other = sc if unit_axis(sc, sp, c, h * w) == "p" else sp
-    return (other * x.element_size()) % 16 == 0
+    other, extent = (sc, h * w) if unit_axis(sc, sp, c, h * w) == "p" else (sp, c)
+    return other % 16 == 0 and extent % 16 == 0
 
 
 def _mlp(c: int, hidden: int = 4, pools: str = "avg+max", act: str = "relu", bias: bool = True,
@@ -357,7 +358,10 @@ def format_table(rows: list[dict[str, Any]], markdown: bool = False) -> str:
     lines = []
     for r in rows:
         meta = r["meta"]
-        flags = ",".join(k for k, v in meta.items() if v is True and k != "ACC_FP64") or "-"
+        flags = [k for k, v in meta.items() if v is True and k != "ACC_FP64"]
+        if meta.get("MC_MODE"):  # where Mc comes from: loaded, or computed from the MLP's last layer
+            flags.insert(0, "MC=" + ("", "load", "fc2", "fc1")[meta["MC_MODE"]])
+        flags = ",".join(flags) or "-"
         if r.get("error"):
             lines.append((r["kernel"], r["arch"], r["dtype"], r["layout"], "y" if r["aligned"] else "n",
                           f"{meta['BLOCK_C']}x{meta['BLOCK_P']}", flags, "ERR", "", "", "", "", "", "no"))
