@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -280,4 +281,7 @@ def test_readme_block_of_an_acceptance_folder(dry_cut_run):
     _, _, out = dry_cut_run
     block = readme.render(str(out))
     assert "GPU acceptance run (`bash scripts/gpu_check.sh --dry`, on a CPU)" in block
-    assert "tests: 0 passed" in block and "(no benchmark rows in this folder)" in block
+    # how many tests finish within the 3 s budget depends on the machine's load: any count, cut
+    assert re.search(r"tests: \d+ passed, \d+ failed, \d+ skipped of \S+ collected \(cut at the budget\)", block), \
+        block
+    assert "(no benchmark rows in this folder)" in block

@@ -33,7 +33,7 @@ def _check(module, x, monkeypatch, names):
         assert lw.max_other_loads() <= model.other_loads, (lw.name, model, worst)
         assert lw.max_other_bytes() <= model.other_bytes, (lw.name, model, worst)
         assert max(w.x_loads for w in lw.programs.values()) <= model.x_loads, (lw.name, model)
-    return out
+    return out, launches
 
 
 FUSED = ["channel_pool_mlp", "spatial_pool", "gate_conv"]
@@ -50,16 +50,61 @@ def test_no_program_has_a_serial_tail(shape, layout, monkeypatch):
     x = torch.randn(shape)
     if layout == "channels_last":
         x = x.to(memory_format=torch.channels_last)
-    out = _check(ours, x, monkeypatch, FUSED)
+    out, _ = _check(ours, x, monkeypatch, FUSED)
     assert_close_to_reference(out, ref, x)
 
 
-def test_lone_channel_gate(monkeypatch):
-    """The lone channel gate computes Mc per tile in the gating kernel (a slice of W2 per program)."""
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+def test_lone_channel_gate(layout, monkeypatch):
+    """The lone channel gate computes Mc per tile in the gating kernel (a slice of W2 per program;
+    channels_last: its long channel tiles are cut to the slice, not 1024 channels x hidden)."""
     torch.manual_seed(0)
     ref = make_reference(1024, reduction_ratio=16)
     gate = cbam_triton.CBAM.from_reference(ref, backend="triton").eval().channel_gate
     x = torch.randn(2, 1024, 7, 7)
-    out = _check(gate, x, monkeypatch, ["channel_pool_mlp", "gate"])
+    if layout == "channels_last":
+        x = x.to(memory_format=torch.channels_last)
+    out, _ = _check(gate, x, monkeypatch, ["channel_pool_mlp", "gate"])
     with torch.no_grad():
         torch.testing.assert_close(out, ref.channel_gate(x), rtol=1e-5, atol=1e-5)
+
+
+def test_wide_mlp_sums_its_partials_in_two_levels(monkeypatch):
+    """r = 4 at C = 2048 (W1 and W2 4 MiB each): one level would sum 256 KiB of layer-1 partials in
+    the last block of a sample; two levels of about sqrt(blocks) rows keep every program small."""
+    torch.manual_seed(0)
+    ref = make_reference(2048, reduction_ratio=4)
+    ours = cbam_triton.CBAM.from_reference(ref, backend="triton").eval()
+    x = torch.randn(2, 2048, 7, 7)
+    out, launches = _check(ours, x, monkeypatch, FUSED)
+    assert launches[0].meta["TREE"], launches[0].meta
+    assert_close_to_reference(out, ref, x)
+
+
+@pytest.mark.parametrize("pools,dtype,hidden", [(("avg",), torch.float32, 1024), (("max",), torch.float64, 512),
+                                                (("avg", "max"), torch.float64, 256)])
+def test_two_level_combine_every_pool_mode(pools, dtype, hidden, monkeypatch):
+    """The two-level combine keeps each pool's partials apart (avg-only and max-only MLPs write one
+    row per block, avg+max two) and accumulates fp64 inputs in fp64."""
+    torch.manual_seed(0)
+    ref = make_reference(512, hidden_channels=hidden, pool_types=pools, dtype=dtype)
+    ours = cbam_triton.CBAM.from_reference(ref, backend="triton").eval()
+    x = torch.randn(1, 512, 4, 4, dtype=dtype)
+    out, launches = _check(ours, x, monkeypatch, FUSED)
+    assert launches[0].meta["TREE"], launches[0].meta
+    assert_close_to_reference(out, ref, x)
+
+
+def test_one_layer_mlp_reads_its_weights_once_per_sample(monkeypatch):
+    """ultralytics' CBAM (one C -> C layer: 1 MiB of weights at C = 512, a third of x at 40x40):
+    stage 1 writes the layer-1 partials, stage 2 sums a [blocks, tile] slice of them per channel
+    tile, so no program reads more than a small slice and W1 is read once per sample."""
+    conv = pytest.importorskip("ultralytics.nn.modules.conv")
+    torch.manual_seed(0)
+    src = conv.CBAM(512, 7).eval()
+    ours = cbam_triton.convert(src, inplace=False, backend="triton")
+    x = torch.randn(1, 512, 40, 40)
+    out, launches = _check(ours, x, monkeypatch, FUSED)
+    assert launches[0].bytes_read == x.numel() * 4 + 512 * 512 * 4  # x and W1, once
+    with torch.no_grad():
+        torch.testing.assert_close(out, src(x), rtol=1e-5, atol=1e-5)

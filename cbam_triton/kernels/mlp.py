@@ -6,10 +6,17 @@ MLP (a serial tail of C * hidden dependent loads); instead:
 * stage 1, per channel block (once its pooled values are final): the layer-1 partial
   ``W1[:, block] @ pool[block]`` (:func:`hidden_partial`); the last channel block of a sample sums
   those small ``(blocks, hidden)`` partials as a few tile loads and applies bias and activation
-  (:func:`hidden_combine`): ``z[n]``;
+  (:func:`hidden_combine`): ``z[n]``. Where blocks * hidden is large (a wide hidden layer), the sum
+  has two levels: the last block of each group of about sqrt(blocks) blocks sums its group's
+  partials, the last group sums the group sums;
 * stage 2 (and the lone channel gate), per channel tile it streams: ``Mc[tile] = sigmoid(W2[tile] @
-  z + pools * b2[tile])`` (:func:`channel_map_tile`); a one-layer MLP (fc1: C -> C) computes
-  ``sigmoid(sum over pools of act(W1[tile] @ pool + b1[tile]))`` there from the pooled vectors.
+  z + pools * b2[tile])`` (:func:`channel_map_tile`).
+
+A one-layer MLP (fc1: C -> C, e.g. ultralytics' CBAM) has no small hidden vector to gather: its
+layer-1 partials ``(blocks, pools, C)`` stay in memory (stage 1 writes them, no sample combine) and
+stage 2 sums the columns of its channel tile, ``sigmoid(sum over pools of act(sum_b part[b, :, tile]
++ b1[tile]))``: W1 (C * C weights, as big as x at the YOLO neck shapes) is read once per sample, a
+slice per program, and no program reads more than a ``[blocks, tile]`` slice of the partials.
 
 Every weight tile is a ``[rows, cols]`` block with ``rows * cols <= 4096`` (the launcher picks the
 constexpr widths): a handful of independent loads per program instead of a loop of hundreds.
@@ -32,7 +39,7 @@ ACT_RELU = tl.constexpr(1)
 MC_NONE = tl.constexpr(0)         # no channel gate
 MC_LOAD = tl.constexpr(1)         # read mc[n, c] from memory
 MC_FC2 = tl.constexpr(2)          # sigmoid(W2 @ z + pools * b2), z from stage 1
-MC_FC1 = tl.constexpr(3)          # one-layer MLP from the pooled [avg, max] vectors
+MC_PART = tl.constexpr(3)         # one-layer MLP from stage 1's layer-1 partials (N, blocks, pools, C)
 
 
 @triton.jit
@@ -60,7 +67,8 @@ def hidden_partial(n, cb, num_cblocks, offs_c, mask_c, va, vm, HID, w1_ptr, s_w1
     the block's channels (v_0 = the first MLP input, v_1 = max when POOLS is avg+max).
     ``[HB, BLOCK_C]`` weight tiles, one load each; HID / HB of them."""
     offs_h = tl.arange(0, HB)
-    base = part_ptr + (n * num_cblocks + cb).to(tl.int64) * 2 * HID
+    NPOOL: tl.constexpr = 1 + (POOLS == POOLS_AVG_MAX)
+    base = part_ptr + (n * num_cblocks + cb).to(tl.int64) * NPOOL * HID
     for h0 in range(0, HID, HB):
         hh = h0 + offs_h
         mh = hh < HID
@@ -72,35 +80,42 @@ def hidden_partial(n, cb, num_cblocks, offs_c, mask_c, va, vm, HID, w1_ptr, s_w1
 
 
 @triton.jit
-def hidden_combine(n, num_cblocks, HID, part_ptr, b1_ptr, z_ptr,
-                   POOLS: tl.constexpr, ACT: tl.constexpr, HAS_B1: tl.constexpr,
+def hidden_combine(src_ptr, rows, HID, b1_ptr, dst_ptr,
+                   POOLS: tl.constexpr, ACT: tl.constexpr, HAS_B1: tl.constexpr, FINAL: tl.constexpr,
                    CBB: tl.constexpr, HB: tl.constexpr, acc_t: tl.constexpr):
-    """``z[n] = sum over pools of act(sum_cb part[n, cb, pool] + b1)``: the sample's hidden vector.
-    ``[CBB, HB]`` tiles of the partials (``.cg``: written by other programs), summed over the
-    channel blocks in a fixed order: deterministic."""
+    """Sum ``rows`` rows of layer-1 partials ``(rows, pools, HID)`` at ``src_ptr`` as ``[CBB, HB]`` tiles
+    (``.cg``: written by other programs), in row order: deterministic.
+
+    FINAL: ``dst[:HID] = z = sum over pools of act(sum + b1)``, the sample's hidden vector; else the
+    raw ``(pools, HID)`` sums go to ``dst`` (one row of the next level of a two-level combine)."""
+    NPOOL: tl.constexpr = 1 + (POOLS == POOLS_AVG_MAX)
     offs_b = tl.arange(0, CBB)
     offs_h = tl.arange(0, HB)
-    base = part_ptr + n.to(tl.int64) * num_cblocks * 2 * HID
     for h0 in range(0, HID, HB):
         hh = h0 + offs_h
         mh = hh < HID
         acc_a = tl.zeros([HB], dtype=acc_t)
         acc_m = tl.zeros([HB], dtype=acc_t)
-        for b0 in range(0, num_cblocks, CBB):
+        for b0 in range(0, rows, CBB):
             bb = b0 + offs_b
-            m = (bb < num_cblocks)[:, None] & mh[None, :]
-            ptrs = base + bb.to(tl.int64)[:, None] * 2 * HID + hh[None, :]
+            m = (bb < rows)[:, None] & mh[None, :]
+            ptrs = src_ptr + bb.to(tl.int64)[:, None] * NPOOL * HID + hh[None, :]
             acc_a += tl.sum(tl.load(ptrs, mask=m, other=0.0, cache_modifier=".cg"), axis=0)
             if POOLS == POOLS_AVG_MAX:
                 acc_m += tl.sum(tl.load(ptrs + HID, mask=m, other=0.0, cache_modifier=".cg"), axis=0)
-        if HAS_B1:
-            b1 = tl.load(b1_ptr + hh, mask=mh, other=0.0).to(acc_t)
-            acc_a += b1
-            acc_m += b1
-        z = _activate(acc_a, ACT)
-        if POOLS == POOLS_AVG_MAX:
-            z += _activate(acc_m, ACT)
-        tl.store(z_ptr + n.to(tl.int64) * HID + hh, z, mask=mh)
+        if FINAL:
+            if HAS_B1:
+                b1 = tl.load(b1_ptr + hh, mask=mh, other=0.0).to(acc_t)
+                acc_a += b1
+                acc_m += b1
+            z = _activate(acc_a, ACT)
+            if POOLS == POOLS_AVG_MAX:
+                z += _activate(acc_m, ACT)
+            tl.store(dst_ptr + hh, z, mask=mh)
+        else:
+            tl.store(dst_ptr + hh, acc_a, mask=mh)
+            if POOLS == POOLS_AVG_MAX:
+                tl.store(dst_ptr + HID + hh, acc_m, mask=mh)
 
 
 @triton.jit
@@ -116,33 +131,39 @@ def channel_map_tile(n, cc, mask_c, C, K, vec_ptr, w_ptr, b_ptr, s_wc, s_wk, z,
                      KB: tl.constexpr, Z_ONCE: tl.constexpr, acc_t: tl.constexpr):
     """``Mc[n, cc]`` (a ``[len(cc)]`` vector) from the MLP's last layer.
 
-    MC_FC2: ``sigmoid(W2[cc] @ z[n] + pools * b2[cc])`` with ``vec = z`` (N, K = hidden).
-    MC_FC1 (one-layer MLP, fc1: C -> C): ``sigmoid(sum over pools of act(W1[cc] @ pool + b1[cc]))``
-    with ``vec = pooled`` (N, 2, C) [avg, max] and K = C. ``[len(cc), KB]`` weight tiles.
-    ``Z_ONCE`` (MC_FC2 with K <= KB): ``z`` is :func:`load_hidden`'s vector, not loaded again."""
+    MC_FC2: ``sigmoid(W2[cc] @ z[n] + pools * b2[cc])`` with ``vec = z`` (N, K = hidden); ``[len(cc),
+    KB]`` weight tiles. ``Z_ONCE`` (K <= KB): ``z`` is :func:`load_hidden`'s vector, not loaded again.
+    MC_PART (one-layer MLP, fc1: C -> C): ``sigmoid(sum over pools of act(sum_b part[n, b, pool, cc] +
+    b1[cc]))`` with ``vec = part`` (N, K = blocks, pools, C) from stage 1; ``[len(cc), KB]`` tiles of the
+    partials (``.cg``: written by other programs), summed over the blocks in a fixed order."""
+    NPOOL: tl.constexpr = 1 + (POOLS == POOLS_AVG_MAX)
     offs_k = tl.arange(0, KB)
     acc_a = tl.zeros(cc.shape, dtype=acc_t)
     acc_m = tl.zeros(cc.shape, dtype=acc_t)
     if MC_MODE == MC_FC2:
-        vbase = vec_ptr + n.to(tl.int64) * K
-    else:
-        vbase = vec_ptr + n.to(tl.int64) * 2 * K
-    for k0 in range(0, K, KB):
-        kk = k0 + offs_k
-        mk = kk < K
-        w = tl.load(w_ptr + cc[:, None] * s_wc + kk[None, :] * s_wk,
-                    mask=mask_c[:, None] & mk[None, :], other=0.0).to(acc_t)
-        if MC_MODE == MC_FC2:
+        for k0 in range(0, K, KB):
+            kk = k0 + offs_k
+            mk = kk < K
+            w = tl.load(w_ptr + cc[:, None] * s_wc + kk[None, :] * s_wk, mask=mask_c[:, None] & mk[None, :],
+                        other=0.0).to(acc_t)
             if Z_ONCE:
                 acc_a += tl.sum(w * z[None, :], axis=1)
             else:
-                acc_a += tl.sum(w * tl.load(vbase + kk, mask=mk, other=0.0)[None, :], axis=1)
-        else:
-            va, vm = pool_inputs(tl.load(vbase + kk, mask=mk, other=0.0),
-                                 tl.load(vbase + K + kk, mask=mk, other=0.0), POOLS)
-            acc_a += tl.sum(w * va[None, :], axis=1)
+                zk = tl.load(vec_ptr + n.to(tl.int64) * K + kk, mask=mk, other=0.0)
+                acc_a += tl.sum(w * zk[None, :], axis=1)
+    else:  # the partial tiles summed element-wise, reduced once after the walk over the blocks
+        tile_a = tl.zeros([cc.shape[0], KB], dtype=acc_t)
+        tile_m = tl.zeros([cc.shape[0], KB], dtype=acc_t)
+        for k0 in range(0, K, KB):
+            kk = k0 + offs_k
+            m = mask_c[:, None] & (kk < K)[None, :]
+            part = vec_ptr + (n.to(tl.int64) * K + kk.to(tl.int64))[None, :] * NPOOL * C + cc[:, None]
+            tile_a += tl.load(part, mask=m, other=0.0, cache_modifier=".cg")
             if POOLS == POOLS_AVG_MAX:
-                acc_m += tl.sum(w * vm[None, :], axis=1)
+                tile_m += tl.load(part + C, mask=m, other=0.0, cache_modifier=".cg")
+        acc_a = tl.sum(tile_a, axis=1)
+        if POOLS == POOLS_AVG_MAX:
+            acc_m = tl.sum(tile_m, axis=1)
     b = tl.zeros(cc.shape, dtype=acc_t)
     if HAS_B:
         b = tl.load(b_ptr + cc, mask=mask_c, other=0.0).to(acc_t)

@@ -1,11 +1,12 @@
 """Stage 1 of the fused forward: global avg + max pooling, the split combine and layer 1 of the
-channel MLP, in one launch (layer 2 and the sigmoid run in stage 2, see :mod:`cbam_triton.kernels.mlp`)."""
+channel MLP, in one launch (layer 2, or a one-layer MLP's column sums, and the sigmoid run in
+stage 2, see :mod:`cbam_triton.kernels.mlp`)."""
 
 import triton
 import triton.language as tl
 
 from cbam_triton.kernels._common import last_arrival, reset_counter
-from cbam_triton.kernels.mlp import hidden_combine, hidden_partial, pool_inputs
+from cbam_triton.kernels.mlp import POOLS_AVG_MAX, hidden_combine, hidden_partial, pool_inputs
 from cbam_triton.kernels.pool import pool_partials
 
 
@@ -32,11 +33,11 @@ def combine_channel_splits(n, offs_c, mask_c, C, num_splits, sum_ptr, max_ptr,
 
 @triton.jit
 def channel_pool_mlp_kernel(
-    x_ptr, sum_ptr, max_ptr, counter_ptr, sample_counter_ptr, pooled_ptr, part_ptr, z_ptr,
-    w1_ptr, b1_ptr,
-    C, P, HID, p_per_split,
+    x_ptr, sum_ptr, max_ptr, counter_ptr, sample_counter_ptr, group_counter_ptr, pooled_ptr, part_ptr,
+    group_ptr, z_ptr, w1_ptr, b1_ptr,
+    C, P, HID, p_per_split, group,
     stride_xn, stride_xc, stride_xp, s_w1h, s_w1c,
-    POOLS: tl.constexpr, ACT: tl.constexpr, HAS_B1: tl.constexpr, LAYER1: tl.constexpr,
+    POOLS: tl.constexpr, ACT: tl.constexpr, HAS_B1: tl.constexpr, Z_COMBINE: tl.constexpr, TREE: tl.constexpr,
     SPLIT: tl.constexpr, HINTS: tl.constexpr,
     BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr, SB: tl.constexpr, HB: tl.constexpr,
     CBB: tl.constexpr, ZB: tl.constexpr, ACC_FP64: tl.constexpr,
@@ -47,14 +48,19 @@ def channel_pool_mlp_kernel(
     # SPLIT (more than one p-range): the program stores its (sum, max) partials to (N, SPLIT, C)
     # and the last of the block's SPLIT programs (one integer atomic each on counter[n, block])
     # combines them as [SB, BLOCK_C] tiles. The block's pooled values are then final: stored to
-    # pooled (N, 2, C) [avg, max], and (LAYER1, a two-layer MLP) its layer-1 partial
-    # W1[:, block] @ pool[block] goes to part (N, blocks, 2, HID) in [HB, BLOCK_C] weight tiles.
-    # The last block of a sample (sample_counter[n]) sums the (blocks, HID) partials as [CBB, ZB]
-    # tiles, adds b1, applies the activation and sums the pools: z (N, HID). Layer 2 runs in
-    # stage 2, spread over its programs. Big-tensor traffic: |x| read, nothing written.
+    # pooled (N, 2, C) [avg, max], and its layer-1 partial W1[:, block] @ pool[block]
+    # goes to part (N, blocks, pools, HID) in [HB, BLOCK_C] weight tiles (HID = C for a one-layer MLP).
+    # Z_COMBINE (two layers): the last block of a sample (sample_counter[n]) sums the (blocks, HID)
+    # partials as [CBB, ZB] tiles, adds b1, applies the activation and sums the pools: z (N, HID).
+    # TREE (blocks * HID large): two levels instead; the last block of each group of ``group``
+    # blocks (group_counter[n, g]) sums the group's partials into group_ptr (N, groups, pools, HID),
+    # the last group (sample_counter[n]) sums those into z.
+    # Layer 2 (or a one-layer MLP's column sums) runs in stage 2, spread over its programs.
+    # Big-tensor traffic: |x| read, nothing written.
     # Longest program: the last of a sample: its x tiles, <= 2 * cdiv(SPLIT, SB) partial tiles,
     # HID / HB weight tiles (the launcher keeps BLOCK_C * HID small) and 2 * HID / ZB *
-    # cdiv(blocks, CBB) tiles of partials: a few tens of independent loads, never C * HID.
+    # cdiv(blocks, CBB) tiles of partials (TREE: group + groups rows instead of blocks): a few
+    # tens of independent loads, never C * HID.
     # Deterministic: integer atomics only, every combine in a fixed order.
     acc_t: tl.constexpr = tl.float64 if ACC_FP64 else tl.float32
     pid_nc = tl.program_id(0)
@@ -83,10 +89,29 @@ def channel_pool_mlp_kernel(
         dst = pooled_ptr + n.to(tl.int64) * 2 * C + offs_c
         tl.store(dst, avg, mask=mask_c)
         tl.store(dst + C, vmax, mask=mask_c)
-        if LAYER1:
-            va, vm = pool_inputs(avg, vmax, POOLS)
-            hidden_partial(n, cb, num_cblocks, offs_c, mask_c, tl.where(mask_c, va, 0.0), tl.where(mask_c, vm, 0.0),
-                           HID, w1_ptr, s_w1h, s_w1c, part_ptr, POOLS, HB, acc_t)
-            if last_arrival(sample_counter_ptr + n, num_cblocks):
-                hidden_combine(n, num_cblocks, HID, part_ptr, b1_ptr, z_ptr, POOLS, ACT, HAS_B1, CBB, ZB, acc_t)
-                reset_counter(sample_counter_ptr + n)
+        va, vm = pool_inputs(avg, vmax, POOLS)
+        hidden_partial(n, cb, num_cblocks, offs_c, mask_c, tl.where(mask_c, va, 0.0), tl.where(mask_c, vm, 0.0),
+                       HID, w1_ptr, s_w1h, s_w1c, part_ptr, POOLS, HB, acc_t)
+        NPOOL: tl.constexpr = 1 + (POOLS == POOLS_AVG_MAX)
+        parts_n = part_ptr + n.to(tl.int64) * num_cblocks * NPOOL * HID
+        z_n = z_ptr + n.to(tl.int64) * HID
+        if Z_COMBINE:
+            if TREE:
+                num_groups = tl.cdiv(num_cblocks, group)
+                g = cb // group
+                first = g * group
+                rows = tl.minimum(group, num_cblocks - first)
+                gcount = group_counter_ptr + n * num_groups + g
+                if last_arrival(gcount, rows):
+                    groups_n = group_ptr + n.to(tl.int64) * num_groups * NPOOL * HID
+                    hidden_combine(parts_n + first.to(tl.int64) * NPOOL * HID, rows, HID, b1_ptr,
+                                   groups_n + g.to(tl.int64) * NPOOL * HID, POOLS, ACT, HAS_B1, False, CBB, ZB, acc_t)
+                    reset_counter(gcount)
+                    if last_arrival(sample_counter_ptr + n, num_groups):
+                        hidden_combine(groups_n, num_groups, HID, b1_ptr, z_n, POOLS, ACT, HAS_B1, True, CBB, ZB,
+                                       acc_t)
+                        reset_counter(sample_counter_ptr + n)
+            else:
+                if last_arrival(sample_counter_ptr + n, num_cblocks):
+                    hidden_combine(parts_n, num_cblocks, HID, b1_ptr, z_n, POOLS, ACT, HAS_B1, True, CBB, ZB, acc_t)
+                    reset_counter(sample_counter_ptr + n)

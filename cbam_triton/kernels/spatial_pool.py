@@ -42,10 +42,11 @@ def spatial_pool_kernel(
     # SPLIT == 1: the mean, so out is directly the (N, 2, H, W) map [max, mean]). Grid:
     # (N * cdiv(P, BLOCK_P), SPLIT); tile [BLOCK_C, BLOCK_P] walks the c-range.
     # Mc (MC_MODE): none, loaded from mc (N, C), or computed here per channel tile from the
-    # MLP's last layer (kernels/mlp.py: W2 @ z from stage 1, or a one-layer MLP from the pooled
-    # vectors), so no program runs a whole sample's MLP: each reads the weight rows of its own
-    # c-range (the launcher bounds c-range * K and keeps the pixel blocks per sample few when the
-    # weights are large); the programs of pixel block 0 store it to mc_out for stage 3.
+    # MLP's last layer (kernels/mlp.py: W2 @ z from stage 1, or a one-layer MLP's column sums of
+    # stage 1's layer-1 partials), so no program runs a whole sample's MLP: each reads the weight
+    # (partial) columns of its own c-range (the launcher bounds c-range * K and keeps the pixel
+    # blocks per sample few when they are large); the programs of pixel block 0 store Mc to mc_out
+    # for stage 3.
     # COUNT (training forward): also cnt[n, split, p] = how many channels reach the max (int32).
     # Fused forward: HINTS loads x with evict_last (stage 3 reads it again from L2); COMBINE (SPLIT
     # > 1): the last of the SPLIT programs of a (n, p-block), found with one integer atomic on

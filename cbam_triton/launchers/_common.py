@@ -296,9 +296,11 @@ def plan_fused(n: int, c: int, p: int, stride_c: int, stride_p: int, itemsize: i
         if long > max(top, 16):
             continue
         block_c, block_p = (TILE_ELEMS // long, long) if long_axis == "p" else (long, TILE_ELEMS // long)
+        lo, hi = block_c_range
+        if long_axis == "p" and block_c > hi:  # the short channel axis shrinks (a smaller tile) to fit
+            block_c = max(1, 1 << (hi.bit_length() - 1))
         free = -(-c // block_c) if reduce == "p" else -(-p // block_p)
         hard = 0.0  # how far a hard limit is exceeded (0: within every limit)
-        lo, hi = block_c_range
         if block_c > hi:
             hard += block_c / hi
         if block_c < lo and block_c < c:

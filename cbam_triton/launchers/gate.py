@@ -6,11 +6,14 @@ import torch
 
 from cbam_triton.kernels.gate import gate_kernel
 from cbam_triton.launchers._common import (
+    PROGRAM_SMALL_BYTES,
+    TILE_ELEMS,
     Launch,
     ProgramModel,
     acc_is_fp64,
     as_ncp,
     compute_dtype,
+    long_block,
     nbytes,
     output_for,
     tile_for,
@@ -30,7 +33,14 @@ def plan_gate(x: torch.Tensor, mc: torch.Tensor | None, ms: torch.Tensor | None,
     p = h * w
     x, (sn, sc, sp) = as_ncp(x)
     out, (on, oc, op) = output_for(x, out)
-    block_c, block_p = tile_for(unit_axis(sc, sp, c, p), c, p)
+    long_axis = unit_axis(sc, sp, c, p)
+    block_c, block_p = tile_for(long_axis, c, p)
+    if channel is not None:  # a program's [BLOCK_C, K] slice of the MLP's last layer stays small
+        cap = max(1, PROGRAM_SMALL_BYTES * c // max(1, channel.map_weight_bytes))
+        if block_c > cap:
+            block_c = max(16 if long_axis == "c" else 1, 1 << (cap.bit_length() - 1))
+            if long_axis == "c":
+                block_p = min(TILE_ELEMS // block_c, long_block(p))
     acc = compute_dtype(x)
     if mc is not None:
         mc = mc.to(acc).contiguous()
@@ -47,7 +57,7 @@ def plan_gate(x: torch.Tensor, mc: torch.Tensor | None, ms: torch.Tensor | None,
         meta=dict(**mc_meta, HAS_MS=ms is not None, HINTS=hints,
                   BLOCK_C=block_c, BLOCK_P=block_p, ACC_FP64=acc_is_fp64(x)),
         name="gate",
-        bytes_read=nbytes(x, mc, ms) + (channel.map_weight_bytes if channel is not None else 0),
+        bytes_read=nbytes(x, mc, ms) + (channel.map_total_bytes if channel is not None else 0),
         bytes_written=nbytes(out),
     )
     if channel is not None:

@@ -3,6 +3,7 @@ and the arguments with which the later stages compute Mc from the MLP's last lay
 
 from __future__ import annotations
 
+import math
 from typing import Any, NamedTuple
 
 import torch
@@ -26,27 +27,34 @@ from cbam_triton.launchers._common import (
 )
 
 #: ``MC_MODE`` of the streaming kernels (must match :mod:`cbam_triton.kernels.mlp`)
-MC_NONE, MC_LOAD, MC_FC2, MC_FC1 = 0, 1, 2, 3
+MC_NONE, MC_LOAD, MC_FC2, MC_PART = 0, 1, 2, 3
 
 
 class ChannelState(NamedTuple):
     """What stage 1 leaves for the stages that compute Mc: the MLP, the pooled (N, 2, C) [avg, max]
-    vectors and, for a two-layer MLP, the hidden vectors z (N, hidden) (None for one layer)."""
+    vectors, and either the hidden vectors z (N, hidden) of a two-layer MLP or the layer-1
+    partials (N, blocks, pools, C) of a one-layer MLP (fc1: C -> C)."""
 
     mlp: ChannelMLP
     pooled: torch.Tensor
     z: torch.Tensor | None
-
-    @property
-    def last_weight(self) -> torch.Tensor:
-        """The weight whose rows give Mc: fc2's (C, hidden), or fc1's (C, C) for a one-layer MLP."""
-        return self.mlp.fc2_weight if self.z is not None else self.mlp.fc1_weight
+    parts: torch.Tensor | None = None
 
     @property
     def map_weight_bytes(self) -> int:
-        """Bytes of the weights (and bias) read to compute one sample's whole Mc."""
-        w = self.last_weight
-        return w.shape[0] * w.shape[1] * w.element_size()
+        """Bytes of small data read to compute one sample's whole Mc: W2 (two layers), or the
+        pools' layer-1 partials (one layer)."""
+        if self.z is not None:
+            w = self.mlp.fc2_weight
+            return w.shape[0] * w.shape[1] * w.element_size()
+        assert self.parts is not None
+        return self.parts[0].numel() * self.parts.element_size()
+
+    @property
+    def map_total_bytes(self) -> int:
+        """Bytes of small data a launch that computes every sample's Mc reads from DRAM: W2 once
+        (then L2-resident), or every sample's partials."""
+        return self.map_weight_bytes * (1 if self.z is not None else self.pooled.shape[0])
 
 
 def _matrix_strides(w: torch.Tensor) -> tuple[int, int]:
@@ -64,14 +72,19 @@ def channel_map_args(state: ChannelState | None, mc: torch.Tensor | None, block_
         meta = dict(MC_MODE=MC_LOAD if mc is not None else MC_NONE, POOLS=0, ACT=0, HAS_MCB=False, KB=1, Z_ONCE=False)
         return (filler, filler, filler), (1, 0, 0), meta
     mlp = state.mlp
-    w = state.last_weight
     two = state.z is not None
     b = mlp.fc2_bias if two else mlp.fc1_bias
-    k = w.shape[1]
+    if two:
+        w, vec = mlp.fc2_weight, state.z
+        k, strides = w.shape[1], _matrix_strides(w)
+    else:  # the (N, blocks, pools, C) partials are both the "weights" and the vector
+        assert state.parts is not None
+        w = vec = state.parts
+        k, strides = state.parts.shape[1], (0, 0)
     kb = small_tile_rows(block_c, k)
-    meta = dict(MC_MODE=MC_FC2 if two else MC_FC1, POOLS=POOL_MODES[mlp.pools], ACT=ACTIVATIONS[mlp.act],
+    meta = dict(MC_MODE=MC_FC2 if two else MC_PART, POOLS=POOL_MODES[mlp.pools], ACT=ACTIVATIONS[mlp.act],
                 HAS_MCB=b is not None, KB=kb, Z_ONCE=two and kb >= k)
-    return (w, b if b is not None else w, state.z if two else state.pooled), (k, *_matrix_strides(w)), meta
+    return (w, b if b is not None else w, vec), (k, *strides), meta
 
 
 def map_tile_loads(meta: dict[str, Any], block_c: int, k: int, wsize: int, acc: int) -> tuple[int, int]:
@@ -82,14 +95,17 @@ def map_tile_loads(meta: dict[str, Any], block_c: int, k: int, wsize: int, acc: 
     if mode == MC_LOAD:
         return 1, block_c * acc
     chunks = -(-k // meta["KB"])
-    vec = 0 if meta.get("Z_ONCE") else chunks * (1 if mode == MC_FC2 else 2)
     bias = 1 if meta["HAS_MCB"] else 0
+    if mode == MC_PART:  # [block_c, KB] tiles of the partials, one per pool
+        pools = 2 if meta["POOLS"] == 0 else 1
+        return pools * chunks + bias, pools * block_c * k * acc + bias * block_c * wsize
+    vec = 0 if meta.get("Z_ONCE") else chunks
     return chunks + vec + bias, block_c * k * wsize + (vec * meta["KB"] * acc) + bias * block_c * wsize
 
 
 def map_split_min(state: ChannelState | None, c: int) -> int:
     """Fewest splits of the channel walk that keep each program's slice of the MLP's last layer
-    (``c_range * K`` weights) within :data:`PROGRAM_SMALL_BYTES`."""
+    (``c_range * K`` weights, or partials) within :data:`PROGRAM_SMALL_BYTES`."""
     if state is None:
         return 1
     return max(1, -(-state.map_weight_bytes // PROGRAM_SMALL_BYTES))
@@ -107,16 +123,16 @@ def plan_channel_pool_mlp(x: torch.Tensor, mlp: ChannelMLP, hints: bool = False,
     two = mlp.fc2_weight is not None
     w1 = mlp.fc1_weight
     wsize = w1.element_size()
-    if two:
-        # a program's slice of W1, W1[:, block], stays within PROGRAM_SMALL_BYTES; the sample's
-        # (blocks, 2, hidden) fp32 layer-1 partials within that too (the last block sums them) and
-        # within 1/WORKSPACE_FRACTION of the sample's x bytes (their traffic)
-        hi = max(1, PROGRAM_SMALL_BYTES // (hidden * wsize))
-        lo = max(-(-c * hidden * 8 // PROGRAM_SMALL_BYTES),
-                 -(-c * hidden * 8 * WORKSPACE_FRACTION // max(1, c * p * x.element_size())))
-        block_c_range = (min(lo, hi), hi)
-    else:
-        block_c_range = (1, 1 << 30)
+    # the last block of a sample reads its slice of W1, W1[:, block], and (two layers) sums the
+    # sample's layer-1 partials (one level, or two of about sqrt(blocks) rows each); the channel
+    # blocks are sized so that both together stay within STAGE1_SMALL_BYTES (_layer1_blocks), and
+    # the (blocks, pools, hidden) partials within 1/WORKSPACE_FRACTION of the sample's x bytes (their
+    # traffic) where that allows. A one-layer MLP's partials are summed per channel tile in stage 2.
+    npool = 2 if POOL_MODES[mlp.pools] == 0 else 1  # rows of partials per block: one per pool the MLP sees
+    row = hidden * npool * (8 if acc_is_fp64(x) else 4)  # bytes of one block's partials
+    lo, hi = _layer1_blocks(c, hidden * wsize, row, two)
+    ws_lo = -(-c * row * WORKSPACE_FRACTION // max(1, c * p * x.element_size()))
+    block_c_range = (min(max(lo, ws_lo), hi), hi)
     plan = plan_fused(n, c, p, sc, sp, x.element_size(), "p", x.device, split, block_c_range=block_c_range)
     block_c, block_p, base = plan.block_c, plan.block_p, plan.base
     num_splits, per_split = plan.num_splits, plan.per_split
@@ -125,36 +141,87 @@ def plan_channel_pool_mlp(x: torch.Tensor, mlp: ChannelMLP, hints: bool = False,
     sums = torch.empty((n, num_splits, c), dtype=acc, device=x.device) if num_splits > 1 else None
     maxs = torch.empty((n, num_splits, c), dtype=acc, device=x.device) if num_splits > 1 else None
     pooled = torch.empty((n, 2, c), dtype=acc, device=x.device)
-    parts = torch.empty((n, num_cblocks, 2, hidden), dtype=acc, device=x.device) if two else None
+    parts = torch.empty((n, num_cblocks, npool, hidden), dtype=acc, device=x.device)
     z = torch.empty((n, hidden), dtype=acc, device=x.device) if two else None
+    tree = two and _use_tree(num_cblocks, row)
+    group = _isqrt_up(num_cblocks) if tree else num_cblocks
+    num_groups = -(-num_cblocks // group)
+    groups = torch.empty((n, num_groups, npool, hidden), dtype=acc, device=x.device) if tree else None
     if counters is None:
-        counters = counter_buffer(x.device, n * num_cblocks + n)
+        counters = counter_buffer(x.device, n * num_cblocks + n + n * num_groups)
     split_counters, sample_counters = counters[: n * num_cblocks], counters[n * num_cblocks: n * num_cblocks + n]
+    group_counters = counters[n * num_cblocks + n: n * num_cblocks + n + n * num_groups]
     hb = small_tile_rows(block_c, hidden)
     zb = min(next_pow2(hidden), 128)
-    cbb = max(1, min(next_pow2(num_cblocks), SMALL_TILE // zb))
+    cbb = max(1, min(next_pow2(max(group, num_groups) if tree else num_cblocks), SMALL_TILE // zb))
     launch = Launch(
         kernel=channel_pool_mlp_kernel,
         grid=(base, num_splits),
         args=(x, sums if sums is not None else pooled, maxs if maxs is not None else pooled, split_counters,
-              sample_counters, pooled, parts if two else pooled, z if two else pooled,
+              sample_counters, group_counters if tree else sample_counters, pooled, parts,
+              groups if groups is not None else parts, z if two else pooled,
               w1, mlp.fc1_bias if mlp.fc1_bias is not None else w1,
-              c, p, hidden, per_split, sn, sc, sp, *_matrix_strides(w1)),
+              c, p, hidden, per_split, group if tree else 1, sn, sc, sp, *_matrix_strides(w1)),
         meta=dict(POOLS=POOL_MODES[mlp.pools], ACT=ACTIVATIONS[mlp.act], HAS_B1=mlp.fc1_bias is not None,
-                  LAYER1=two, SPLIT=num_splits > 1, HINTS=hints, BLOCK_C=block_c, BLOCK_P=block_p,
+                  Z_COMBINE=two, TREE=tree, SPLIT=num_splits > 1, HINTS=hints, BLOCK_C=block_c, BLOCK_P=block_p,
                   SB=small_tile_rows(block_c, num_splits), HB=hb, CBB=cbb, ZB=zb, ACC_FP64=acc_is_fp64(x)),
         name="channel_pool_mlp",
-        bytes_read=nbytes(x, w1 if two else None, mlp.fc1_bias if two else None),
-        bytes_written=nbytes(sums, maxs, pooled, parts, z),
+        bytes_read=nbytes(x, w1, mlp.fc1_bias if two else None),
+        bytes_written=nbytes(sums, maxs, pooled, parts, groups, z),
     )
-    launch.longest = _stage1_longest(launch, x, c, p, hidden, num_splits, per_split, num_cblocks, two, wsize)
-    return launch, ChannelState(mlp, pooled, z)
+    combined = (group, num_groups) if tree else (num_cblocks,)
+    launch.longest = _stage1_longest(launch, x, p, hidden, num_splits, per_split, combined, two, wsize)
+    return launch, ChannelState(mlp, pooled, z, None if two else parts)
 
 
-def _stage1_longest(launch: Launch, x: torch.Tensor, c: int, p: int, hidden: int, splits: int, per_split: int,
-                    blocks: int, two: bool, wsize: int) -> ProgramModel:
+def _isqrt_up(v: int) -> int:
+    """The smallest g with g * g >= v."""
+    g = math.isqrt(max(1, v))
+    return g if g * g >= v else g + 1
+
+
+#: Fused forward, stage 1: bytes of weights and partials the last block of a sample may read (its
+#: slice of W1 and the layer-1 partials it sums), leaving room for its split combine
+STAGE1_SMALL_BYTES = 96 * 1024
+
+
+def _use_tree(blocks: int, row: int) -> bool:
+    """Whether the sample's layer-1 partials (``row`` bytes per block) are summed in two levels:
+    where one level would read more than half of PROGRAM_SMALL_BYTES and two read fewer rows."""
+    return blocks * row > PROGRAM_SMALL_BYTES // 2 and 2 * _isqrt_up(blocks) < blocks
+
+
+def _combine_bytes(blocks: int, row: int) -> int:
+    """Bytes of layer-1 partials (``row`` per block) the last block of a sample sums."""
+    if not _use_tree(blocks, row):
+        return blocks * row
+    group = _isqrt_up(blocks)
+    return (group + -(-blocks // group)) * row
+
+
+def _layer1_blocks(c: int, w1_column: int, row: int, two: bool) -> tuple[int, int]:
+    """(lo, hi) channel-block widths whose stage-1 small reads (W1 slice: ``w1_column`` bytes per
+    channel; partial sums: ``row`` bytes per block) fit STAGE1_SMALL_BYTES; the cheapest width alone
+    when none fits (a very wide MLP)."""
+    costs = {}
+    bc = 1
+    while True:
+        costs[bc] = w1_column * bc + (_combine_bytes(-(-c // bc), row) if two else 0)
+        if bc >= c:
+            break
+        bc *= 2
+    fit = [b for b, cost in costs.items() if cost <= STAGE1_SMALL_BYTES]
+    if not fit:
+        best = min(costs, key=costs.get)
+        return best, best
+    return min(fit), max(fit)
+
+
+def _stage1_longest(launch: Launch, x: torch.Tensor, p: int, hidden: int, splits: int, per_split: int,
+                    combined: tuple[int, ...], two: bool, wsize: int) -> ProgramModel:
     """Stage 1's longest program: the last of a sample (its x tiles, the split combine, its W1
-    slice, the sample's layer-1 partials)."""
+    slice and, for two layers, the rows of layer-1 partials it sums: ``combined`` = (blocks,), or
+    (its group's blocks, the groups) for a two-level combine)."""
     m = launch.meta
     bc, bp, acc = m["BLOCK_C"], m["BLOCK_P"], 8 if m["ACC_FP64"] else 4
     span = min(per_split, p)
@@ -162,10 +229,12 @@ def _stage1_longest(launch: Launch, x: torch.Tensor, c: int, p: int, hidden: int
     if splits > 1:
         loads += 2 * -(-splits // m["SB"])
         nbytes_ += 2 * splits * bc * acc
+    loads += -(-hidden // m["HB"])
+    nbytes_ += hidden * bc * wsize
     if two:
         pools = 2 if m["POOLS"] == 0 else 1
-        loads += -(-hidden // m["HB"]) + pools * -(-hidden // m["ZB"]) * -(-blocks // m["CBB"])
-        nbytes_ += hidden * bc * wsize + pools * blocks * hidden * acc
+        loads += pools * -(-hidden // m["ZB"]) * sum(-(-rows // m["CBB"]) for rows in combined)
+        nbytes_ += pools * sum(combined) * hidden * acc
         if m["HAS_B1"]:
             loads += -(-hidden // m["ZB"])
             nbytes_ += hidden * wsize

@@ -8,6 +8,7 @@ from cbam_triton.kernels.spatial_pool import spatial_pool_kernel
 from cbam_triton.launchers._common import (
     MAX_WALK_TILES,
     NUM_WARPS,
+    PROGRAM_SMALL_BYTES,
     SMALL_TILE,
     Launch,
     ProgramModel,
@@ -45,8 +46,11 @@ def plan_spatial_pool(x: torch.Tensor, mc: torch.Tensor | None, split: int | Non
     if combine:  # the fused forward's tile rule
         # Mc from the MLP's last layer: few pixel blocks per sample when its weights are large, and
         # enough channel splits that each program's slice of them stays small
+        # (a program's channel tile never needs more of them than its whole slice may hold)
+        map_bytes = channel.map_weight_bytes if channel is not None else 0
         plan = plan_fused(n, c, p, sc, sp, x.element_size(), "c", x.device, split,
-                          weight_bytes=channel.map_weight_bytes if channel is not None else 0,
+                          weight_bytes=map_bytes,
+                          block_c_range=(1, max(1, PROGRAM_SMALL_BYTES * c // max(1, map_bytes))),
                           min_split=map_split_min(channel, c),
                           max_walk_tiles=MAX_WALK_TILES if channel is not None else None)
         block_c, block_p, base, num_splits, per_split = (plan.block_c, plan.block_p, plan.base, plan.num_splits,
@@ -77,7 +81,7 @@ def plan_spatial_pool(x: torch.Tensor, mc: torch.Tensor | None, split: int | Non
         name="spatial_pool",
         # Mc's [BLOCK_C, KB] weight tile next to the x tile: 8 warps keep it under ~128 registers a thread
         num_warps=8 if channel is not None and block_c * mc_meta["KB"] > SMALL_TILE // 2 else NUM_WARPS,
-        bytes_read=nbytes(x, mc) + (channel.map_weight_bytes if channel is not None else 0),
+        bytes_read=nbytes(x, mc) + (channel.map_total_bytes if channel is not None else 0),
         bytes_written=nbytes(out, cnts, mc_out) + (nbytes(final) if combine else 0),
     )
     tiles = -(-min(per_split, c) // block_c)
