@@ -33,7 +33,7 @@ def combine_channel_splits(n, offs_c, mask_c, C, num_splits, sum_ptr, max_ptr,
 
 @triton.jit
 def channel_pool_mlp_kernel(
-    x_ptr, sum_ptr, max_ptr, counter_ptr, sample_counter_ptr, group_counter_ptr, pooled_ptr, part_ptr,
+    x_ptr, sum_ptr, max_ptr, counter_ptr, sample_counter_ptr, group_counter_ptr, part_ptr,
     group_ptr, z_ptr, w1_ptr, b1_ptr,
     C, P, HID, p_per_split, group,
     stride_xn, stride_xc, stride_xp, s_w1h, s_w1c,
@@ -47,9 +47,9 @@ def channel_pool_mlp_kernel(
     # [BLOCK_C, BLOCK_P] walking the p-range (the tile rule of plan_fused).
     # SPLIT (more than one p-range): the program stores its (sum, max) partials to (N, SPLIT, C)
     # and the last of the block's SPLIT programs (one integer atomic each on counter[n, block])
-    # combines them as [SB, BLOCK_C] tiles. The block's pooled values are then final: stored to
-    # pooled (N, 2, C) [avg, max], and its layer-1 partial W1[:, block] @ pool[block]
-    # goes to part (N, blocks, pools, HID) in [HB, BLOCK_C] weight tiles (HID = C for a one-layer MLP).
+    # combines them as [SB, BLOCK_C] tiles. The block's pooled values are then final (they never
+    # reach memory): its layer-1 partial W1[:, block] @ pool[block] goes to part (N, blocks, pools,
+    # HID) in [HB, BLOCK_C] weight tiles (HID = C for a one-layer MLP).
     # Z_COMBINE (two layers): the last block of a sample (sample_counter[n]) sums the (blocks, HID)
     # partials as [CBB, ZB] tiles, adds b1, applies the activation and sums the pools: z (N, HID).
     # TREE (blocks * HID large): two levels instead; the last block of each group of ``group``
@@ -86,9 +86,6 @@ def channel_pool_mlp_kernel(
             reset_counter(counter_ptr + pid_nc)
     if final:
         avg = vsum / P
-        dst = pooled_ptr + n.to(tl.int64) * 2 * C + offs_c
-        tl.store(dst, avg, mask=mask_c)
-        tl.store(dst + C, vmax, mask=mask_c)
         va, vm = pool_inputs(avg, vmax, POOLS)
         hidden_partial(n, cb, num_cblocks, offs_c, mask_c, tl.where(mask_c, va, 0.0), tl.where(mask_c, vm, 0.0),
                        HID, w1_ptr, s_w1h, s_w1c, part_ptr, POOLS, HB, acc_t)

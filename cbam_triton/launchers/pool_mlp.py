@@ -31,12 +31,11 @@ MC_NONE, MC_LOAD, MC_FC2, MC_PART = 0, 1, 2, 3
 
 
 class ChannelState(NamedTuple):
-    """What stage 1 leaves for the stages that compute Mc: the MLP, the pooled (N, 2, C) [avg, max]
-    vectors, and either the hidden vectors z (N, hidden) of a two-layer MLP or the layer-1
-    partials (N, blocks, pools, C) of a one-layer MLP (fc1: C -> C)."""
+    """What stage 1 leaves for the stages that compute Mc: the MLP and either the hidden vectors z
+    (N, hidden) of a two-layer MLP or the layer-1 partials (N, blocks, pools, C) of a one-layer MLP
+    (fc1: C -> C)."""
 
     mlp: ChannelMLP
-    pooled: torch.Tensor
     z: torch.Tensor | None
     parts: torch.Tensor | None = None
 
@@ -54,7 +53,7 @@ class ChannelState(NamedTuple):
     def map_total_bytes(self) -> int:
         """Bytes of small data a launch that computes every sample's Mc reads from DRAM: W2 once
         (then L2-resident), or every sample's partials."""
-        return self.map_weight_bytes * (1 if self.z is not None else self.pooled.shape[0])
+        return self.map_weight_bytes * (1 if self.parts is None else self.parts.shape[0])
 
 
 def _matrix_strides(w: torch.Tensor) -> tuple[int, int]:
@@ -140,7 +139,6 @@ def plan_channel_pool_mlp(x: torch.Tensor, mlp: ChannelMLP, hints: bool = False,
     acc = compute_dtype(x)
     sums = torch.empty((n, num_splits, c), dtype=acc, device=x.device) if num_splits > 1 else None
     maxs = torch.empty((n, num_splits, c), dtype=acc, device=x.device) if num_splits > 1 else None
-    pooled = torch.empty((n, 2, c), dtype=acc, device=x.device)
     parts = torch.empty((n, num_cblocks, npool, hidden), dtype=acc, device=x.device)
     z = torch.empty((n, hidden), dtype=acc, device=x.device) if two else None
     tree = two and _use_tree(num_cblocks, row)
@@ -157,9 +155,9 @@ def plan_channel_pool_mlp(x: torch.Tensor, mlp: ChannelMLP, hints: bool = False,
     launch = Launch(
         kernel=channel_pool_mlp_kernel,
         grid=(base, num_splits),
-        args=(x, sums if sums is not None else pooled, maxs if maxs is not None else pooled, split_counters,
-              sample_counters, group_counters if tree else sample_counters, pooled, parts,
-              groups if groups is not None else parts, z if two else pooled,
+        args=(x, sums if sums is not None else parts, maxs if maxs is not None else parts, split_counters,
+              sample_counters, group_counters if tree else sample_counters, parts,
+              groups if groups is not None else parts, z if two else parts,
               w1, mlp.fc1_bias if mlp.fc1_bias is not None else w1,
               c, p, hidden, per_split, group if tree else 1, sn, sc, sp, *_matrix_strides(w1)),
         meta=dict(POOLS=POOL_MODES[mlp.pools], ACT=ACTIVATIONS[mlp.act], HAS_B1=mlp.fc1_bias is not None,
@@ -167,11 +165,11 @@ def plan_channel_pool_mlp(x: torch.Tensor, mlp: ChannelMLP, hints: bool = False,
                   SB=small_tile_rows(block_c, num_splits), HB=hb, CBB=cbb, ZB=zb, ACC_FP64=acc_is_fp64(x)),
         name="channel_pool_mlp",
         bytes_read=nbytes(x, w1, mlp.fc1_bias if two else None),
-        bytes_written=nbytes(sums, maxs, pooled, parts, groups, z),
+        bytes_written=nbytes(sums, maxs, parts, groups, z),
     )
     combined = (group, num_groups) if tree else (num_cblocks,)
     launch.longest = _stage1_longest(launch, x, p, hidden, num_splits, per_split, combined, two, wsize)
-    return launch, ChannelState(mlp, pooled, z, None if two else parts)
+    return launch, ChannelState(mlp, z, None if two else parts)
 
 
 def _isqrt_up(v: int) -> int:

@@ -206,7 +206,7 @@ def _spatial_plans(x: torch.Tensor, xs: torch.Tensor, main: bool, rare: bool) ->
         two = mlp.fc2_weight is not None
         z = torch.empty(t.shape[0], mlp.hidden, device="meta") if two else None
         parts = None if two else torch.empty(t.shape[0], 4, 2, t.shape[1], device="meta")
-        return ChannelState(mlp, torch.empty(t.shape[0], 2, t.shape[1], device="meta"), z, parts)
+        return ChannelState(mlp, z, parts)
 
     plans = []
     for hints in (True, False) if rare else (True,):  # the stream schedule's variants on the rare shapes
