@@ -72,7 +72,7 @@ class BoundLaunch:
     """
 
     __slots__ = ("kernel", "grid", "args", "kwargs", "holes", "launch", "compiled", "run", "function",
-                 "packed", "values", "grid3", "interpreted", "empty")
+                 "packed", "values", "grid3", "interpreted", "empty", "interp_kwargs")
 
     def __init__(self, launch: Launch, compiled: Any, x: torch.Tensor, out: torch.Tensor) -> None:
         # for the launch hooks: the launch without the recorded call's tensors (nothing of it is kept)
@@ -82,6 +82,8 @@ class BoundLaunch:
         self.grid = launch.grid
         self.empty = min(launch.grid) == 0
         self.kwargs = {**launch.meta, "num_warps": launch.num_warps}
+        # the interpreter: what kernel[grid](...) would pass to InterpretedFunction.run (same in 3.6-3.9)
+        self.interp_kwargs = {**self.kwargs, "grid": self.grid, "warmup": False}
         args: list[Any] = []
         holes: list[tuple[int, int, Any]] = []
         for pos, a in enumerate(launch.args):
@@ -135,7 +137,7 @@ class BoundLaunch:
             args[pos] = t if view is None else t.as_strided(view[0], view[1], t.storage_offset() + view[2])
         if self.interpreted:  # (the fast path runs only while no dispatch mode is active: nothing to hide)
             with INTERPRETER_LOCK:
-                self.kernel[self.grid](*args, **self.kwargs)
+                self.kernel.run(*args, **self.interp_kwargs)
         else:
             self.kernel[self.grid](*args, **self.kwargs)
 
