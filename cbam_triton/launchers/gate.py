@@ -6,7 +6,6 @@ import torch
 
 from cbam_triton.kernels.gate import gate_kernel
 from cbam_triton.launchers._common import (
-    PROGRAM_SMALL_BYTES,
     TILE_ELEMS,
     Launch,
     ProgramModel,
@@ -36,7 +35,7 @@ def plan_gate(x: torch.Tensor, mc: torch.Tensor | None, ms: torch.Tensor | None,
     long_axis = unit_axis(sc, sp, c, p)
     block_c, block_p = tile_for(long_axis, c, p)
     if channel is not None:  # a program's [BLOCK_C, K] slice of the MLP's last layer stays small
-        cap = max(1, PROGRAM_SMALL_BYTES * c // max(1, channel.map_weight_bytes))
+        cap = channel.channels_per_slice(c)
         if block_c > cap:
             block_c = max(16 if long_axis == "c" else 1, 1 << (cap.bit_length() - 1))
             if long_axis == "c":

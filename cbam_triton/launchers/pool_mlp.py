@@ -30,6 +30,11 @@ from cbam_triton.launchers._common import (
 MC_NONE, MC_LOAD, MC_FC2, MC_PART = 0, 1, 2, 3
 
 
+def pool_rows(pools_mode: int) -> int:
+    """Vectors the MLP sees per sample (rows of layer-1 partials per block): 2 for avg+max, else 1."""
+    return 2 if pools_mode == POOL_MODES["avg+max"] else 1
+
+
 class ChannelState(NamedTuple):
     """What stage 1 leaves for the stages that compute Mc: the MLP and either the hidden vectors z
     (N, hidden) of a two-layer MLP or the layer-1 partials (N, blocks, pools, C) of a one-layer MLP
@@ -54,6 +59,11 @@ class ChannelState(NamedTuple):
         """Bytes of small data a launch that computes every sample's Mc reads from DRAM: W2 once
         (then L2-resident), or every sample's partials."""
         return self.map_weight_bytes * (1 if self.parts is None else self.parts.shape[0])
+
+    def channels_per_slice(self, c: int) -> int:
+        """Most output channels whose share of :attr:`map_weight_bytes` fits one program's
+        PROGRAM_SMALL_BYTES (a channel tile computing Mc is never wider)."""
+        return max(1, PROGRAM_SMALL_BYTES * c // max(1, self.map_weight_bytes))
 
 
 def _matrix_strides(w: torch.Tensor) -> tuple[int, int]:
@@ -96,7 +106,7 @@ def map_tile_loads(meta: dict[str, Any], block_c: int, k: int, wsize: int, acc: 
     chunks = -(-k // meta["KB"])
     bias = 1 if meta["HAS_MCB"] else 0
     if mode == MC_PART:  # [block_c, KB] tiles of the partials, one per pool
-        pools = 2 if meta["POOLS"] == 0 else 1
+        pools = pool_rows(meta["POOLS"])
         return pools * chunks + bias, pools * block_c * k * acc + bias * block_c * wsize
     vec = 0 if meta.get("Z_ONCE") else chunks
     return chunks + vec + bias, block_c * k * wsize + (vec * meta["KB"] * acc) + bias * block_c * wsize
@@ -127,7 +137,7 @@ def plan_channel_pool_mlp(x: torch.Tensor, mlp: ChannelMLP, hints: bool = False,
     # blocks are sized so that both together stay within STAGE1_SMALL_BYTES (_layer1_blocks), and
     # the (blocks, pools, hidden) partials within 1/WORKSPACE_FRACTION of the sample's x bytes (their
     # traffic) where that allows. A one-layer MLP's partials are summed per channel tile in stage 2.
-    npool = 2 if POOL_MODES[mlp.pools] == 0 else 1  # rows of partials per block: one per pool the MLP sees
+    npool = pool_rows(POOL_MODES[mlp.pools])
     row = hidden * npool * (8 if acc_is_fp64(x) else 4)  # bytes of one block's partials
     lo, hi = _layer1_blocks(c, hidden * wsize, row, two)
     ws_lo = -(-c * row * WORKSPACE_FRACTION // max(1, c * p * x.element_size()))
@@ -230,7 +240,7 @@ def _stage1_longest(launch: Launch, x: torch.Tensor, p: int, hidden: int, splits
     loads += -(-hidden // m["HB"])
     nbytes_ += hidden * bc * wsize
     if two:
-        pools = 2 if m["POOLS"] == 0 else 1
+        pools = pool_rows(m["POOLS"])
         loads += pools * -(-hidden // m["ZB"]) * sum(-(-rows // m["CBB"]) for rows in combined)
         nbytes_ += pools * sum(combined) * hidden * acc
         if m["HAS_B1"]:

@@ -8,7 +8,6 @@ from cbam_triton.kernels.spatial_pool import spatial_pool_kernel
 from cbam_triton.launchers._common import (
     MAX_WALK_TILES,
     NUM_WARPS,
-    PROGRAM_SMALL_BYTES,
     SMALL_TILE,
     Launch,
     ProgramModel,
@@ -47,10 +46,9 @@ def plan_spatial_pool(x: torch.Tensor, mc: torch.Tensor | None, split: int | Non
         # Mc from the MLP's last layer: few pixel blocks per sample when its weights are large, and
         # enough channel splits that each program's slice of them stays small
         # (a program's channel tile never needs more of them than its whole slice may hold)
-        map_bytes = channel.map_weight_bytes if channel is not None else 0
         plan = plan_fused(n, c, p, sc, sp, x.element_size(), "c", x.device, split,
-                          weight_bytes=map_bytes,
-                          block_c_range=(1, max(1, PROGRAM_SMALL_BYTES * c // max(1, map_bytes))),
+                          weight_bytes=channel.map_weight_bytes if channel is not None else 0,
+                          block_c_range=(1, channel.channels_per_slice(c) if channel is not None else 1 << 30),
                           min_split=map_split_min(channel, c),
                           max_walk_tiles=MAX_WALK_TILES if channel is not None else None)
         block_c, block_p, base, num_splits, per_split = (plan.block_c, plan.block_p, plan.base, plan.num_splits,
