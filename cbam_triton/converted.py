@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cbam_triton import fastpath, stages
+from cbam_triton.deploy import fx_leaf_call
 from cbam_triton.functional import prepare, spatial_attention
 from cbam_triton.fusion import ChannelMLP, SpatialConv, activation_name, is_sigmoid, spatial_conv
 from cbam_triton.modules import _Scheduled
@@ -149,6 +150,8 @@ class ConvertedCBAM(_Scheduled, nn.Module):
         out = fastpath.forward(self, x)  # a cached configuration: guard, then the launches
         if out is not None:
             return out
+        if (traced := fx_leaf_call(self, x)) is not None:  # torch.fx.symbolic_trace: one leaf node
+            return traced
         be = prepare(x, self.spec.channels, dict(self.named_parameters()), self.backend)
         spatial = self.spatial_map if self.spec.spatial_input is not None else None
         return stages.run(x, be, self.channel_map, spatial, self.parameters(), self.fused_parts,

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from cbam_triton import fastpath, stages
-from cbam_triton.deploy import script_error
+from cbam_triton.deploy import fx_leaf_call, script_error
 from cbam_triton.functional import channel_attention, prepare, spatial_attention
 from cbam_triton.fusion import ChannelMLP, SpatialConv, spatial_conv
 from cbam_triton.norms import bn_state, check, copy_for
@@ -76,6 +76,8 @@ class ChannelGate(_Scheduled, nn.Module):
         out = fastpath.forward(self, x) if backend is None else None  # a cached configuration: launch
         if out is not None:
             return out
+        if (traced := fx_leaf_call(self, x)) is not None:  # torch.fx.symbolic_trace: one leaf node
+            return traced
         be = prepare(x, self.channels, dict(self.named_parameters()), backend)
         return stages.run(x, be, self.channel_map, None, self.parameters(), self.fused_parts,
                           self.schedule, self.l2_budget_bytes)
@@ -115,6 +117,8 @@ class SpatialGate(_Scheduled, nn.Module):
         out = fastpath.forward(self, x) if backend is None else None  # a cached configuration: launch
         if out is not None:
             return out
+        if (traced := fx_leaf_call(self, x)) is not None:  # torch.fx.symbolic_trace: one leaf node
+            return traced
         be = prepare(x, None, dict(self.named_parameters()), backend)
         return stages.run(x, be, None, self.spatial_map, self.parameters(), self.fused_parts,
                           self.schedule, self.l2_budget_bytes)
@@ -187,6 +191,8 @@ class CBAM(_Scheduled, nn.Module):
         out = fastpath.forward(self, x)  # a cached configuration: guard, then the launches (cbam_triton/fastpath.py)
         if out is not None:
             return out
+        if (traced := fx_leaf_call(self, x)) is not None:  # torch.fx.symbolic_trace: one leaf node
+            return traced
         be = prepare(x, self.channels, dict(self.named_parameters()), self.backend)
         return stages.run(x, be, self.channel_gate.channel_map, self.spatial_gate.spatial_map, self.parameters(),
                           self.fused_parts, self.schedule, self.l2_budget_bytes)
@@ -227,4 +233,7 @@ def _copy_state(src: nn.Module, dst: nn.Module) -> Any:
     dst.load_state_dict(src.state_dict())
     for (_, a), (_, b) in zip(src.named_modules(), dst.named_modules()):
         b.training = a.training
+    frozen = {k for k, p in src.named_parameters() if not p.requires_grad}  # e.g. a frozen channel MLP
+    for k, p in dst.named_parameters():
+        p.requires_grad_(k not in frozen)
     return dst
