@@ -91,6 +91,8 @@ def run_summaries(rows: list[dict[str, Any]], study: dict[str, Any] | None = Non
     study_kind = (study or {}).get("kind", "all") if isinstance(study, dict) else "all"
     for provider, s in _study_providers(study).items():
         merged = dict(out.get(study_kind, {}).get(provider, {}))
+        for key in ("cases", "passed", "timed"):  # the derived counts describe the rows, not the study
+            merged[key] = s.get(key)
         for key in SUMMARY_KEYS:
             if key in s:
                 value = s[key]

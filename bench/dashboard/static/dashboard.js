@@ -30,6 +30,7 @@
   var state = {};
   var charts = {};
   window.dashboardCharts = charts;
+  window.dashboardColor = function (p) { return color(p); };
 
   function esc(s) {
     return String(s === undefined || s === null ? '' : s).replace(/[&<>"']/g, function (c) {
@@ -60,7 +61,7 @@
   function cell(r, key) {
     if (!r) return {text: '', cls: '', value: null};
     if (isNum(r[key])) return {text: fmt(key, r[key]), cls: '', value: r[key]};
-    if (failed(r)) return {text: r.status.replace('_', ' '), cls: 's-fail', value: null};
+    if (failed(r)) return {text: r.status.replace(/_/g, ' '), cls: 's-fail', value: null};
     if (r.status === 'skipped') return {text: 'skipped', cls: 't-not_measured', value: null};
     if (TIMED[key] && r.timing === 'verified') return {text: 'verified', cls: 't-verified', value: null};
     return {text: 'not measured', cls: 't-not_measured', value: null};
@@ -397,7 +398,8 @@
         points: {show: true, size: 6, fill: color(p)}});
     });
     var time = xs.length && xs[0] > 1e8;
-    chart('chart-history', {scales: {x: {time: time}}, series: series, legend: {live: false},
+    var positive = pts.every(function (p) { return p.value > 0; });  // log scale: outliers beside small values
+    chart('chart-history', {scales: {x: {time: time}, y: {distr: positive ? 3 : 1}}, series: series, legend: {live: false},
       axes: [{}, {label: METRICS[m][0], labelSize: 20}]}, data);
   }
 
