@@ -271,6 +271,7 @@
     var xs = uniq(rows.map(function (r) { return r.x_bytes; })).sort(function (a, b) { return a - b; });
     var provs = uniq(rows.map(function (r) { return r.provider; }));
     if (!rows.length) {
+      $('latency-legend').innerHTML = '';
       return chart('chart-latency', {}, null, 'no timed rows for this selection (a Triton provider on a CPU is verified ' +
         'in the interpreter, not timed)');
     }
@@ -291,10 +292,13 @@
       bands.push({series: [base + 1, base + 2], fill: c + '22'});
     });
     var log = xs.length > 1;
+    $('latency-legend').innerHTML = provs.map(function (p) {
+      return '<span><i style="background:' + color(p) + '"></i>' + esc(p) + '</span>';
+    }).join('') + '<span class="sub">band: p20\u2013p80</span>';
     chart('chart-latency', {scales: {x: {time: false, distr: log ? 3 : 1}, y: {distr: 3}}, series: series, bands: bands,
       axes: [{values: function (u, v) { return v.map(function (x) { return isNum(x) ? fmtBytes(x) : ''; }); },
         label: 'tensor size |x| (note: several cases of one size are averaged)', labelSize: 20},
-      {label: 'ms', labelSize: 20}], legend: {live: false}}, data);
+      {label: 'ms', labelSize: 20}], legend: {show: false}}, data);
   }
   function categoryChart(id, rows, key, floor, floorLabel, empty) {
     var cats = uniq(rows.map(function (r) { return r.id; }));
