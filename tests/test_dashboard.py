@@ -68,6 +68,8 @@ def _pair():
            _row(cl, "eager", 1.0), _row(cl, "triton", 0.3, frac_copy_bw=0.56, dram_model_x=2.2),
            _row(cl, "compile", 0.5, compile_s=11.0),
            _row(cl, "triton-l2", status="fail_to_run", timing="not_measured", error="RuntimeError: out of resources")]
+    r50 = make_cases(["resnet50-s1"], [32], ["fp16"], ["channels_last"])[0]  # a speed target's case: 2.5x, missed
+    new += [_row(r50, "eager", 3.0), _row(r50, "triton", 1.2, frac_copy_bw=0.9)]
     return _doc("2026-11-01T10:00:00+00:00", "aaaa1111", base), _doc("2026-11-20T10:00:00+00:00", "bbbb2222", new)
 
 
@@ -113,8 +115,8 @@ def test_provider_summary_derived_from_rows():
     _, new = _pair()
     rows = normalize_rows(new["results"], 0, "gpu")
     triton = provider_summary(rows, "triton")
-    assert triton["pass_rate"] == 1.0 and triton["timed"] == 2
-    assert triton["geomean_speedup"] == pytest.approx(math.sqrt((1.0 / 0.2) * (1.0 / 0.3)))
+    assert triton["pass_rate"] == 1.0 and triton["timed"] == 3
+    assert triton["geomean_speedup"] == pytest.approx(((1.0 / 0.2) * (1.0 / 0.3) * 2.5) ** (1 / 3))
     assert triton["fast_p"] == {"0": 1.0, "1": 1.0, "1.5": 1.0, "2": 1.0}
     assert triton["memory_ratio"] == pytest.approx(2.0) and triton["memory_basis"] == "peak_mem_bytes"
     compile_ = provider_summary(rows, "compile")  # one pass at 2x eager, one accuracy failure
@@ -321,6 +323,17 @@ def test_base_to_new_shows_the_delta_of_a_changed_case(browser, pages):
     # the study's summaries fill the triton tile
     assert _texts(browser, '.tile[data-provider="triton"] dd[data-key="pass_rate"]') == ["75.0 %"]
     assert _texts(browser, '.tile[data-provider="triton"] dd[data-key="fast_p_2"]') == ["25.0 %"]
+
+
+def test_headline_names_the_worst_case_of_a_missed_target(browser, pages):
+    _open(browser, pages / "pair.html")
+    rows = browser.find_elements("css selector", 'table.targets[data-device="NVIDIA H200"] tr[data-status]')
+    by_target = {r.find_element("css selector", "td").text: r for r in rows}
+    missed = by_target["forward >= 3x eager"]
+    assert missed.get_attribute("data-status") == "missed"
+    assert "2.50 x eager (goal 3) \u2014 resnet50-s1-b32-fp16-channels_last" in missed.text
+    assert by_target[">= 80% of copy bandwidth counting 2|x|"].get_attribute("data-status") == "met"
+    assert by_target["batch 1 with CUDA graphs >= 3x eager"].get_attribute("data-status") == "not measured"
 
 
 def test_drill_down_shows_status_error_and_environment(browser, pages):

@@ -434,6 +434,7 @@
 
   /* ---- drill-down and rows ---- */
   var SKIP = {run: 1, device: 1, error: 1, legacy_status: 1, note: 1, status: 1, timing: 1};
+  var CASE = {batch: 1, channels: 1, height: 1, width: 1, x_bytes: 1, reduction_ratio: 1};
   function renderDrill() {
     var key = state.case, n = +state.new;
     var r = key ? D.rows.filter(function (x) { return x.run === n && x.id + '|' + x.provider === key; })[0] : null;
@@ -447,19 +448,17 @@
     $('drill-title').textContent = r.id + ' \u00b7 ' + r.provider + ' (' + run.label + ')';
     var metrics = '<table id="drill-metrics"><tr><th class="l">metric</th><th>value</th></tr>';
     var seen = {};
-    Object.keys(METRICS).concat(['p20_ms', 'p80_ms'], Object.keys(r)).forEach(function (k) {
-      if (seen[k] || SKIP[k] || typeof r[k] === 'string') return;
+    // the timings every row has (shown as verified / not measured / failed when absent), then the row's numbers
+    ['median_ms', 'p20_ms', 'p80_ms', 'speedup_vs_eager', 'speedup_vs_compile'].concat(Object.keys(r)).forEach(function (k) {
+      if (seen[k] || SKIP[k] || CASE[k] || typeof r[k] === 'string') return;
       seen[k] = 1;
-      if (!(k in r) && !METRICS[k] && !TIMED[k]) return;
-      var c = cell(r, k);
-      if (!(k in r) && !TIMED[k]) return;
-      metrics += '<tr><td class="l">' + esc(k) + '</td>' + td(c, ' data-key="' + esc(k) + '"') + '</tr>';
+      metrics += '<tr><td class="l">' + esc(k) + '</td>' + td(cell(r, k), ' data-key="' + esc(k) + '"') + '</tr>';
     });
     var caseT = '<table><tr><th class="l">field</th><th class="l">value</th></tr>';
     Object.keys(r).forEach(function (k) {
       if (typeof r[k] === 'string' && !SKIP[k]) caseT += '<tr><td class="l">' + esc(k) + '</td><td class="l">' + esc(r[k]) + '</td></tr>';
     });
-    ['batch', 'channels', 'height', 'width', 'x_bytes'].forEach(function (k) {
+    ['batch', 'channels', 'height', 'width', 'reduction_ratio', 'x_bytes'].forEach(function (k) {
       if (k in r) caseT += '<tr><td class="l">' + k + '</td><td class="l">' + esc(k === 'x_bytes' ? fmtBytes(r[k]) : r[k]) + '</td></tr>';
     });
     var env = '<table><tr><th class="l">environment</th><th class="l">value</th></tr>';
