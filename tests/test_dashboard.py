@@ -91,7 +91,30 @@ def pages(tmp_path_factory):
         {"sha": "cccc3333", "date": "2026-11-25T10:00:00+00:00", "machine": "NVIDIA H200", "id": CHANGED,
          "provider": "triton", "median_ms": 0.21}) + "\n")
     write_dashboard_from_paths([str(out / "runs")], str(out / "pair.html"))
+    (out / "big.html").write_text(build_dashboard([_full_gpu_run(day) for day in range(1, 6)]))
     return out
+
+
+def _full_gpu_run(day):
+    """A run of the full GPU suite's size (every shape, batch, dtype, layout and mode; every provider) with
+    made-up numbers: what five such runs weigh in the page."""
+    import random
+
+    from bench.runner import PROVIDERS_GPU, TRAIN_PROVIDERS
+    from bench.suite import SUITES
+
+    rnd = random.Random(day)
+    rows = []
+    for case in make_cases(SUITES["full"], [1, 8, 32], ["fp16", "bf16", "fp32"], ["nchw", "channels_last"],
+                           ["forward", "train"]):
+        for provider in PROVIDERS_GPU if case.mode == "forward" else TRAIN_PROVIDERS:
+            ms = rnd.uniform(0.01, 5.0)
+            rows.append(_row(case, provider, ms, traffic_x=rnd.uniform(2, 9), dram_model_x=rnd.uniform(2, 9),
+                             launches=rnd.randint(1, 60), floor_gbps=rnd.uniform(100, 3000),
+                             frac_copy_bw=rnd.uniform(0.1, 0.95), peak_mem_bytes=rnd.randint(1, 1 << 30),
+                             compile_s=rnd.uniform(1, 60) if provider.startswith("compile") else None,
+                             max_abs_err_vs_eager=rnd.uniform(0, 1e-3)))
+    return _doc(f"2026-11-{day:02d}T10:00:00+00:00", f"{day:08x}", rows)
 
 
 # ---------------------------------------------------------------- data (no browser)
@@ -225,6 +248,19 @@ def test_committed_runs_render_fast_without_errors(browser, pages):
           f"script done {rendered_ms:.0f} ms after navigation, load {wall_ms:.0f} ms")
     assert rendered_ms < RENDER_BUDGET_MS and wall_ms < RENDER_BUDGET_MS
     assert browser.find_element("id", "permalink").get_attribute("href").endswith("metric=median_ms")
+
+
+def test_five_full_gpu_runs_stay_small_and_fast(browser, pages):
+    size = (pages / "big.html").stat().st_size
+    wall_ms = _open(browser, pages / "big.html")
+    assert _errors(browser) == []
+    rendered_ms = browser.execute_script("return window.dashboardRenderedMs")
+    rows = browser.execute_script("return document.querySelectorAll('#rows-grid tr[data-key]').length")
+    print(f"five full-suite GPU runs: {size / 2**20:.2f} MiB, {rows} rows in the table, script done "
+          f"{rendered_ms:.0f} ms after navigation, load {wall_ms:.0f} ms")
+    assert size <= MAX_BYTES and rows == 600  # longer tables are cut, and say so
+    assert "narrow with the filters" in browser.find_element("id", "rows-count").text
+    assert rendered_ms < RENDER_BUDGET_MS
 
 
 def test_tiles_show_the_numbers_of_the_json(browser, pages):

@@ -16,6 +16,7 @@ by uPlot (MIT, vendored in bench/dashboard/static/, license in uPlot.LICENSE).
 from __future__ import annotations
 
 import json
+import math
 import os
 from typing import Any
 
@@ -48,7 +49,8 @@ def _check(doc: Any, i: int, source: str) -> None:
 
 
 def page_data(inputs: Inputs) -> dict[str, Any]:
-    """The JSON the page embeds: runs (environment, config, summaries), normalized rows, history, headline."""
+    """The JSON the page embeds: runs (environment, config, summaries), normalized rows (columnar: ``columns``
+    and one list of values per row), history points, headline."""
     runs, rows = [], []
     for i, run in enumerate(inputs.runs):
         _check(run.doc, i, run.source)
@@ -63,8 +65,21 @@ def page_data(inputs: Inputs) -> dict[str, Any]:
                      "timer": run.doc.get("config", {}).get("timer"),
                      "summary": run_summaries(mine, run.study), "has_study": run.study is not None})
     providers = list(dict.fromkeys(r["provider"] for r in rows))
-    return {"runs": runs, "rows": rows, "providers": providers, "history": history_points(inputs.history),
-            "headline": headline([run.doc for run in inputs.runs])}
+    columns = list(dict.fromkeys(k for r in rows for k in r))
+    return _compact({"runs": runs, "rows": {"columns": columns, "values": [[r.get(c) for c in columns] for r in rows]},
+                     "providers": providers, "history": history_points(inputs.history),
+                     "headline": headline([run.doc for run in inputs.runs])})
+
+
+def _compact(v: Any) -> Any:
+    """Floats to 6 significant digits (the page's size), non-finite ones to None (never shown as numbers)."""
+    if isinstance(v, float):
+        return float(f"{v:.6g}") if math.isfinite(v) else None
+    if isinstance(v, dict):
+        return {k: _compact(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_compact(x) for x in v]
+    return v
 
 
 def render(data: dict[str, Any]) -> str:

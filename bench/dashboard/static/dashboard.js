@@ -6,7 +6,13 @@
     box.hidden = false;
     box.textContent = 'The dashboard\'s script failed: ' + (e.message || e);
   });
+  window.dashboardStartMs = performance.now();
   var D = JSON.parse(document.getElementById('data').textContent);
+  D.rows = D.rows.values.map(function (v) {  // columnar in the page: one object per row here
+    var r = {};
+    D.rows.columns.forEach(function (c, i) { if (v[i] !== null) r[c] = v[i]; });
+    return r;
+  });
   var $ = function (id) { return document.getElementById(id); };
   var FILTERS = ['kind', 'device', 'dtype', 'layout', 'mode', 'provider'];
   var KEYS = ['new', 'base'].concat(FILTERS, ['metric', 'case']);
@@ -77,7 +83,17 @@
     return true;
   }
   function runRows(run) { return D.rows.filter(function (r) { return r.run === run && match(r); }); }
-  function uniq(a) { return a.filter(function (x, i) { return a.indexOf(x) === i; }); }
+  function uniq(a) {
+    var seen = new Set(), out = [];
+    a.forEach(function (x) { if (!seen.has(x)) { seen.add(x); out.push(x); } });
+    return out;
+  }
+  /* the first row of each key (default: case|provider) */
+  function index(rows, key) {
+    var m = new Map();
+    rows.forEach(function (r) { var k = key ? key(r) : r.id + '|' + r.provider; if (!m.has(k)) m.set(k, r); });
+    return m;
+  }
 
   /* ---- URL state ---- */
   function defaults() {
@@ -244,11 +260,12 @@
     var cases = uniq(rows.map(function (r) { return r.id; }));
     var provs = uniq(rows.map(function (r) { return r.provider; }));
     if (!rows.length) { $('heatmap').innerHTML = '<p class="empty">no rows for this selection</p>'; return; }
+    var idx = index(rows);
     var html = '<table><tr><th class="l">case</th>' + provs.map(function (p) { return '<th>' + esc(p) + '</th>'; }).join('') + '</tr>';
     cases.forEach(function (c) {
       html += '<tr><td class="l">' + esc(c) + '</td>';
       provs.forEach(function (p) {
-        var r = rows.filter(function (x) { return x.id === c && x.provider === p; })[0];
+        var r = idx.get(c + '|' + p);
         var cl = cell(r, 'speedup_vs_eager'), style = '';
         if (isNum(cl.value)) {
           var t = Math.max(-1, Math.min(1, Math.log2(cl.value) / 2));
@@ -276,10 +293,16 @@
         'in the interpreter, not timed)');
     }
     var data = [xs], series = [{label: 'x bytes', value: function (u, v) { return isNum(v) ? fmtBytes(v) : ''; }}], bands = [];
+    var groups = new Map();
+    rows.forEach(function (r) {
+      var k = r.provider + '|' + r.x_bytes;
+      if (!groups.has(k)) groups.set(k, []);
+      groups.get(k).push(r);
+    });
     provs.forEach(function (p) {
       var mean = function (key) {
         return xs.map(function (x) {
-          var v = rows.filter(function (r) { return r.provider === p && r.x_bytes === x && isNum(r[key]); })
+          var v = (groups.get(p + '|' + x) || []).filter(function (r) { return isNum(r[key]); })
             .map(function (r) { return r[key]; });
           return v.length ? v.reduce(function (a, b) { return a + b; }, 0) / v.length : null;
         });
@@ -306,14 +329,15 @@
     if (!rows.length) return chart(id, {}, null, empty);
     var data = [cats.map(function (_, i) { return i; })], series = [{label: 'case',
       value: function (u, v) { return cats[v] === undefined ? '' : cats[v]; }}];
+    var idx = index(rows), first = index(rows, function (r) { return r.id; });
     provs.forEach(function (p) {
       data.push(cats.map(function (c) {
-        var r = rows.filter(function (x) { return x.id === c && x.provider === p; })[0];
+        var r = idx.get(c + '|' + p);
         return r ? key(r) : null;
       }));
       series.push(dotSeries(p));
     });
-    data.push(cats.map(function (c) { return floor(rows.filter(function (x) { return x.id === c; })[0]); }));
+    data.push(cats.map(function (c) { return floor(first.get(c)); }));
     series.push({label: floorLabel, stroke: '#212529', width: 2, dash: [6, 4], points: {show: false}});
     chart(id, {scales: {x: {time: false, range: [-0.5, cats.length - 0.5]}, y: {range: function (u, lo, hi) {
       return [0, (hi || 1) * 1.1]; }}}, series: series, axes: [categoryAxis(cats), {}], height: 300,
@@ -367,32 +391,34 @@
     var html = '<table id="history-grid"><tr><th class="l">machine</th><th class="l">case</th><th class="l">provider</th>' +
       cols.map(function (c) { var s = c.split('|'); return '<th>' + esc(s[0].slice(0, 16).replace('T', ' ')) + '<br>' +
         esc(s[1].slice(0, 8)) + '</th>'; }).join('') + '</tr>';
-    var flagged = 0, seriesVals = {};
+    var flagged = 0, seriesVals = {}, shown = 0, body = '';
+    var at = index(pts, function (x) { return x.machine + '|' + x.id + '|' + x.provider + '#' + x.date + '|' + x.sha; });
     keys.forEach(function (k) {
-      var parts = k.split('|'), prev = null;
-      html += '<tr data-key="' + esc(k) + '"><td class="l">' + esc(parts[0]) + '</td><td class="l">' + esc(parts[1]) +
+      var parts = k.split('|'), prev = null, line = '', flags = 0;
+      line += '<tr data-key="' + esc(k) + '"><td class="l">' + esc(parts[0]) + '</td><td class="l">' + esc(parts[1]) +
         '</td><td class="l">' + esc(parts[2]) + '</td>';
       seriesVals[k] = cols.map(function (c) {
-        var p = pts.filter(function (x) { return x.date + '|' + x.sha === c && x.machine + '|' + x.id + '|' + x.provider === k; })[0];
-        if (!p) { html += '<td></td>'; return null; }
+        var p = at.get(k + '#' + c);
+        if (!p) { line += '<td></td>'; return null; }
         var cls = '', title = '';
         if (prev !== null && prev !== 0) {
           var ch = p.value / prev - 1;
           title = (ch >= 0 ? '+' : '') + (100 * ch).toFixed(1) + ' % vs previous';
-          if (Math.abs(ch) > 0.05) { cls = (ch > 0) === (better > 0) ? 'up' : 'down'; flagged++; }
+          if (Math.abs(ch) > 0.05) { cls = (ch > 0) === (better > 0) ? 'up' : 'down'; flagged++; flags++; }
         }
         prev = p.value;
-        html += '<td class="' + cls + '" title="' + esc(title) + '">' + esc(fmt(m, p.value)) + (cls ? ' ' + (cls === 'up' ? '\u25b2' : '\u25bc') : '') + '</td>';
+        line += '<td class="' + cls + '" title="' + esc(title) + '">' + esc(fmt(m, p.value)) + (cls ? ' ' + (cls === 'up' ? '\u25b2' : '\u25bc') : '') + '</td>';
         return p.value;
       });
-      html += '</tr>';
+      if (shown < MAX_TABLE_ROWS) { body += line + '</tr>'; shown++; }
     });
     $('history-table').innerHTML = '<p class="sub">' + keys.length + ' series, ' + cols.length + ' points in time, ' + flagged +
-      ' change(s) beyond 5 %</p>' + html + '</table>';
+      ' change(s) beyond 5 %' + (shown < keys.length ? '; the first ' + shown + ' series shown (narrow with the filters)' : '') +
+      '</p>' + html + body + '</table>';
     var xs = cols.map(function (c) { var t = Date.parse(c.split('|')[0]); return isNum(t) ? t / 1000 : null; });
-    var ordered = keys.slice().sort(function (a, b) {
-      return seriesVals[b].filter(isNum).length - seriesVals[a].filter(isNum).length;
-    }).slice(0, 12);
+    var counts = {};
+    keys.forEach(function (k) { counts[k] = seriesVals[k].filter(isNum).length; });
+    var ordered = keys.slice().sort(function (a, b) { return counts[b] - counts[a]; }).slice(0, 12);
     if (xs.some(function (x) { return x === null; })) xs = cols.map(function (_, i) { return i; });
     var data = [xs], series = [{}];
     ordered.forEach(function (k) {
@@ -414,11 +440,11 @@
     if (b === n) { $('compare-table').innerHTML = '<p class="empty">pick two different runs (base and run) to compare</p>'; return; }
     var base = runRows(b), neu = runRows(n);
     var keys = uniq(base.concat(neu).map(function (r) { return r.id + '|' + r.provider; }));
+    var ib = index(base), inew = index(neu);
     var html = '<table id="compare-grid"><tr><th class="l">case</th><th class="l">provider</th><th>base</th><th>new</th><th>delta</th></tr>';
-    var flagged = 0;
+    var flagged = 0, shown = 0;
     keys.forEach(function (k) {
-      var f = function (r) { return r.id + '|' + r.provider === k; };
-      var rb = base.filter(f)[0], rn = neu.filter(f)[0], cb = cell(rb, m), cn = cell(rn, m), d = '', cls = '', dv = '';
+      var rb = ib.get(k), rn = inew.get(k), cb = cell(rb, m), cn = cell(rn, m), d = '', cls = '', dv = '';
       if (isNum(cb.value) && isNum(cn.value) && cb.value !== 0) {
         var ch = cn.value / cb.value - 1;
         dv = ch;
@@ -426,13 +452,17 @@
         if (Math.abs(ch) > 0.05) { cls = (ch > 0) === (better > 0) ? 'up' : 'down'; flagged++; }
       } else if (!rb || !rn) { d = rb ? 'only in base' : 'only in new'; }
       var parts = k.split('|');
+      if (shown++ >= MAX_TABLE_ROWS) return;
       html += '<tr data-key="' + esc(k) + '"><td class="l">' + esc(parts[0]) + '</td><td class="l">' + esc(parts[1]) + '</td>' +
         td(cb) + td(cn) + '<td class="delta ' + cls + '" data-delta="' + dv + '">' + esc(d) + '</td></tr>';
     });
-    $('compare-table').innerHTML = '<p class="sub">' + keys.length + ' case(s), ' + flagged + ' changed beyond 5 %</p>' + html + '</table>';
+    $('compare-table').innerHTML = '<p class="sub">' + keys.length + ' case(s), ' + flagged + ' changed beyond 5 %' +
+      (keys.length > MAX_TABLE_ROWS ? '; the first ' + MAX_TABLE_ROWS + ' shown (narrow with the filters)' : '') + '</p>' +
+      html + '</table>';
   }
 
   /* ---- drill-down and rows ---- */
+  var MAX_TABLE_ROWS = 600;  // longer tables: narrow with the filters (keeps the page fast)
   var SKIP = {run: 1, device: 1, error: 1, legacy_status: 1, note: 1, status: 1, timing: 1};
   var CASE = {batch: 1, channels: 1, height: 1, width: 1, x_bytes: 1, reduction_ratio: 1};
   function renderDrill() {
@@ -477,14 +507,15 @@
   function renderRows() {
     var rows = runRows(+state.new), m = state.metric;
     $('rows-count').textContent = rows.length + ' of ' + D.rows.filter(function (r) { return r.run === +state.new; }).length +
-      ' rows of ' + D.runs[+state.new].label;
+      ' rows of ' + D.runs[+state.new].label + (rows.length > MAX_TABLE_ROWS ? '; the first ' + MAX_TABLE_ROWS +
+      ' shown (narrow with the filters)' : '');
     var cols = ['median_ms', 'p20_ms', 'p80_ms', 'speedup_vs_eager', 'speedup_vs_compile', 'traffic_x', 'dram_model_x',
       'compile_s', 'launches'];
     if (cols.indexOf(m) < 0) cols.unshift(m);
     var html = '<table id="rows-grid"><tr><th class="l">case</th><th class="l">kind</th><th class="l">provider</th><th class="l">status</th>' +
       '<th class="l">timing</th>' + cols.map(function (c) { return '<th>' + esc(METRICS[c] ? METRICS[c][0] : c) + '</th>'; }).join('') +
       '<th class="l">note / error</th></tr>';
-    rows.forEach(function (r) {
+    rows.slice(0, MAX_TABLE_ROWS).forEach(function (r) {
       var k = r.id + '|' + r.provider;
       html += '<tr data-key="' + esc(k) + '" data-timing="' + r.timing + '" data-status="' + r.status + '" class="t-' + r.timing +
         (failed(r) ? ' s-fail' : '') + (state.case === k ? ' sel' : '') + '"><td class="l">' + esc(r.id) + '</td><td class="l">' +
@@ -503,22 +534,16 @@
     }).join('');
   }
 
+  var timings = window.dashboardTimings = {};
+  function timed(name, fn) { var t = performance.now(); fn(); timings[name] = Math.round(performance.now() - t); }
   function update() {
-    setupFilters();
+    timed('filters', setupFilters);
     writeUrl();
     $('permalink').href = '#' + query();
     $('charts-run').textContent = D.runs[+state.new].label;
-    renderTargets();
-    renderTiles();
-    renderNetworks();
-    renderHeatmap();
-    renderLatency();
-    renderCopyBw();
-    renderTraffic();
-    renderHistory();
-    renderCompare();
-    renderDrill();
-    renderRows();
+    [['targets', renderTargets], ['tiles', renderTiles], ['networks', renderNetworks], ['heatmap', renderHeatmap],
+      ['latency', renderLatency], ['copybw', renderCopyBw], ['traffic', renderTraffic], ['history', renderHistory],
+      ['compare', renderCompare], ['drill', renderDrill], ['rows', renderRows]].forEach(function (p) { timed(p[0], p[1]); });
   }
 
   readUrl();
