@@ -11,11 +11,13 @@ from cbam_triton.kernels.gate_conv import gate_conv_kernel
 from cbam_triton.launchers._common import (
     MAX_WALK_TILES,
     NUM_WARPS,
+    FusedPlan,
     Launch,
     ProgramModel,
     acc_is_fp64,
     as_ncp,
     compute_dtype,
+    in_flight,
     nbytes,
     next_pow2,
     output_for,
@@ -59,9 +61,17 @@ def plan_gate_conv(x: torch.Tensor, mc: torch.Tensor | None, pooled: torch.Tenso
     kp = next_pow2(conv.ksize)
     # the conv re-reads the map k*k times a pixel (from L1): pixel blocks of at most 2048 / (2 * KP)
     # keep that (and the row path's [KP, BLOCK_P] tiles) small
-    plan = plan_fused(n, c, p, sc, sp, x.element_size(), "c", x.device, split,
-                      max_long_p=max(16, TAPS_TILE // (2 * kp)),
-                      max_walk_tiles=MAX_WALK_TILES if mc is not None else None)
+    def fused(warps: int) -> FusedPlan:
+        return plan_fused(n, c, p, sc, sp, x.element_size(), "c", x.device, split,
+                          max_long_p=max(16, TAPS_TILE // (2 * kp)),
+                          max_walk_tiles=MAX_WALK_TILES if mc is not None else None, kernel="gate_conv",
+                          num_warps=warps)
+
+    plan = fused(NUM_WARPS)
+    warps = _warps(conv.ksize, plan.block_p, x)
+    if warps != NUM_WARPS:  # the grid is sized for the warps the tile runs with
+        plan = fused(warps)
+        warps = _warps(conv.ksize, plan.block_p, x)
     block_c, block_p, base = plan.block_c, plan.block_p, plan.base
     num_splits, per_split = plan.num_splits, plan.per_split
     acc = compute_dtype(x)
@@ -86,8 +96,7 @@ def plan_gate_conv(x: torch.Tensor, mc: torch.Tensor | None, pooled: torch.Tenso
                   TAPS=taps, KP=kp, HINTS=hints,
                   BLOCK_C=block_c, BLOCK_P=block_p, ACC_FP64=acc_is_fp64(x)),
         name="gate_conv",
-        # the conv's row tiles next to the x tile: 8 warps keep long pixel blocks near 100 registers a thread
-        num_warps=8 if taps == 0 and 2 * kp * block_p > TAPS_TILE // 2 and x.element_size() < 4 else NUM_WARPS,
+        num_warps=warps,
         bytes_read=nbytes(x, *small),
         bytes_written=nbytes(out),
     )
@@ -102,4 +111,14 @@ def plan_gate_conv(x: torch.Tensor, mc: torch.Tensor | None, pooled: torch.Tenso
     loads += scalars + (tiles if mc is not None else 0)
     nb += scalars * weight.element_size() + (tiles * block_c * acc_size if mc is not None else 0)
     launch.longest = ProgramModel(tiles, min(per_split, c) * block_p * x.element_size(), loads, nb)
+    launch.x_in_flight = in_flight(min(per_split, c) * min(block_p, p) * x.element_size(), tiles,
+                                   launch.meta.get("UNROLL", 1))
     return launch, out
+
+
+def _warps(ksize: int, block_p: int, x: torch.Tensor) -> int:
+    """The conv's row tiles next to the x tile: 8 warps keep long fp16/bf16 pixel blocks near 100
+    registers a thread."""
+    kp = next_pow2(ksize)
+    taps = conv_taps(ksize, block_p, x.device)
+    return 8 if taps == 0 and 2 * kp * block_p > TAPS_TILE // 2 and x.element_size() < 4 else NUM_WARPS
