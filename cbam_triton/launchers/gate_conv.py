@@ -94,7 +94,8 @@ def plan_gate_conv(x: torch.Tensor, mc: torch.Tensor | None, pooled: torch.Tenso
         meta=dict(HAS_MC=mc is not None, HAS_CONV_BIAS=conv.bias is not None, HAS_BN=has_bn, HAS_BN_AFFINE=affine,
                   SPATIAL_INPUT=SPATIAL_INPUTS[conv.input], KSIZE=conv.ksize,
                   TAPS=taps, KP=kp, HINTS=hints,
-                  BLOCK_C=block_c, BLOCK_P=block_p, ACC_FP64=acc_is_fp64(x)),
+                  BLOCK_C=block_c, BLOCK_P=block_p, ACC_FP64=acc_is_fp64(x),
+                  UNROLL=2 if -(-min(per_split, c) // block_c) >= 2 and _rows_16b(x, sc, sp) else 1),
         name="gate_conv",
         num_warps=warps,
         bytes_read=nbytes(x, *small),
@@ -114,6 +115,16 @@ def plan_gate_conv(x: torch.Tensor, mc: torch.Tensor | None, pooled: torch.Tenso
     launch.x_in_flight = in_flight(min(per_split, c) * min(block_p, p) * x.element_size(), tiles,
                                    launch.meta.get("UNROLL", 1))
     return launch, out
+
+
+def _rows_16b(x: torch.Tensor, sc: int, sp: int) -> bool:
+    """Whether x's rows along its unit-stride axis are whole 16-byte multiples (128-bit loads): only
+    then does a second tile in flight (``UNROLL=2``) cost a few registers; 16-bit loads of an
+    unaligned NCHW map (7², 14², 28²) would take one register per element and cut the CTAs per SM."""
+    n, c, h, w = x.shape
+    per = 16 // x.element_size()
+    other, extent = (sc, h * w) if sp == 1 and h * w > 1 else (sp, c)
+    return other % per == 0 and extent % per == 0
 
 
 def _warps(ksize: int, block_p: int, x: torch.Tensor) -> int:

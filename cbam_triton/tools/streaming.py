@@ -82,19 +82,32 @@ def _resources(launches: list[Any], arch: int) -> dict[tuple[str, int], tuple[in
 
 def plan_compiled(plan_fn: Any, sms: int, arch: int) -> tuple[list[Any], dict[tuple[str, int], tuple[int, int]]]:
     """Plan with ``plan_fn()`` for ``sms`` SMs of ``sm_<arch>`` from the compiled kernels: plan with
-    the fallback table, compile, plan again with the compiled registers until the resources stop
-    changing (at most 4 rounds). Returns the launches and the resources they were planned with."""
+    the fallback table, compile, plan again with the compiled registers, until the resources stop
+    changing (at most 4 rounds). A kernel's registers can depend on the split count the plan picks
+    (its arguments' specialisation), so the rounds may cycle; then the round whose grids, judged
+    by their own compiled registers, fill their waves best is kept. Returns the launches and the
+    resources they were planned with."""
     from cbam_triton.launchers import residency
 
     resources: dict[tuple[str, int], tuple[int, int]] = {}
+    rounds = []
     for _ in range(4):
         with residency.assume(sms, arch, resources):
             launches = plan_fn()
         got = _resources(launches, arch)
+        rounds.append((_fill(launches, sms, arch), len(rounds), launches, resources))
         if all(resources.get(k) == v for k, v in got.items()):
-            break
+            return launches, resources
         resources = {**resources, **got}
+    _, _, launches, resources = max(rounds, key=lambda r: (r[0], -r[1]))
     return launches, resources
+
+
+def _fill(launches: list[Any], sms: int, arch: int) -> tuple[float, float]:
+    """(worst wave efficiency of the multi-wave grids, least bytes in flight per SM) of a plan."""
+    rows = launch_rows(launches, sms, arch)
+    worst = min([r["wave_efficiency"] for r in rows if r["waves"] > 1] or [1.0])
+    return (min(worst, 0.9), min(r["x_bytes_in_flight_per_sm"] for r in rows))
 
 
 def launch_rows(launches: list[Any], sms: int, arch: int | None) -> list[dict[str, Any]]:
