@@ -7,12 +7,13 @@ Built at plan time only (a cached plan keeps its grid): the fast path's host cos
 Where the registers come from, in order:
 
 1. what :func:`assume` set (``python -m cbam_triton.explain --arch 90`` compiles each planned launch
-   ahead of time and plans again with its registers until the grids no longer change; on a GPU the
-   fused forward does the same with the kernels Triton compiles for the device, see
-   :func:`device_resources`);
+   ahead of time and plans again with its registers until the grids no longer change,
+   :func:`cbam_triton.tools.streaming.plan_compiled`);
 2. else :data:`FALLBACK_RESOURCES`, a documented table of what the kernels compile to (sm_90,
-   triton 3.8, fp16/bf16/fp32: the highest register count of each kernel's configurations on the
-   ResNet-50 shapes), used when no compiler is at hand.
+   triton 3.8: about the highest register count of each kernel's configurations on the ResNet-50
+   shapes, so that the planned residency does not exceed the real one), used when no compiler is
+   at hand — and, for now, on the GPU itself (asking Triton's JIT for the device's compiled
+   registers at plan time is the next step).
 """
 
 from __future__ import annotations
@@ -110,8 +111,8 @@ def model(programs: int, sms: int, ctas: int, in_flight_per_cta: int) -> Residen
 
 
 #: What each streaming kernel compiles to when no compiler is at hand: (registers, shared bytes
-#: including the static part) per (kernel, warps). sm_90, triton 3.8.0, the highest of fp16/bf16/fp32
-#: on the ResNet-50 shapes (python -m cbam_triton.tools.streaming --table); re-measure after kernel changes.
+#: including the static part) per (kernel, warps). sm_90, triton 3.8.0, about the highest of
+#: fp16/bf16/fp32 on the ResNet-50 shapes (docs/streaming_report.md); re-measure after kernel changes.
 FALLBACK_RESOURCES: dict[tuple[str, int], tuple[int, int]] = {
     ("channel_pool_mlp", 4): (104, 5120),
     ("spatial_pool", 4): (128, 5120),
@@ -194,23 +195,3 @@ MIN_WAVE_EFFICIENCY = 0.9
 def wave_efficiency(programs: int, cap: int) -> float:
     waves = max(1, -(-programs // cap))
     return programs / (waves * cap)
-
-
-def device_resources(launch: Any) -> tuple[int, int] | None:
-    """(registers, shared bytes) of ``launch``'s kernel as Triton compiles it for the launch's GPU
-    (the same specialisation the launch will use, so the launch then finds it in Triton's cache);
-    None where that is not possible (no GPU, an unsupported Triton)."""
-    x = launch.args[0]
-    if not isinstance(x, torch.Tensor) or not x.is_cuda or type(launch.kernel).__name__ == "InterpretedFunction":
-        return None
-    try:
-        with torch.cuda.device(x.device):
-            compiled = launch.kernel.warmup(*launch.args, grid=launch.grid, num_warps=launch.num_warps, **launch.meta)
-            init = getattr(compiled, "_init_handles", None)
-            if init is not None:
-                init()
-        regs = int(getattr(compiled, "n_regs", 0) or 0)
-        shared = int(getattr(compiled.metadata, "shared", 0) or 0)
-    except Exception:  # noqa: BLE001 - planning falls back to the table
-        return None
-    return (regs, shared) if regs > 0 else None

@@ -34,10 +34,6 @@ def _access_bits(ptx: str, kind: str, marker: str) -> int | None:
     return min(widths) if widths else None
 
 
-def _sass_loop_ldg128(sass_report: dict[str, Any]) -> int:
-    return int(sass_report.get("global_loads_128", 0))
-
-
 def compiled_facts(launch: Any, arch: int = 90) -> dict[str, Any]:
     """Registers, shared bytes (static + dynamic), spills, ``x_load_bits`` and ``out_store_bits``
     (None: the launch stores no output) of ``launch`` compiled for ``sm_<arch>`` (cached per
