@@ -3,6 +3,8 @@ modelled DRAM traffic, without running a kernel.
 
     python -m cbam_triton.explain --shape 32 256 56 56 --dtype fp16 --layout channels_last \\
         --l2-mib 50 --sms 132          # an H100's L2 and SM count, on any machine
+    python -m cbam_triton.explain --shape 32 2048 7 7 --sms 132 --arch 90 --json
+                                       # + residency and access widths from an sm_90 compile
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import json
 import os
 import sys
 from collections.abc import Iterator
@@ -21,23 +24,19 @@ from cbam_triton.schedule import l2_budget, plan_schedule
 
 
 @contextlib.contextmanager
-def _target_programs(sms: int | None) -> Iterator[None]:
+def _planning_for(sms: int | None, arch: int | None) -> Iterator[None]:
+    """Plan for ``sms`` SMs of ``sm_<arch>`` (the residency model's fallback registers)."""
     if sms is None:
         yield
         return
-    old = os.environ.get("CBAM_TRITON_TARGET_PROGRAMS")
-    os.environ["CBAM_TRITON_TARGET_PROGRAMS"] = str(4 * sms)  # the launchers' rule: 4 programs per SM
-    try:
+    from cbam_triton.launchers import residency
+
+    with residency.assume(sms, arch or 90):
         yield
-    finally:
-        if old is None:
-            del os.environ["CBAM_TRITON_TARGET_PROGRAMS"]
-        else:
-            os.environ["CBAM_TRITON_TARGET_PROGRAMS"] = old
 
 
 def explain(module: torch.nn.Module, x: torch.Tensor, *, l2_cache_bytes: int | None = None,
-            sms: int | None = None) -> dict[str, Any]:
+            sms: int | None = None, arch: int | None = None) -> dict[str, Any]:
     """The plan of ``module``'s fused inference forward on x (a real or a ``meta`` tensor).
 
     ``l2_cache_bytes`` / ``sms`` stand in for the device's L2 size and SM count (to plan for a GPU
@@ -45,6 +44,16 @@ def explain(module: torch.nn.Module, x: torch.Tensor, *, l2_cache_bytes: int | N
     ``schedule`` (kind, chunk, num_chunks, budget_bytes, reason), ``launches`` (name, grid, tile,
     flags, bytes) and the modelled bytes (``logical_bytes``: every launch's reads and writes;
     ``dram_model_bytes``: minus the re-reads the L2 schedule expects from L2), also in units of |x|.
+
+    With ``sms`` the plan is for a GPU with that many SMs; each launch then also carries the
+    residency model (``registers``, ``shared_bytes``, ``ctas_per_sm``, ``waves``,
+    ``wave_efficiency``, ``x_bytes_in_flight_per_cta`` / ``_per_sm``, ``x_load_bits``,
+    ``out_store_bits``, ``persistent``). With ``arch`` as well, every launch is compiled ahead of time
+    for ``sm_<arch>`` (needs triton without ``TRITON_INTERPRET``) and the grids are planned from
+    the compiled registers (:func:`cbam_triton.tools.streaming.plan_compiled`); without it the
+    registers are the documented fallback table's (``x_load_bits``/``out_store_bits`` None).
+    Top level: ``chunks``, ``mlp_weight_size_bytes`` (W1, W2 and biases) and ``weight_bytes_total``
+    (modelled MLP weight traffic of the whole forward).
     """
     from cbam_triton.launchers.forward import plan_fused_forward
 
@@ -59,17 +68,33 @@ def explain(module: torch.nn.Module, x: torch.Tensor, *, l2_cache_bytes: int | N
             or os.environ.get("CBAM_TRITON_L2_BYTES")) else None
     plan = plan_schedule(n, c * h * w * x.element_size(), getattr(module, "schedule", "auto"), budget,
                          device_type=device_type)
-    with _target_programs(sms):
-        launches, _ = plan_fused_forward(x, parts[0], parts[1], plan)
+    def plan_all() -> list[Any]:
+        return plan_fused_forward(x, parts[0], parts[1], plan)[0]
+
+    if sms is not None and arch is not None:
+        from cbam_triton.tools.streaming import plan_compiled
+
+        launches, _ = plan_compiled(plan_all, sms, arch)
+    else:
+        with _planning_for(sms, arch):
+            launches = plan_all()
     rows = [{"name": launch.name, "grid": list(launch.grid), "tile": [launch.meta["BLOCK_C"], launch.meta["BLOCK_P"]],
              "flags": sorted(k for k, v in launch.meta.items() if v is True),
              "bytes_read": launch.bytes_read, "bytes_written": launch.bytes_written, "l2_bytes": launch.l2_bytes,
              "longest": None if launch.longest is None else dataclasses.asdict(launch.longest)}
             for launch in launches]
+    if sms is not None:
+        from cbam_triton.tools.streaming import launch_rows
+
+        for row, extra in zip(rows, launch_rows(launches, sms, arch)):
+            row.update(extra)
+    mlp = parts[0]
+    weights = sum(t.numel() * t.element_size() for t in (mlp[:4] if mlp is not None else ()) if t is not None)
     logical = sum(r["bytes_read"] + r["bytes_written"] for r in rows)
     dram = sum(launch.dram_bytes for launch in launches)
     return {
-        "path": "fused", "x_bytes": x_bytes,
+        "path": "fused", "x_bytes": x_bytes, "chunks": plan.num_chunks, "mlp_weight_size_bytes": weights,
+        "weight_bytes_total": sum(launch.weight_bytes for launch in launches),
         "schedule": {"kind": plan.kind, "chunk": plan.chunk, "num_chunks": plan.num_chunks,
                      "budget_bytes": plan.budget_bytes, "reason": plan.reason},
         "launches": rows, "logical_bytes": logical, "dram_model_bytes": dram,
@@ -98,8 +123,6 @@ def format_plan(plan: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from cbam_triton.modules import CBAM
-
     p = argparse.ArgumentParser(prog="python -m cbam_triton.explain", description=__doc__.split("\n\n")[0])
     p.add_argument("--shape", type=int, nargs=4, required=True, metavar=("N", "C", "H", "W"))
     p.add_argument("--dtype", default="fp16", choices=["fp16", "bf16", "fp32", "fp64"])
@@ -108,14 +131,33 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--reduction", type=int, default=16)
     p.add_argument("--l2-mib", type=float, default=50.0, help="L2 size in MiB (default 50: H100)")
     p.add_argument("--sms", type=int, default=132, help="SM count (default 132: H100 SXM)")
+    p.add_argument("--arch", type=int, default=None,
+                   help="compile every launch ahead of time for sm_ARCH (e.g. 90) and plan from its registers")
+    p.add_argument("--json", action="store_true", help="print the plan as one JSON document")
     args = p.parse_args(argv)
-    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32, "fp64": torch.float64}[args.dtype]
-    x = torch.empty(args.shape, dtype=dtype, device="meta")
-    if args.layout == "channels_last":
-        x = x.to(memory_format=torch.channels_last)
-    module = CBAM(args.shape[1], args.reduction, schedule=args.schedule).eval().to(device="meta", dtype=dtype)
-    print(format_plan(explain(module, x, l2_cache_bytes=int(args.l2_mib * (1 << 20)), sms=args.sms)))
+    if args.arch is not None and os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+        print("explain --arch: unset TRITON_INTERPRET (ahead-of-time compilation needs the real compiler)",
+              file=sys.stderr)
+        return 2
+    plan = explain_module(tuple(args.shape), args.dtype, args.layout, schedule=args.schedule,
+                          reduction=args.reduction, l2_mib=args.l2_mib, sms=args.sms, arch=args.arch)
+    print(json.dumps(plan, indent=1) if args.json else format_plan(plan))
     return 0
+
+
+def explain_module(shape: tuple[int, ...], dtype: str = "fp16", layout: str = "nchw", *, schedule: str = "auto",
+                   reduction: int = 16, l2_mib: float = 50.0, sms: int | None = 132,
+                   arch: int | None = None) -> dict[str, Any]:
+    """:func:`explain` for a ``CBAM(C, reduction)`` on a meta tensor of ``shape`` (what the command
+    line prints)."""
+    from cbam_triton.modules import CBAM
+
+    dt = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32, "fp64": torch.float64}[dtype]
+    x = torch.empty(shape, dtype=dt, device="meta")
+    if layout == "channels_last":
+        x = x.to(memory_format=torch.channels_last)
+    module = CBAM(shape[1], reduction, schedule=schedule).eval().to(device="meta", dtype=dt)
+    return explain(module, x, l2_cache_bytes=int(l2_mib * (1 << 20)), sms=sms, arch=arch)
 
 
 if __name__ == "__main__":

@@ -109,7 +109,7 @@ def gate_conv_kernel(
     stride_on, stride_oc, stride_op,
     HAS_MC: tl.constexpr, HAS_CONV_BIAS: tl.constexpr, HAS_BN: tl.constexpr, HAS_BN_AFFINE: tl.constexpr,
     SPATIAL_INPUT: tl.constexpr, KSIZE: tl.constexpr, TAPS: tl.constexpr, KP: tl.constexpr, HINTS: tl.constexpr,
-    BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr, ACC_FP64: tl.constexpr,
+    BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr, ACC_FP64: tl.constexpr, UNROLL: tl.constexpr,
 ):
     # Grid (N * cdiv(P, BLOCK_P), SPLIT), the walk of stage 2: a program owns a block of BLOCK_P
     # pixels of sample n. It first computes Ms for them from the small (N, 2, H, W) pooled map
@@ -154,20 +154,43 @@ def gate_conv_kernel(
               + offs_p.to(tl.int64)[None, :] * stride_op)
     x_step = tl.full([], BLOCK_C, tl.int64) * stride_xc
     o_step = tl.full([], BLOCK_C, tl.int64) * stride_oc
-    for c0 in range(c_start, c_end, BLOCK_C):
+    # UNROLL == 2: the next tile's x loads are issued with this one's, before either is used (Triton
+    # does not pipeline loads that feed no tl.dot): twice the bytes in flight per program
+    for c0 in range(c_start, c_end, BLOCK_C * UNROLL):
         mask_c = (c0 + offs_c) < c_end
-        mask = mask_c[:, None] & mask_p[None, :]
-        if HINTS:
-            v = tl.load(x_ptrs, mask=mask, other=0.0, eviction_policy="evict_first").to(acc_t)
-        else:
-            v = tl.load(x_ptrs, mask=mask, other=0.0).to(acc_t)
-        if HAS_MC:
-            g = tl.load(mc_ptr + n * C + c0 + offs_c, mask=mask_c, other=0.0).to(acc_t)
-            v = v * g[:, None]
-        v = v * ms[None, :]
-        if HINTS:
-            tl.store(o_ptrs, v.to(out_ptr.dtype.element_ty), mask=mask, cache_modifier=".cs")
-        else:
-            tl.store(o_ptrs, v.to(out_ptr.dtype.element_ty), mask=mask)
-        x_ptrs += x_step
-        o_ptrs += o_step
+        v = _load_x(x_ptrs, mask_c[:, None] & mask_p[None, :], HINTS)
+        if UNROLL == 2:
+            mask_c2 = (c0 + BLOCK_C + offs_c) < c_end
+            v2 = _load_x(x_ptrs + x_step, mask_c2[:, None] & mask_p[None, :], HINTS)
+        _gate_tile(v, c0, offs_c, mask_c, mask_p, ms, mc_ptr, n, C, o_ptrs, out_ptr, HAS_MC, HINTS, acc_t)
+        if UNROLL == 2:
+            _gate_tile(v2, c0 + BLOCK_C, offs_c, mask_c2, mask_p, ms, mc_ptr, n, C, o_ptrs + o_step, out_ptr,
+                       HAS_MC, HINTS, acc_t)
+        x_ptrs += x_step * UNROLL
+        o_ptrs += o_step * UNROLL
+
+
+@triton.jit
+def _load_x(ptrs, mask, HINTS: tl.constexpr):
+    """A tile of x in its own dtype (HINTS: evict_first, its last read)."""
+    if HINTS:
+        v = tl.load(ptrs, mask=mask, other=0.0, eviction_policy="evict_first")
+    else:
+        v = tl.load(ptrs, mask=mask, other=0.0)
+    return v
+
+
+@triton.jit
+def _gate_tile(v, c0, offs_c, mask_c, mask_p, ms, mc_ptr, n, C, o_ptrs, out_ptr,
+               HAS_MC: tl.constexpr, HINTS: tl.constexpr, acc_t: tl.constexpr):
+    """``out = x * Mc * Ms`` of one loaded tile, stored in out's dtype (HINTS: ``.cs`` streaming stores)."""
+    mask = mask_c[:, None] & mask_p[None, :]
+    v = v.to(acc_t)
+    if HAS_MC:
+        g = tl.load(mc_ptr + n * C + c0 + offs_c, mask=mask_c, other=0.0).to(acc_t)
+        v = v * g[:, None]
+    v = v * ms[None, :]
+    if HINTS:
+        tl.store(o_ptrs, v.to(out_ptr.dtype.element_ty), mask=mask, cache_modifier=".cs")
+    else:
+        tl.store(o_ptrs, v.to(out_ptr.dtype.element_ty), mask=mask)

@@ -60,6 +60,12 @@ class Launch:
     #: model of the launch's longest program (fused forward): its loads of x and its other loads
     #: (weights, partials, maps), counts and bytes; see :func:`cbam_triton.tools.program_work.modelled`
     longest: ProgramModel | None = None
+    #: streaming model (fused forward): unmasked x bytes one program has outstanding at once (its
+    #: x bytes ÷ its loop iterations, each iteration's loads issued together) — see
+    #: :mod:`cbam_triton.launchers.residency`
+    x_in_flight: int = 0
+    #: modelled bytes of MLP weights the launch reads (every program's slices, all samples)
+    weight_bytes: int = 0
 
     @property
     def dram_bytes(self) -> int:
@@ -234,6 +240,12 @@ MAX_WALK_TILES = 8
 SMALL_TILE = 4096
 
 
+def in_flight(program_x_bytes: int, tiles: int, unroll: int = 1) -> int:
+    """Unmasked x bytes a streaming program has outstanding at once: its x bytes ÷ its loop
+    iterations (each iteration issues ``unroll`` tile loads together)."""
+    return program_x_bytes // max(1, -(-tiles // max(1, unroll)))
+
+
 def small_tile_rows(cols: int, rows: int) -> int:
     """Rows of a ``[rows, cols]`` small tile: a power of two, at most ``next_pow2(rows)``, with
     ``rows * cols <= SMALL_TILE`` (at least 1)."""
@@ -265,7 +277,8 @@ def _last_fill(extent: int, block: int) -> float:
 def plan_fused(n: int, c: int, p: int, stride_c: int, stride_p: int, itemsize: int, reduce: str,
                device: torch.device, split: int | None = None, *, weight_bytes: int = 0,
                block_c_range: tuple[int, int] = (1, 1 << 30), max_long_p: int | None = None,
-               min_split: int = 1, max_walk_tiles: int | None = None) -> FusedPlan:
+               min_split: int = 1, max_walk_tiles: int | None = None, kernel: str = "",
+               num_warps: int = NUM_WARPS) -> FusedPlan:
     """The tile rule of the fused forward's kernels (documented in docs/kernels.md).
 
     ``reduce`` is the axis a program walks: ``"p"`` (stage 1: pool over H*W, the free axis is C) or
@@ -285,11 +298,19 @@ def plan_fused(n: int, c: int, p: int, stride_c: int, stride_p: int, itemsize: i
        1/:data:`WORKSPACE_FRACTION` of x's bytes and one program's combine within
        :data:`PROGRAM_SMALL_BYTES`; ``min_split`` splits at least, and with ``max_walk_tiles``
        (kernels that load small data per tile they walk) enough that no program walks more tiles.
+
+    On a GPU (or planning for one, :func:`cbam_triton.launchers.residency.assume`) the target is the
+    GPU's capacity for ``kernel`` (SMs × resident CTAs per SM from its registers, warps and shared
+    memory: :mod:`~cbam_triton.launchers.residency`), and a grid of more than one wave is then sized
+    to whole waves (wave efficiency >= 0.9) by its split count where the bounds allow.
     """
+    from cbam_triton.launchers import residency
+
     long_axis = unit_axis(stride_c, stride_p, c, p)
     extent = p if long_axis == "p" else c
     top = long_block(extent)
-    target = target_programs(device)
+    cap_programs = residency.capacity(kernel, num_warps, device) if kernel else None
+    target = cap_programs or target_programs(device)
     sample_bytes = c * p * itemsize
     rows = []
     for long in FUSED_LONG_BLOCKS:
@@ -327,7 +348,31 @@ def plan_fused(n: int, c: int, p: int, stride_c: int, stride_p: int, itemsize: i
     if max_walk_tiles:
         min_split = max(min_split, -(-walked // (block * max_walk_tiles)))
     num_splits, per_split = choose_split(base, walked, block, target, split, max_split=cap, min_split=min_split)
+    if cap_programs and split is None:
+        num_splits, per_split = _full_waves(base, walked, block, num_splits, per_split, max(min_split, 1),
+                                            max(cap, min_split), cap_programs)
     return FusedPlan(block_c, block_p, base, num_splits, per_split)
+
+
+def _full_waves(base: int, walked: int, block: int, num_splits: int, per_split: int, lo: int, hi: int,
+                capacity: int) -> tuple[int, int]:
+    """The split count nearest the tile rule's whose grid (``base`` × splits) fills its last wave
+    (efficiency >= MIN_WAVE_EFFICIENCY), within ``[lo, hi]`` splits; the rule's own if it already does
+    or none does (then the most efficient)."""
+    from cbam_triton.launchers.residency import MIN_WAVE_EFFICIENCY, wave_efficiency
+
+    if base * num_splits <= capacity or wave_efficiency(base * num_splits, capacity) >= MIN_WAVE_EFFICIENCY:
+        return num_splits, per_split
+    iters = max(1, -(-walked // block))
+    found = {(num_splits, per_split)}
+    for want in range(max(1, lo), min(hi, iters, MAX_SPLIT) + 1):
+        ns, ps = choose_split(base, walked, block, 0, forced=want)
+        if ns >= lo:
+            found.add((ns, ps))
+    good = [f for f in found if wave_efficiency(base * f[0], capacity) >= MIN_WAVE_EFFICIENCY]
+    if good:
+        return min(good, key=lambda f: (abs(f[0] - num_splits), f[0]))
+    return max(found, key=lambda f: (wave_efficiency(base * f[0], capacity), -f[0]))
 
 
 def combine_max_counts(maxs: torch.Tensor, cnts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -59,7 +59,11 @@ def plan_gate(x: torch.Tensor, mc: torch.Tensor | None, ms: torch.Tensor | None,
         bytes_read=nbytes(x, mc, ms) + (channel.map_total_bytes if channel is not None else 0),
         bytes_written=nbytes(out),
     )
-    if channel is not None:
+    launch.x_in_flight = min(block_c, c) * min(block_p, p) * x.element_size()  # one tile per program
+    if channel is not None:  # every tile reads its channels' rows of the last layer
+        mlp = channel.mlp
+        launch.weight_bytes = n * -(-p // block_p) * nbytes(
+            *((mlp.fc2_weight, mlp.fc2_bias) if channel.z is not None else (mlp.fc1_bias,)))
         loads, nb = map_tile_loads(dict(mc_meta, Z_ONCE=False), block_c, k, mcw.element_size(), 4)
         launch.longest = ProgramModel(1, block_c * block_p * x.element_size(), loads, nb)
     return launch, out

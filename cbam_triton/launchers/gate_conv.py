@@ -11,11 +11,13 @@ from cbam_triton.kernels.gate_conv import gate_conv_kernel
 from cbam_triton.launchers._common import (
     MAX_WALK_TILES,
     NUM_WARPS,
+    FusedPlan,
     Launch,
     ProgramModel,
     acc_is_fp64,
     as_ncp,
     compute_dtype,
+    in_flight,
     nbytes,
     next_pow2,
     output_for,
@@ -59,9 +61,17 @@ def plan_gate_conv(x: torch.Tensor, mc: torch.Tensor | None, pooled: torch.Tenso
     kp = next_pow2(conv.ksize)
     # the conv re-reads the map k*k times a pixel (from L1): pixel blocks of at most 2048 / (2 * KP)
     # keep that (and the row path's [KP, BLOCK_P] tiles) small
-    plan = plan_fused(n, c, p, sc, sp, x.element_size(), "c", x.device, split,
-                      max_long_p=max(16, TAPS_TILE // (2 * kp)),
-                      max_walk_tiles=MAX_WALK_TILES if mc is not None else None)
+    def fused(warps: int) -> FusedPlan:
+        return plan_fused(n, c, p, sc, sp, x.element_size(), "c", x.device, split,
+                          max_long_p=max(16, TAPS_TILE // (2 * kp)),
+                          max_walk_tiles=MAX_WALK_TILES if mc is not None else None, kernel="gate_conv",
+                          num_warps=warps)
+
+    plan = fused(NUM_WARPS)
+    warps = _warps(conv.ksize, plan.block_p, x)
+    if warps != NUM_WARPS:  # the grid is sized for the warps the tile runs with
+        plan = fused(warps)
+        warps = _warps(conv.ksize, plan.block_p, x)
     block_c, block_p, base = plan.block_c, plan.block_p, plan.base
     num_splits, per_split = plan.num_splits, plan.per_split
     acc = compute_dtype(x)
@@ -87,10 +97,10 @@ def plan_gate_conv(x: torch.Tensor, mc: torch.Tensor | None, pooled: torch.Tenso
         meta=dict(HAS_MC=mc is not None, HAS_CONV_BIAS=conv.bias is not None, HAS_BN=has_bn, HAS_BN_AFFINE=affine,
                   SPATIAL_INPUT=SPATIAL_INPUTS[conv.input], KSIZE=conv.ksize,
                   TAPS=taps, KP=kp, HINTS=hints,
-                  BLOCK_C=block_c, BLOCK_P=block_p, ACC_FP64=acc_is_fp64(x)),
+                  BLOCK_C=block_c, BLOCK_P=block_p, ACC_FP64=acc_is_fp64(x),
+                  UNROLL=2 if -(-min(per_split, c) // block_c) >= 2 and _rows_16b(x, sc, sp) else 1),
         name="gate_conv",
-        # the conv's row tiles next to the x tile: 8 warps keep long pixel blocks near 100 registers a thread
-        num_warps=8 if taps == 0 and 2 * kp * block_p > TAPS_TILE // 2 and x.element_size() < 4 else NUM_WARPS,
+        num_warps=warps,
         bytes_read=nbytes(x, *small),
         bytes_written=nbytes(out),
     )
@@ -105,4 +115,23 @@ def plan_gate_conv(x: torch.Tensor, mc: torch.Tensor | None, pooled: torch.Tenso
     loads += scalars + (tiles if mc is not None else 0)
     nb += scalars * weight.element_size() + (tiles * block_c * acc_size if mc is not None else 0)
     launch.longest = ProgramModel(tiles, min(per_split, c) * block_p * x.element_size(), loads, nb)
+    launch.x_in_flight = in_flight(min(per_split, c) * min(block_p, p) * x.element_size(), tiles,
+                                   launch.meta.get("UNROLL", 1))
     return launch, out
+
+
+def _rows_16b(x: torch.Tensor, sc: int, sp: int) -> bool:
+    """Whether Triton sees x's rows along its unit-stride axis as 16-element aligned (128-bit loads): only
+    then does a second tile in flight (``UNROLL=2``) cost a few registers; 16-bit loads of an
+    unaligned NCHW map (7², 14², 28²) would take one register per element and cut the CTAs per SM."""
+    n, c, h, w = x.shape
+    other, extent = (sc, h * w) if sp == 1 and h * w > 1 else (sp, c)
+    return other % 16 == 0 and extent % 16 == 0  # what Triton's divisibility specialisation sees
+
+
+def _warps(ksize: int, block_p: int, x: torch.Tensor) -> int:
+    """The conv's row tiles next to the x tile: 8 warps keep long fp16/bf16 pixel blocks near 100
+    registers a thread."""
+    kp = next_pow2(ksize)
+    taps = conv_taps(ksize, block_p, x.device)
+    return 8 if taps == 0 and 2 * kp * block_p > TAPS_TILE // 2 and x.element_size() < 4 else NUM_WARPS

@@ -20,6 +20,7 @@ from cbam_triton.launchers._common import (
     as_ncp,
     compute_dtype,
     counter_buffer,
+    in_flight,
     nbytes,
     next_pow2,
     plan_fused,
@@ -142,7 +143,8 @@ def plan_channel_pool_mlp(x: torch.Tensor, mlp: ChannelMLP, hints: bool = False,
     lo, hi = _layer1_blocks(c, hidden * wsize, row, two)
     ws_lo = -(-c * row * WORKSPACE_FRACTION // max(1, c * p * x.element_size()))
     block_c_range = (min(max(lo, ws_lo), hi), hi)
-    plan = plan_fused(n, c, p, sc, sp, x.element_size(), "p", x.device, split, block_c_range=block_c_range)
+    plan = plan_fused(n, c, p, sc, sp, x.element_size(), "p", x.device, split, block_c_range=block_c_range,
+                      kernel="channel_pool_mlp")
     block_c, block_p, base = plan.block_c, plan.block_p, plan.base
     num_splits, per_split = plan.num_splits, plan.per_split
     num_cblocks = -(-c // block_c)
@@ -179,6 +181,9 @@ def plan_channel_pool_mlp(x: torch.Tensor, mlp: ChannelMLP, hints: bool = False,
     )
     combined = (group, num_groups) if tree else (num_cblocks,)
     launch.longest = _stage1_longest(launch, x, p, hidden, num_splits, per_split, combined, two, wsize)
+    launch.weight_bytes = n * nbytes(w1, mlp.fc1_bias if two else None)  # W1 slice per (sample, block)
+    launch.x_in_flight = in_flight(min(block_c, c) * min(per_split, p) * x.element_size(),
+                                   -(-min(per_split, p) // block_p), launch.meta.get("UNROLL", 1))
     return launch, ChannelState(mlp, z, None if two else parts)
 
 

@@ -9,6 +9,7 @@ from cbam_triton.launchers._common import (
     MAX_WALK_TILES,
     NUM_WARPS,
     SMALL_TILE,
+    FusedPlan,
     Launch,
     ProgramModel,
     acc_is_fp64,
@@ -17,6 +18,7 @@ from cbam_triton.launchers._common import (
     combine_max_counts,
     compute_dtype,
     counter_buffer,
+    in_flight,
     nbytes,
     plan_fused,
     small_tile_rows,
@@ -46,11 +48,17 @@ def plan_spatial_pool(x: torch.Tensor, mc: torch.Tensor | None, split: int | Non
         # Mc from the MLP's last layer: few pixel blocks per sample when its weights are large, and
         # enough channel splits that each program's slice of them stays small
         # (a program's channel tile never needs more of them than its whole slice may hold)
-        plan = plan_fused(n, c, p, sc, sp, x.element_size(), "c", x.device, split,
-                          weight_bytes=channel.map_weight_bytes if channel is not None else 0,
-                          block_c_range=(1, channel.channels_per_slice(c) if channel is not None else 1 << 30),
-                          min_split=map_split_min(channel, c),
-                          max_walk_tiles=MAX_WALK_TILES if channel is not None else None)
+        def fused(warps: int) -> FusedPlan:
+            return plan_fused(n, c, p, sc, sp, x.element_size(), "c", x.device, split,
+                              weight_bytes=channel.map_weight_bytes if channel is not None else 0,
+                              block_c_range=(1, channel.channels_per_slice(c) if channel is not None else 1 << 30),
+                              min_split=map_split_min(channel, c),
+                              max_walk_tiles=MAX_WALK_TILES if channel is not None else None,
+                              kernel="spatial_pool", num_warps=warps)
+
+        plan = fused(NUM_WARPS)
+        if _warps(channel, plan.block_c) != NUM_WARPS:  # the grid is sized for the warps the tile runs with
+            plan = fused(_warps(channel, plan.block_c))
         block_c, block_p, base, num_splits, per_split = (plan.block_c, plan.block_p, plan.base, plan.num_splits,
                                                          plan.per_split)
     else:
@@ -77,8 +85,7 @@ def plan_spatial_pool(x: torch.Tensor, mc: torch.Tensor | None, split: int | Non
         meta=dict(**mc_meta, FINALIZE=num_splits == 1, COUNT=count, HINTS=hints, COMBINE=combine,
                   SB=small_tile_rows(block_p, num_splits), BLOCK_C=block_c, BLOCK_P=block_p, ACC_FP64=acc_is_fp64(x)),
         name="spatial_pool",
-        # Mc's [BLOCK_C, KB] weight tile next to the x tile: 8 warps keep it under ~128 registers a thread
-        num_warps=8 if channel is not None and block_c * mc_meta["KB"] > SMALL_TILE // 2 else NUM_WARPS,
+        num_warps=_warps(channel, block_c),
         bytes_read=nbytes(x, mc) + (channel.map_total_bytes if channel is not None else 0),
         bytes_written=nbytes(out, cnts, mc_out) + (nbytes(final) if combine else 0),
     )
@@ -92,7 +99,21 @@ def plan_spatial_pool(x: torch.Tensor, mc: torch.Tensor | None, split: int | Non
         loads += 2 * -(-num_splits // launch.meta["SB"])
         nb += 2 * num_splits * block_p * acc_size
     launch.longest = ProgramModel(tiles, min(per_split, c) * block_p * x.element_size(), loads, nb)
+    if channel is not None:  # each (sample, pixel block) reads the last layer's rows of every channel
+        mlp = channel.mlp
+        launch.weight_bytes = base * nbytes(*((mlp.fc2_weight, mlp.fc2_bias) if channel.z is not None
+                                              else (mlp.fc1_bias,)))
+    launch.x_in_flight = in_flight(min(per_split, c) * min(block_p, p) * x.element_size(), tiles,
+                                   launch.meta.get("UNROLL", 1))
     return launch, final if combine else out, cnts
+
+
+def _warps(channel: ChannelState | None, block_c: int) -> int:
+    """Mc's [BLOCK_C, KB] weight tile next to the x tile: 8 warps keep it under ~128 registers a thread."""
+    if channel is None:
+        return NUM_WARPS
+    kb = small_tile_rows(block_c, channel.mlp.fc2_weight.shape[1] if channel.z is not None else channel.parts.shape[1])
+    return 8 if block_c * kb > SMALL_TILE // 2 else NUM_WARPS
 
 
 def spatial_pool(x: torch.Tensor, mc: torch.Tensor | None = None,

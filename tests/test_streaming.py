@@ -1,0 +1,146 @@
+"""The residency model of the fused forward (cbam_triton/launchers/residency.py) and what
+``python -m cbam_triton.explain --sms 132 --arch 90 --json`` reports from the compiled kernels.
+
+The occupancy arithmetic is checked against an independent transcription of CUDA's occupancy
+calculator; the JSON is checked field by field and its residency, waves and bytes in flight are
+recomputed from the registers, warps, shared memory and grid it reports.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from cbam_triton.launchers import residency
+
+#: the issue's sm_90 limits, written out independently of cbam_triton.launchers.residency
+SM90 = dict(regs=65536, threads=2048, ctas=32, smem=228 * 1024, reserved=1024)
+SM80 = dict(regs=65536, threads=2048, ctas=32, smem=164 * 1024, reserved=1024)
+
+
+def occupancy(regs: int, warps: int, smem: int, lim: dict[str, int]) -> int:
+    """CUDA's occupancy calculator (cuda_occupancy.h), for the limits above."""
+    per_warp = -(-regs * 32 // 256) * 256                 # register allocation granularity: 256 per warp
+    by_regs = (lim["regs"] // 4 // per_warp) * 4 // warps  # 4 register-file partitions
+    by_threads = lim["threads"] // (32 * warps)
+    by_smem = lim["smem"] // (-(-(smem + lim["reserved"]) // 128) * 128)
+    return min(lim["ctas"], by_regs, by_threads, by_smem)
+
+
+def test_ctas_per_sm_known_values():
+    assert residency.ctas_per_sm(111, 8, 0, 90) == 2      # spatial_pool at 2048x7^2 (the review's figure)
+    assert residency.ctas_per_sm(142, 4, 0, 90) == 3
+    assert residency.ctas_per_sm(32, 4, 0, 90) == 16      # thread-limited
+    assert residency.ctas_per_sm(16, 1, 0, 90) == 32      # CTA-slot-limited
+    assert residency.ctas_per_sm(32, 4, 100 * 1024, 90) == 2   # shared-memory-limited (228 KiB / 101 KiB)
+    assert residency.ctas_per_sm(32, 4, 100 * 1024, 80) == 1   # sm_80: 164 KiB
+    assert residency.ctas_per_sm(256, 4, 0, 90) == 0      # more registers than a thread may have
+
+
+@pytest.mark.parametrize("arch,lim", [(90, SM90), (80, SM80)])
+def test_ctas_per_sm_is_the_cuda_occupancy_calculation(arch, lim):
+    for regs in range(16, 256, 7):
+        for warps in (1, 2, 4, 8, 16):
+            for smem in (0, 1024, 4096, 40 * 1024, 99 * 1024):
+                assert residency.ctas_per_sm(regs, warps, smem, arch) == occupancy(regs, warps, smem, lim), \
+                    (regs, warps, smem)
+
+
+def test_waves_efficiency_and_bytes_in_flight():
+    m = residency.model(programs=1000, sms=132, ctas=3, in_flight_per_cta=4096)
+    assert (m.waves, round(m.wave_efficiency, 4)) == (3, round(1000 / (3 * 396), 4))
+    assert m.x_bytes_in_flight_per_sm == 396 * 4096 / 132
+    small = residency.model(programs=100, sms=132, ctas=3, in_flight_per_cta=4096)
+    assert small.waves == 1 and small.x_bytes_in_flight_per_sm == 100 * 4096 / 132  # CTAs actually resident
+
+
+def _meta_plan(shape, layout, dtype=torch.float16, reduction=16):
+    from cbam_triton.explain import explain
+    from cbam_triton.modules import CBAM
+
+    x = torch.empty(shape, dtype=dtype, device="meta")
+    if layout == "channels_last":
+        x = x.to(memory_format=torch.channels_last)
+    module = CBAM(shape[1], reduction).eval().to(device="meta", dtype=dtype)
+    return explain(module, x, l2_cache_bytes=50 << 20, sms=132)
+
+
+def test_grids_are_sized_from_residency_not_a_fixed_guess(monkeypatch):
+    monkeypatch.delenv("CBAM_TRITON_TARGET_PROGRAMS", raising=False)
+    # few registers -> many resident CTAs -> a larger grid than with many registers
+    x = torch.empty((32, 1024, 14, 14), dtype=torch.float16, device="meta")
+    from cbam_triton.launchers.forward import plan_fused_forward
+    from cbam_triton.modules import CBAM
+    from cbam_triton.schedule import plan_schedule
+
+    mlp, conv = CBAM(1024, 16).eval().to(device="meta", dtype=torch.float16).fused_parts()
+    sched = plan_schedule(32, 1024 * 196 * 2, "l2", 25 << 20, device_type="cuda")
+    grids = {}
+    for regs in (40, 200):
+        table = {(k, w): (regs, 2048) for k in ("channel_pool_mlp", "spatial_pool", "gate_conv") for w in (4, 8)}
+        with residency.assume(132, 90, table):
+            launches, _ = plan_fused_forward(x, mlp, conv, sched)
+        grids[regs] = {launch.name: launch.grid[0] * launch.grid[1] for launch in launches}
+        for launch in launches:
+            cap = 132 * residency.ctas_per_sm(regs, launch.num_warps, 2048, 90)
+            programs = launch.grid[0] * launch.grid[1]
+            # more than one wave: whole waves (stages 2 and 3: the channel walk has room for the splits;
+            # stage 1's H*W walk of 14^2 pixels has at most 2 tiles, so its grid is the channel blocks')
+            if programs > cap and launch.name != "channel_pool_mlp":
+                assert residency.wave_efficiency(programs, cap) >= 0.9, (regs, launch.name, launch.grid)
+    assert grids[40]["spatial_pool"] > grids[200]["spatial_pool"]
+
+
+def test_fallback_model_fields_without_a_compiler(monkeypatch):
+    monkeypatch.delenv("CBAM_TRITON_TARGET_PROGRAMS", raising=False)
+    plan = _meta_plan((8, 2048, 7, 7), "nchw")
+    assert {"chunks", "mlp_weight_size_bytes", "weight_bytes_total"} <= plan.keys()
+    assert plan["mlp_weight_size_bytes"] == 2 * (2048 * 128 * 2) + (128 + 2048) * 2
+    for r in plan["launches"]:
+        assert r["registers"] == residency.resources(r["name"], r["num_warps"])[0]
+        assert r["x_load_bits"] is None  # only an ahead-of-time compile tells
+
+
+FIELDS = ("name", "grid", "num_warps", "registers", "shared_bytes", "persistent", "ctas_per_sm", "waves",
+          "wave_efficiency", "x_bytes_in_flight_per_cta", "x_bytes_in_flight_per_sm", "x_load_bits",
+          "out_store_bits")
+
+
+def _explain_json(*args: str) -> dict:
+    env = {k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET", "CBAM_TRITON_TARGET_PROGRAMS")}
+    proc = subprocess.run([sys.executable, "-m", "cbam_triton.explain", *args, "--sms", "132", "--arch", "90",
+                           "--json"], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout)
+
+
+@pytest.mark.parametrize("shape,layout", [(("32", "256", "56", "56"), "channels_last"),
+                                          (("8", "2048", "7", "7"), "nchw")])
+def test_explain_json_from_the_sm90_compile(shape, layout):
+    plan = _explain_json("--shape", *shape, "--dtype", "fp16", "--layout", layout)
+    for key in ("chunks", "mlp_weight_size_bytes", "weight_bytes_total"):
+        assert isinstance(plan[key], int), key
+    assert plan["chunks"] == plan["schedule"]["num_chunks"]
+    assert len(plan["launches"]) == 3 * plan["chunks"]
+    for r in plan["launches"]:
+        for f in FIELDS:
+            assert f in r, f
+        assert r["registers"] > 0 and r["spill_bytes"] == 0
+        programs = r["grid"][0] * r["grid"][1]
+        ctas = occupancy(r["registers"], r["num_warps"], r["shared_bytes"], SM90)
+        cap = 132 * ctas
+        waves = -(-programs // cap)
+        assert r["ctas_per_sm"] == ctas and r["waves"] == waves
+        assert r["wave_efficiency"] == pytest.approx(programs / (waves * cap), abs=1e-4)
+        assert r["x_bytes_in_flight_per_sm"] == pytest.approx(min(programs, cap) * r["x_bytes_in_flight_per_cta"] / 132,
+                                                              abs=0.1)
+        if waves > 1:
+            assert r["wave_efficiency"] >= 0.9, r
+        if layout == "channels_last":  # whole 16-byte rows: every x load and output store is 128-bit
+            assert r["x_load_bits"] == 128
+            assert r["out_store_bits"] == (128 if r["name"] == "gate_conv" else None)
