@@ -1,4 +1,4 @@
-"""cbam-triton benchmark: ``python -m bench`` (or ``cbam-bench``).
+"""cbam-triton benchmark: ``python -m bench`` from a clone of the repository.
 
     python -m bench                          # GPU: full suite; CPU-only: the quick suite
     python -m bench --quick                  # a few small cases (< 3 min on a 2-core CPU)
