@@ -247,6 +247,9 @@ def main(argv: list[str] | None = None) -> int:
     # (bench/models.py also forces it around each network compile: a cached graph replays inductor's byte
     # total but not its per-kernel list)
     os.environ.setdefault("TORCHINDUCTOR_FORCE_DISABLE_CACHES", "1")
+    from bench.quiet import quiet_library_noise
+
+    quiet_library_noise()
     import torch
 
     if (args.cpu or not torch.cuda.is_available()) and "triton" not in sys.modules:
