@@ -1,4 +1,4 @@
-"""cbam-triton benchmark: ``python -m bench`` (or ``cbam-bench``).
+"""cbam-triton benchmark: ``python -m bench`` from a clone of the repository.
 
     python -m bench                          # GPU: full suite; CPU-only: the quick suite
     python -m bench --quick                  # a few small cases (< 3 min on a 2-core CPU)
@@ -242,6 +242,9 @@ def main(argv: list[str] | None = None) -> int:
     # (bench/models.py also forces it around each network compile: a cached graph replays inductor's byte
     # total but not its per-kernel list)
     os.environ.setdefault("TORCHINDUCTOR_FORCE_DISABLE_CACHES", "1")
+    from bench.quiet import quiet_library_noise
+
+    quiet_library_noise()
     import torch
 
     if (args.cpu or not torch.cuda.is_available()) and "triton" not in sys.modules:

@@ -1,6 +1,6 @@
 """Recognise CBAM modules of the common dialects and swap them for fused cbam-triton modules.
 
-Recognition is by type where the package is importable (timm, ultralytics, ``reference``) and by
+Recognition is by type where the package is importable (timm, ultralytics, the reference) and by
 structure for copied code (official Jongchan/attention-module, luuuyi/CBAM.PyTorch, mmyolo).
 A module that looks like a CBAM but has a configuration that cbam-triton can't reproduce exactly
 (e.g. the official ``lp``/``lse`` pools, a gate with parameters) is left alone with a warning —
@@ -20,6 +20,7 @@ from torch import nn
 from cbam_triton import norms
 from cbam_triton.converted import ConvertedCBAM, DialectSpec
 from cbam_triton.modules import CBAM
+from cbam_triton.reference import CBAM as ReferenceCBAM
 from cbam_triton.schedule import validate_schedule
 
 log = logging.getLogger("cbam_triton.converter")
@@ -212,8 +213,7 @@ def from_module(m: nn.Module, *, backend: str | None = None, schedule: str = "au
     """
     if isinstance(m, (CBAM, ConvertedCBAM)):
         return m
-    ref_mod = sys.modules.get("reference.cbam")
-    if ref_mod is not None and type(m) is ref_mod.CBAM:
+    if type(m) is ReferenceCBAM:
         return CBAM.from_reference(m, backend=backend, schedule=schedule)
     for recognise in _RECOGNISERS:
         spec = recognise(m)

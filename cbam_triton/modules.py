@@ -20,8 +20,9 @@ from cbam_triton.deploy import fx_leaf_call, script_error
 from cbam_triton.functional import channel_attention, prepare, spatial_attention
 from cbam_triton.fusion import ChannelMLP, SpatialConv, spatial_conv
 from cbam_triton.norms import bn_state, check, copy_for
+from cbam_triton.reference import CBAM as ReferenceCBAM
+from cbam_triton.reference import validate_config  # the spec's own config rules
 from cbam_triton.schedule import validate_budget, validate_schedule
-from reference.cbam import validate_config  # the spec's own config rules, shipped in the same wheel
 
 _POOLS = ("avg", "max")
 
@@ -215,10 +216,8 @@ class CBAM(_Scheduled, nn.Module):
 
     def to_reference(self) -> nn.Module:
         """The equivalent :class:`reference.CBAM` (same weights, device, dtype and mode)."""
-        import reference
-
-        ref = reference.CBAM(self.channels, self.reduction_ratio, self.spatial_kernel_size,
-                             self.pool_types, self.spatial_norm, self.hidden_channels)
+        ref = ReferenceCBAM(self.channels, self.reduction_ratio, self.spatial_kernel_size,
+                           self.pool_types, self.spatial_norm, self.hidden_channels)
         return _copy_state(self, ref)
 
 

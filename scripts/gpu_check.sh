@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# GPU acceptance run (issue 18): one prepared command that measures everything a lent GPU can tell us
-# in under 8 minutes — environment, compute-sanitizer memcheck/racecheck/synccheck of a small driver,
-# the test suite on the GPU, the benchmark that judges the speed targets — into at most 8 files.
+# GPU acceptance run: one command that measures what a CUDA machine can tell about the library in
+# under 8 minutes — environment, compute-sanitizer memcheck/racecheck/synccheck of a small driver,
+# the test suite on the GPU, the benchmark that judges the speed targets — into exactly 8 files.
 #
 #   bash scripts/gpu_check.sh [OUT_DIR]          # a CUDA machine; default bench/results/<date>-<gpu>/
 #   bash scripts/gpu_check.sh --dry [OUT_DIR]    # rehearsal on a CPU (interpreter, tiny shapes; CI runs it)

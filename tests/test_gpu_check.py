@@ -161,6 +161,7 @@ def test_failing_fake_ncu_is_probed_and_the_step_skipped(tmp_path, monkeypatch):
     gpu_check.phase_bench(ctx, 60)
     step = next(s for s in ctx.results["bench"]["steps"] if s["name"] == "ncu")
     assert step["status"] == "skipped" and step["calls"] == [] and "ERR_NVGPUCTRPERM" in step["probe"]
+    assert [s.name for s in ctx.ran] == ["bench/ncu-probe"]  # no benchmark call after a failed probe
     assert any(s.startswith("bench/ncu:") and "performance counters" in s for s in ctx.skipped)
     assert ctx.failures == [] and ctx.results["bench_doc"]["results"] == []
     _fake_tools(tmp_path, monkeypatch, ncu="echo 'segfault'; exit 139")
@@ -169,26 +170,28 @@ def test_failing_fake_ncu_is_probed_and_the_step_skipped(tmp_path, monkeypatch):
 
 
 # -------------------------------------------------------------------------------------- tests phase
-def test_parse_pytest_plain_and_xdist_output():
-    out = "\n".join([
-        "collecting ... collected 5 items",
-        "tests/test_a.py::test_x[kwargs0-ValueError-channels must be >= 1] PASSED [ 20%]",
-        "tests/test_a.py::test_y FAILED                                      [ 40%]",
-        "tests/test_b.py::test_z SKIPPED (needs a CUDA device)               [ 60%]",
-        "[gw1] [ 80%] PASSED tests/test_c.py::test_w[fp16] ",
-        "[gw0] [100%] ERROR tests/test_c.py::test_v ",
-        "=========================== short test summary info ============================",
-        "FAILED tests/test_a.py::test_y - AssertionError: boom",
-        "ERROR tests/test_c.py::test_v - RuntimeError: CUDA error",
-        "!!!!!!!!!!!!!!!!!!!!!!!!!!!!!! KeyboardInterrupt !!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!",
-        "=================== 1 failed, 2 passed, 1 skipped, 1 error in 3.20s ===================",
-    ])
-    got = gpu_check.parse_pytest(out)
-    assert got["per_file"] == {"tests/test_a.py": {"passed": 1, "failed": 1}, "tests/test_b.py": {"skipped": 1},
-                               "tests/test_c.py": {"passed": 1, "error": 1}}
-    assert got["failures"] == ["FAILED tests/test_a.py::test_y - AssertionError: boom",
-                               "ERROR tests/test_c.py::test_v - RuntimeError: CUDA error"]
-    assert got["collected"] == 5 and got["interrupted"] and got["final"].startswith("1 failed, 2 passed")
+def test_parse_junit_of_a_real_pytest_run(tmp_path):
+    """pytest's own JUnit XML: passed, failed, errored, skipped and xfailed tests, a test class, a file
+    that reported nothing."""
+    (tmp_path / "tests").mkdir()
+    (tmp_path / "tests" / "test_a.py").write_text(
+        "import pytest\n\n@pytest.fixture\ndef broken():\n    raise RuntimeError('CUDA error')\n\n"
+        "@pytest.mark.parametrize('p', [1, 2])\ndef test_x(p):\n    assert p\n\n"
+        "def test_y():\n    assert 1 == 2, 'boom'\n\ndef test_v(broken):\n    pass\n\n"
+        "@pytest.mark.skip(reason='needs a CUDA device')\ndef test_z():\n    pass\n\n"
+        "@pytest.mark.xfail\ndef test_w():\n    assert 0\n\n"
+        "class TestK:\n    def test_k(self):\n        assert 0\n")
+    xml = tmp_path / "out.xml"
+    subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--junitxml={xml}", "tests"],
+                   cwd=tmp_path, capture_output=True, timeout=60)
+    got = gpu_check.parse_junit(str(xml))
+    assert got["totals"] == {"passed": 2, "failed": 2, "error": 1, "skipped": 1, "xfailed": 1}
+    assert got["files_reported"] == ["tests/test_a.py"]
+    assert got["failures"][0].startswith("FAILED tests/test_a.py::test_y - AssertionError: boom")
+    assert any(f.startswith("ERROR tests/test_a.py::test_v") for f in got["failures"])
+    assert any(f.startswith("FAILED tests/test_a.py::TestK::test_k") for f in got["failures"])
+    assert gpu_check.parse_junit(str(tmp_path / "missing.xml")) == {"totals": {}, "files_reported": [],
+                                                                     "failures": []}
 
 
 @pytest.fixture(scope="module")
