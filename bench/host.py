@@ -13,6 +13,13 @@ and with grad mode on (then the training path). Rounds are interleaved and the b
 so a busy machine slows the unit and the forward alike. Runs on any machine (CPU tensors, Triton's
 interpreter; no kernel executes).
 
+The compiled rows (:data:`COMPILED`, :func:`measure_compiled`; ``--no-compile`` skips them) time the
+same module through ``torch.compile(module, fullgraph=True)`` (inductor; the block is one call of the
+custom op ``cbam_triton::fused_forward``, served by its host path, :mod:`cbam_triton.launchers.replay`),
+the same with that host path off (every call plans or rebinds), a compiled trivial graph
+(``t * 2`` on a 1-element tensor: what any compiled call costs) and, in the same rounds, the eager
+fast path again.
+
 ``--device cuda`` instead times real batch-1 fp16 forwards on a GPU (wall clock, kernels
 included, no CUDA graphs) on the four ResNet-50 stage shapes: the fast path, the full path and
 eager PyTorch (the reference module).
@@ -112,6 +119,58 @@ def measure_all(shapes: tuple[tuple[int, int, int, int], ...] = SHAPES, calls: i
     return unit, {tuple(shape): {name: best[tuple(shape), name] for name in CONFIGS} for shape in shapes}
 
 
+#: the compiled rows of :func:`measure_compiled` (the trivial graph is the same for every shape)
+COMPILED = ("eager fast path", "torch.compile(fullgraph=True)", "compiled, op host path off",
+            "compiled trivial graph (t * 2)")
+
+
+def measure_compiled(shapes: tuple[tuple[int, int, int, int], ...] = SHAPES, calls: int = 300,
+                     rounds: int = 7) -> tuple[float, dict[tuple[int, ...], dict[str, float]]]:
+    """``(unit_us, {shape: {row: us}})`` for the rows of :data:`COMPILED` (``no_grad``, eval, launches
+    stubbed as in :func:`measure_all`; best of ``rounds`` interleaved rounds). Compiles each shape
+    once (seconds on a CPU). Every setting it changes is restored."""
+    import torch
+    from triton.runtime.interpreter import InterpretedFunction
+
+    import cbam_triton
+    from cbam_triton._backend import interpreter_active
+    from cbam_triton.launchers import replay
+
+    if not interpreter_active():
+        raise RuntimeError("bench.host times the host work through Triton's interpreter: set TRITON_INTERPRET=1 "
+                           "before triton is imported (python -m bench.host does)")
+    unit_t = torch.ones(1)
+    saved = InterpretedFunction.run, replay.ENABLED
+    best: dict[tuple[tuple[int, ...], str], float] = {}
+    unit = float("inf")
+    try:
+        InterpretedFunction.run = lambda self, *a, **k: None  # type: ignore[method-assign]
+        with torch.no_grad():
+            trivial = torch.compile(lambda t: t * 2, fullgraph=True)
+            trivial(unit_t)
+            jobs: list[tuple[tuple[int, ...], str, Callable[[], object], bool]] = []
+            for shape in shapes:
+                c = shape[1]
+                module = cbam_triton.CBAM(c, reduction_ratio=16 if c >= 32 else 1, backend="triton").eval()
+                x = torch.randn(shape)
+                compiled = torch.compile(module, fullgraph=True)
+                compiled(x)
+                jobs += [(shape, COMPILED[0], lambda m=module, x=x: m(x), True),
+                         (shape, COMPILED[1], lambda m=compiled, x=x: m(x), True),
+                         (shape, COMPILED[2], lambda m=compiled, x=x: m(x), False),
+                         (shape, COMPILED[3], lambda: trivial(unit_t), True)]
+            for _ in range(rounds):
+                unit = min(unit, _best_us(lambda: unit_t.mul(2.0), 20 * calls, repeats=3))
+                for shape, name, call, host_path in jobs:
+                    replay.ENABLED = host_path
+                    us = _best_us(call, calls, repeats=3)
+                    best[shape, name] = min(best.get((shape, name), float("inf")), us)
+                    replay.ENABLED = saved[1]
+    finally:
+        InterpretedFunction.run, replay.ENABLED = saved  # type: ignore[method-assign]
+    return unit, {tuple(shape): {name: best[tuple(shape), name] for name in COMPILED} for shape in shapes}
+
+
 def measure(shape: tuple[int, int, int, int], calls: int = 300, rounds: int = 3) -> dict[str, float]:
     """Host microseconds per forward of each of :data:`CONFIGS` at one shape."""
     return measure_all((tuple(shape),), calls, rounds)[1][tuple(shape)]
@@ -160,6 +219,7 @@ def main(argv: list[str] | None = None) -> int:
                         "four ResNet-50 stages with --device cuda)")
     p.add_argument("--calls", type=int, default=300, help="calls per repeat")
     p.add_argument("--rounds", type=int, default=7, help="interleaved rounds (the best of each is kept)")
+    p.add_argument("--no-compile", action="store_true", help="skip the torch.compile rows (cpu)")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                    help="cpu: host time with the kernels stubbed out (default); cuda: batch-1 fp16 wall clock")
     args = p.parse_args(argv)
@@ -192,6 +252,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {shape}")
         for name, us in row.items():
             print(f"    {name:<26} {us:9.1f} us = {us / unit:7.1f} tiny ops")
+    if not args.no_compile:
+        unit, got = measure_compiled(shapes or SHAPES, args.calls, args.rounds)
+        print(f"compiled (torch.compile(module, fullgraph=True), no_grad), same stub; unit {unit:.2f} us:")
+        for shape, row in got.items():
+            print(f"  {shape}")
+            for name, us in row.items():
+                print(f"    {name:<32} {us:9.1f} us = {us / unit:7.1f} tiny ops")
+            extra = (row[COMPILED[1]] - row[COMPILED[3]]) / unit
+            print(f"    {'compiled block - trivial graph':<32} {extra:9.1f} tiny ops")
     return 0
 
 
