@@ -53,18 +53,18 @@ _STATS = {"recorded": 0}
 _dispatch_modes = torch._C._len_torch_dispatch_stack
 _function_modes = torch._C._len_torch_function_stack
 _transforms = torch._C._are_functorch_transforms_active
-_is_compiling = torch.compiler.is_compiling
 _ENVIRON: dict[Any, Any] | None = getattr(os.environ, "_data", None)  # os.environ's own dict (no copy)
 _ENV_KEYS = tuple(os.environ.encodekey(k) for k in ENV) if _ENVIRON is not None else ENV  # type: ignore[attr-defined]
 
 
-def _environment() -> tuple[Any, ...]:
-    env = _ENVIRON if _ENVIRON is not None else os.environ
-    return tuple(map(env.get, _ENV_KEYS))
+def _environment() -> map:
+    return map((_ENVIRON if _ENVIRON is not None else os.environ).get, _ENV_KEYS)
 
 
 def _sig(t: torch.Tensor | None) -> tuple[Any, ...] | None:
-    return None if t is None else (t.shape, t.stride(), t.dtype, t.device, t.data_ptr() & 15)
+    # (a weight's device is not part of it: the planners read only x's, and the full path launches
+    # a weight on another device just as a replay does)
+    return None if t is None else (t.shape, t.stride(), t.dtype, t.data_ptr() & 15)
 
 
 def _key(x: torch.Tensor, params: Sequence[torch.Tensor | None], scalars: tuple[Any, ...]) -> tuple[Any, ...] | None:
@@ -79,16 +79,16 @@ def _key(x: torch.Tensor, params: Sequence[torch.Tensor | None], scalars: tuple[
         if device.index != current:
             return None
         stream = torch._C._cuda_getCurrentRawStream(current)
-    return (x.shape, x.stride(), x.dtype, device, x.data_ptr() & 15, tuple(map(_sig, params)), scalars, stream,
-            _environment())
+    return (x.shape, x.stride(), x.dtype, device, x.data_ptr() & 15, *map(_sig, params), scalars, stream,
+            *_environment())
 
 
 def fused_forward(x: torch.Tensor, params: Sequence[torch.Tensor | None], scalars: tuple[Any, ...],
                   full: Callable[..., torch.Tensor]) -> torch.Tensor:
     """The op's output: replayed for a configuration seen before, else ``full(x, *params, *scalars)``
     (the op's implementation), recorded for the next call."""
-    if (not ENABLED or _dispatch_modes() or _function_modes() or _transforms() or _is_compiling()
-            or type(x) is not torch.Tensor):
+    # (no tracing check: tracers call the op's fake implementation, with FakeTensors)
+    if not ENABLED or _dispatch_modes() or _function_modes() or _transforms() or type(x) is not torch.Tensor:
         return full(x, *params, *scalars)
     key = _key(x, params, scalars)
     if key is None:
@@ -101,7 +101,7 @@ def fused_forward(x: torch.Tensor, params: Sequence[torch.Tensor | None], scalar
         return full(x, *params, *scalars)
     with recording() as calls:
         out = full(x, *params, *scalars)
-    _store(key, _bind(x, out, params, calls, key[-2]))
+    _store(key, _bind(x, out, params, calls, key[-1 - len(ENV)]))
     return out
 
 
