@@ -212,6 +212,24 @@ def measure_gpu(shapes: tuple[tuple[int, int, int, int], ...] = GPU_SHAPES, call
     return got
 
 
+def enqueue_us(fn: Callable[[], object], calls: int = 3, rounds: int = 5) -> float:
+    """Host microseconds per call of ``fn`` on a GPU: how long ``calls`` calls take to return (their
+    launches enqueued, no synchronisation) starting from an idle GPU, best of ``rounds``. Few calls, so
+    that the launch queue does not fill and make the host wait for the GPU. The benchmark's GPU rows
+    record it beside their GPU time (``host_us_per_call``)."""
+    import torch
+
+    best = float("inf")
+    for _ in range(rounds):
+        torch.cuda.synchronize()
+        t = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        best = min(best, (time.perf_counter() - t) / calls * 1e6)
+    torch.cuda.synchronize()
+    return best
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.host", description=__doc__.split("\n\n")[0])
     p.add_argument("--shape", type=int, nargs=4, action="append", metavar=("N", "C", "H", "W"),
