@@ -16,9 +16,11 @@ interpreter; no kernel executes).
 The compiled rows (:data:`COMPILED`, :func:`measure_compiled`; ``--no-compile`` skips them) time the
 same module through ``torch.compile(module, fullgraph=True)`` (inductor; the block is one call of the
 custom op ``cbam_triton::fused_forward``, served by its host path, :mod:`cbam_triton.launchers.replay`),
-the same with that host path off (every call plans or rebinds), a compiled trivial graph
-(``t * 2`` on a 1-element tensor: what any compiled call costs) and, in the same rounds, the eager
-fast path again.
+the same with that host path off (every call plans or rebinds), the same compiled with inductor's
+``freezing`` (the weights become constants of the graph instead of its inputs), the *floor* (a
+module with the same 10 weights whose forward is one no-op operator call: what torch.compile costs
+for such a block whatever the operator does), a compiled trivial graph (``t * 2`` on a 1-element
+tensor: what any compiled call costs) and, in the same rounds, the eager fast path again.
 
 ``--device cuda`` instead times real batch-1 fp16 forwards on a GPU (wall clock, kernels
 included, no CUDA graphs) on the four ResNet-50 stage shapes: the fast path, the full path and
@@ -28,10 +30,12 @@ eager PyTorch (the reference module).
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import sys
 import time
 from collections.abc import Callable
+from typing import Any
 
 #: the shapes of the acceptance measurement (issue 16)
 SHAPES = ((1, 256, 56, 56), (1, 2048, 7, 7), (1, 64, 128, 128))
@@ -121,14 +125,50 @@ def measure_all(shapes: tuple[tuple[int, int, int, int], ...] = SHAPES, calls: i
 
 #: the compiled rows of :func:`measure_compiled` (the trivial graph is the same for every shape)
 COMPILED = ("eager fast path", "torch.compile(fullgraph=True)", "compiled, op host path off",
-            "compiled trivial graph (t * 2)")
+            "compiled, inductor freezing", "compiled floor: no-op op", "compiled trivial graph (t * 2)")
+_FLOOR: list[Any] = []  # the no-op operator of the floor row, registered on first use
+
+
+class _Floor:
+    """What torch.compile costs for a block of the same shape whatever the operator does: a module
+    holding the block's 10 weights whose forward is one call of a no-op operator (registered as
+    ``cbam_triton::fused_forward`` is) with the same arguments."""
+
+    @staticmethod
+    def make(block: Any) -> Any:
+        import torch
+
+        if not _FLOOR:
+            lib = torch.library.Library("cbam_triton_bench", "DEF")
+            lib.define("noop(Tensor x, Tensor? fc1_weight, Tensor? fc1_bias, Tensor? fc2_weight, Tensor? fc2_bias, "
+                       "Tensor? conv_weight, Tensor? conv_bias, Tensor? bn_mean, Tensor? bn_var, Tensor? bn_weight, "
+                       "Tensor? bn_bias, float bn_eps, str pools, str act, str spatial_input, str schedule, "
+                       "int? l2_budget_bytes) -> Tensor")
+            lib.impl("noop", lambda x, *args: torch.empty_like(x), "CompositeExplicitAutograd")
+            torch.library.register_fake("cbam_triton_bench::noop", lib=lib)(lambda x, *args: torch.empty_like(x))
+            _FLOOR.append(lib)
+
+        class Floor(torch.nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.block = block
+
+            def forward(self, x: Any) -> Any:
+                mlp, conv = self.block.channel_gate.mlp, self.block.spatial_gate
+                return torch.ops.cbam_triton_bench.noop(
+                    x, mlp[0].weight, mlp[0].bias, mlp[2].weight, mlp[2].bias, conv.conv.weight, conv.conv.bias,
+                    conv.bn.running_mean, conv.bn.running_var, conv.bn.weight, conv.bn.bias, 1e-5, "avg+max", "relu",
+                    "max,mean", "auto", None)
+
+        return Floor().eval()
 
 
 def measure_compiled(shapes: tuple[tuple[int, int, int, int], ...] = SHAPES, calls: int = 300,
                      rounds: int = 7) -> tuple[float, dict[tuple[int, ...], dict[str, float]]]:
     """``(unit_us, {shape: {row: us}})`` for the rows of :data:`COMPILED` (``no_grad``, eval, launches
-    stubbed as in :func:`measure_all`; best of ``rounds`` interleaved rounds). Compiles each shape
-    once (seconds on a CPU). Every setting it changes is restored."""
+    stubbed as in :func:`measure_all`; best of ``rounds`` interleaved rounds, the garbage collector
+    off while timing). Compiles each shape four times (seconds each on a CPU). Every setting it
+    changes is restored."""
     import torch
     from triton.runtime.interpreter import InterpretedFunction
 
@@ -155,10 +195,19 @@ def measure_compiled(shapes: tuple[tuple[int, int, int, int], ...] = SHAPES, cal
                 x = torch.randn(shape)
                 compiled = torch.compile(module, fullgraph=True)
                 compiled(x)
+                with torch._inductor.config.patch(freezing=True):
+                    frozen = torch.compile(cbam_triton.CBAM.from_reference(module).eval(), fullgraph=True)
+                    frozen(x)
+                floor = torch.compile(_Floor.make(module), fullgraph=True)
+                floor(x)
                 jobs += [(shape, COMPILED[0], lambda m=module, x=x: m(x), True),
                          (shape, COMPILED[1], lambda m=compiled, x=x: m(x), True),
                          (shape, COMPILED[2], lambda m=compiled, x=x: m(x), False),
-                         (shape, COMPILED[3], lambda: trivial(unit_t), True)]
+                         (shape, COMPILED[3], lambda m=frozen, x=x: m(x), True),
+                         (shape, COMPILED[4], lambda m=floor, x=x: m(x), True),
+                         (shape, COMPILED[5], lambda: trivial(unit_t), True)]
+            gc.collect()
+            gc.disable()  # (as timeit does: the compilers leave a large heap, which collections would walk)
             for _ in range(rounds):
                 unit = min(unit, _best_us(lambda: unit_t.mul(2.0), 20 * calls, repeats=3))
                 for shape, name, call, host_path in jobs:
@@ -167,6 +216,7 @@ def measure_compiled(shapes: tuple[tuple[int, int, int, int], ...] = SHAPES, cal
                     best[shape, name] = min(best.get((shape, name), float("inf")), us)
                     replay.ENABLED = saved[1]
     finally:
+        gc.enable()
         InterpretedFunction.run, replay.ENABLED = saved  # type: ignore[method-assign]
     return unit, {tuple(shape): {name: best[tuple(shape), name] for name in COMPILED} for shape in shapes}
 
@@ -277,8 +327,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {shape}")
             for name, us in row.items():
                 print(f"    {name:<32} {us:9.1f} us = {us / unit:7.1f} tiny ops")
-            extra = (row[COMPILED[1]] - row[COMPILED[3]]) / unit
-            print(f"    {'compiled block - trivial graph':<32} {extra:9.1f} tiny ops")
+            trivial = row[COMPILED[-1]]
+            for name in COMPILED[1], COMPILED[3], COMPILED[4]:
+                print(f"    {name + ' - trivial graph':<52} {(row[name] - trivial) / unit:6.1f} tiny ops")
     return 0
 
 
