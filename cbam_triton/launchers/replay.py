@@ -91,14 +91,12 @@ def fused_forward(x: torch.Tensor, params: Sequence[torch.Tensor | None], scalar
     if not ENABLED or _dispatch_modes() or _function_modes() or _transforms() or type(x) is not torch.Tensor:
         return full(x, *params, *scalars)
     key = _key(x, params, scalars)
-    if key is None:
+    if key is None or is_recording():  # (a fast-path entry being recorded needs the full path's launches)
         return full(x, *params, *scalars)
     entry = _ENTRIES.get(key, _MISSING)
     if entry is not _MISSING:
         out = entry.run(x, params) if entry is not None else None
         return out if out is not None else full(x, *params, *scalars)
-    if is_recording():  # a fast-path entry is being recorded: it needs the full path's launches
-        return full(x, *params, *scalars)
     with recording() as calls:
         out = full(x, *params, *scalars)
     _store(key, _bind(x, out, params, calls, key[-1 - len(ENV)]))
