@@ -3,10 +3,14 @@
 Registered with ``torch.library.custom_op``: the Triton launchers are opaque to the compiler, each op
 has a fake (meta) implementation giving the real output's shape, dtype and strides, and autograd is
 registered (backward: recompute the stage in PyTorch and differentiate it — the reference's
-gradients). ``torch.compile(fullgraph=True)`` therefore sees three opaque nodes and no graph
+gradients). ``torch.compile(fullgraph=True)`` therefore sees opaque nodes and no graph
 break, and the ops work under the interpreter too (where ``triton_op``/``wrap_triton`` cannot be
-traced). Exports record standard ops instead (:mod:`cbam_triton.deploy`); a program exported with the
-ops kept is lowered by :func:`decompositions`, which maps each op to its PyTorch math.
+traced). The inference op ``fused_forward`` (what a compiled eval-mode block calls) is registered with
+the low-level API instead (:func:`define_inference_op`: no Python autograd wrapper per call) and
+runs through its host path (:mod:`cbam_triton.launchers.replay`: a configuration seen before
+replays its bound launches). Exports record standard ops instead (:mod:`cbam_triton.deploy`); a
+program exported with the ops kept is lowered by :func:`decompositions`, which maps each op to its
+PyTorch math.
 """
 
 from __future__ import annotations
