@@ -13,18 +13,29 @@ and with grad mode on (then the training path). Rounds are interleaved and the b
 so a busy machine slows the unit and the forward alike. Runs on any machine (CPU tensors, Triton's
 interpreter; no kernel executes).
 
+The compiled rows (:data:`COMPILED`, :func:`measure_compiled`; ``--no-compile`` skips them) time the
+same module through ``torch.compile(module, fullgraph=True)`` (inductor; the block is one call of the
+custom op ``cbam_triton::fused_forward``, served by its host path, :mod:`cbam_triton.launchers.replay`),
+the same with that host path off (every call plans or rebinds), the same compiled with inductor's
+``freezing`` (the weights become constants of the graph instead of its inputs), the *floor* (a
+module with the same 10 weights whose forward is one no-op operator call: what torch.compile costs
+for such a block whatever the operator does), a compiled trivial graph (``t * 2`` on a 1-element
+tensor: what any compiled call costs) and, in the same rounds, the eager fast path again.
+
 ``--device cuda`` instead times real batch-1 fp16 forwards on a GPU (wall clock, kernels
-included, no CUDA graphs) on the four ResNet-50 stage shapes: the fast path, the full path and
-eager PyTorch (the reference module).
+included, no CUDA graphs) on the four ResNet-50 stage shapes: the fast path, the full path, the
+compiled block and eager PyTorch (the reference module).
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import sys
 import time
 from collections.abc import Callable
+from typing import Any
 
 #: the shapes of the acceptance measurement (issue 16)
 SHAPES = ((1, 256, 56, 56), (1, 2048, 7, 7), (1, 64, 128, 128))
@@ -112,6 +123,104 @@ def measure_all(shapes: tuple[tuple[int, int, int, int], ...] = SHAPES, calls: i
     return unit, {tuple(shape): {name: best[tuple(shape), name] for name in CONFIGS} for shape in shapes}
 
 
+#: the compiled rows of :func:`measure_compiled` (the trivial graph is the same for every shape)
+COMPILED = ("eager fast path", "torch.compile(fullgraph=True)", "compiled, op host path off",
+            "compiled, inductor freezing", "compiled floor: no-op op", "compiled trivial graph (t * 2)")
+_FLOOR: list[Any] = []  # the no-op operator of the floor row, registered on first use
+
+
+class _Floor:
+    """What torch.compile costs for a block of the same shape whatever the operator does: a module
+    holding the block's 10 weights whose forward is one call of a no-op operator (registered as
+    ``cbam_triton::fused_forward`` is) with the same arguments."""
+
+    @staticmethod
+    def make(block: Any) -> Any:
+        import torch
+
+        if not _FLOOR:
+            lib = torch.library.Library("cbam_triton_bench", "DEF")
+            lib.define("noop(Tensor x, Tensor? fc1_weight, Tensor? fc1_bias, Tensor? fc2_weight, Tensor? fc2_bias, "
+                       "Tensor? conv_weight, Tensor? conv_bias, Tensor? bn_mean, Tensor? bn_var, Tensor? bn_weight, "
+                       "Tensor? bn_bias, float bn_eps, str pools, str act, str spatial_input, str schedule, "
+                       "int? l2_budget_bytes) -> Tensor")
+            lib.impl("noop", lambda x, *args: torch.empty_like(x), "CompositeExplicitAutograd")
+            torch.library.register_fake("cbam_triton_bench::noop", lib=lib)(lambda x, *args: torch.empty_like(x))
+            _FLOOR.append(lib)
+
+        class Floor(torch.nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.block = block
+
+            def forward(self, x: Any) -> Any:
+                mlp, conv = self.block.channel_gate.mlp, self.block.spatial_gate
+                return torch.ops.cbam_triton_bench.noop(
+                    x, mlp[0].weight, mlp[0].bias, mlp[2].weight, mlp[2].bias, conv.conv.weight, conv.conv.bias,
+                    conv.bn.running_mean, conv.bn.running_var, conv.bn.weight, conv.bn.bias, 1e-5, "avg+max", "relu",
+                    "max,mean", "auto", None)
+
+        return Floor().eval()
+
+
+def measure_compiled(shapes: tuple[tuple[int, int, int, int], ...] = SHAPES, calls: int = 300,
+                     rounds: int = 7) -> tuple[float, dict[tuple[int, ...], dict[str, float]]]:
+    """``(unit_us, {shape: {row: us}})`` for the rows of :data:`COMPILED` (``no_grad``, eval, launches
+    stubbed as in :func:`measure_all`; best of ``rounds`` interleaved rounds, the garbage collector
+    off while timing). Compiles each shape four times (seconds each on a CPU). Every setting it
+    changes is restored."""
+    import torch
+    from triton.runtime.interpreter import InterpretedFunction
+
+    import cbam_triton
+    from cbam_triton._backend import interpreter_active
+    from cbam_triton.launchers import replay
+
+    if not interpreter_active():
+        raise RuntimeError("bench.host times the host work through Triton's interpreter: set TRITON_INTERPRET=1 "
+                           "before triton is imported (python -m bench.host does)")
+    unit_t = torch.ones(1)
+    saved = InterpretedFunction.run, replay.ENABLED
+    best: dict[tuple[tuple[int, ...], str], float] = {}
+    unit = float("inf")
+    try:
+        InterpretedFunction.run = lambda self, *a, **k: None  # type: ignore[method-assign]
+        with torch.no_grad():
+            trivial = torch.compile(lambda t: t * 2, fullgraph=True)
+            trivial(unit_t)
+            jobs: list[tuple[tuple[int, ...], str, Callable[[], object], bool]] = []
+            for shape in shapes:
+                c = shape[1]
+                module = cbam_triton.CBAM(c, reduction_ratio=16 if c >= 32 else 1, backend="triton").eval()
+                x = torch.randn(shape)
+                compiled = torch.compile(module, fullgraph=True)
+                compiled(x)
+                with torch._inductor.config.patch(freezing=True):
+                    frozen = torch.compile(cbam_triton.CBAM.from_reference(module).eval(), fullgraph=True)
+                    frozen(x)
+                floor = torch.compile(_Floor.make(module), fullgraph=True)
+                floor(x)
+                jobs += [(shape, COMPILED[0], lambda m=module, x=x: m(x), True),
+                         (shape, COMPILED[1], lambda m=compiled, x=x: m(x), True),
+                         (shape, COMPILED[2], lambda m=compiled, x=x: m(x), False),
+                         (shape, COMPILED[3], lambda m=frozen, x=x: m(x), True),
+                         (shape, COMPILED[4], lambda m=floor, x=x: m(x), True),
+                         (shape, COMPILED[5], lambda: trivial(unit_t), True)]
+            gc.collect()
+            gc.disable()  # (as timeit does: the compilers leave a large heap, which collections would walk)
+            for _ in range(rounds):
+                unit = min(unit, _best_us(lambda: unit_t.mul(2.0), 20 * calls, repeats=3))
+                for shape, name, call, host_path in jobs:
+                    replay.ENABLED = host_path
+                    us = _best_us(call, calls, repeats=3)
+                    best[shape, name] = min(best.get((shape, name), float("inf")), us)
+                    replay.ENABLED = saved[1]
+    finally:
+        gc.enable()
+        InterpretedFunction.run, replay.ENABLED = saved  # type: ignore[method-assign]
+    return unit, {tuple(shape): {name: best[tuple(shape), name] for name in COMPILED} for shape in shapes}
+
+
 def measure(shape: tuple[int, int, int, int], calls: int = 300, rounds: int = 3) -> dict[str, float]:
     """Host microseconds per forward of each of :data:`CONFIGS` at one shape."""
     return measure_all((tuple(shape),), calls, rounds)[1][tuple(shape)]
@@ -120,7 +229,8 @@ def measure(shape: tuple[int, int, int, int], calls: int = 300, rounds: int = 3)
 def measure_gpu(shapes: tuple[tuple[int, int, int, int], ...] = GPU_SHAPES, calls: int = 200,
                 rounds: int = 5) -> dict[tuple[int, ...], dict[str, float]]:
     """Wall-clock microseconds per batch-1 fp16 forward on the current GPU (kernels included, no
-    CUDA graphs, ``no_grad``, eval): cbam_triton's fast path, its full path, and eager PyTorch."""
+    CUDA graphs, ``no_grad``, eval): cbam_triton's fast path, its full path, the block under
+    ``torch.compile(fullgraph=True)`` (the op's host path), and eager PyTorch."""
     import torch
 
     import cbam_triton
@@ -132,7 +242,9 @@ def measure_gpu(shapes: tuple[tuple[int, int, int, int], ...] = GPU_SHAPES, call
         ref = reference.CBAM(shape[1], 16).cuda().half().eval()
         ours = cbam_triton.CBAM.from_reference(ref)
         x = torch.randn(shape, device="cuda", dtype=torch.float16)
-        rows = {"fast path": (ours, True), "full path": (ours, False), "eager": (ref, True)}
+        compiled = torch.compile(ours, fullgraph=True)  # the op's host path (compiled on the first call)
+        rows = {"fast path": (ours, True), "full path": (ours, False), "compiled": (compiled, True),
+                "eager": (ref, True)}
         best = dict.fromkeys(rows, float("inf"))
         with torch.no_grad():
             for _ in range(rounds):
@@ -153,6 +265,24 @@ def measure_gpu(shapes: tuple[tuple[int, int, int, int], ...] = GPU_SHAPES, call
     return got
 
 
+def enqueue_us(fn: Callable[[], object], calls: int = 3, rounds: int = 5) -> float:
+    """Host microseconds per call of ``fn`` on a GPU: how long ``calls`` calls take to return (their
+    launches enqueued, no synchronisation) starting from an idle GPU, best of ``rounds``. Few calls, so
+    that the launch queue does not fill and make the host wait for the GPU. The benchmark's GPU rows
+    record it beside their GPU time (``host_us_per_call``)."""
+    import torch
+
+    best = float("inf")
+    for _ in range(rounds):
+        torch.cuda.synchronize()
+        t = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        best = min(best, (time.perf_counter() - t) / calls * 1e6)
+    torch.cuda.synchronize()
+    return best
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.host", description=__doc__.split("\n\n")[0])
     p.add_argument("--shape", type=int, nargs=4, action="append", metavar=("N", "C", "H", "W"),
@@ -160,6 +290,7 @@ def main(argv: list[str] | None = None) -> int:
                         "four ResNet-50 stages with --device cuda)")
     p.add_argument("--calls", type=int, default=300, help="calls per repeat")
     p.add_argument("--rounds", type=int, default=7, help="interleaved rounds (the best of each is kept)")
+    p.add_argument("--no-compile", action="store_true", help="skip the torch.compile rows (cpu)")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                    help="cpu: host time with the kernels stubbed out (default); cuda: batch-1 fp16 wall clock")
     args = p.parse_args(argv)
@@ -192,6 +323,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {shape}")
         for name, us in row.items():
             print(f"    {name:<26} {us:9.1f} us = {us / unit:7.1f} tiny ops")
+    if not args.no_compile:
+        unit, got = measure_compiled(shapes or SHAPES, args.calls, args.rounds)
+        print(f"compiled (torch.compile(module, fullgraph=True), no_grad), same stub; unit {unit:.2f} us:")
+        for shape, row in got.items():
+            print(f"  {shape}")
+            for name, us in row.items():
+                print(f"    {name:<32} {us:9.1f} us = {us / unit:7.1f} tiny ops")
+            trivial = row[COMPILED[-1]]
+            for name in COMPILED[1], COMPILED[3], COMPILED[4]:
+                print(f"    {name + ' - trivial graph':<52} {(row[name] - trivial) / unit:6.1f} tiny ops")
     return 0
 
 

@@ -52,7 +52,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from bench import measure
+from bench import host, measure
 from bench.suite import DTYPES, check_choices, check_common
 
 # ------------------------------------------------------------------------------------------ networks
@@ -546,6 +546,7 @@ def run_model_case(case: ModelCase, providers: tuple[str, ...], device: torch.de
             if device.type == "cuda":
                 row["launches"] = measure.count_gpu_kernels(built.fn)
                 row["peak_mem_bytes"] = measure.gpu_peak_memory(built.fn, device)
+                row["host_us_per_call"] = host.enqueue_us(built.fn)  # (triton+compile: the op's host path)
             row.update(_time(built.fn, device))
         del built
         family = BASE_FAMILY.get(name, "eager" if name in (extra_providers or {}) else None)

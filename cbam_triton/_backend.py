@@ -15,6 +15,9 @@ BACKENDS = ("auto", "triton", "torch")
 _STATE: dict[str, bool] = {}
 
 
+# (both are constant for the process: torch.compile calls them while tracing and keeps the result,
+# instead of guarding on _STATE, which the first call fills: that guard would recompile once)
+@torch.compiler.assume_constant_result
 def triton_available() -> bool:
     """True when the ``triton`` package is importable (checked once)."""
     if "available" not in _STATE:
@@ -22,6 +25,7 @@ def triton_available() -> bool:
     return _STATE["available"]
 
 
+@torch.compiler.assume_constant_result
 def interpreter_active() -> bool:
     """True when cbam_triton's kernels were built by Triton's CPU interpreter (checked once).
 

@@ -41,7 +41,7 @@ import torch
 from torch import Tensor, nn
 
 from cbam_triton.deploy import exporting
-from cbam_triton.launchers.bound import BoundLaunch
+from cbam_triton.launchers.bound import BoundPlan, bind_plan
 from cbam_triton.launchers.forward import PlanCache, recording
 
 __all__ = ["ENABLED", "SIZE", "WORKSPACE_LIMIT", "clear", "forward", "info"]
@@ -133,7 +133,7 @@ class _State:
         self.modes = [m.training for m in (module, *self.modules)]
         self.ptrs = [t.data_ptr() for t in self.tensors]
         self.env = _environment()
-        self.entries: dict[tuple[Any, ...], _Entry | None] = {}
+        self.entries: dict[tuple[Any, ...], BoundPlan | None] = {}
         self.lock = threading.Lock()
 
     def valid(self, module: nn.Module) -> bool:
@@ -144,7 +144,7 @@ class _State:
                 and (not self.usable or [t._version for t in ts] == self.versions)
                 and [t.data_ptr() for t in ts] == self.ptrs and _environment() == self.env)
 
-    def add(self, key: tuple[Any, ...], entry: _Entry | None) -> None:
+    def add(self, key: tuple[Any, ...], entry: BoundPlan | None) -> None:
         with self.lock:
             self.entries[key] = entry
             while len(self.entries) > SIZE:
@@ -156,37 +156,6 @@ class _State:
 
     def __reduce__(self) -> tuple[Any, ...]:
         return _fresh, ()
-
-
-class _Entry:
-    """The recorded launches of one input configuration, replayed per call."""
-
-    __slots__ = ("launches", "size", "stride", "dtype", "device", "stream", "free")
-
-    def __init__(self, launches: list[BoundLaunch], out: Tensor, stream: int | None) -> None:
-        self.launches = launches
-        self.size, self.stride, self.dtype, self.device = out.shape, out.stride(), out.dtype, out.device
-        self.stream = stream
-        self.free = [True]  # the workspaces' token: one call at a time uses them
-
-    def run(self, x: Tensor) -> Tensor | None:
-        """A new output filled by the recorded launches (None: another thread is using the workspaces)."""
-        try:
-            self.free.pop()
-        except IndexError:
-            return None
-        try:
-            out = torch.empty_strided(self.size, self.stride, dtype=self.dtype, device=self.device)
-            for launch in self.launches:
-                launch(x, out, self.stream)
-        except BaseException:  # a launch stopped part-way: no arrival counter may stay non-zero
-            from cbam_triton.launchers._common import reset_counters
-
-            reset_counters(self.device)
-            raise
-        finally:
-            self.free.append(True)  # later launches on this stream run after these (stream order)
-        return out
 
 
 def _key(x: Tensor) -> tuple[Any, ...] | None:
@@ -256,7 +225,7 @@ def forward(module: nn.Module, x: object) -> Tensor | None:
     return entry.run(x) if entry is not None else None
 
 
-def _build(module: nn.Module, x: Tensor, state: _State, key: tuple[Any, ...]) -> tuple[_Entry | None, Tensor]:
+def _build(module: nn.Module, x: Tensor, state: _State, key: tuple[Any, ...]) -> tuple[BoundPlan | None, Tensor]:
     """Run the module's full forward once (no grad), record its launches, cache them under ``key``."""
     from cbam_triton.launchers._common import record_launches
 
@@ -265,32 +234,13 @@ def _build(module: nn.Module, x: Tensor, state: _State, key: tuple[Any, ...]) ->
     entry = None
     if len(calls) == 1:
         xr, o, launches, results = calls[0]
-        storages = {t.untyped_storage().data_ptr() for t in state.tensors}
+        storages = frozenset(t.untyped_storage().data_ptr() for t in state.tensors)
         plain = all(type(t) in _PLAIN for t in state.tensors)  # no subclass that could intercept
-        if (plain and xr is x and o is out and len(seen) == len(launches) and all(map(is_, seen, launches))
-                and x.untyped_storage().data_ptr() not in storages):
-            bound = [BoundLaunch(launch, result, x, out) for launch, result in zip(launches, results)]
-            if _workspace_bytes(bound, storages, x) <= WORKSPACE_LIMIT:
-                entry = _Entry(bound, out, key[-1][1] if key[-1] is not None else None)
+        if plain and xr is x and o is out and len(seen) == len(launches) and all(map(is_, seen, launches)):
+            entry = bind_plan(x, out, launches, results, key[-1][1] if key[-1] is not None else None,
+                              keep=storages, limit=WORKSPACE_LIMIT)
     state.add(key, entry)
     return entry, out
-
-
-def _workspace_bytes(launches: list[BoundLaunch], exclude: set[int], x: Tensor) -> float:
-    """Bytes of the tensors a replay reuses besides the module's (workspaces, counters, copies of
-    weights); infinite when one is as large as x (x >= 4096 elements): the launches read x only
-    through x and views of it (the planners never copy x: tests/test_allocations.py), and a
-    replay must not reuse what could be a copy of the recorded call's x."""
-    sizes: dict[int, int] = {}
-    for launch in launches:
-        for a in launch.args:
-            if isinstance(a, Tensor):
-                storage = a.untyped_storage()
-                if storage.data_ptr() not in exclude:
-                    sizes[storage.data_ptr()] = storage.nbytes()
-                    if a.numel() >= x.numel() >= 4096:
-                        return float("inf")
-    return sum(sizes.values())
 
 
 class _EvalForward(torch.autograd.Function):

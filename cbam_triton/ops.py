@@ -3,10 +3,14 @@
 Registered with ``torch.library.custom_op``: the Triton launchers are opaque to the compiler, each op
 has a fake (meta) implementation giving the real output's shape, dtype and strides, and autograd is
 registered (backward: recompute the stage in PyTorch and differentiate it — the reference's
-gradients). ``torch.compile(fullgraph=True)`` therefore sees three opaque nodes and no graph
+gradients). ``torch.compile(fullgraph=True)`` therefore sees opaque nodes and no graph
 break, and the ops work under the interpreter too (where ``triton_op``/``wrap_triton`` cannot be
-traced). Exports record standard ops instead (:mod:`cbam_triton.deploy`); a program exported with the
-ops kept is lowered by :func:`decompositions`, which maps each op to its PyTorch math.
+traced). The inference op ``fused_forward`` (what a compiled eval-mode block calls) is registered with
+the low-level API instead (:func:`define_inference_op`: no Python autograd wrapper per call) and
+runs through its host path (:mod:`cbam_triton.launchers.replay`: a configuration seen before
+replays its bound launches). Exports record standard ops instead (:mod:`cbam_triton.deploy`); a
+program exported with the ops kept is lowered by :func:`decompositions`, which maps each op to its
+PyTorch math.
 """
 
 from __future__ import annotations
@@ -30,6 +34,30 @@ def define_op(name: str) -> Callable[[Callable[..., object]], object]:
     def wrap(fn: Callable[..., object]) -> object:
         op = torch.library.custom_op(f"cbam_triton::{name}", mutates_args=())(fn)
         IMPLEMENTATIONS[getattr(torch.ops.cbam_triton, name).default] = fn
+        return op
+
+    return wrap
+
+
+_LIB = torch.library.Library("cbam_triton", "FRAGMENT")  # the inference ops' low-level registrations
+
+
+def define_inference_op(name: str) -> Callable[[Callable[..., object]], object]:
+    """Decorator: register ``fn`` as ``cbam_triton::name`` (schema from its annotations, no mutation)
+    with a kernel for every device (``CompositeExplicitAutograd``) and no autograd formula, and
+    record it in :data:`IMPLEMENTATIONS`; returns the op overload.
+
+    For an op that only inference calls (autograd takes the training path): the dispatcher then
+    calls ``fn`` without the Python autograd wrapper of :func:`torch.library.custom_op` (a
+    redispatch through Python: several microseconds of host time per call, what a batch-1
+    forward inside a compiled graph pays). Register its fake implementation with
+    :func:`torch.library.register_fake`."""
+
+    def wrap(fn: Callable[..., object]) -> object:
+        _LIB.define(name + torch.library.infer_schema(fn, mutates_args=()))
+        _LIB.impl(name, fn, "CompositeExplicitAutograd")
+        op = getattr(torch.ops.cbam_triton, name).default
+        IMPLEMENTATIONS[op] = fn
         return op
 
     return wrap
@@ -125,10 +153,35 @@ def _fused_forward_impl(x: Tensor, fc1_weight: Tensor | None, fc1_bias: Tensor |
     return fused_forward(x, mlp, conv, plan)
 
 
-fused_forward = define_op("fused_forward")(_fused_forward_impl)
+_grad_enabled = torch._C.is_grad_enabled
+_HOST_PATH: list[Callable[..., Tensor]] = []  # cbam_triton.launchers.replay.fused_forward, imported on first use
 
 
-@fused_forward.register_fake
+def _fused_forward_op(x: Tensor, fc1_weight: Tensor | None, fc1_bias: Tensor | None, fc2_weight: Tensor | None,
+                      fc2_bias: Tensor | None, conv_weight: Tensor | None, conv_bias: Tensor | None,
+                      bn_mean: Tensor | None, bn_var: Tensor | None, bn_weight: Tensor | None,
+                      bn_bias: Tensor | None, bn_eps: float, pools: str, act: str, spatial_input: str,
+                      schedule: str, l2_budget_bytes: int | None) -> Tensor:
+    """The op's kernel: :func:`_fused_forward_impl` through the op's host path (a configuration
+    seen before replays its bound launches; see :mod:`cbam_triton.launchers.replay`). Inference
+    only: refused while autograd would record it (it has no autograd formula)."""
+    params = (fc1_weight, fc1_bias, fc2_weight, fc2_bias, conv_weight, conv_bias, bn_mean, bn_var, bn_weight, bn_bias)
+    if _grad_enabled() and (x.requires_grad or any(t is not None and t.requires_grad for t in params)):
+        raise RuntimeError("cbam_triton::fused_forward is an inference op (no autograd formula): call it under "
+                           "torch.no_grad() or with inputs that don't require grad (the modules differentiate "
+                           "the block through their training path)")
+    if not _HOST_PATH:
+        from cbam_triton.launchers.replay import fused_forward as host_path
+
+        _HOST_PATH.append(host_path)
+    return _HOST_PATH[0](x, params, (bn_eps, pools, act, spatial_input, schedule, l2_budget_bytes),
+                         _fused_forward_impl)
+
+
+fused_forward = define_inference_op("fused_forward")(_fused_forward_op)
+
+
+@torch.library.register_fake("cbam_triton::fused_forward", lib=_LIB)
 def _(x: Tensor, *args: object) -> Tensor:
     return empty_output(x)[0]
 

@@ -1,9 +1,14 @@
 """Launches bound once and replayed per call: the launch half of :mod:`cbam_triton.fastpath`.
 
 A :class:`BoundLaunch` is a recorded :class:`~cbam_triton.launchers._common.Launch` whose arguments
-are fixed except for per-call *holes*: x and the output (or views of them at fixed offsets). It is
-generic over the launch list: whatever kernels, workspaces, arguments and meta-parameters the
-planners produce, every tensor argument that is not x or the output is kept as recorded.
+are fixed except for per-call *holes*: x, the output and, where the caller passes them per call
+(the custom op's host path, :mod:`cbam_triton.launchers.replay`), the weights — or views of them at
+fixed offsets. It is generic over the launch list: whatever kernels, workspaces, arguments and
+meta-parameters the planners produce, every tensor argument that is not a hole is kept as recorded.
+A :class:`BoundPlan` is the whole recorded forward of one configuration (its launches, the output's
+layout, the stream, the token that lets one call at a time use its workspaces); :func:`bind_plan`
+makes one from a recorded call (:func:`cbam_triton.launchers.forward.recording`). The module fast
+path (:mod:`cbam_triton.fastpath`) and the op's host path both replay through it.
 
 Direct launches: on a GPU, ``kernel[grid](...)`` binds and specialises every argument on every
 call (~5-10 us per launch) before Triton's launcher runs. A bound launch keeps the compiled kernel
@@ -16,14 +21,15 @@ plain ``triton.jit`` function) it launches ``kernel[grid](...)`` as :class:`Laun
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 
-from cbam_triton.launchers._common import _LAUNCH_HOOKS, INTERPRETER_LOCK, Launch
+from cbam_triton.launchers._common import _LAUNCH_HOOKS, INTERPRETER_LOCK, Launch, reset_counters
 
-#: hole roles: which per-call tensor fills an argument
-X, OUT = 0, 1
+#: hole roles: which per-call tensor fills an argument (``PARAM + i``: the i-th per-call weight)
+X, OUT, PARAM = 0, 1, 2
 #: set False to launch every bound launch through ``kernel[grid](...)`` (tests compare both paths)
 DIRECT = True
 #: Triton versions whose ``JITFunction.run`` ends with the launcher call a direct :class:`BoundLaunch` makes
@@ -67,14 +73,16 @@ def directly_launchable(kernel: Any, compiled: Any) -> bool:
 class BoundLaunch:
     """One launch of a recorded plan, replayed with a call's x and output (see the module docstring).
 
-    ``holes``: ``(position, role, view)`` with role :data:`X` or :data:`OUT` and view None (the
-    tensor itself) or ``(size, stride, element offset, byte offset)`` relative to it.
+    ``holes``: ``(position, role, view)`` with role :data:`X`, :data:`OUT` or ``PARAM + i`` (the
+    i-th of ``params``, the per-call weights) and view None (the tensor itself) or ``(size, stride,
+    element offset, byte offset)`` relative to it.
     """
 
     __slots__ = ("kernel", "grid", "args", "kwargs", "holes", "launch", "compiled", "run", "function",
                  "packed", "values", "grid3", "interpreted", "empty", "interp_kwargs")
 
-    def __init__(self, launch: Launch, compiled: Any, x: torch.Tensor, out: torch.Tensor) -> None:
+    def __init__(self, launch: Launch, compiled: Any, x: torch.Tensor, out: torch.Tensor,
+                 params: Sequence[torch.Tensor | None] = ()) -> None:
         # for the launch hooks: the launch without the recorded call's tensors (nothing of it is kept)
         self.launch = dataclasses.replace(launch, args=())
         self.kernel = launch.kernel
@@ -87,7 +95,7 @@ class BoundLaunch:
         args: list[Any] = []
         holes: list[tuple[int, int, Any]] = []
         for pos, a in enumerate(launch.args):
-            role = _role(a, x, out) if isinstance(a, torch.Tensor) else None
+            role = _role(a, x, out, params) if isinstance(a, torch.Tensor) else None
             if role is None:
                 args.append(a)
                 continue
@@ -114,14 +122,15 @@ class BoundLaunch:
         """Whether this launch goes straight to Triton's launcher (GPU) rather than ``kernel[grid]``."""
         return self.compiled is not None
 
-    def __call__(self, x: torch.Tensor, out: torch.Tensor, stream: int | None) -> None:
+    def __call__(self, x: torch.Tensor, out: torch.Tensor, stream: int | None,
+                 params: Sequence[torch.Tensor | None] = ()) -> None:
         if _LAUNCH_HOOKS:
-            seen = dataclasses.replace(self.launch, args=tuple(self._fill(list(self.args), x, out, False)))
+            seen = dataclasses.replace(self.launch, args=tuple(self._fill(list(self.args), x, out, False, params)))
             for hook in _LAUNCH_HOOKS:
                 hook(seen)
         if self.compiled is not None:
             hooks = _launch_hooks()
-            values = self._fill(self.values.copy(), x, out, hooks is None)  # (hooks see tensors)
+            values = self._fill(self.values.copy(), x, out, hooks is None, params)  # (hooks see tensors)
             g0, g1, g2 = self.grid3
             if hooks is None:
                 self.run(g0, g1, g2, stream, self.function, self.packed, None, None, None, *values)
@@ -133,17 +142,18 @@ class BoundLaunch:
             return
         args = self.args.copy()
         for pos, role, view in self.holes:
-            t = x if role == X else out
-            args[pos] = t if view is None else t.as_strided(view[0], view[1], t.storage_offset() + view[2])
+            t = x if role == X else out if role == OUT else params[role - PARAM]
+            args[pos] = t if view is None else t.as_strided(view[0], view[1], t.storage_offset() + view[2])  # type: ignore[union-attr]
         if self.interpreted:  # (the fast path runs only while no dispatch mode is active: nothing to hide)
             with INTERPRETER_LOCK:
                 self.kernel.run(*args, **self.interp_kwargs)
         else:
             self.kernel[self.grid](*args, **self.kwargs)
 
-    def _fill(self, args: list[Any], x: torch.Tensor, out: torch.Tensor, raw: bool) -> list[Any]:
+    def _fill(self, args: list[Any], x: torch.Tensor, out: torch.Tensor, raw: bool,
+              params: Sequence[torch.Tensor | None]) -> list[Any]:
         for pos, role, view in self.holes:
-            t = x if role == X else out
+            t: Any = x if role == X else out if role == OUT else params[role - PARAM]
             if view is None:
                 args[pos] = t
             elif raw:  # Triton's launcher takes a device address for a pointer argument
@@ -153,9 +163,83 @@ class BoundLaunch:
         return args
 
 
-def _role(a: torch.Tensor, x: torch.Tensor, out: torch.Tensor) -> tuple[int, Any] | None:
-    """(:data:`X` or :data:`OUT`, view) when ``a`` is x, the output or a view of either, else None."""
-    for role, base in ((X, x), (OUT, out)):
+class BoundPlan:
+    """The recorded launches of one configuration, replayed per call into a new output.
+
+    The tensors the launches keep (workspaces, arrival counters, and weights that are not holes)
+    are reused by every replay: one call at a time (the token ``free``; a call that finds it taken
+    gets None and takes its caller's full path), in stream order (a plan belongs to one stream).
+    """
+
+    __slots__ = ("launches", "size", "stride", "dtype", "device", "stream", "free")
+
+    def __init__(self, launches: list[BoundLaunch], out: torch.Tensor, stream: int | None) -> None:
+        self.launches = launches
+        self.size, self.stride, self.dtype, self.device = out.shape, out.stride(), out.dtype, out.device
+        self.stream = stream
+        self.free = [True]  # the workspaces' token: one call at a time uses them
+
+    def run(self, x: torch.Tensor, params: Sequence[torch.Tensor | None] = ()) -> torch.Tensor | None:
+        """A new output filled by the recorded launches with this call's x (and weights, where they
+        are holes); None: another thread is using the workspaces."""
+        try:
+            self.free.pop()
+        except IndexError:
+            return None
+        try:
+            out = torch.empty_strided(self.size, self.stride, dtype=self.dtype, device=self.device)
+            for launch in self.launches:
+                launch(x, out, self.stream, params)
+        except BaseException:  # a launch stopped part-way: no arrival counter may stay non-zero
+            reset_counters(self.device)
+            raise
+        finally:
+            self.free.append(True)  # later launches on this stream run after these (stream order)
+        return out
+
+
+def bind_plan(x: torch.Tensor, out: torch.Tensor, launches: Sequence[Launch], results: Sequence[Any],
+              stream: int | None, params: Sequence[torch.Tensor | None] = (), keep: frozenset[int] = frozenset(),
+              limit: int | float = float("inf")) -> BoundPlan | None:
+    """A :class:`BoundPlan` of a recorded call (``launches`` planned for x and out, ``results``:
+    what each returned), with x, the output and ``params`` as holes; None when it cannot be
+    replayed safely: two of x, the output and ``params`` share a storage (a hole would be
+    ambiguous), or the tensors it would keep besides those in ``keep`` (storage addresses: the
+    module's own weights) — workspaces, counters, copies — exceed ``limit`` bytes or include one
+    as large as x (see :func:`workspace_bytes`)."""
+    storages = [t.untyped_storage().data_ptr() for t in (x, out, *params) if t is not None]
+    if len(set(storages)) != len(storages) or keep.intersection(storages[:2]):
+        return None
+    bound = [BoundLaunch(launch, result, x, out, params) for launch, result in zip(launches, results)]
+    if workspace_bytes(bound, keep, x) > limit:
+        return None
+    return BoundPlan(bound, out, stream)
+
+
+def workspace_bytes(launches: Sequence[BoundLaunch], keep: frozenset[int] | set[int], x: torch.Tensor) -> float:
+    """Bytes of the tensors a replay reuses besides holes and those in ``keep`` (storage
+    addresses): workspaces, counters, copies of weights; infinite when one is as large as x (x >=
+    4096 elements): the launches read x only through x and views of it (the planners never copy x:
+    tests/test_allocations.py), and a replay must not reuse what could be a copy of the recorded
+    call's x."""
+    sizes: dict[int, int] = {}
+    for launch in launches:
+        for a in launch.args:
+            if isinstance(a, torch.Tensor):
+                storage = a.untyped_storage()
+                if storage.data_ptr() not in keep:
+                    sizes[storage.data_ptr()] = storage.nbytes()
+                    if a.numel() >= x.numel() >= 4096:
+                        return float("inf")
+    return sum(sizes.values())
+
+
+def _role(a: torch.Tensor, x: torch.Tensor, out: torch.Tensor,
+          params: Sequence[torch.Tensor | None] = ()) -> tuple[int, Any] | None:
+    """(role, view) when ``a`` is x, the output, one of ``params`` or a view of one, else None
+    (the caller makes sure that no two of them share a storage)."""
+    bases = ((X, x), (OUT, out), *((PARAM + i, p) for i, p in enumerate(params) if p is not None))
+    for role, base in bases:
         if a is base:
             return role, None
         if a.untyped_storage().data_ptr() == base.untyped_storage().data_ptr() and a.dtype == base.dtype:

@@ -284,9 +284,10 @@ def fused_forward(x: torch.Tensor, mlp: ChannelMLP | None, conv: SpatialConv | N
     except BaseException:  # a launch stopped part-way: no arrival counter may stay non-zero
         reset_counters(x.device)
         raise
-    sink = getattr(_RECORDING, "sink", None)
-    if sink is not None:  # cbam_triton.fastpath builds its entry from this call
-        sink.append((x, out, launches, results))
+    sinks = getattr(_RECORDING, "sinks", None)
+    if sinks:  # cbam_triton.fastpath / the op's host path build their replays from this call
+        for sink in sinks:
+            sink.append((x, out, launches, results))
     return out
 
 
@@ -296,10 +297,18 @@ _RECORDING = threading.local()
 @contextlib.contextmanager
 def recording() -> Iterator[list[tuple[torch.Tensor, torch.Tensor, list[Launch], list[Any]]]]:
     """Collect, in this thread, every :func:`fused_forward` call made inside: ``(x after as_ncp,
-    out, launches, what each launch returned)`` — what :mod:`cbam_triton.fastpath` replays."""
-    saved = getattr(_RECORDING, "sink", None)
-    _RECORDING.sink = calls = []
+    out, launches, what each launch returned)`` — what :mod:`cbam_triton.fastpath` and
+    :mod:`cbam_triton.launchers.replay` replay. Recordings nest (each sees every call inside it)."""
+    sinks = _RECORDING.__dict__.setdefault("sinks", [])
+    calls: list[tuple[torch.Tensor, torch.Tensor, list[Launch], list[Any]]] = []
+    sinks.append(calls)
     try:
         yield calls
     finally:
-        _RECORDING.sink = saved
+        del sinks[next(i for i, sink in enumerate(sinks) if sink is calls)]
+
+
+def is_recording() -> bool:
+    """Whether a :func:`recording` is active in this thread."""
+    return bool(getattr(_RECORDING, "sinks", None))
+
