@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The oldest supported Triton: the lent GPU machines run torch 2.11 with triton 3.6, while the main
+# The oldest supported Triton: GPU machines with torch 2.11 run triton 3.6, while the main
 # test environment has triton 3.8. This leg installs triton==3.6.0 (--no-deps) over the same pinned
 # torch in a separate venv and runs the interpreter kernel tests and the ahead-of-time compile gate
 # again, so an API that only newer Triton has is caught here. triton 3.6's interpreter needs numpy < 2.4.
@@ -15,7 +15,7 @@ fi
 "$VENV/bin/python" -m pip install -q --no-deps triton==3.6.0
 "$VENV/bin/python" -m pip install -q --no-deps -e .
 "$VENV/bin/python" -c "import torch, triton; print(f'triton-3.6 leg: torch {torch.__version__}, triton {triton.__version__}')"
-# the compile gate here: sm_90 (the lent GPUs), the --quick tile set in fp16 (the main leg compiles
+# the compile gate here: sm_90 (H100/H200), the --quick tile set in fp16 (the main leg compiles
 # fp16/fp64 with triton 3.8)
 # (the parity file without its three 2x64x128x128 seed configurations: the main leg runs those)
 CBAM_AOT_ARCHS=90 CBAM_AOT_OPTIONS="--quick --dtypes fp16" "$VENV/bin/python" -m pytest -n "${CBAM_TEST_WORKERS:-2}" --dist loadfile tests/test_kernels.py tests/test_cbam_parity.py \

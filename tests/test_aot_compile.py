@@ -17,7 +17,7 @@ import pytest
 
 import cbam_triton.kernels
 
-#: which SM versions to compile for: sm_90 by default (the lent GPUs are H100/H200). sm_80 and the
+#: which SM versions to compile for: sm_90 by default (H100/H200). sm_80 and the
 #: full set are a manual run (`python -m cbam_triton.tools.kernel_report --full`, see the README);
 #: compiling both arches of the default set would not fit CI's time budget on two cores.
 ARCHS = os.environ.get("CBAM_AOT_ARCHS", "90").split()

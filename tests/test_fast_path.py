@@ -3,7 +3,7 @@
 A replayed call must be invisible: bitwise what the full path planned from scratch gives, for every
 layout, dtype and schedule and after every kind of module change; nothing of a call kept alive; a
 bounded, thread-safe cache. Eval mode with grad mode on takes the same launches and gives the
-reference's gradients. GPU-only: direct launches against ``kernel[grid]``, and the README's
+reference's gradients. GPU-only: direct launches against ``kernel[grid]``, and the usage guide's
 CUDA-graph example.
 """
 
@@ -32,7 +32,7 @@ from cbam_triton.ops import IMPLEMENTATIONS
 
 CUDA = torch.cuda.is_available()
 gpu = [pytest.mark.gpu, pytest.mark.skipif(not CUDA, reason="needs a CUDA device")]
-README = Path(__file__).resolve().parents[1] / "README.md"
+USAGE = Path(__file__).resolve().parents[1] / "docs" / "usage.md"
 
 
 def _module(c: int, device, **kw) -> cbam_triton.CBAM:
@@ -341,17 +341,17 @@ def test_direct_launch_passes_what_triton_would(chunk, device, monkeypatch):
             assert [v.data_ptr() if isinstance(v, torch.Tensor) else v for v in call[9:]] == plain
 
 
-def _readme_example(title: str) -> str:
-    """The python code block of README.md that follows ``title`` (the examples tested here)."""
-    text = README.read_text()
+def _doc_example(title: str) -> str:
+    """The python code block of docs/usage.md that follows ``title`` (the examples tested here)."""
+    text = USAGE.read_text()
     start = text.index(title)
     return re.search(r"```python\n(.*?)```", text[start:], re.S).group(1)
 
 
-def test_readme_lean_path_example(device):
-    code = _readme_example("Lowest batch-1 latency")
+def test_usage_lean_path_example(device):
+    code = _doc_example("Lowest batch-1 latency")
     scope = {"device": device}
-    exec(compile(code, "README.md", "exec"), scope)  # noqa: S102 - the README's own example
+    exec(compile(code, "docs/usage.md", "exec"), scope)  # noqa: S102 - the guide's own example
     assert fastpath.info(scope["model"])["entries"] == 1
 
 
@@ -400,9 +400,9 @@ def test_each_stream_has_its_own_entry():
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not CUDA, reason="needs a CUDA device")
-def test_readme_cuda_graph_example():
+def test_usage_cuda_graph_example():
     scope: dict[str, object] = {}
-    exec(compile(_readme_example("CUDA graphs for the last microseconds"), "README.md", "exec"), scope)  # noqa: S102
+    exec(compile(_doc_example("CUDA graphs for the last microseconds"), "docs/usage.md", "exec"), scope)  # noqa: S102
     model, x = scope["model"], scope["x"]
     with torch.no_grad():
         expected = model(x)
