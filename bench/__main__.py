@@ -50,6 +50,7 @@ def _run(args: argparse.Namespace) -> int:
     import torch
 
     from bench import measure, models, report, runner, targets
+    from bench import providers as registry
     from bench.suite import SHAPES, SUITES, make_cases
 
     cuda = torch.cuda.is_available() and not args.cpu
@@ -66,17 +67,18 @@ def _run(args: argparse.Namespace) -> int:
     modes = args.modes or ["forward", "train"]
     providers = tuple(args.providers or (runner.PROVIDERS_GPU if cuda else runner.PROVIDERS_CPU))
     model_providers = tuple(args.providers or (models.PROVIDERS_GPU if cuda else models.PROVIDERS_CPU))
-    known = list(dict.fromkeys(runner.PROVIDERS_GPU + models.PROVIDERS_GPU))
+    block_names, network_names = registry.names("block"), registry.names("network")
+    known = list(dict.fromkeys(block_names + network_names))
     bad = [p for p in providers if p not in known]
     if bad:
         print(f"bench: unknown providers {bad}; known: {', '.join(known)} (triton+compile: --models only)",
               file=sys.stderr)
         return 2
-    providers = tuple(p for p in providers if p in runner.PROVIDERS_GPU)  # the block providers
-    model_providers = tuple(p for p in model_providers if p in models.PROVIDERS_GPU)
-    if not cuda:
-        providers = tuple(p for p in providers if p not in ("triton-cudagraph", "compile-cudagraphs"))
-        model_providers = tuple(p for p in model_providers if p not in ("triton-cudagraph", "compile-cudagraphs"))
+    providers = tuple(p for p in providers if p in block_names)  # the block providers
+    model_providers = tuple(p for p in model_providers if p in network_names)
+    if not cuda:  # the CUDA-only providers (CUDA graphs, ...) are left out of a CPU run
+        providers = tuple(p for p in providers if "cpu" in registry.get(p).devices)
+        model_providers = tuple(p for p in model_providers if "cpu" in registry.get(p).devices)
     try:
         cases = make_cases(shapes, batches, dtypes, layouts, modes) if blocks else []
         model_cases = models.make_model_cases(
@@ -88,12 +90,12 @@ def _run(args: argparse.Namespace) -> int:
     if cases and not providers:  # e.g. --providers triton+compile: a network-only provider
         if not model_cases:
             print(f"bench: none of the providers {list(args.providers or ())} runs on a block; block providers: "
-                  f"{', '.join(runner.PROVIDERS_GPU)}", file=sys.stderr)
+                  f"{', '.join(block_names)}", file=sys.stderr)
             return 2
         cases = []
     if args.models and not model_providers:
         print(f"bench: none of the providers {list(args.providers or ())} runs on a network; model providers: "
-              f"{', '.join(models.PROVIDERS_GPU)}", file=sys.stderr)
+              f"{', '.join(network_names)}", file=sys.stderr)
         return 2
     if quick and not args.batch:  # quick: keep it to a few cases (train: the two tiny ones)
         cases = [c for c in cases if (c.shape_name, c.batch) in (("tiny", 2), ("tiny-wide", 1))
@@ -155,9 +157,9 @@ def _run(args: argparse.Namespace) -> int:
     if not cuda:
         print("\nNo CUDA device: the timings above are CPU timings of eager and torch.compile; the Triton "
               "kernels were verified in the interpreter, not timed. GPU timings need a CUDA device.")
-    flagged = [r for r in rows if r["status"] in ("mismatch", "error")]
+    flagged = [r for r in rows if report.is_flagged(r)]
     if flagged:
-        print(f"\nbench: {len(flagged)} provider result(s) flagged (mismatch/error): see the notes above.")
+        print(f"\nbench: {len(flagged)} provider result(s) flagged (fail_accuracy/fail_to_run): see the notes above.")
     print(f"\nbench: wrote {args.out}/results.json, results.csv, results.md"
           + ("" if args.no_plots else ", latency.png, speedup.png, bandwidth.png, dashboard.html"))
     return 1 if (flagged and args.strict) else 0
@@ -169,12 +171,13 @@ NCU_PROVIDERS = ("eager", "compile", "triton", "triton-l2", "triton-stream")
 
 def _ncu_rows(rows: list[dict], cases: list, cuda: bool) -> None:
     from bench import ncu
+    from bench.status import is_timed
 
     if not cuda or ncu.ncu_path() is None:
         print("bench: --ncu needs a CUDA device and Nsight Compute (ncu); skipped", file=sys.stderr)
         return
     by_id = {c.id: c for c in cases}
-    todo = [r for r in rows if r["status"] == "ok" and r["mode"] == "forward" and r["provider"] in NCU_PROVIDERS
+    todo = [r for r in rows if is_timed(r) and r["mode"] == "forward" and r["provider"] in NCU_PROVIDERS
             and r.get("kind") != "model"]  # networks: not measured with ncu
     for i, r in enumerate(todo, 1):
         print(f"bench: ncu {i}/{len(todo)} {r['id']} {r['provider']}", file=sys.stderr, flush=True)

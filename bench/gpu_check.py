@@ -49,6 +49,8 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from bench.status import is_flagged
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 #: the eight files of an acceptance folder
 FILES = ("summary.md", "results.json", "tests.txt", "sanitizer.txt", "latency.png", "speedup.png",
@@ -738,7 +740,7 @@ def phase_bench(ctx: Context, budget: float) -> None:
     record["documents"] = [name for name, _ in docs]
     flagged = [f"{r.get('id')} {r.get('provider')}: {r.get('status')} {r.get('note', '')}".strip()
                for r in doc["results"] + ctx.results.get("models", {}).get("results", [])
-               if r.get("status") in ("mismatch", "error")]
+               if is_flagged(r)]
     for f in flagged:
         ctx.fail(f"bench row {f}")
     record["flagged"] = flagged

@@ -244,16 +244,23 @@ def _nvidia_driver() -> str | None:
         return None
 
 
+def error_line(exc: BaseException) -> str:
+    """The exception's type and the first line of its message (at most 300 characters)."""
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0] if lines else ''}"[:300]
+
+
 def first_run(make: Callable[[], Any], device: torch.device, row: dict[str, Any]) -> tuple[Any, Any] | None:
     """Build a provider (``make()``) and run it once: ``(built, output)``, or None with the error
-    recorded in ``row`` (status "error"; the traceback on stderr with ``CBAM_BENCH_DEBUG``)."""
+    recorded in ``row`` (status "fail_to_run" with the exception's first line; the traceback on stderr
+    with ``CBAM_BENCH_DEBUG``)."""
     try:
         built = make()
         out = built.fn()
         if device.type == "cuda":
             torch.cuda.synchronize()
     except Exception as exc:  # reported in the row, the run goes on
-        row.update(status="error", note=f"{type(exc).__name__}: {exc}"[:500])
+        row.update(status="fail_to_run", timing="not_measured", note=error_line(exc))
         if os.environ.get("CBAM_BENCH_DEBUG"):
             traceback.print_exc(file=sys.stderr)
         return None
