@@ -263,7 +263,7 @@ def _compile_counts() -> dict[str, int]:
     """dynamo's running totals: graphs compiled, recompilations, graph breaks."""
     from torch._dynamo.utils import counters
 
-    return {"graphs": int(counters["frames"]["ok"]), "recompiles": int(sum(counters["recompiles"].values())),
+    return {"graphs": int(counters["stats"]["unique_graphs"]), "recompiles": int(sum(counters["recompiles"].values())),
             "graph_breaks": int(sum(counters["graph_break"].values()))}
 
 
