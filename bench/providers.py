@@ -390,6 +390,11 @@ def _ort_session(model: bytes, cuda: bool) -> tuple[Any, dict[str, Any]]:
 
     so = ort.SessionOptions()
     so.log_severity_level = 3
+    # torch's thread count, and no spinning: idle ORT threads would otherwise keep the cores busy
+    # between calls and slow whatever runs next (an interleaved timing, the rest of a network)
+    so.intra_op_num_threads = torch.get_num_threads()
+    so.inter_op_num_threads = 1
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "optimized.onnx")
         so.optimized_model_filepath = path
@@ -457,7 +462,9 @@ def _openvino(precision: str | None) -> BlockFn:
             ov_model = ov.convert_model(module, example_input=x)
         convert_s = time.perf_counter() - t0
         core = ov.Core()
-        config = {"INFERENCE_PRECISION_HINT": precision} if precision else {}
+        config: dict[str, Any] = {"INFERENCE_NUM_THREADS": torch.get_num_threads()}  # as torch and ORT
+        if precision:
+            config["INFERENCE_PRECISION_HINT"] = precision
         t1 = time.perf_counter()
         compiled = core.compile_model(ov_model, "CPU", config)
         request = compiled.create_infer_request()
@@ -530,12 +537,12 @@ REGISTRY: dict[str, Provider] = {p.name: p for p in (
     Provider("triton+compile", "inductor", "cbam_triton.convert, then torch.compile(fullgraph=True): the CBAM "
              "kernels one opaque operator", None, _triton_compile_network, defaults=("network",),
              counts="inductor", interpreted_on_cpu=True, base_family="compile"),
-    Provider("onnxruntime", "onnxruntime", "torch.onnx.export, then ONNX Runtime (CPU execution provider; on a GPU "
-             "the CUDA provider with I/O binding)", _onnxruntime, defaults=("study",),
-             requires=("onnxruntime", "onnxscript", "onnx"), counts="graph"),
+    Provider("onnxruntime", "onnxruntime", "torch.onnx.export, then ONNX Runtime (CPU execution provider, torch's "
+             "thread count, no spinning; on a GPU the CUDA provider with I/O binding)", _onnxruntime,
+             defaults=("study",), requires=("onnxruntime", "onnxscript", "onnx"), counts="graph"),
     Provider("openvino", "openvino", "openvino.convert_model + compile_model on the CPU plugin, "
-             "INFERENCE_PRECISION_HINT=f32", _openvino("f32"), devices=("cpu",), defaults=("study",),
-             requires=("openvino",), counts="graph"),
+             "INFERENCE_PRECISION_HINT=f32, torch's thread count", _openvino("f32"), devices=("cpu",),
+             defaults=("study",), requires=("openvino",), counts="graph"),
     Provider("openvino-default", "openvino", "OpenVINO with the CPU plugin's default inference precision (may "
              "lower fp32)", _openvino(None), devices=("cpu",), defaults=("study",), requires=("openvino",),
              counts="graph"),

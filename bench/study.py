@@ -86,6 +86,8 @@ METHODOLOGY = {
                  "the cases run (not skipped) that pass and, for p > 0, are timed and faster than p x eager",
     "memory_ratio": "geomean over cases of eager peak / provider peak (torch.cuda.max_memory_allocated above "
                     "the inputs); null on a CPU (no peak measured)",
+    "threads": "every provider runs with torch's thread count (config.threads): torch and inductor's OpenMP "
+               "kernels, ONNX Runtime intra-op threads (spinning off), OpenVINO INFERENCE_NUM_THREADS",
     "noise": "a shared machine: other processes load the CPU; interleaving spreads their load over every "
              "provider, it does not remove it",
 }
@@ -106,6 +108,8 @@ class StudyConfig:
     min_reps: int = 7
     max_reps: int = 60
     budget_s: float = 6.0
+    #: CPU threads of every provider (torch.set_num_threads; ONNX Runtime and OpenVINO read it)
+    threads: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def cases(self) -> list[Case]:
