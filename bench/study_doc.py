@@ -79,6 +79,18 @@ def latency_table(doc: dict[str, Any]) -> list[str]:
     return _table(["case"] + [f"`{p}` ms (p20–p80), × eager" for p in provs], body)
 
 
+def spread_line(doc: dict[str, Any]) -> str:
+    """How noisy the timed rows were: their p80/p20 ratios, smallest, median and largest."""
+    ratios = sorted((r["p80_ms"] / r["p20_ms"], r["provider"], r["shape_name"]) for r in doc["rows"]
+                    if r["timing"] == "timed" and r.get("p20_ms"))
+    if not ratios:
+        return ""
+    mid = ratios[len(ratios) // 2][0]
+    lo, hi = ratios[0], ratios[-1]
+    return (f"Spread of the {len(ratios)} timed rows, p80/p20: from {lo[0]:.2f} (`{lo[1]}`, {lo[2]}) to "
+            f"{hi[0]:.2f} (`{hi[1]}`, {hi[2]}), median {mid:.2f}.")
+
+
 def winners(doc: dict[str, Any]) -> list[str]:
     """The fastest passing timed provider per case, and the runner-up."""
     out = []
@@ -178,6 +190,9 @@ def render_doc_block(doc: dict[str, Any], folder: str) -> str:
     if skipped:
         lines += ["", "Skipped on this machine: " + ", ".join(skipped) + "."]
     lines += ["", "### Latency per case", ""] + latency_table(doc)
+    spread = spread_line(doc)
+    if spread:
+        lines += ["", spread]
     lines += ["", "### Fastest per case", ""] + winners(doc)
     lines += ["", "### Correctness against the float64 reference", ""] + accuracy_lines(doc)
     lines += ["", "### What each provider generated", ""] + generated_table(doc)
