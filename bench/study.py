@@ -389,6 +389,13 @@ VERSIONED = ("torch", "triton", "onnx", "onnxscript", "onnxruntime", "onnxruntim
              "numpy")
 
 
+def _load() -> float | None:
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (OSError, AttributeError):
+        return None
+
+
 def warm_process(names: list[str], device: torch.device) -> dict[str, float]:
     """Pay the process's one-time costs before anything is timed: a throwaway build of a trivial
     module (ReLU) by every family in ``names`` that can run here, so that no provider's cold build
@@ -419,6 +426,7 @@ def run_study(cfg: StudyConfig, log: Callable[[str], None] = lambda _m: None,
     device = torch.device(cfg.device)
     rows: list[dict[str, Any]] = []
     sha = measure.environment(device)["git_sha"]  # the code that ran (read before, not after, the run)
+    load_start = _load()
     t0 = time.perf_counter()
     log("warming the process up (a trivial module through each compiler family)")
     warmup_s = warm_process(cfg.providers, device)
@@ -431,6 +439,7 @@ def run_study(cfg: StudyConfig, log: Callable[[str], None] = lambda _m: None,
                   providers={n: ((extra or {}).get(n) or registry.get(n)).description for n in cfg.providers})
     config.pop("extra", None)
     config["process_warmup_s"] = warmup_s
+    config["load_average"] = {"start": load_start, "end": _load()}  # 1-min load: how shared the machine was
     return {"schema": "cbam-triton-study", "schema_version": STUDY_SCHEMA_VERSION, "env": env,
             "methodology": METHODOLOGY, "config": config, "elapsed_s": round(time.perf_counter() - t0, 1),
             "rows": rows, "summary": summarize(rows)}

@@ -104,8 +104,10 @@ def winners(doc: dict[str, Any]) -> list[str]:
                 f"({fmt(first['speedup_vs_eager'], 'x')} eager)")
         if len(timed) > 1:
             second = timed[1]
+            apart = first["p80_ms"] < second["p20_ms"]
             line += (f", then `{second['provider']}` {fmt(second['median_ms'], 'ms')} ms "
-                     f"({fmt(second['speedup_vs_eager'], 'x')})")
+                     f"({fmt(second['speedup_vs_eager'], 'x')}); p20–p80 bands "
+                     + ("apart" if apart else "overlap"))
         out.append(line)
     return out
 
@@ -148,12 +150,41 @@ def generated_table(doc: dict[str, Any]) -> list[str]:
         for r in (o, v):
             g = (r or {}).get("generated") or {}
             cells.append(f"{g['graph_nodes']} nodes" if g.get("graph_nodes") is not None else "—")
-        g = (t or {}).get("generated") or {}
-        cells.append(f"{g['launches']} launches, {g['model_x']:.2f}·\\|x\\| (DRAM model "
-                     f"{g['dram_model_x']:.2f}·\\|x\\|)" if g else "—")
+        for r in (t, _row(doc, case, "triton-l2")):
+            g = (r or {}).get("generated") or {}
+            cells.append(f"{g['launches']} launches, {g['model_x']:.2f}·\\|x\\| (DRAM model "
+                         f"{g['dram_model_x']:.2f}·\\|x\\|)" if g else "—")
         body.append(cells)
     return _table(["case", "`eager` (dispatch model)", "`compile` (inductor's count)", "`onnxruntime` optimized graph",
-                   "`openvino` runtime graph", "`triton` (modelled)"], body)
+                   "`openvino` runtime graph", "`triton` (modelled; CPU: stream schedule)",
+                   "`triton-l2` (modelled; the GPU's L2 schedule)"], body)
+
+
+def _code(root: str, row: dict[str, Any] | None) -> str | None:
+    """A row's saved output code without its first line (the graph's id), or None."""
+    path = (row or {}).get("code_file")
+    if not path or not os.path.exists(os.path.join(root, path)):
+        return None
+    with open(os.path.join(root, path)) as f:
+        return "".join(line for line in f if not line.startswith("# AOT ID"))
+
+
+def same_code_line(doc: dict[str, Any], root: str, a: str = "compile", b: str = "compile-max-autotune") -> str:
+    """Whether providers ``a`` and ``b`` generated the same output code, per case, and their latency
+    ratio there: where the code is the same, the ratio is this machine's noise."""
+    same, ratios = 0, []
+    cases = [c for c in _cases(doc) if _code(root, _row(doc, c, a)) is not None]
+    for case in cases:
+        ra, rb = _row(doc, case, a), _row(doc, case, b)
+        if _code(root, ra) == _code(root, rb):
+            same += 1
+            if ra.get("median_ms") and rb.get("median_ms"):
+                ratios.append(f"{ra['shape_name']} {rb['median_ms'] / ra['median_ms']:.2f}")
+    if not cases:
+        return ""
+    return (f"`{a}` and `{b}` generated the same output code for {same} of {len(cases)} cases (the files under "
+            f"`code/` differ only in the graph's id); their median latencies still differ, `{b}` ÷ `{a}`: "
+            + ", ".join(ratios) + ".")
 
 
 def fusion_lines(doc: dict[str, Any]) -> list[str]:
@@ -171,8 +202,9 @@ def fusion_lines(doc: dict[str, Any]) -> list[str]:
     return out
 
 
-def render_doc_block(doc: dict[str, Any], folder: str) -> str:
-    """The generated block of docs/compiler-study.md for the study in ``folder``."""
+def render_doc_block(doc: dict[str, Any], folder: str, root: str = ".") -> str:
+    """The generated block of docs/compiler-study.md for the study in ``folder`` (relative to ``root``,
+    the repository)."""
     env, cfg = doc["env"], doc["config"]
     v = env.get("versions", {})
     skipped = [f"`{p}` ({s['skip_reason']})" for dev in doc["summary"].values() for p, s in dev.items()
@@ -193,6 +225,9 @@ def render_doc_block(doc: dict[str, Any], folder: str) -> str:
     spread = spread_line(doc)
     if spread:
         lines += ["", spread]
+    same = same_code_line(doc, root)
+    if same:
+        lines += ["", same]
     lines += ["", "### Fastest per case", ""] + winners(doc)
     lines += ["", "### Correctness against the float64 reference", ""] + accuracy_lines(doc)
     lines += ["", "### What each provider generated", ""] + generated_table(doc)

@@ -171,4 +171,4 @@ def test_compiler_study_doc_agrees_with_the_committed_study():
     with open(os.path.join(ROOT, folder, "study.json")) as f:
         doc = json.load(f)
     assert study_report.validate_study(doc) == []
-    assert study_doc.generated_block(text) == study_doc.render_doc_block(doc, folder)
+    assert study_doc.generated_block(text) == study_doc.render_doc_block(doc, folder, ROOT)
