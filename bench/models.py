@@ -446,7 +446,7 @@ def run_model_case(case: ModelCase, providers: tuple[str, ...], device: torch.de
             row["note"] = "eager's output has inf/NaN (compared in the same places)"
         # built.fn is used up before the baseline's compile (torch._dynamo.reset() retires compiled code)
         try:
-            l2 = _network_traffic(row, name, built, names, x, eager_traffic)
+            l2 = _network_traffic(row, name, built, names, x, eager_traffic, model)
         except Exception as exc:  # the traffic model is secondary: say so, keep the row
             l2 = None
             row["note"] = (row["note"] + f" traffic: {type(exc).__name__}: {exc}").strip()[:500]
@@ -479,12 +479,12 @@ def run_model_case(case: ModelCase, providers: tuple[str, ...], device: torch.de
 
 
 def _network_traffic(row: dict[str, Any], name: str, built: Built, names: list[str], x: torch.Tensor,
-                     eager_traffic: NetTraffic) -> int:
+                     eager_traffic: NetTraffic, model: nn.Module | None = None) -> int:
     """The row's network traffic (module docstring); returns the blocks' bytes that the L2 schedule
     expects L2 to serve."""
     l2 = 0
     if built.compile_metrics is None:  # eager, triton, triton-cudagraph, extras: the dispatch mode
-        t = eager_traffic if name == "eager" else count_network_traffic(built.module, x, names)
+        t = eager_traffic if built.module is model else count_network_traffic(built.module, x, names)
         row["traffic_bytes"] = t.total_bytes
         row["cbam_attributed_bytes"] = t.cbam_bytes
         l2 = t.cbam_l2_bytes
@@ -492,7 +492,8 @@ def _network_traffic(row: dict[str, Any], name: str, built: Built, names: list[s
             row["launches"] = t.ops
     else:
         total = built.compile_metrics["bytes_accessed"]
-        if name == "triton+compile":  # the opaque operator's buffers -> its kernels' own model
+        spec = registry.REGISTRY.get(name)
+        if spec is not None and spec.opaque_ours:  # the opaque operator's buffers -> its kernels' own model
             if not built.compile_metrics["cbam_op_bytes"]:
                 raise RuntimeError(f"inductor's per-kernel byte counts name no cbam_triton operator (of "
                                    f"{built.compile_metrics['counted_nodes']} counted): network traffic left out")

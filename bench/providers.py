@@ -25,7 +25,7 @@ import re
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -81,7 +81,8 @@ class Provider:
     cuda_graph: bool = False
     base_family: str | None = None
     schedule: str | None = None
-    notes: tuple[str, ...] = field(default_factory=tuple)
+    #: a compiled graph holding our kernels as one opaque operator: its bytes come from the kernels' model
+    opaque_ours: bool = False
 
     def unavailable(self, device: str, kind: str = "block", mode: str = "forward") -> str | None:
         """Why this provider cannot run here (one line), or None."""
@@ -536,7 +537,7 @@ REGISTRY: dict[str, Provider] = {p.name: p for p in (
              _eager_cudagraph, devices=("cuda",), defaults=("study",), counted_as="eager", cuda_graph=True),
     Provider("triton+compile", "inductor", "cbam_triton.convert, then torch.compile(fullgraph=True): the CBAM "
              "kernels one opaque operator", None, _triton_compile_network, defaults=("network",),
-             counts="inductor", interpreted_on_cpu=True, base_family="compile"),
+             counts="inductor", interpreted_on_cpu=True, base_family="compile", opaque_ours=True),
     Provider("onnxruntime", "onnxruntime", "torch.onnx.export, then ONNX Runtime (CPU execution provider, torch's "
              "thread count, no spinning; on a GPU the CUDA provider with I/O binding)", _onnxruntime,
              defaults=("study",), requires=("onnxruntime", "onnxscript", "onnx"), counts="graph"),
