@@ -83,6 +83,8 @@ class Provider:
     schedule: str | None = None
     #: a compiled graph holding our kernels as one opaque operator: its bytes come from the kernels' model
     opaque_ours: bool = False
+    #: a further check, once the required modules are there: ``probe(device)`` -> why not, or None
+    probe: Callable[[str], str | None] | None = None
 
     def unavailable(self, device: str, kind: str = "block", mode: str = "forward") -> str | None:
         """Why this provider cannot run here (one line), or None."""
@@ -96,7 +98,7 @@ class Provider:
         for mod in self.requires:
             if importlib.util.find_spec(mod) is None:
                 return f"needs {mod} (pip install -e '.[study]')"
-        return None
+        return self.probe(device) if self.probe is not None else None
 
 
 # ------------------------------------------------------------------------------------------- eager
@@ -405,6 +407,17 @@ def _ort_session(model: bytes, cuda: bool) -> tuple[Any, dict[str, Any]]:
     return session, info
 
 
+def _ort_probe(device: str) -> str | None:
+    """On a GPU ONNX Runtime needs its CUDA execution provider (the onnxruntime-gpu build)."""
+    if device != "cuda":
+        return None
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        return "this onnxruntime has no CUDAExecutionProvider (pip install onnxruntime-gpu)"
+    return None
+
+
 def _onnxruntime(module: nn.Module, x: torch.Tensor) -> Built:
     """ONNX Runtime: the CPU execution provider on a CPU; on a GPU the CUDA provider with I/O binding
     (input and output stay on the device: no host<->device copy is timed)."""
@@ -540,7 +553,8 @@ REGISTRY: dict[str, Provider] = {p.name: p for p in (
              counts="inductor", interpreted_on_cpu=True, base_family="compile", opaque_ours=True),
     Provider("onnxruntime", "onnxruntime", "torch.onnx.export, then ONNX Runtime (CPU execution provider, torch's "
              "thread count, no spinning; on a GPU the CUDA provider with I/O binding)", _onnxruntime,
-             defaults=("study",), requires=("onnxruntime", "onnxscript", "onnx"), counts="graph"),
+             defaults=("study",), requires=("onnxruntime", "onnxscript", "onnx"), counts="graph",
+             probe=_ort_probe),
     Provider("openvino", "openvino", "openvino.convert_model + compile_model on the CPU plugin, "
              "INFERENCE_PRECISION_HINT=f32, torch's thread count", _openvino("f32"), devices=("cpu",),
              defaults=("study",), requires=("openvino",), counts="graph"),

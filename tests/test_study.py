@@ -108,6 +108,11 @@ def test_registry_keeps_the_benchmark_defaults_and_says_why_a_provider_cannot_ru
     assert registry.get("openvino").unavailable("cuda") == "runs on cpu only"
     assert "forward-only" in registry.get("onnxruntime").unavailable("cpu", mode="train")
     assert "blocks only" in registry.get("triton-l2").unavailable("cpu", kind="network")
+    import onnxruntime
+
+    if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():  # the CPU build: say so on a GPU
+        assert "onnxruntime-gpu" in registry.get("onnxruntime").unavailable("cuda")
+    assert registry.get("onnxruntime").unavailable("cpu") is None
     with pytest.raises(ValueError, match="unknown provider"):
         registry.get("tvm")
 
