@@ -49,6 +49,7 @@ def _run(args: argparse.Namespace) -> int:
     import torch
 
     from bench import measure, models, report, runner, targets
+    from bench import providers as registry
     from bench.suite import SHAPES, SUITES, make_cases
 
     cuda = torch.cuda.is_available() and not args.cpu
@@ -65,17 +66,18 @@ def _run(args: argparse.Namespace) -> int:
     modes = args.modes or ["forward", "train"]
     providers = tuple(args.providers or (runner.PROVIDERS_GPU if cuda else runner.PROVIDERS_CPU))
     model_providers = tuple(args.providers or (models.PROVIDERS_GPU if cuda else models.PROVIDERS_CPU))
-    known = list(dict.fromkeys(runner.PROVIDERS_GPU + models.PROVIDERS_GPU))
+    block_names, network_names = registry.names("block"), registry.names("network")
+    known = list(dict.fromkeys(block_names + network_names))
     bad = [p for p in providers if p not in known]
     if bad:
         print(f"bench: unknown providers {bad}; known: {', '.join(known)} (triton+compile: --models only)",
               file=sys.stderr)
         return 2
-    providers = tuple(p for p in providers if p in runner.PROVIDERS_GPU)  # the block providers
-    model_providers = tuple(p for p in model_providers if p in models.PROVIDERS_GPU)
-    if not cuda:
-        providers = tuple(p for p in providers if p not in ("triton-cudagraph", "compile-cudagraphs"))
-        model_providers = tuple(p for p in model_providers if p not in ("triton-cudagraph", "compile-cudagraphs"))
+    providers = tuple(p for p in providers if p in block_names)  # the block providers
+    model_providers = tuple(p for p in model_providers if p in network_names)
+    if not cuda:  # the CUDA-only providers (CUDA graphs, ...) are left out of a CPU run
+        providers = tuple(p for p in providers if "cpu" in registry.get(p).devices)
+        model_providers = tuple(p for p in model_providers if "cpu" in registry.get(p).devices)
     try:
         cases = make_cases(shapes, batches, dtypes, layouts, modes) if blocks else []
         model_cases = models.make_model_cases(
@@ -87,12 +89,12 @@ def _run(args: argparse.Namespace) -> int:
     if cases and not providers:  # e.g. --providers triton+compile: a network-only provider
         if not model_cases:
             print(f"bench: none of the providers {list(args.providers or ())} runs on a block; block providers: "
-                  f"{', '.join(runner.PROVIDERS_GPU)}", file=sys.stderr)
+                  f"{', '.join(block_names)}", file=sys.stderr)
             return 2
         cases = []
     if args.models and not model_providers:
         print(f"bench: none of the providers {list(args.providers or ())} runs on a network; model providers: "
-              f"{', '.join(models.PROVIDERS_GPU)}", file=sys.stderr)
+              f"{', '.join(network_names)}", file=sys.stderr)
         return 2
     if quick and not args.batch:  # quick: keep it to a few cases (train: the two tiny ones)
         cases = [c for c in cases if (c.shape_name, c.batch) in (("tiny", 2), ("tiny-wide", 1))
@@ -154,9 +156,9 @@ def _run(args: argparse.Namespace) -> int:
     if not cuda:
         print("\nNo CUDA device: the timings above are CPU timings of eager and torch.compile; the Triton "
               "kernels were verified in the interpreter, not timed. GPU timings need a CUDA device.")
-    flagged = [r for r in rows if r["status"] in ("mismatch", "error")]
+    flagged = [r for r in rows if report.is_flagged(r)]
     if flagged:
-        print(f"\nbench: {len(flagged)} provider result(s) flagged (mismatch/error): see the notes above.")
+        print(f"\nbench: {len(flagged)} provider result(s) flagged (fail_accuracy/fail_to_run): see the notes above.")
     print(f"\nbench: wrote {args.out}/results.json, results.csv, results.md"
           + ("" if args.no_plots else ", latency.png, speedup.png, bandwidth.png, dashboard.html"))
     return 1 if (flagged and args.strict) else 0
@@ -168,12 +170,13 @@ NCU_PROVIDERS = ("eager", "compile", "triton", "triton-l2", "triton-stream")
 
 def _ncu_rows(rows: list[dict], cases: list, cuda: bool) -> None:
     from bench import ncu
+    from bench.status import is_timed
 
     if not cuda or ncu.ncu_path() is None:
         print("bench: --ncu needs a CUDA device and Nsight Compute (ncu); skipped", file=sys.stderr)
         return
     by_id = {c.id: c for c in cases}
-    todo = [r for r in rows if r["status"] == "ok" and r["mode"] == "forward" and r["provider"] in NCU_PROVIDERS
+    todo = [r for r in rows if is_timed(r) and r["mode"] == "forward" and r["provider"] in NCU_PROVIDERS
             and r.get("kind") != "model"]  # networks: not measured with ncu
     for i, r in enumerate(todo, 1):
         print(f"bench: ncu {i}/{len(todo)} {r['id']} {r['provider']}", file=sys.stderr, flush=True)
@@ -198,8 +201,85 @@ def _dashboard(args: argparse.Namespace) -> int:
     return 0
 
 
+def _study(args: argparse.Namespace) -> int:
+    import torch
+
+    from bench import study, study_report
+    from bench.suite import SHAPES
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        print("bench study: --device cuda needs a CUDA device", file=sys.stderr)
+        return 2
+    shapes = args.shapes or study.STUDY_SUITES[args.suite or ("quick" if args.quick else "study")]
+    providers = args.providers or study.default_providers(device, args.quick)
+    from bench import providers as registry
+
+    bad = [p for p in providers if p not in registry.names("block")] + [s for s in shapes if s not in SHAPES]
+    if bad:
+        print(f"bench study: unknown providers/shapes {bad}; providers: {', '.join(registry.names('block'))}",
+              file=sys.stderr)
+        return 2
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cfg = study.StudyConfig(shapes=list(shapes), providers=list(providers), device=device, batch=args.batch,
+                            dtype=args.dtype, quick=args.quick, threads=torch.get_num_threads())
+    if args.quick:
+        cfg.warmup, cfg.min_reps, cfg.max_reps, cfg.budget_s = 2, 5, 30, 1.0
+    if args.reps:
+        cfg.min_reps = cfg.max_reps = args.reps
+    print(f"bench study: {len(shapes)} shapes x {len(providers)} providers on {device}; output in {args.out}",
+          file=sys.stderr)
+    start = time.time()
+
+    def log(msg: str) -> None:
+        print(f"[{time.time() - start:6.0f}s] {msg}", file=sys.stderr, flush=True)
+
+    doc = study.run_study(cfg, log=log, code_dir=os.path.join(args.out, "code"))
+    try:
+        paths = study_report.write_study(doc, args.out, plots=not args.no_plots)
+    except ValueError as exc:
+        print(f"bench study: internal error: {exc}", file=sys.stderr)
+        return 1
+    if args.history:
+        n = study_report.append_history(doc, args.history)
+        paths.append(f"{args.history} (+{n} records)")
+    print("\n".join(study_report.summary_table(doc)))
+    failed = [r for r in doc["rows"] if r["status"] in ("fail_accuracy", "fail_to_run")]
+    for r in failed:
+        print(f"  {r['id']} {r['provider']}: {r['status']}: {r['note']}")
+    print(f"bench study: wrote {', '.join(paths)} in {time.time() - start:.0f} s")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["study"]:
+        p = argparse.ArgumentParser(prog="python -m bench study",
+                                    description="compiler study: every provider, correctness first, then speed "
+                                                "(bench/study.py)")
+        p.add_argument("--quick", action="store_true", help="one tiny shape, few repetitions (CI; < 5 min on 2 cores)")
+        p.add_argument("--suite", choices=["study", "resnet50", "yolo", "seed", "quick"],
+                       help="default: study (ResNet-50 stages and seed); --quick: quick (tiny)")
+        p.add_argument("--shapes", nargs="+", help="named shapes (bench/suite.py) instead of a suite")
+        p.add_argument("--providers", nargs="+", help="default: the study set of bench/providers.py")
+        p.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when available")
+        p.add_argument("--batch", type=int, default=1)
+        p.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"])
+        p.add_argument("--reps", type=int, help="exactly this many timed rounds")
+        p.add_argument("--threads", type=int, help="CPU threads of every provider (torch, inductor's OpenMP "
+                       "kernels, ONNX Runtime, OpenVINO); default torch's")
+        p.add_argument("--out", default=os.path.join("bench", "out", "study"), help="output folder")
+        p.add_argument("--history", default=os.path.join("bench", "results", "history.jsonl"),
+                       help="append one record per measurement here ('' for none)")
+        p.add_argument("--no-plots", action="store_true")
+        args = p.parse_args(argv[1:])
+        import torch
+
+        if args.device != "cuda" and (args.device == "cpu" or not torch.cuda.is_available()) \
+                and "triton" not in sys.modules:
+            os.environ.setdefault("TRITON_INTERPRET", "1")  # ours is verified in the interpreter
+        return _study(args)
     if argv[:1] == ["dashboard"]:
         p = argparse.ArgumentParser(prog="python -m bench dashboard", description="the dashboard of result files")
         p.add_argument("files", nargs="*", help="results.json files or folders (default: bench/results/)")

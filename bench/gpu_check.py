@@ -39,6 +39,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 from xml.etree import ElementTree
 
+from bench.status import is_flagged
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FILES = ("summary.md", "results.json", "tests.txt", "sanitizer.txt", "latency.png", "speedup.png",
          "bandwidth.png", "env.json")
@@ -589,7 +591,7 @@ def phase_bench(ctx: Context, budget: float) -> None:
     record["documents"] = [name for name, _ in docs]
     record["flagged"] = [f"{r.get('id')} {r.get('provider')}: {r.get('status')} {r.get('note', '')}".strip()
                          for r in doc["results"] + ctx.results.get("models", {}).get("results", [])
-                         if r.get("status") in ("mismatch", "error")]
+                         if is_flagged(r)]
     for f in record["flagged"]:
         ctx.fail(f"bench row {f}")
 

@@ -42,6 +42,61 @@ def time_cpu(fn: Callable[[], Any], min_reps: int = 5, budget_s: float = 1.0) ->
     return {"median_ms": statistics.median(samples), "p20_ms": q[1], "p80_ms": q[7], "reps": len(samples)}
 
 
+def sample_stats(samples: list[float]) -> dict[str, Any]:
+    """Median, p20 and p80 of ``samples`` (ms), their count, and the samples themselves."""
+    q = statistics.quantiles(samples, n=10, method="inclusive") if len(samples) >= 2 else samples * 9
+    return {"median_ms": statistics.median(samples), "p20_ms": q[1], "p80_ms": q[7], "reps": len(samples),
+            "samples_ms": [round(v, 6) for v in samples]}
+
+
+#: bytes written between GPU repetitions to flush L2 (larger than any L2 so far)
+L2_FLUSH_BYTES = 256 << 20
+
+
+def time_interleaved(fns: dict[str, Callable[[], Any]], device: torch.device, warmup: int = 2, min_reps: int = 5,
+                     max_reps: int = 50, budget_s: float = 2.0,
+                     before: Callable[[str], None] | None = None,
+                     after: Callable[[str], None] | None = None) -> dict[str, list[float]]:
+    """Samples (ms) of every callable, interleaved: round r calls each once (A B C, then C B A, ...),
+    so that drifting clock speed or a neighbour's load hits every provider alike. ``warmup`` rounds
+    first, not recorded. At least ``min_reps`` rounds, then more while ``budget_s`` lasts (at most
+    ``max_reps``). On a GPU each call is timed with CUDA events after L2 is flushed (a write of
+    :data:`L2_FLUSH_BYTES`); on a CPU with a synchronous wall clock. ``before``/``after(name)`` run
+    around every timed call (outside the timed span; e.g. a recompilation check)."""
+    names = list(fns)
+    samples: dict[str, list[float]] = {n: [] for n in names}
+    cuda = device.type == "cuda"
+    flush = torch.empty(L2_FLUSH_BYTES, dtype=torch.uint8, device=device) if cuda else None
+    for _ in range(warmup):
+        for n in names:
+            fns[n]()
+    if cuda:
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    r = 0
+    while r < min_reps or (r < max_reps and time.perf_counter() - start < budget_s):
+        order = names if r % 2 == 0 else names[::-1]
+        for n in order:
+            if before:
+                before(n)
+            if cuda:
+                flush.zero_()
+                t0, t1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                t0.record()
+                fns[n]()
+                t1.record()
+                t1.synchronize()
+                samples[n].append(t0.elapsed_time(t1))
+            else:
+                t0 = time.perf_counter()
+                fns[n]()
+                samples[n].append((time.perf_counter() - t0) * 1e3)
+            if after:
+                after(n)
+        r += 1
+    return samples
+
+
 def copy_bandwidth_gbps(nbytes: int, device: torch.device) -> float:
     """Device-to-device copy bandwidth (read + write) for a buffer of ``nbytes``, GB/s."""
     src = torch.empty(nbytes, dtype=torch.uint8, device=device)
@@ -195,6 +250,42 @@ def gpu_peak_memory(fn: Callable[[], Any], device: torch.device) -> int:
 
 
 # ------------------------------------------------------------------------------------ environment
+def _cpu_model() -> str | None:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return None
+
+
+def package_versions(names: tuple[str, ...]) -> dict[str, str | None]:
+    """Installed versions of ``names`` (distribution names; None where not installed)."""
+    from importlib import metadata
+
+    out: dict[str, str | None] = {}
+    for n in names:
+        try:
+            out[n] = metadata.version(n)
+        except metadata.PackageNotFoundError:
+            out[n] = None
+    return out
+
+
+def machine_card(device: torch.device) -> dict[str, Any]:
+    """:func:`environment` plus the CPU model, torch's thread count and memory (Linux)."""
+    card = environment(device)
+    card["cpu_model"] = _cpu_model()
+    card["torch_threads"] = torch.get_num_threads()
+    try:
+        card["memory_bytes"] = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        card["memory_bytes"] = None
+    return card
+
+
 def environment(device: torch.device) -> dict[str, Any]:
     """Machine, driver, versions, git sha and date for the JSON header."""
     import triton
@@ -244,16 +335,23 @@ def _nvidia_driver() -> str | None:
         return None
 
 
+def error_line(exc: BaseException) -> str:
+    """The exception's type and the first line of its message (at most 300 characters)."""
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0] if lines else ''}"[:300]
+
+
 def first_run(make: Callable[[], Any], device: torch.device, row: dict[str, Any]) -> tuple[Any, Any] | None:
     """Build a provider (``make()``) and run it once: ``(built, output)``, or None with the error
-    recorded in ``row`` (status "error"; the traceback on stderr with ``CBAM_BENCH_DEBUG``)."""
+    recorded in ``row`` (status "fail_to_run" with the exception's first line; the traceback on stderr
+    with ``CBAM_BENCH_DEBUG``)."""
     try:
         built = make()
         out = built.fn()
         if device.type == "cuda":
             torch.cuda.synchronize()
     except Exception as exc:  # reported in the row, the run goes on
-        row.update(status="error", note=f"{type(exc).__name__}: {exc}"[:500])
+        row.update(status="fail_to_run", timing="not_measured", note=error_line(exc))
         if os.environ.get("CBAM_BENCH_DEBUG"):
             traceback.print_exc(file=sys.stderr)
         return None

@@ -41,11 +41,8 @@ blocks' bytes over their floor Σ 2·|x_i| (read each block's input, write its o
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import logging
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,6 +50,10 @@ import torch
 from torch import nn
 
 from bench import host, measure
+from bench import providers as registry
+from bench.accuracy import CHECK_TOL, check_output
+from bench.providers import Built, compile_module
+from bench.report import is_passing, is_timed
 from bench.suite import DTYPES, check_choices, check_common
 
 # ------------------------------------------------------------------------------------------ networks
@@ -167,11 +168,11 @@ MODELS: dict[str, ModelSpec] = {
                                 "(128x80², 256x40², 512x20² at 640²), 1x1 heads"),
 }
 
-#: providers of the model rows ("triton+compile" exists only here)
-PROVIDERS_CPU = ("eager", "compile", "triton", "triton+compile")
-PROVIDERS_GPU = PROVIDERS_CPU + ("triton-cudagraph", "compile-cudagraphs")
+#: providers of the model rows by default (bench/providers.py; "triton+compile" exists only here)
+PROVIDERS_CPU = registry.names("network", "cpu", default="network")
+PROVIDERS_GPU = registry.names("network", "cuda", default="network")
 #: the family whose CBAM-free network is each provider's baseline for the shares
-BASE_FAMILY = {"eager": "eager", "triton": "eager", "compile": "compile", "triton+compile": "compile"}
+BASE_FAMILY = {p.name: p.base_family for p in registry.REGISTRY.values() if p.base_family and p.network}
 #: CPU: the converted network runs through Triton's interpreter up to this many CBAM input elements
 #: per forward (summed over the blocks)
 INTERPRETER_MAX_ELEMENTS = 1 << 22
@@ -277,15 +278,6 @@ def without_cbam(model: nn.Module, names: list[str]) -> nn.Module:
 
 
 # ---------------------------------------------------------------------------------------- providers
-@dataclass
-class Built:
-    fn: Callable[[], Any]
-    compile_s: float | None = None
-    compile_metrics: dict[str, Any] | None = None
-    #: the eager-callable network behind ``fn`` (dispatch counting, CUDA-graph capture)
-    module: nn.Module | None = None
-
-
 def _inference(module: nn.Module, x: torch.Tensor) -> Callable[[], Any]:
     def fn() -> Any:
         with torch.no_grad():
@@ -293,105 +285,17 @@ def _inference(module: nn.Module, x: torch.Tensor) -> Callable[[], Any]:
     return fn
 
 
-def _cbam_op_bytes(nodes_num_elem: list[Any]) -> int:
-    """Bytes inductor counted for cbam_triton's opaque operators (4 * its per-node 'elements')."""
-    total = 0
-    for node, elems in nodes_num_elem:
-        op = getattr(getattr(node, "node", None), "op_overload", None)
-        if op is not None and str(op).startswith("cbam_triton."):
-            total += 4 * int(elems)
-    return total
-
-
 def compile_model(module: nn.Module, x: torch.Tensor, mode: str | None = None, fullgraph: bool = False) -> Built:
-    """``torch.compile`` of ``module`` for inference; the first call compiles (timed, inductor's metrics on)."""
+    """``torch.compile`` of ``module`` for inference after a dynamo reset; the first call compiles
+    (timed, inductor's metrics on, caches off: from a cache, inductor replays its byte total but not
+    the per-kernel list)."""
     torch._dynamo.reset()
-    from torch._dynamo.utils import counters
-
-    counters.clear()
-    compiled = torch.compile(module, mode=mode, fullgraph=fullgraph)
-    fn = _inference(compiled, x)
-    with measure.inductor_metrics() as metrics, quiet_metrics_log(), _no_compile_caches():
-        t0 = time.perf_counter()
-        fn()
-        if x.is_cuda:
-            torch.cuda.synchronize()
-        compile_s = time.perf_counter() - t0
-        info = {"bytes_accessed": int(metrics.num_bytes_accessed),
-                "generated_kernels": int(metrics.generated_kernel_count),
-                "cbam_op_bytes": _cbam_op_bytes(list(metrics.nodes_num_elem)),
-                "counted_nodes": len(metrics.nodes_num_elem)}
-    fn()  # a second call must not recompile
-    info["recompiles"] = int(sum(counters["recompiles"].values())) if "recompiles" in counters else 0
-    info["graphs"] = int(counters["stats"].get("unique_graphs", 0))
-    info["graph_breaks"] = int(sum(counters["graph_break"].values())) if "graph_break" in counters else 0
-    return Built(fn, compile_s, info, module)
-
-
-@contextlib.contextmanager
-def _no_compile_caches() -> Iterator[None]:
-    """A fresh compile: from a cache, inductor replays its byte total but not the per-kernel list."""
-    config = getattr(torch.compiler, "config", None)
-    if config is None or not hasattr(config, "force_disable_caches"):
-        yield
-        return
-    import warnings
-
-    with config.patch(force_disable_caches=True), warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="dynamo_pgo force disabled")
-        yield
-
-
-@contextlib.contextmanager
-def quiet_metrics_log() -> Iterator[None]:
-    """Keep inductor's per-graph metrics (enabled for num_bytes_accessed) out of the terminal: one
-    record per graph lists every scheduler node."""
-    log = logging.getLogger("torch._inductor.compile_fx.__inductor_metrics")
-
-    def drop(_record: logging.LogRecord) -> bool:
-        return False
-
-    log.addFilter(drop)
-    try:
-        yield
-    finally:
-        log.removeFilter(drop)
+    return compile_module(module, x, mode=mode, fullgraph=fullgraph)
 
 
 def build_provider(name: str, model: nn.Module, x: torch.Tensor) -> Built:
-    """A zero-argument callable running the network with provider ``name`` (no_grad)."""
-    import cbam_triton
-
-    if name == "eager":
-        return Built(_inference(model, x), module=model)
-    if name == "compile":
-        return compile_model(copy.deepcopy(model), x)
-    if name == "compile-cudagraphs":
-        return compile_model(copy.deepcopy(model), x, mode="reduce-overhead")
-    if name not in ("triton", "triton+compile", "triton-cudagraph"):
-        raise ValueError(f"unknown model provider {name!r}; known: {', '.join(PROVIDERS_GPU)}")
-    with warnings_as_errors():
-        converted, done = cbam_triton.convert_with_report(model, inplace=False)
-    if not done:
-        raise RuntimeError("cbam_triton.convert replaced no CBAM in this network")
-    if name == "triton+compile":  # fullgraph: a graph break raises, so a built provider has none
-        return compile_model(converted, x, fullgraph=True)
-    built = Built(_inference(converted, x), module=converted)
-    if name == "triton-cudagraph":
-        from bench.runner import _cudagraph
-
-        built = Built(_cudagraph(built.fn).fn, module=converted)
-    return built
-
-
-@contextlib.contextmanager
-def warnings_as_errors() -> Iterator[None]:
-    """A CBAM that convert leaves unconverted would make the 'triton' network partly eager: refuse it."""
-    import warnings
-
-    with warnings.catch_warnings():
-        warnings.filterwarnings("error", message="cbam_triton.convert")
-        yield
+    """A zero-argument callable running the network with provider ``name`` (no_grad; bench/providers.py)."""
+    return registry.build(name, model, x, kind="network")
 
 
 # ------------------------------------------------------------------------------------- traffic count
@@ -467,7 +371,8 @@ def _time(fn: Callable[[], Any], device: torch.device) -> dict[str, float]:
 
 
 def _interpreted(device: torch.device, provider: str) -> bool:
-    return device.type == "cpu" and provider.startswith("triton")
+    spec = registry.REGISTRY.get(provider)
+    return device.type == "cpu" and spec is not None and spec.interpreted_on_cpu
 
 
 def run_model_case(case: ModelCase, providers: tuple[str, ...], device: torch.device, shares: bool = True,
@@ -477,8 +382,6 @@ def run_model_case(case: ModelCase, providers: tuple[str, ...], device: torch.de
     """Measure every provider on one network; one result row per provider (see the module docstring).
 
     ``extra_providers``: name -> ``make(model, x)`` (tests; counted like ``triton``, baseline eager)."""
-    from bench.runner import CHECK_TOL, check_output
-
     log = log or (lambda _msg: None)
     model, names = build_model(case, device)
     x = make_input(case, device)
@@ -510,13 +413,19 @@ def run_model_case(case: ModelCase, providers: tuple[str, ...], device: torch.de
         builders[pname] = lambda make=make: make(model, x)
     rows: list[dict[str, Any]] = []
     for name, make in builders.items():
-        row: dict[str, Any] = dict(common, provider=name, status="ok", note="")
+        row: dict[str, Any] = dict(common, provider=name, status="pass", timing="not_measured", note="")
         rows.append(row)
         log(f"{case.id} {name}")
+        spec = registry.REGISTRY.get(name)
+        reason = spec.unavailable(device.type, "network") if spec is not None else None
+        if reason:
+            row.update(status="skipped", note=reason)
+            continue
         if _interpreted(device, name) and cbam_elements > INTERPRETER_MAX_ELEMENTS:
             row.update(status="skipped", note="Triton on CPU runs in the interpreter: verified on small inputs only "
                                               "(--image-size, --batch)")
             continue
+        torch._dynamo.reset()  # each compiled provider compiles afresh
         got = measure.first_run(make, device, row)
         if got is None:  # the error is reported in the row, the run goes on
             continue
@@ -530,14 +439,14 @@ def run_model_case(case: ModelCase, providers: tuple[str, ...], device: torch.de
                 row[k] = metrics[k]
         if not ok:
             rtol, atol = CHECK_TOL[case.dtype]
-            row.update(status="mismatch", note=f"output differs from eager (max abs err {max_err:.3g}, tolerance "
+            row.update(status="fail_accuracy", note=f"output differs from eager (max abs err {max_err:.3g}, tolerance "
                                                f"{atol:g}·max|eager| + {rtol:g}·|eager|); not timed")
             continue
         if not finite:
             row["note"] = "eager's output has inf/NaN (compared in the same places)"
         # built.fn is used up before the baseline's compile (torch._dynamo.reset() retires compiled code)
         try:
-            l2 = _network_traffic(row, name, built, names, x, eager_traffic)
+            l2 = _network_traffic(row, name, built, names, x, eager_traffic, model)
         except Exception as exc:  # the traffic model is secondary: say so, keep the row
             l2 = None
             row["note"] = (row["note"] + f" traffic: {type(exc).__name__}: {exc}").strip()[:500]
@@ -547,7 +456,7 @@ def run_model_case(case: ModelCase, providers: tuple[str, ...], device: torch.de
                 row["launches"] = measure.count_gpu_kernels(built.fn)
                 row["peak_mem_bytes"] = measure.gpu_peak_memory(built.fn, device)
                 row["host_us_per_call"] = host.enqueue_us(built.fn)  # (triton+compile: the op's host path)
-            row.update(_time(built.fn, device))
+            row.update(_time(built.fn, device), timing="timed")
         del built
         family = BASE_FAMILY.get(name, "eager" if name in (extra_providers or {}) else None)
         if shares and family is not None:
@@ -558,7 +467,7 @@ def run_model_case(case: ModelCase, providers: tuple[str, ...], device: torch.de
                 row["base_median_ms"] = b["median_ms"]
                 row["cbam_latency_share"] = (row["median_ms"] - b["median_ms"]) / row["median_ms"]
         if interpreted:
-            row.update(status="verified", note=(row["note"] + " matches eager in Triton's CPU interpreter; GPU "
+            row.update(timing="verified", note=(row["note"] + " matches eager in Triton's CPU interpreter; GPU "
                                                 "timings need a CUDA device").strip())
     by = {r["provider"]: r for r in rows if r.get("median_ms")}
     for r in rows:
@@ -571,12 +480,12 @@ def run_model_case(case: ModelCase, providers: tuple[str, ...], device: torch.de
 
 
 def _network_traffic(row: dict[str, Any], name: str, built: Built, names: list[str], x: torch.Tensor,
-                     eager_traffic: NetTraffic) -> int:
+                     eager_traffic: NetTraffic, model: nn.Module | None = None) -> int:
     """The row's network traffic (module docstring); returns the blocks' bytes that the L2 schedule
     expects L2 to serve."""
     l2 = 0
     if built.compile_metrics is None:  # eager, triton, triton-cudagraph, extras: the dispatch mode
-        t = eager_traffic if name == "eager" else count_network_traffic(built.module, x, names)
+        t = eager_traffic if built.module is model else count_network_traffic(built.module, x, names)
         row["traffic_bytes"] = t.total_bytes
         row["cbam_attributed_bytes"] = t.cbam_bytes
         l2 = t.cbam_l2_bytes
@@ -584,7 +493,8 @@ def _network_traffic(row: dict[str, Any], name: str, built: Built, names: list[s
             row["launches"] = t.ops
     else:
         total = built.compile_metrics["bytes_accessed"]
-        if name == "triton+compile":  # the opaque operator's buffers -> its kernels' own model
+        spec = registry.REGISTRY.get(name)
+        if spec is not None and spec.opaque_ours:  # the opaque operator's buffers -> its kernels' own model
             if not built.compile_metrics["cbam_op_bytes"]:
                 raise RuntimeError(f"inductor's per-kernel byte counts name no cbam_triton operator (of "
                                    f"{built.compile_metrics['counted_nodes']} counted): network traffic left out")
@@ -629,11 +539,11 @@ def evaluate_goals(doc: dict[str, Any]) -> list[dict[str, Any]]:
     device = doc.get("env", {}).get("device_type")
     verdicts = []
     for name, provider, key, goal, unit, at_least, timed in GOALS:
-        statuses = ("ok",) if timed else ("ok", "verified")
+        judged = is_timed if timed else is_passing
         cases = []
         for r in rows:
             if (r.get("kind") == "model" and r.get("shape_name") == GOAL_MODEL and r.get("dtype") == GOAL_DTYPE
-                    and r.get("batch") == GOAL_BATCH and r.get("provider") == provider and r.get("status") in statuses
+                    and r.get("batch") == GOAL_BATCH and r.get("provider") == provider and judged(r)
                     and isinstance(r.get(key), (int, float))):
                 v = float(r[key])
                 cases.append({"id": r["id"], "value": round(v, 4), "met": v >= goal if at_least else v <= goal})

@@ -65,3 +65,44 @@ def write_plots(doc: dict[str, Any], out_dir: str) -> list[str]:
     plt.close(fig)
     paths.append(path)
     return paths
+
+
+def write_study_plots(doc: dict[str, Any], out_dir: str) -> list[str]:
+    """The study's plots: speedup over eager per provider × case (passing timed rows), and latency
+    against the input's size with p20–p80 bands; returns the paths written."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in doc["rows"] if r.get("timing") == "timed"]
+    env = doc["env"]
+    title = f"{env['device_name']} — torch {env['torch']} — {env['date'][:10]} (passing, timed rows)"
+    paths = []
+    fig, ax = plt.subplots(figsize=(max(6, 0.8 * len({r['id'] for r in rows}) + 4), 4.5))
+    if not _grouped_bars(ax, rows, "speedup_vs_eager", "speedup over eager (median), higher is better"):
+        ax.text(0.5, 0.5, "no timed results", ha="center", va="center", transform=ax.transAxes)
+    ax.axhline(1.0, color="gray", lw=0.8)
+    ax.set_title(title, fontsize=8)
+    fig.tight_layout()
+    paths.append(os.path.join(out_dir, "study_speedup.png"))
+    fig.savefig(paths[-1], dpi=110)
+    plt.close(fig)
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for p in dict.fromkeys(r["provider"] for r in rows):
+        rs = sorted((r for r in rows if r["provider"] == p), key=lambda r: r["x_bytes"])
+        xs = [r["x_bytes"] / 2**20 for r in rs]
+        ax.plot(xs, [r["median_ms"] for r in rs], marker="o", label=p)
+        ax.fill_between(xs, [r["p20_ms"] for r in rs], [r["p80_ms"] for r in rs], alpha=0.2)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("|x| (MiB)")
+    ax.set_ylabel("latency (ms): median, p20–p80 band")
+    if rows:
+        ax.legend(fontsize=7)
+    ax.set_title(title, fontsize=8)
+    fig.tight_layout()
+    paths.append(os.path.join(out_dir, "study_latency.png"))
+    fig.savefig(paths[-1], dpi=110)
+    plt.close(fig)
+    return paths

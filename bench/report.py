@@ -7,8 +7,14 @@ import json
 import math
 from typing import Any
 
-SCHEMA_VERSION = 1
-STATUSES = ("ok", "verified", "mismatch", "error", "skipped")
+from bench.status import STATUSES, TIMINGS, is_flagged, is_passing, is_timed, row_state, validate_state
+
+__all__ = ["STATUSES", "TIMINGS", "is_flagged", "is_passing", "is_timed", "make_document", "row_state", "validate",
+           "validate_state"]
+
+#: 2: rows carry ``status`` and ``timing`` (bench/status.py); 1: ``status`` alone (still read)
+SCHEMA_VERSION = 2
+SCHEMA_VERSIONS = (1, 2)
 REQUIRED_ENV = ("date", "python", "torch", "triton", "device_type", "device_name", "git_sha")
 REQUIRED_ROW = {
     "id": str, "shape_name": str, "batch": int, "channels": int, "height": int, "width": int,
@@ -25,10 +31,11 @@ OPTIONAL_NUMBERS = (
     "base_traffic_bytes", "base_median_ms", "graph_breaks", "speedup_vs_compile",
 )
 #: the columns of network rows (kind "model"): their own table
-MODEL_COLUMNS = ("id", "provider", "status", "median_ms", "p20_ms", "p80_ms", "speedup_vs_eager", "speedup_vs_compile",
-                 "compile_s", "traffic_bytes", "cbam_traffic_share", "cbam_vs_floor", "cbam_latency_share",
-                 "cbam_blocks", "launches", "graphs", "graph_breaks", "peak_mem_bytes", "max_abs_err_vs_eager", "note")
-COLUMNS = ("id", "provider", "status", "median_ms", "p20_ms", "p80_ms", "speedup_vs_eager", "compile_s",
+MODEL_COLUMNS = ("id", "provider", "status", "timing", "median_ms", "p20_ms", "p80_ms", "speedup_vs_eager",
+                 "speedup_vs_compile", "compile_s", "traffic_bytes", "cbam_traffic_share", "cbam_vs_floor",
+                 "cbam_latency_share", "cbam_blocks", "launches", "graphs", "graph_breaks", "peak_mem_bytes",
+                 "max_abs_err_vs_eager", "note")
+COLUMNS = ("id", "provider", "status", "timing", "median_ms", "p20_ms", "p80_ms", "speedup_vs_eager", "compile_s",
            "schedule", "traffic_x", "dram_model_x", "ncu_dram_x", "launches",
            "peak_mem_bytes", "saved_x", "alloc_count", "alloc_bytes", "floor_gbps",
            "frac_copy_bw", "max_abs_err_vs_eager", "generated_kernels", "recompiles", "note")
@@ -43,8 +50,8 @@ def validate(doc: Any) -> list[str]:
     problems = []
     if not isinstance(doc, dict):
         return ["document is not a JSON object"]
-    if doc.get("schema_version") != SCHEMA_VERSION:
-        problems.append(f"schema_version must be {SCHEMA_VERSION}, got {doc.get('schema_version')!r}")
+    if doc.get("schema_version") not in SCHEMA_VERSIONS:
+        problems.append(f"schema_version must be one of {SCHEMA_VERSIONS}, got {doc.get('schema_version')!r}")
     env = doc.get("env")
     if not isinstance(env, dict):
         problems.append("env missing")
@@ -57,16 +64,11 @@ def validate(doc: Any) -> list[str]:
         for key, typ in REQUIRED_ROW.items():
             if not isinstance(row.get(key), typ):
                 problems.append(f"results[{i}].{key} must be {typ.__name__}, got {row.get(key)!r}")
-        if row.get("status") not in STATUSES:
-            problems.append(f"results[{i}].status {row.get('status')!r} not in {STATUSES}")
+        problems += [f"results[{i}]{p}" for p in validate_state(row)]
         for key in OPTIONAL_NUMBERS:
             v = row.get(key)
             if v is not None and (not isinstance(v, (int, float)) or isinstance(v, bool)):
                 problems.append(f"results[{i}].{key} must be a number or null, got {v!r}")
-        if row.get("status") == "ok" and not isinstance(row.get("median_ms"), (int, float)):
-            problems.append(f"results[{i}] has status ok but no median_ms")
-        if row.get("status") in ("mismatch", "error", "skipped", "verified") and row.get("median_ms") is not None:
-            problems.append(f"results[{i}] has status {row['status']} but a timing")
     return problems
 
 

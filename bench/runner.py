@@ -2,42 +2,32 @@
 
 from __future__ import annotations
 
-import copy
-import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from bench import measure
-from bench.models import quiet_metrics_log
+from bench import providers as registry
+from bench.accuracy import CHECK_TOL, check_output
+from bench.providers import Built
 from bench.suite import Case
 
-#: "triton" runs the default schedule ("auto"); "triton-l2" / "triton-stream" force one (see
-#: cbam_triton.schedule) so that a GPU run compares them
-#: (on a CPU "auto" resolves to "stream": triton-stream would repeat triton's verification)
-PROVIDERS_CPU = ("eager", "compile", "compile-max-autotune", "triton", "triton-l2")
-PROVIDERS_GPU = ("eager", "compile", "compile-max-autotune", "triton", "triton-l2", "triton-stream",
-                 "triton-cudagraph", "compile-cudagraphs")
-#: the forced schedule of each Triton provider
-TRITON_SCHEDULES = {"triton": "auto", "triton-l2": "l2", "triton-stream": "stream", "triton-cudagraph": "auto"}
+__all__ = ["CHECK_TOL", "Built", "Case", "build_provider", "build_train_provider", "check_output", "make_grad",
+           "make_input", "make_reference", "run_case"]
+
+#: the block providers run by default (bench/providers.py): "triton" runs the default schedule
+#: ("auto"); "triton-l2" / "triton-stream" force one so that a GPU run compares them (on a CPU "auto"
+#: resolves to "stream": triton-stream would repeat triton's verification)
+PROVIDERS_CPU = registry.names("block", "cpu", default="block")
+PROVIDERS_GPU = registry.names("block", "cuda", default="block")
 #: providers of the forward+backward ("train") mode; the CUDA-graph ones are forward-only
-TRAIN_PROVIDERS = ("eager", "compile", "compile-max-autotune", "triton")
+TRAIN_PROVIDERS = registry.train_names()
 #: the physical floor of big-tensor traffic, in units of |x|: forward reads x and writes out; forward +
 #: backward also reads the output gradient and x and writes dx
 FLOOR_X = {"forward": 2, "train": 5}
-#: Output check against eager, per dtype: |out - eager| <= atol + rtol * |eager|.
-CHECK_TOL = {"fp32": (1e-4, 1e-4), "fp16": (1e-2, 1e-2), "bf16": (5e-2, 5e-2)}
 #: On CPU the Triton provider runs through the interpreter: verified on cases up to this size only.
 INTERPRETER_MAX_ELEMENTS = 1 << 20
-
-
-@dataclass
-class Built:
-    fn: Callable[[], torch.Tensor]
-    compile_s: float | None = None
-    compile_metrics: dict[str, Any] | None = None
 
 
 def make_reference(case: Case, device: torch.device, seed: int = 0) -> torch.nn.Module:
@@ -66,106 +56,15 @@ def make_grad(case: Case, device: torch.device, seed: int = 2) -> torch.Tensor:
     return make_input(case, device, seed)
 
 
-def _train_step(module: torch.nn.Module, x: torch.Tensor, g: torch.Tensor) -> Callable[[], Any]:
-    """Forward + backward of ``module`` for x and every parameter; returns (out, dx)."""
-    leaf = x.detach().requires_grad_(True)
-    params = [p for p in module.parameters() if p.requires_grad]
-
-    def step() -> tuple[torch.Tensor, torch.Tensor]:
-        out = module(leaf)
-        grads = torch.autograd.grad(out, [leaf, *params], g)
-        return out, grads[0]
-
-    return step
-
-
-def _compile(ref: torch.nn.Module, x: torch.Tensor, mode: str | None, g: torch.Tensor | None = None) -> Built:
-    """torch.compile of the reference; ``g`` given: the train mode (forward + backward compiled)."""
-    torch._dynamo.reset()
-    from torch._dynamo.utils import counters
-
-    counters.clear()
-    compiled = torch.compile(copy.deepcopy(ref), mode=mode)
-    if g is not None:
-        fn = _train_step(compiled, x, g)
-    else:
-        def fn() -> torch.Tensor:
-            with torch.no_grad():
-                return compiled(x)
-    with measure.inductor_metrics() as metrics, quiet_metrics_log():
-        t0 = time.perf_counter()
-        fn()
-        if x.is_cuda:
-            torch.cuda.synchronize()
-        compile_s = time.perf_counter() - t0
-        info = {"bytes_accessed": int(metrics.num_bytes_accessed),
-                "generated_kernels": int(metrics.generated_kernel_count)}
-    fn()  # a second call must not recompile
-    info["recompiles"] = int(sum(counters["recompiles"].values())) if "recompiles" in counters else 0
-    info["graphs"] = int(counters["stats"].get("unique_graphs", 0))
-    return Built(fn, compile_s, info)
-
-
-def _cudagraph(fn: Callable[[], torch.Tensor]) -> Built:
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        for _ in range(3):
-            fn()
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        out = fn()
-
-    def replay() -> torch.Tensor:
-        graph.replay()
-        return out
-
-    return Built(replay)
-
-
 def build_provider(name: str, ref: torch.nn.Module, x: torch.Tensor) -> Built:
-    """A zero-argument callable computing CBAM(x) with provider ``name``."""
-    import cbam_triton
-
-    if name == "eager":
-        def eager() -> torch.Tensor:
-            with torch.no_grad():
-                return ref(x)
-        return Built(eager)
-    if name == "compile":
-        return _compile(ref, x, None)
-    if name == "compile-max-autotune":
-        return _compile(ref, x, "max-autotune-no-cudagraphs")
-    if name == "compile-cudagraphs":
-        return _compile(ref, x, "max-autotune")
-    if name not in TRITON_SCHEDULES:
-        raise ValueError(f"unknown provider {name!r}")
-    ours = cbam_triton.CBAM.from_reference(ref, backend="triton", schedule=TRITON_SCHEDULES[name])
-
-    def triton_fn() -> torch.Tensor:
-        with torch.no_grad():
-            return ours(x)
-
-    if name == "triton-cudagraph":
-        return _cudagraph(triton_fn)
-    return Built(triton_fn)
+    """A zero-argument callable computing CBAM(x) with provider ``name`` (bench/providers.py)."""
+    return registry.build(name, ref, x)
 
 
 def build_train_provider(name: str, ref: torch.nn.Module, x: torch.Tensor, g: torch.Tensor) -> Built:
     """A zero-argument callable running forward + backward (train mode) with provider ``name``;
     it returns ``(out, dx)``. The parameters' gradients are computed too (not returned)."""
-    import cbam_triton
-
-    if name == "eager":
-        return Built(_train_step(copy.deepcopy(ref), x, g))
-    if name == "compile":
-        return _compile(ref, x, None, g)
-    if name == "compile-max-autotune":
-        return _compile(ref, x, "max-autotune-no-cudagraphs", g)
-    if name == "triton":
-        return Built(_train_step(cbam_triton.CBAM.from_reference(ref, backend="triton"), x, g))
-    raise ValueError(f"provider {name!r} has no train mode (train providers: {', '.join(TRAIN_PROVIDERS)})")
+    return registry.build_train(name, ref, x, g)
 
 
 def _schedule_of(ref: torch.nn.Module, x: torch.Tensor, schedule: str) -> str:
@@ -180,34 +79,14 @@ def _schedule_of(ref: torch.nn.Module, x: torch.Tensor, schedule: str) -> str:
     return s["kind"] if s["num_chunks"] == 1 else f"{s['kind']} x{s['num_chunks']}"
 
 
-def check_output(out: Any, expected: Any, dtype: str, scaled: bool = False) -> tuple[bool, float]:
-    """Whether ``out`` matches eager within the per-dtype tolerance, and the max abs error.
-
-    ``out``/``expected`` are tensors or tuples of tensors (train mode: output and dx). ``scaled``:
-    the absolute tolerance is relative to the largest |expected| (gradients are sums of many terms).
-    """
-    if isinstance(out, tuple):
-        results = [check_output(o, e, dtype, scaled) for o, e in zip(out, expected)]
-        return all(ok for ok, _ in results) and len(out) == len(expected), max(err for _, err in results)
-    if out.shape != expected.shape or out.dtype != expected.dtype:
-        return False, float("inf")
-    o, e = out.detach().float(), expected.detach().float()
-    err = (o - e).abs()
-    max_err = float(err.max()) if err.numel() else 0.0
-    rtol, atol = CHECK_TOL[dtype]
-    finite = torch.isfinite(e)
-    if scaled and finite.any():
-        atol = atol * max(1.0, float(e[finite].abs().max()))
-    nan_ok = torch.equal(torch.isnan(o), torch.isnan(e))
-    ok = nan_ok and bool((err[finite] <= atol + rtol * e[finite].abs()).all())
-    return ok, max_err
-
-
 def run_case(case: Case, providers: tuple[str, ...], device: torch.device,
              extra_providers: dict[str, Callable[[torch.nn.Module, torch.Tensor], Built]] | None = None,
              log: Callable[[str], None] | None = None, copy_gbps: float | None = None) -> list[dict[str, Any]]:
-    """Measure every provider on ``case``; one result row per provider."""
+    """Measure every provider on ``case``; one result row per provider (``status`` and ``timing``:
+    bench/report.py). ``extra_providers``: name -> ``make(ref, x)`` (train mode ``make(ref, x, g)``),
+    counted with the dispatch mode like eager (tests)."""
     log = log or (lambda _msg: None)
+    extra = extra_providers or {}
     train = case.mode == "train"
     ref = make_reference(case, device)
     x = make_input(case, device)
@@ -226,19 +105,23 @@ def run_case(case: Case, providers: tuple[str, ...], device: torch.device,
             builders[p] = lambda p=p: build_train_provider(p, ref, x, g)
         else:
             builders[p] = lambda p=p: build_provider(p, ref, x)
-    for name, make in (extra_providers or {}).items():  # train mode: make(ref, x, g)
+    for name, make in extra.items():
         builders[name] = (lambda make=make: make(ref, x, g)) if train else (lambda make=make: make(ref, x))
     for name, make in builders.items():
-        row: dict[str, Any] = dict(case.as_dict(), provider=name, x_bytes=x_bytes, status="ok", note="")
+        row: dict[str, Any] = dict(case.as_dict(), provider=name, x_bytes=x_bytes, status="pass",
+                                   timing="not_measured", note="")
         rows.append(row)
         log(f"{case.id} {name}")
-        interpreted = device.type == "cpu" and name.startswith("triton")
-        if train and name not in TRAIN_PROVIDERS and name not in (extra_providers or {}):
-            row.update(status="skipped", note="forward-only provider (no train mode)")
+        spec = registry.REGISTRY.get(name)
+        interpreted = device.type == "cpu" and spec is not None and spec.interpreted_on_cpu
+        reason = spec.unavailable(device.type, "block", case.mode) if spec is not None else None
+        if reason:
+            row.update(status="skipped", note=reason)
             continue
         if interpreted and case.batch * case.channels * case.height * case.width > INTERPRETER_MAX_ELEMENTS:
             row.update(status="skipped", note="Triton on CPU runs in the interpreter: verified on small cases only")
             continue
+        torch._dynamo.reset()  # each compiled provider compiles afresh
         got = measure.first_run(make, device, row)
         if got is None:  # the error is reported in the row, the run goes on
             continue
@@ -247,21 +130,22 @@ def run_case(case: Case, providers: tuple[str, ...], device: torch.device,
         row["max_abs_err_vs_eager"] = max_err
         row["compile_s"] = built.compile_s
         if built.compile_metrics:
-            row.update(built.compile_metrics)
+            row.update({k: v for k, v in built.compile_metrics.items() if isinstance(v, (int, float))})
         if not ok:
-            row.update(status="mismatch", note=f"output differs from eager (max abs err {max_err:.3g}); not timed")
+            row.update(status="fail_accuracy",
+                       note=f"output differs from eager (max abs err {max_err:.3g}); not timed")
             continue
-        # traffic model and launches
-        if name == "eager" or name in TRITON_SCHEDULES or name in (extra_providers or {}):
+        counts = "dispatch" if spec is None else spec.counts
+        if counts == "dispatch":  # traffic model and launches
             fn_for_count = built.fn
-            if name == "triton-cudagraph":  # count the eager launches that the graph replays
-                fn_for_count = build_provider("triton", ref, x).fn
+            if spec is not None and spec.counted_as:  # count the eager launches that the graph replays
+                fn_for_count = build_provider(spec.counted_as, ref, x).fn
             stats = measure.count_traffic(fn_for_count, grad=train)
             row["traffic_bytes"] = stats.bytes_total
             row["dram_model_bytes"] = stats.bytes_total - stats.l2_bytes
             row["dram_model_x"] = row["dram_model_bytes"] / x_bytes
-            if name in TRITON_SCHEDULES and not train:
-                row["schedule"] = _schedule_of(ref, x, TRITON_SCHEDULES[name])
+            if spec is not None and spec.schedule and not train:
+                row["schedule"] = _schedule_of(ref, x, spec.schedule)
             if train:  # what autograd keeps between forward and backward
                 row["saved_bytes"] = measure.saved_tensor_bytes(built.fn)
                 row["saved_x"] = row["saved_bytes"] / x_bytes
@@ -269,7 +153,7 @@ def run_case(case: Case, providers: tuple[str, ...], device: torch.device,
                 row["launches"] = stats.launches
                 row["alloc_count"] = stats.alloc_count
                 row["alloc_bytes"] = stats.alloc_bytes
-        elif built.compile_metrics:
+        elif counts == "inductor" and built.compile_metrics:
             row["traffic_bytes"] = built.compile_metrics["bytes_accessed"]
             if device.type == "cpu":
                 row["launches"] = built.compile_metrics["generated_kernels"]
@@ -277,7 +161,7 @@ def run_case(case: Case, providers: tuple[str, ...], device: torch.device,
         if row.get("traffic_bytes") is not None:
             row["traffic_x"] = row["traffic_bytes"] / x_bytes
         if interpreted:
-            row.update(status="verified",
+            row.update(timing="verified",
                        note="matches eager in Triton's CPU interpreter; GPU timings need a CUDA device")
             continue
         if device.type == "cuda":
@@ -293,6 +177,7 @@ def run_case(case: Case, providers: tuple[str, ...], device: torch.device,
                 row["frac_copy_bw"] = row["floor_gbps"] / copy_gbps
         else:
             row.update(measure.time_cpu(built.fn))
+        row["timing"] = "timed"
     eager = next((r for r in rows if r["provider"] == "eager" and r.get("median_ms")), None)
     for r in rows:
         if eager and r.get("median_ms"):

@@ -16,6 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from bench.status import is_timed
+
 #: the ResNet-50 stage shapes the targets are stated for
 RESNET50 = ("resnet50-s1", "resnet50-s2", "resnet50-s3", "resnet50-s4")
 
@@ -71,13 +73,13 @@ def evaluate(doc: dict[str, Any]) -> list[dict[str, Any]]:
     """One verdict per target: ``{"target", "status", "goal", "unit", "cases": [{"id", "value", "met"}],
     "worst", "why"}`` (``status``: met / missed / not measured)."""
     rows = doc.get("results", [])
-    by_case = {(r["id"], r["provider"]): r for r in rows if r.get("status") == "ok"}
+    by_case = {(r["id"], r["provider"]): r for r in rows if is_timed(r)}
     device = doc.get("env", {}).get("device_type")
     verdicts = []
     for t in TARGETS:
         cases = []
         for r in t.judged_rows(rows):
-            value = t.metric(r, by_case) if r.get("status") == "ok" else None
+            value = t.metric(r, by_case) if is_timed(r) else None
             if value is None:
                 continue
             met = value >= t.goal if t.at_least else value <= t.goal

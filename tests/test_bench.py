@@ -47,9 +47,9 @@ def test_quick_cli_writes_every_output(quick_run):
     by_provider = {(r["id"], r["provider"]): r for r in doc["results"]}
     for (_case_id, provider), r in by_provider.items():
         if provider in ("eager", "compile", "compile-max-autotune"):
-            assert r["status"] == "ok" and r["median_ms"] > 0, r
+            assert (r["status"], r["timing"]) == ("pass", "timed") and r["median_ms"] > 0, r
         if provider.startswith("triton") and r["mode"] == "forward":  # verified in the interpreter, not timed
-            assert r["status"] == "verified" and r.get("median_ms") is None, r
+            assert (r["status"], r["timing"]) == ("pass", "verified") and r.get("median_ms") is None, r
             # the traffic model per schedule: the L2 schedule reads x once from DRAM, stream three times
             expect = {"triton-l2": 2, "triton": 4}[provider]  # on a CPU "auto" resolves to "stream"
             assert expect <= r["dram_model_x"] <= expect + 0.6, r
@@ -76,9 +76,10 @@ def test_train_mode_checks_output_and_input_gradient():
 
     rows = runner.run_case(case, ("eager", "triton"), torch.device("cpu"), extra_providers={"wrong": wrong_grad})
     by = {r["provider"]: r for r in rows}
-    assert by["eager"]["status"] == "ok" and by["eager"]["median_ms"] > 0
-    assert by["triton"]["status"] == "verified", by["triton"]
-    assert by["wrong"]["status"] == "mismatch" and by["wrong"].get("median_ms") is None
+    assert (by["eager"]["status"], by["eager"]["timing"]) == ("pass", "timed") and by["eager"]["median_ms"] > 0
+    assert (by["triton"]["status"], by["triton"]["timing"]) == ("pass", "verified"), by["triton"]
+    assert by["wrong"]["status"] == "fail_accuracy" and by["wrong"].get("median_ms") is None
+    assert by["wrong"]["timing"] == "not_measured"
     assert by["triton"]["saved_x"] < 1.5 < 2 <= by["eager"]["saved_x"]  # x + small maps vs x, x * Mc, ...
     assert by["triton"]["traffic_x"] < by["eager"]["traffic_x"] / 2
 
@@ -101,6 +102,14 @@ def test_schema_rejects_broken_documents():
     assert report.validate(dict(good, results=[dict(row, median_ms=None)]))  # ok without a timing
     assert report.validate(dict(good, results=[dict(row, status="mismatch")]))  # mismatch with a timing
     assert report.validate(dict(good, results=[dict(row, batch="1")]))
+    # schema 2: status and timing
+    new = dict(row, status="pass", timing="timed")
+    assert report.validate(dict(good, schema_version=2, results=[new])) == []
+    assert report.validate(dict(good, results=[dict(new, timing="verified")]))  # verified with a timing
+    assert report.validate(dict(good, results=[dict(new, status="fail_accuracy")]))  # a failure timed
+    assert report.validate(dict(good, results=[dict(new, timing="fast")]))
+    assert report.validate(dict(good, results=[dict(new, status="fail_to_run", timing="not_measured",
+                                                     median_ms=None)])) == []
     bad_env = copy.deepcopy(good)
     del bad_env["env"]["git_sha"]
     assert report.validate(bad_env)
@@ -114,8 +123,8 @@ def test_wrong_provider_is_flagged_and_not_timed():
 
     rows = runner.run_case(case, ("eager",), torch.device("cpu"), extra_providers={"wrong": wrong})
     bad = next(r for r in rows if r["provider"] == "wrong")
-    assert bad["status"] == "mismatch" and bad.get("median_ms") is None and "not timed" in bad["note"]
-    assert next(r for r in rows if r["provider"] == "eager")["status"] == "ok"
+    assert bad["status"] == "fail_accuracy" and bad.get("median_ms") is None and "not timed" in bad["note"]
+    assert next(r for r in rows if r["provider"] == "eager")["timing"] == "timed"
 
 
 def test_eager_traffic_model_matches_hand_count():
