@@ -169,7 +169,7 @@ def test_cli_page_of_committed_runs_is_offline_and_small(pages, tmp_path):
     assert "http" not in body and " src=" not in html  # nothing fetched at view time
     assert "Copyright (c) 2022 Leon Sorokin" in html  # the vendored library's license
     data = json.loads(html.split('<script id="data" type="application/json">', 1)[1].split("</script>", 1)[0])
-    assert len(data["runs"]) == len(glob.glob(os.path.join(RESULTS_DIR, "*", "results.json")))
+    assert len(data["runs"]) == len(_committed_run_files())
     assert bench_main(["dashboard", str(tmp_path / "missing"), "-o", str(tmp_path / "x.html")]) == 2
     with pytest.raises(ValueError, match="not a valid result document"):
         build_dashboard([{"schema_version": 1}])
@@ -238,10 +238,23 @@ def _texts(browser, css):
     return browser.execute_script(f"return [...document.querySelectorAll({css!r})].map(e => e.textContent)")
 
 
+def _committed_run_files():
+    """Each committed run folder's document: its results.json, or a study folder's study.json."""
+    files = []
+    for folder in sorted(glob.glob(os.path.join(RESULTS_DIR, "*"))):
+        for name in ("results.json", "study.json"):
+            if os.path.isfile(os.path.join(folder, name)):
+                files.append(os.path.join(folder, name))
+                break
+    return files
+
+
 def _latest_committed():
-    paths = sorted(glob.glob(os.path.join(RESULTS_DIR, "*", "results.json")),
-                   key=lambda p: json.load(open(p))["env"]["date"])
-    return json.load(open(paths[-1]))
+    """(the page's run index, document) of the newest committed ``results.json`` run (the page orders
+    runs by date; a study folder is a run too): the tests below check the page against it."""
+    paths = sorted(_committed_run_files(), key=lambda p: json.load(open(p))["env"]["date"])
+    index = max(i for i, p in enumerate(paths) if p.endswith("results.json"))
+    return index, json.load(open(paths[index]))
 
 
 def test_committed_runs_render_fast_without_errors(browser, pages):
@@ -268,8 +281,8 @@ def test_five_full_gpu_runs_stay_small_and_fast(browser, pages):
 
 
 def test_tiles_show_the_numbers_of_the_json(browser, pages):
-    _open(browser, pages / "all.html")
-    doc = _latest_committed()
+    index, doc = _latest_committed()
+    _open(browser, pages / "all.html", f"#new={index}")
     for provider in {r["provider"] for r in doc["results"]}:
         mine = [r for r in doc["results"] if r["provider"] == provider and r["status"] != "skipped"]
         tile = f'.tile[data-provider="{provider}"] dd'
@@ -289,8 +302,8 @@ def test_tiles_show_the_numbers_of_the_json(browser, pages):
 
 
 def test_filter_hides_rows_and_the_url_reproduces_the_view(browser, pages):
-    _open(browser, pages / "all.html")
-    doc = _latest_committed()
+    index, doc = _latest_committed()
+    _open(browser, pages / "all.html", f"#new={index}")
     everything = len(_texts(browser, "#rows-grid tr[data-key]"))
     assert everything == len(doc["results"])
     _select(browser, "provider", "triton")
@@ -337,7 +350,7 @@ def _marks(browser, chart_id, provider):
 
 
 def test_charts_draw_marks_for_the_data(browser, pages):
-    _open(browser, pages / "all.html")
+    _open(browser, pages / "all.html", f"#new={_latest_committed()[0]}")
     assert _marks(browser, "chart-latency", "eager") > 50  # median line and points
     assert _marks(browser, "chart-traffic", "triton") > 20  # one dot per case
     assert _marks(browser, "chart-history", "compile-max-autotune") > 20

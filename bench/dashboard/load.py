@@ -1,8 +1,9 @@
 """Finding and reading the dashboard's inputs: result documents, study summaries, the history file.
 
 A path given to the dashboard is a ``results.json`` file or a folder; a folder contributes every
-``results.json`` below it, the ``study.json`` beside each one (per-provider summaries of a study) and
-every ``history.jsonl`` below it (one JSON record per measurement).
+``results.json`` below it, the ``study.json`` beside each one (per-provider summaries of a study), every
+``study.json`` that stands alone (a ``python -m bench study`` folder: its rows are a run of their own)
+and every ``history.jsonl`` below it (one JSON record per measurement).
 """
 
 from __future__ import annotations
@@ -65,6 +66,8 @@ def load_inputs(paths: list[str] | None = None) -> Inputs:
                 dirs.sort()
                 if "results.json" in files:
                     result_files.append(os.path.join(folder, "results.json"))
+                elif "study.json" in files:
+                    result_files.append(os.path.join(folder, "study.json"))
                 if "history.jsonl" in files:
                     history_files.append(os.path.join(folder, "history.jsonl"))
         elif path.endswith(".jsonl"):
@@ -81,8 +84,17 @@ def load_inputs(paths: list[str] | None = None) -> Inputs:
             raise ValueError(f"{path} is not a valid result document: {exc}") from exc
         study_path = os.path.join(os.path.dirname(path), "study.json")
         study = _read_json(study_path) if os.path.isfile(study_path) else None
+        if isinstance(doc, dict) and "summary" in doc and "rows" in doc and "results" not in doc:
+            doc = study_as_run(doc)  # a study folder: its rows are the run
         inputs.runs.append(Run(doc, os.path.relpath(os.path.dirname(os.path.abspath(path))), study))
     inputs.runs.sort(key=lambda r: str(r.doc.get("env", {}).get("date", "")) if isinstance(r.doc, dict) else "")
     for path in dict.fromkeys(history_files):
         inputs.history += read_history(path)
     return inputs
+
+
+def study_as_run(study: dict[str, Any]) -> dict[str, Any]:
+    """A ``study.json`` as a result document: its rows (same fields as a run's: ``id``, ``provider``,
+    ``status``, ``timing``, ``median_ms``, ...) and its environment; its summaries stay beside it."""
+    return {"schema_version": 2, "kind": "study", "env": study.get("env", {}), "config": study.get("config", {}),
+            "results": list(study.get("rows", [])), "targets": [], "model_goals": []}

@@ -74,10 +74,19 @@ def provider_summary(rows: list[dict[str, Any]], provider: str) -> dict[str, Any
 
 
 def _study_providers(study: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
-    """The per-provider summaries of a study.json ({provider: {...}} at the top or under "providers")."""
+    """The per-provider summaries of a study.json: ``{"summary": {device: {provider: {...}}}}`` (what
+    ``python -m bench study`` writes; the devices' summaries merged), or ``{provider: {...}}`` at the top
+    or under "providers"."""
     if not isinstance(study, dict):
         return {}
-    body = study.get("providers", study)
+    if isinstance(study.get("summary"), dict):
+        merged: dict[str, dict[str, Any]] = {}
+        for per_device in study["summary"].values():
+            if isinstance(per_device, dict):
+                merged.update(per_device)
+        body = merged
+    else:
+        body = study.get("providers", study)
     return {p: s for p, s in body.items() if isinstance(s, dict) and any(k in s for k in SUMMARY_KEYS)}
 
 
