@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
+import glob
+import hashlib
 import json
 import os
 import re
@@ -39,6 +41,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 from xml.etree import ElementTree
 
+from bench import report, targets
+from bench.plots import write_plots
 from bench.status import is_flagged
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -55,7 +59,6 @@ DEFAULT_BUDGETS: dict[str, tuple[float, float]] = {
 BENCH_MIN_S = (120, 40)  # kept for the bench phase by the phases before it
 SANITIZER_TOOLS = ("memcheck", "racecheck", "synccheck")
 TESTS_GRACE_S = 20  # pytest's SIGINT comes this long before its budget ends, so that it writes what ran
-HEARTBEAT_S = 15
 R50 = ("resnet50-s1", "resnet50-s2", "resnet50-s3", "resnet50-s4")
 #: test files first in line on the GPU (the rest of tests/test_*.py follows, minus the excluded)
 GPU_TESTS_FIRST = ("tests/test_fused_forward.py", "tests/test_cbam_parity.py", "tests/test_kernels.py",
@@ -66,6 +69,8 @@ GPU_TESTS_EXCLUDED = {"tests/test_aot_compile.py": "the ahead-of-time compile ga
                       "tests/test_gpu_check.py": "this script's own tests"}
 DRY_TESTS = ("tests/test_errors.py", "tests/test_schedule.py", "tests/test_fused_forward.py::test_lone_gates_fuse_too")
 DRIVER = ("-m", "bench.gpu_check_driver")
+#: distributions whose versions env.json records
+PACKAGES = ("pytest", "pytest-xdist", "hypothesis", "timm", "onnx", "onnxruntime", "matplotlib", "numpy", "ultralytics")
 NCU_PROBE = ("import torch; x = torch.ones(1 << 22, device='cuda'); y = x * 2; torch.cuda.synchronize(); "
              "print('ncu probe: ran')")
 
@@ -129,10 +134,9 @@ def budgets(dry: bool, environ: dict[str, str] | None = None) -> dict[str, float
     for key in [*out, "bench"]:
         var = "CBAM_GPU_CHECK_BUDGET_" + re.sub(r"[.\-]", "_", key).upper()
         if var in environ:
-            value = float(environ[var]) if re.fullmatch(r"\s*\d+(\.\d*)?\s*", environ[var]) else -1.0
-            if value < 0:
+            if not re.fullmatch(r"\s*\d+(\.\d*)?\s*", environ[var]):
                 raise ValueError(f"{var} must be a number of seconds >= 0, got {environ[var]!r}")
-            out[key] = value
+            out[key] = float(environ[var])
     return out
 
 
@@ -166,7 +170,6 @@ class Context:
     ran: list[Step] = field(default_factory=list)  # every command, in order (summary.md's phase table)
     skipped: list[str] = field(default_factory=list)  # what was not run or cut, and why
     failures: list[str] = field(default_factory=list)  # what makes the exit status 1
-    lock: threading.Lock = field(default_factory=threading.Lock)
 
     def elapsed(self) -> float:
         """Seconds since the start."""
@@ -176,21 +179,23 @@ class Context:
         """Seconds left before the total budget ends, the report's reserve excluded."""
         return self.budgets["total"] - self.budgets["report"] - self.elapsed()
 
+    def phase_budget(self, phase: str, later_min: float = 0.0) -> float:
+        """A phase's budget: its own, or what the total leaves after ``later_min`` kept for later phases."""
+        return max(0.0, min(self.budgets.get(phase, float("inf")), self.remaining() - later_min))
+
     def say(self, phase: str, msg: str) -> None:
-        """A progress line."""
-        with self.lock:
-            print(f"[{self.elapsed():6.1f}s] {phase}: {msg}", flush=True)
+        """A progress line (one write: the sanitizer and tests threads do not mix their lines)."""
+        sys.stdout.write(f"[{self.elapsed():6.1f}s] {phase}: {msg}\n")
+        sys.stdout.flush()
 
     def skip(self, what: str, why: str) -> None:
         """Something not run or cut (said and listed)."""
-        with self.lock:
-            self.skipped.append(f"{what}: {why}")
+        self.skipped.append(f"{what}: {why}")
         self.say(what.split("/")[0].split(" ")[0], f"SKIPPED {what}: {why}")
 
     def fail(self, what: str) -> None:
         """A failure: the exit status becomes 1."""
-        with self.lock:
-            self.failures.append(what)
+        self.failures.append(what)
 
     def child_env(self, **extra: str) -> dict[str, str]:
         """A phase's environment: this checkout first on PYTHONPATH; ``--dry``: Triton's interpreter."""
@@ -231,88 +236,71 @@ def _write_text(path: str, text: str) -> None:
 
 def find_tool(name: str) -> str | None:
     """An executable on PATH, then in the usual CUDA folders, or None."""
-    import glob
-
     candidates = [f"/usr/local/cuda/bin/{name}", *sorted(glob.glob(f"/usr/local/cuda-*/bin/{name}"), reverse=True),
                   f"/opt/nvidia/nsight-compute/{name}"]
     return shutil.which(name) or next((c for c in candidates if os.path.isfile(c) and os.access(c, os.X_OK)), None)
 
 
-def _signal(proc: subprocess.Popen, sig: int, group: bool = True) -> None:
+def _ended(proc: subprocess.Popen, seconds: float) -> bool:
     try:
-        os.killpg(proc.pid, sig) if group else proc.send_signal(sig)  # start_new_session: group id = pid
+        proc.wait(timeout=max(0.0, seconds))
+        return True
+    except subprocess.TimeoutExpired:
+        return False
+
+
+def _killpg(proc: subprocess.Popen, sig: int) -> None:
+    try:
+        os.killpg(proc.pid, sig)  # start_new_session: the group's id is the child's pid
     except (ProcessLookupError, PermissionError):
         pass
 
 
 def run_step(ctx: Context, label: str, cmd: list[str], budget_s: float, log: str,
              env: dict[str, str] | None = None, interrupt_before_s: float = 0.0) -> Step:
-    """Run ``cmd`` in the repository root (output -> ``log``) for at most ``budget_s`` seconds, with a
-    heartbeat line every :data:`HEARTBEAT_S`. ``interrupt_before_s`` > 0: SIGINT that long before the
-    budget ends (pytest then writes its report). Then SIGTERM, SIGKILL to the whole process group."""
+    """Run ``cmd`` in the repository root (output -> ``log``) in a session of its own for at most ``budget_s``
+    seconds. ``interrupt_before_s`` > 0: SIGINT that long before the budget ends (pytest then writes its
+    report). At the budget SIGTERM, then SIGKILL, to the whole process group (compile workers, ncu's target)."""
     phase = label.split("/")[0]
-    ctx.say(phase, f"{label}: start (budget {budget_s:.0f} s): {' '.join(_short(c) for c in cmd)}")
+    ctx.say(phase, f"{label}: start (budget {budget_s:.0f} s): {' '.join(map(_short, cmd))}")
     t0, cut = time.monotonic(), ""
-    with open(log, "w") as out:
-        try:
+    try:
+        with open(log, "w") as out:
             proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT, env=env or ctx.child_env(),
                                     start_new_session=True)
-        except OSError as exc:
-            ctx.say(phase, f"{label}: could not start: {exc}")
-            return Step(label, "error", 0.0, budget_s, None, f"could not start: {exc}", log)
-        stops = [(signal.SIGINT, interrupt_before_s)] if interrupt_before_s else []
-        stops += [(signal.SIGTERM, 3.0), (signal.SIGKILL, 60.0)]
-        deadline = t0 + budget_s - interrupt_before_s
-        while True:
-            try:
-                proc.wait(timeout=max(0.0, min(HEARTBEAT_S, deadline - time.monotonic())))
-                break
-            except subprocess.TimeoutExpired:
-                if time.monotonic() < deadline:
-                    ctx.say(phase, f"{label}: running {time.monotonic() - t0:.0f}/{budget_s:.0f} s | "
-                                   f"{_last_line(log)}")
-                    continue
-            if not stops:
-                break
-            sig, deadline = stops[0][0], time.monotonic() + stops.pop(0)[1]
-            cut = f"cut at its {budget_s:.0f} s budget" + (" (SIGINT first)" if interrupt_before_s else "")
-            if sig == signal.SIGINT:
-                ctx.say(phase, f"{label}: budget nearly spent: SIGINT")
-            _signal(proc, sig, group=sig != signal.SIGINT)
-    _signal(proc, signal.SIGKILL)  # what is left of the group (compile workers, a profiled child)
+    except OSError as exc:
+        ctx.say(phase, f"{label}: could not start: {exc}")
+        return Step(label, "error", 0.0, budget_s, None, f"could not start: {exc}", log)
+    if not _ended(proc, budget_s - interrupt_before_s):
+        cut = f"cut at its {budget_s:.0f} s budget" + (" (SIGINT first)" if interrupt_before_s else "")
+        if interrupt_before_s:
+            ctx.say(phase, f"{label}: budget nearly spent: SIGINT")
+            proc.send_signal(signal.SIGINT)
+        if not (interrupt_before_s and _ended(proc, interrupt_before_s)):
+            for sig, wait_s in ((signal.SIGTERM, 3.0), (signal.SIGKILL, 60.0)):
+                _killpg(proc, sig)
+                if _ended(proc, wait_s):
+                    break
+    _killpg(proc, signal.SIGKILL)  # what is left of the group
     elapsed, rc = time.monotonic() - t0, proc.returncode
     status, note = ("timeout", cut) if cut else ("ok", "") if rc == 0 else ("failed", f"exit status {rc}")
     ctx.say(phase, f"{label}: {status} in {elapsed:.1f} s" + (f" ({note})" if note else ""))
-    step = Step(label, status, round(elapsed, 1), round(budget_s), rc, note, log)
-    with ctx.lock:
-        ctx.ran.append(step)
-    return step
-
-
-def _phase_budget(ctx: Context, phase: str, later_min: float) -> float:
-    return max(0.0, min(ctx.budgets[phase], ctx.remaining() - later_min))
+    ctx.ran.append(Step(label, status, round(elapsed, 1), round(budget_s), rc, note, log))
+    return ctx.ran[-1]
 
 
 # ----------------------------------------------------------------------------------------- env
 def collect_env(path: str, dry: bool) -> int:
-    """The env phase's subprocess: write the environment record (bench/measure.py's, plus packages,
-    tools and a digest of the source tree) to ``path``."""
-    from importlib import metadata
-
+    """The env phase's subprocess: bench/measure.py's machine card plus packages, tools and a digest of the
+    source tree -> ``path``."""
     import torch
 
     from bench import measure
 
     cuda = torch.cuda.is_available()
-    env = measure.environment(torch.device("cuda" if cuda else "cpu"))
-    env.update(cuda_available=cuda, dry=dry, cpu_count=os.cpu_count(), packages={}, tools={}, tree_sha256=tree_digest())
-    for mod, dist in (("pytest", "pytest"), ("xdist", "pytest-xdist"), ("hypothesis", "hypothesis"), ("timm", "timm"),
-                      ("onnx", "onnx"), ("onnxruntime", "onnxruntime"), ("matplotlib", "matplotlib"),
-                      ("numpy", "numpy"), ("ultralytics", "ultralytics")):
-        try:
-            env["packages"][mod] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            env["packages"][mod] = None
+    env = measure.machine_card(torch.device("cuda" if cuda else "cpu"))
+    env.update(cuda_available=cuda, dry=dry, packages=measure.package_versions(PACKAGES), tools={},
+               tree_sha256=tree_digest())
     for tool, flag in (("compute-sanitizer", "--version"), ("ncu", "--version"), ("nvidia-smi", "-L")):
         exe = env["tools"][tool] = find_tool(tool)
         try:
@@ -329,8 +317,6 @@ def collect_env(path: str, dry: bool) -> int:
 def tree_digest() -> str:
     """sha256 of the paths and contents of the .py and .sh files of cbam_triton/, reference/, bench/,
     tests/ and scripts/: names the code of a run even where the checkout has no .git."""
-    import hashlib
-
     h = hashlib.sha256()
     for top in ("cbam_triton", "reference", "bench", "tests", "scripts"):
         for folder, dirs, files in sorted(os.walk(os.path.join(ROOT, top))):
@@ -345,7 +331,7 @@ def phase_env(ctx: Context) -> None:
     """:func:`collect_env` in a subprocess -> env.json and ``ctx.env``."""
     path = os.path.join(ctx.out_dir, "env.json")
     step = run_step(ctx, "env", [ctx.python, "-m", "bench.gpu_check", "_env", path] + (["--dry"] if ctx.dry else []),
-                    _phase_budget(ctx, "env", 0), os.path.join(ctx.work_dir, "env.log"))
+                    ctx.phase_budget("env"), os.path.join(ctx.work_dir, "env.log"))
     ctx.results["env"] = asdict(step)
     if step.status != "ok" or not os.path.exists(path):
         return ctx.fail(f"env: {step.status} ({step.note}): {_tail(step.log, 600)}")
@@ -382,16 +368,14 @@ def classify_sanitizer(output: str, rc: int | None, timed_out: bool) -> tuple[st
 
 def phase_sanitizer(ctx: Context, budget: float) -> None:
     """The driver plainly, then under each compute-sanitizer tool -> sanitizer.txt."""
-    deadline = time.monotonic() + budget
-    driver = [ctx.python, *DRIVER] + (["--tiny"] if ctx.dry else [])
+    deadline, driver = time.monotonic() + budget, [ctx.python, *DRIVER] + (["--tiny"] if ctx.dry else [])
     exe = None if ctx.dry else find_tool("compute-sanitizer")
-    runs = [("driver (plain run)", "driver", driver)] + [
-        (tool, tool, [exe, "--tool", tool, "--error-exitcode", "97", "--print-limit", "30", "--launch-timeout", "120",
-                      *driver]) for tool in (SANITIZER_TOOLS if exe else ())]
     ctx.results["sanitizer"] = record = {"runs": [], "status": "not run"}
-    report = [f"sanitizer phase — {'--dry: CPU, Triton interpreter' if ctx.dry else 'CUDA'}", ""]
-    for tool, key, cmd in runs:
-        left = deadline - time.monotonic()
+    text = [f"sanitizer phase — {'--dry: CPU, Triton interpreter' if ctx.dry else 'CUDA'}", ""]
+    for key in ("driver", *(SANITIZER_TOOLS if exe else ())):
+        tool, left = "driver (plain run)" if key == "driver" else key, deadline - time.monotonic()
+        cmd = driver if key == "driver" else [exe, "--tool", key, "--error-exitcode", "97", "--print-limit", "30",
+                                              "--launch-timeout", "120", *driver]
         if left < 5:
             ctx.skip(f"sanitizer/{key}", f"{max(0, left):.0f} s of the phase budget left")
             record["runs"].append({"tool": tool, "status": "skipped", "result": "skipped"})
@@ -399,7 +383,7 @@ def phase_sanitizer(ctx: Context, budget: float) -> None:
         step = run_step(ctx, f"sanitizer/{key}", cmd, min(ctx.budgets[f"sanitizer.{key}"], left),
                         os.path.join(ctx.work_dir, f"{key}.log"), env=ctx.child_env(PYTORCH_NO_CUDA_MEMORY_CACHING="1"))
         output = _tail(step.log, 4 << 20)
-        if cmd is driver:
+        if key == "driver":
             result, errors, why = {"ok": "ok", "timeout": "timeout"}.get(step.status, "driver-failed"), None, step.note
         else:
             result, errors, why = classify_sanitizer(output, step.rc, step.status == "timeout")
@@ -409,23 +393,22 @@ def phase_sanitizer(ctx: Context, budget: float) -> None:
             ctx.fail(f"sanitizer {key}: {result}" + (f" ({errors} errors)" if errors else "") + f": {why}")
         elif result in ("unavailable", "timeout"):
             ctx.skip(f"sanitizer/{key}", why if result == "unavailable" else f"cut at its {step.budget_s} s budget")
-        report += [f"== {tool}: {result} (errors: {errors}) in {step.elapsed_s} s; {why}",
-                   f"command: {' '.join(_short(c) for c in cmd)}", output[-(1 << 20):], ""]
-    if ctx.dry or exe is None:
+        text += [f"== {tool}: {result} (errors: {errors}) in {step.elapsed_s} s; {why}",
+                   f"command: {' '.join(map(_short, cmd))}", output[-(1 << 20):], ""]
+    results = [r["result"] for r in record["runs"]]
+    if exe is None:
         msg = ("--dry: compute-sanitizer skipped (no CUDA device); the driver ran in Triton's interpreter" if ctx.dry
                else "compute-sanitizer not found (PATH, /usr/local/cuda*/bin): the memory and race checks did not run")
         ctx.skip("sanitizer/compute-sanitizer", msg)
-        report.append(msg)
-    results = [r["result"] for r in record["runs"]]
-    if {"errors", "driver-failed"} & set(results):
-        record["status"] = "FAILED"
-    elif ctx.dry or exe is None:
+        text.append(msg)
         record["status"] = ("skipped (--dry)" if results == ["ok"] else f"driver {results[0]}") if ctx.dry \
             else "compute-sanitizer not found"
     else:
         record["status"] = "clean" if set(results) == {"ok", "clean"} else "incomplete: " + ", ".join(
             f"{r['tool']} {r['result']}" for r in record["runs"][1:])
-    _write_text(os.path.join(ctx.out_dir, "sanitizer.txt"), "\n".join(report))
+    if {"errors", "driver-failed"} & set(results):
+        record["status"] = "FAILED"
+    _write_text(os.path.join(ctx.out_dir, "sanitizer.txt"), "\n".join(text))
 
 
 # --------------------------------------------------------------------------------------- tests
@@ -466,10 +449,10 @@ def phase_tests(ctx: Context, budget: float) -> None:
     """pytest on the device, read from its JUnit XML -> tests.txt."""
     files, excluded = test_files(ctx.dry)
     device, xml = ("cpu" if ctx.dry else "cuda"), os.path.join(ctx.work_dir, "tests.xml")
-    cmd = [ctx.python, "-m", "pytest", "-rfE", "-p", "no:cacheprovider", "--color=no", f"--junitxml={xml}"]
-    xdist = not ctx.dry and ctx.env.get("packages", {}).get("xdist")
+    xdist = not ctx.dry and ctx.env.get("packages", {}).get("pytest-xdist")
     workers = max(2, min(8, (os.cpu_count() or 4) // 2)) if xdist else 0
-    cmd += (["-n", str(workers), "--dist", "load"] if workers else []) + files
+    cmd = [ctx.python, "-m", "pytest", "-rfE", "-p", "no:cacheprovider", "--color=no", f"--junitxml={xml}",
+           *(["-n", str(workers), "--dist", "load"] if workers else []), *files]
     step = run_step(ctx, "tests", cmd, budget, os.path.join(ctx.work_dir, "tests.log"),
                     env=ctx.child_env(CBAM_TEST_DEVICE=device), interrupt_before_s=min(TESTS_GRACE_S, budget / 4))
     output, parsed = _tail(step.log, 2 << 20), parse_junit(xml)
@@ -534,8 +517,8 @@ def _bench_call(ctx: Context, label: str, args: tuple[str, ...], budget: float, 
         with open(os.path.join(out, "results.json")) as f:
             doc = json.load(f)
         if "--models" in args:
-            ctx.results["models"] = {"args": list(args), "env": doc.get("env"), "config": doc.get("config"),
-                                     "results": doc.get("results", []), "model_goals": doc.get("model_goals")}
+            ctx.results["models"] = dict({k: doc.get(k) for k in ("env", "config", "model_goals")}, args=list(args),
+                                         results=doc.get("results", []))
         else:
             docs.append((label.split("/", 1)[1], doc))
     elif step.status in ("failed", "error"):
@@ -545,33 +528,39 @@ def _bench_call(ctx: Context, label: str, args: tuple[str, ...], budget: float, 
     return step
 
 
+def _why_not(ctx: Context, spec: BenchStep, entry: dict[str, Any], cap: float) -> tuple[str | None, dict | None]:
+    """Why a selected step does not run (None: it runs), and its environment (the ncu step: the probed ncu first
+    on PATH, as bench/ncu.py looks there first)."""
+    if (spec.dry_args if ctx.dry else spec.args) is None:
+        return ("--dry: Nsight Compute needs a CUDA device" if spec.name == "ncu" else "--dry: GPU only"), None
+    if cap < (spec.dry_min_s if ctx.dry else spec.min_s):
+        return f"{cap:.0f} s left of the bench budget, needs {spec.dry_min_s if ctx.dry else spec.min_s:.0f}", None
+    if spec.name != "ncu":
+        return None, None
+    exe = find_tool("ncu")
+    env = ctx.child_env(PATH=os.path.dirname(exe) + os.pathsep + os.environ.get("PATH", "")) if exe else None
+    ok, entry["probe"] = ncu_probe(ctx, min(40.0, cap))
+    ctx.say("bench", f"ncu: {entry['probe']}")
+    return (None if ok else entry["probe"]), env
+
+
 def phase_bench(ctx: Context, budget: float) -> None:
     """The selected :data:`STEPS` in order while the budget lasts -> one merged result document."""
     deadline, docs = time.monotonic() + budget, []
     ctx.results["bench"] = record = {"steps": []}
     for spec in STEPS:
-        args, label = (spec.dry_args if ctx.dry else spec.args), f"bench/{spec.name}"
-        cap, min_s = min(ctx.budgets[f"bench.{spec.name}"], deadline - time.monotonic()), spec.min_s
+        label, cap = f"bench/{spec.name}", min(ctx.budgets[f"bench.{spec.name}"], deadline - time.monotonic())
         entry: dict[str, Any] = {"name": spec.name, "what": spec.what, "budget_s": round(cap), "calls": []}
         record["steps"].append(entry)
-        min_s, env, why = (spec.dry_min_s if ctx.dry else spec.min_s), None, None
         if spec.name not in ctx.steps:
             entry["status"] = "not selected"
             continue
-        if args is None:
-            why = "--dry: Nsight Compute needs a CUDA device" if spec.name == "ncu" else "--dry: GPU only"
-        elif cap < min_s:
-            why = f"{cap:.0f} s left of the bench budget, needs {min_s:.0f}"
-        elif spec.name == "ncu":
-            exe = find_tool("ncu")  # bench/ncu.py looks on PATH first: the probed ncu is the one it uses
-            env = ctx.child_env(PATH=os.path.dirname(exe) + os.pathsep + os.environ.get("PATH", "")) if exe else None
-            ok, entry["probe"] = ncu_probe(ctx, min(40.0, cap))
-            ctx.say("bench", f"ncu: {entry['probe']}")
-            why = None if ok else entry["probe"]
+        why, env = _why_not(ctx, spec, entry, cap)
         if why:
             entry.update(status="skipped", note=why)
             ctx.skip(label, why)
             continue
+        args, min_s = (spec.dry_args, spec.dry_min_s) if ctx.dry else (spec.args, spec.min_s)
         if spec.name == "models" and os.environ.get("CBAM_GPU_CHECK_MODELS_ARGS"):
             args = tuple(shlex.split(os.environ["CBAM_GPU_CHECK_MODELS_ARGS"]))
         calls, t0, longest, entry["status"] = ((),) if ctx.dry else spec.calls, time.monotonic(), 0.0, "ok"
@@ -590,8 +579,7 @@ def phase_bench(ctx: Context, budget: float) -> None:
     doc = ctx.results["bench_doc"] = merge_documents(docs, ctx.env)
     record["documents"] = [name for name, _ in docs]
     record["flagged"] = [f"{r.get('id')} {r.get('provider')}: {r.get('status')} {r.get('note', '')}".strip()
-                         for r in doc["results"] + ctx.results.get("models", {}).get("results", [])
-                         if is_flagged(r)]
+                         for r in doc["results"] + ctx.results.get("models", {}).get("results", []) if is_flagged(r)]
     for f in record["flagged"]:
         ctx.fail(f"bench row {f}")
 
@@ -600,8 +588,6 @@ def merge_documents(docs: list[tuple[str, dict]], env: dict[str, Any]) -> dict[s
     """One result document from the steps' documents: the first row of a (case, provider) wins and
     takes the fields it lacks from later ones (e.g. ``ncu_dram_x``); ``speedup_vs_eager`` is recomputed
     against the case's eager row, whichever step timed it; the targets are judged on the whole."""
-    from bench import report, targets
-
     rows: list[dict[str, Any]] = []
     index: dict[tuple[str, str], dict[str, Any]] = {}
     for step, doc in docs:
@@ -629,16 +615,8 @@ def merge_documents(docs: list[tuple[str, dict]], env: dict[str, Any]) -> dict[s
 
 
 # -------------------------------------------------------------------------------------- report
-def _md_table(head: list[str], body: list[list[Any]]) -> list[str]:
-    return ["| " + " | ".join(str(c).replace("|", "\\|").replace("\n", " ") for c in row) + " |"
-            for row in [head, ["---"] * len(head), *body]]
-
-
 def write_outputs(ctx: Context, exit_status: int) -> None:
     """results.json, the plots and summary.md; a placeholder for a phase's file it did not write."""
-    from bench import report
-    from bench.plots import write_plots
-
     record = {"dry": ctx.dry, "exit_status": exit_status, "elapsed_s": round(ctx.elapsed(), 1), "budgets": ctx.budgets,
               "phases": {k: v for k, v in ctx.results.items() if k not in ("bench_doc", "models")},
               "skipped": ctx.skipped, "failures": ctx.failures, "files": list(FILES)}
@@ -656,6 +634,8 @@ def write_outputs(ctx: Context, exit_status: int) -> None:
         if not os.path.exists(os.path.join(ctx.out_dir, name)):
             _write_text(os.path.join(ctx.out_dir, name), json.dumps({"error": why}) if name.endswith("json") else why)
     env, tests = ctx.env or doc["env"], ctx.results.get("tests")
+    phases = [[s.name, s.status, s.elapsed_s, s.budget_s, s.note] for s in ctx.ran] + \
+        [[ph, "not selected", "", "", ""] for ph in PHASES if ph not in ctx.phases]
     lines = [f"# GPU acceptance run — {env.get('device_name', '?')} ({env.get('date', '?')})", "",
              *(["**--dry run on a CPU**: Triton's interpreter, tiny shapes, no compute-sanitizer; it checks that the "
                 "script works, not the GPU.", ""] if ctx.dry else []),
@@ -663,9 +643,8 @@ def write_outputs(ctx: Context, exit_status: int) -> None:
              + verdict_line(doc, record), "", *(["## Failures", "", *[f"* {f}" for f in ctx.failures], ""]
                                                  if ctx.failures else []),
              "## Skipped or cut", "", *([f"* {s}" for s in ctx.skipped] or ["* nothing"]), "", "## Phases", "",
-             *_md_table(["phase / step", "status", "seconds", "budget s", "note"],
-                        [[s.name, s.status, s.elapsed_s, s.budget_s, s.note] for s in ctx.ran]
-                        + [[ph, "not selected", "", "", ""] for ph in PHASES if ph not in ctx.phases]), "",
+             *["| " + " | ".join(str(c).replace("|", "\\|").replace("\n", " ") for c in row) + " |"
+               for row in [["phase / step", "status", "seconds", "budget s", "note"], ["---"] * 5, *phases]], "",
              "## Environment", "", "; ".join(f"{k}: {env.get(k)}" for k in (
                  "device_name", "capability", "sm_count", "l2_bytes", "total_memory", "driver", "cuda", "python",
                  "torch", "triton", "git_sha", "tree_sha256", "platform", "cpu_count") if k in env) + " (env.json)", ""]
@@ -715,40 +694,40 @@ def _default_out(dry: bool) -> str:
     return os.path.join(ROOT, "bench", "results", f"{_dt.datetime.now(_dt.timezone.utc):%Y-%m-%d}-{gpu}")
 
 
+def _guarded(ctx: Context, name: str, fn: Any, *args: Any) -> None:
+    try:
+        fn(ctx, *args)
+    except Exception as exc:  # noqa: BLE001 - a broken phase is reported, the others still run
+        ctx.fail(f"{name}: internal error {type(exc).__name__}: {exc}")
+        ctx.say(name, traceback.format_exc())
+
+
 def run(ctx: Context) -> int:
     """All phases; returns the exit status (the files are always written)."""
     b, bench_min = ctx.budgets, (BENCH_MIN_S[1 if ctx.dry else 0] if "bench" in ctx.phases else 0)
     ctx.say("gpu_check", f"{'--dry (CPU, interpreter) ' if ctx.dry else ''}output {ctx.out_dir}; total budget "
                          f"{b['total']:.0f} s; phases {', '.join(ctx.phases)}; work folder {ctx.work_dir}")
-
-    def guarded(name: str, fn: Any, *args: Any) -> None:
-        try:
-            fn(ctx, *args)
-        except Exception as exc:  # noqa: BLE001 - a broken phase is reported, the others still run
-            ctx.fail(f"{name}: internal error {type(exc).__name__}: {exc}")
-            ctx.say(name, traceback.format_exc())
-
-    guarded("env", phase_env)
+    _guarded(ctx, "env", phase_env)
     if not ctx.dry and ctx.env and not ctx.env.get("cuda_available"):
         ctx.fail("no CUDA device (torch.cuda.is_available() is False): on a CPU run `bash scripts/gpu_check.sh --dry`")
         ctx.say("gpu_check", ctx.failures[-1])
         write_outputs(ctx, 2)
         return 2
     threads = []
-    for ph, fn in (("sanitizer", phase_sanitizer), ("tests", phase_tests)):  # side by side
-        budget = _phase_budget(ctx, ph, bench_min)
+    for ph, fn in (("sanitizer", phase_sanitizer), ("tests", phase_tests)):  # side by side, then the bench
+        budget = ctx.phase_budget(ph, bench_min)
         if ph in ctx.phases and budget < min(10.0, b[ph]):
             ctx.skip(ph, f"{budget:.0f} s left of the total budget")
         elif ph in ctx.phases:
-            threads.append(threading.Thread(target=guarded, args=(ph, fn, budget), daemon=True))
+            threads.append(threading.Thread(target=_guarded, args=(ctx, ph, fn, budget), daemon=True))
             threads[-1].start()
     for t in threads:
         t.join()
-    budget = max(0.0, min(b.get("bench", float("inf")), ctx.remaining()))
+    budget = ctx.phase_budget("bench")
     if "bench" in ctx.phases and budget < min(10.0, b.get("bench", 10.0)):
         ctx.skip("bench", f"{budget:.0f} s left of the total budget")
     elif "bench" in ctx.phases:
-        guarded("bench", phase_bench, budget)
+        _guarded(ctx, "bench", phase_bench, budget)
     status = 1 if ctx.failures else 0
     try:
         write_outputs(ctx, status)
@@ -784,20 +763,19 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["_env"]:
         return collect_env(argv[1], "--dry" in argv[2:])
+    names = [s.name for s in STEPS]
     p = argparse.ArgumentParser(prog="bash scripts/gpu_check.sh", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     p.add_argument("out_dir", nargs="?", help="output folder (default bench/results/<date>-<gpu>/)")
     p.add_argument("--dry", action="store_true", help="CPU rehearsal: interpreter, tiny shapes, no sanitizer")
     p.add_argument("--phases", default="sanitizer,tests,bench",
                    help="comma-separated subset of sanitizer,tests,bench (env and report always run)")
-    p.add_argument("--steps", default=",".join(s.name for s in STEPS),
-                   help="comma-separated bench steps: " + ",".join(s.name for s in STEPS))
+    p.add_argument("--steps", default=",".join(names), help="comma-separated bench steps: " + ",".join(names))
     args = p.parse_args(argv)
     phases, steps = ([x.strip() for x in a.split(",") if x.strip()] for a in (args.phases, args.steps))
-    bad = [x for x in phases if x not in PHASES] + [x for x in steps if x not in {s.name for s in STEPS}]
+    bad = [x for x in phases if x not in PHASES] + [x for x in steps if x not in names]
     if bad:
-        p.error(f"unknown phase or step {bad}; phases: {', '.join(PHASES[1:4])}; steps: "
-                + ", ".join(s.name for s in STEPS))
+        p.error(f"unknown phase or step {bad}; phases: {', '.join(PHASES[1:4])}; steps: {', '.join(names)}")
     try:
         b = budgets(args.dry)
     except ValueError as exc:

@@ -30,89 +30,71 @@ DTYPES = {"fp16": torch.float16, "fp32": torch.float32}
 LAYOUTS = ("nchw", "channels_last")
 
 
-def _input(shape: tuple[int, ...], dtype: torch.dtype, layout: str, device: torch.device, seed: int = 1
-           ) -> torch.Tensor:
-    g = torch.Generator(device="cpu").manual_seed(seed)
-    x = torch.randn(shape, generator=g).to(device=device, dtype=dtype)
+def _input(shape: tuple[int, ...], dname: str, layout: str, device: torch.device, seed: int = 1) -> torch.Tensor:
+    x = torch.randn(shape, generator=torch.Generator(device="cpu").manual_seed(seed)).to(device, DTYPES[dname])
     return x.to(memory_format=torch.channels_last) if layout == "channels_last" else x
 
 
-def _reference(channels: int, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
+def _reference(channels: int, device: torch.device, dname: str) -> torch.nn.Module:
     from bench.runner import make_reference
     from bench.suite import Case
 
-    case = Case("driver", 1, channels, 1, 1, 4, {v: k for k, v in DTYPES.items()}[dtype], "nchw")
-    return make_reference(case, device)
+    return make_reference(Case("driver", 1, channels, 1, 1, 4, dname, "nchw"), device)
 
 
-def _launched(fn: Callable[[], Any]) -> tuple[Any, int]:
-    """``fn()`` and the number of Triton launches it made."""
+def _compare(ours: Callable[[], Any], ref: Callable[[], Any], dname: str, train: bool = False) -> str:
+    """``ref()``, then ``ours()`` counting its Triton launches; raises unless ours matches (bench/runner.py's
+    tolerances; ``train``: gradients too, scaled) and kernels ran."""
     import cbam_triton
-
-    with cbam_triton.record_launches() as launches:
-        out = fn()
-    if out is not None and isinstance(out, torch.Tensor) and out.is_cuda:
-        torch.cuda.synchronize()
-    return out, len(launches)
-
-
-def _compare(got: Any, expected: Any, dtype: str, launches: int, scaled: bool = False) -> str:
     from bench.runner import check_output
 
-    ok, err = check_output(got, expected, dtype, scaled)
+    with torch.set_grad_enabled(train):
+        expected = ref()
+        with cbam_triton.record_launches() as launches:
+            got = ours()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    ok, err = check_output(got, expected, dname, train)
     if not ok:
         raise AssertionError(f"differs from the reference (max abs err {err:.3g})")
-    if launches == 0:
+    if not launches:
         raise AssertionError("no Triton launch: the PyTorch fallback ran instead of the kernels")
-    return f"max err {err:.1e}, {launches} launches"
+    return f"max err {err:.1e}, {len(launches)} launches"
 
 
 def check_fused(device: torch.device, shape: tuple[int, ...], schedule: str, dname: str, layout: str) -> str:
     """The fused inference forward; ``"l2"`` with a one-sample L2 budget (one chunk per sample)."""
     import cbam_triton
 
-    dtype = DTYPES[dname]
-    ref = _reference(shape[1], device, dtype)
-    x = _input(shape, dtype, layout, device)
+    ref, x = _reference(shape[1], device, dname), _input(shape, dname, layout, device)
     budget = x[0].numel() * x.element_size() if schedule == "l2" else None
     ours = cbam_triton.CBAM.from_reference(ref, backend="triton", schedule=schedule, l2_budget_bytes=budget)
-    with torch.no_grad():
-        expected = ref(x)
-        got, launches = _launched(lambda: ours(x))
-    return _compare(got, expected, dname, launches)
+    return _compare(lambda: ours(x), lambda: ref(x), dname)
 
 
 def check_lone_gate(device: torch.device, shape: tuple[int, ...], gate: str) -> str:
     """``channel_gate`` or ``spatial_gate`` alone (fp16, channels_last)."""
     import cbam_triton
 
-    ref = _reference(shape[1], device, torch.float16)
-    x = _input(shape, torch.float16, "channels_last", device)
+    ref, x = _reference(shape[1], device, "fp16"), _input(shape, "fp16", "channels_last", device)
     ours = getattr(cbam_triton.CBAM.from_reference(ref, backend="triton"), gate)
-    with torch.no_grad():
-        expected = getattr(ref, gate)(x)
-        got, launches = _launched(lambda: ours(x))
-    return _compare(got, expected, "fp16", launches)
+    return _compare(lambda: ours(x), lambda: getattr(ref, gate)(x), "fp16")
 
 
 def check_train(device: torch.device, shape: tuple[int, ...]) -> str:
     """One training step: output and the gradients of x and every parameter (fp32, channels_last)."""
     import cbam_triton
 
-    ref = _reference(shape[1], device, torch.float32).train()
+    ref = _reference(shape[1], device, "fp32").train()
     ours = cbam_triton.CBAM.from_reference(ref, backend="triton").train()
-    x = _input(shape, torch.float32, "channels_last", device)
-    g = _input(shape, torch.float32, "channels_last", device, seed=2)
+    x, g = (_input(shape, "fp32", "channels_last", device, seed) for seed in (1, 2))
 
     def step(module: torch.nn.Module) -> tuple[torch.Tensor, ...]:
         leaf = x.detach().requires_grad_(True)
-        params = [p for p in module.parameters() if p.requires_grad]
         y = module(leaf)
-        return (y, *torch.autograd.grad(y, [leaf, *params], g))
+        return (y, *torch.autograd.grad(y, [leaf, *(p for p in module.parameters() if p.requires_grad)], g))
 
-    expected = step(ref)
-    got, launches = _launched(lambda: step(ours))
-    return _compare(tuple(got), tuple(expected), "fp32", launches, scaled=True)
+    return _compare(lambda: step(ours), lambda: step(ref), "fp32", train=True)
 
 
 def check_timm(device: torch.device, shape: tuple[int, ...]) -> str:
@@ -126,45 +108,34 @@ def check_timm(device: torch.device, shape: tuple[int, ...]) -> str:
     torch.manual_seed(3)
     src = CbamModule(shape[1], rd_ratio=1 / 4).to(device=device, dtype=torch.float16).eval()
     fused = cbam_triton.convert(src, inplace=False, backend="triton").eval()
-    x = _input(shape, torch.float16, "channels_last", device)
-    with torch.no_grad():
-        expected = src(x)
-        got, launches = _launched(lambda: fused(x))
-    return _compare(got, expected, "fp16", launches)
+    x = _input(shape, "fp16", "channels_last", device)
+    return _compare(lambda: fused(x), lambda: src(x), "fp16")
 
 
 def checks(device: torch.device, tiny: bool) -> list[tuple[str, Callable[[], str]]]:
     """(name, check) pairs; a check returns a short note (``SKIPPED: ...`` when it cannot run) or raises."""
     shapes = SHAPES_TINY if tiny else SHAPES_GPU
-    out: list[tuple[str, Callable[[], str]]] = []
-    for shape in shapes:
-        for schedule in ("l2", "stream"):
-            for dname in DTYPES:
-                for layout in LAYOUTS:
-                    out.append((f"fused {schedule} {dname} {layout} {shape}",
-                                partial(check_fused, device, shape, schedule, dname, layout)))
-    shape = shapes[0]
-    for gate in ("channel_gate", "spatial_gate"):
-        out.append((f"lone {gate} fp16 channels_last {shape}", partial(check_lone_gate, device, shape, gate)))
-    out.append((f"training step fp32 channels_last {shape} (output, dx and every parameter's gradient)",
-                partial(check_train, device, shape)))
-    out.append((f"converted timm CbamModule fp16 channels_last {shape}", partial(check_timm, device, shape)))
-    return out
+    out = [(f"fused {sched} {dname} {layout} {shape}", partial(check_fused, device, shape, sched, dname, layout))
+           for shape in shapes for sched in ("l2", "stream") for dname in DTYPES for layout in LAYOUTS]
+    out += [(f"lone {gate} fp16 channels_last {shapes[0]}", partial(check_lone_gate, device, shapes[0], gate))
+            for gate in ("channel_gate", "spatial_gate")]
+    return out + [
+        (f"training step fp32 channels_last {shapes[0]} (output, dx and every parameter's gradient)",
+         partial(check_train, device, shapes[0])),
+        (f"converted timm CbamModule fp16 channels_last {shapes[0]}", partial(check_timm, device, shapes[0]))]
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run every check; exit status 1 if one fails, 2 without a device to run on."""
     p = argparse.ArgumentParser(prog="python -m bench.gpu_check_driver", description=__doc__.split("\n\n")[0])
     p.add_argument("--tiny", action="store_true", help="tiny shapes (the CPU interpreter: gpu_check --dry)")
     args = p.parse_args(argv)
     cuda = torch.cuda.is_available()
     if not cuda and os.environ.get("TRITON_INTERPRET") != "1":
-        print("gpu_check_driver: no CUDA device; on a CPU run it with TRITON_INTERPRET=1 (and --tiny)",
-              file=sys.stderr)
+        print("gpu_check_driver: no CUDA device; on a CPU run it with TRITON_INTERPRET=1 (and --tiny)", file=sys.stderr)
         return 2
-    device = torch.device("cuda" if cuda else "cpu")
+    device, failed, start = torch.device("cuda" if cuda else "cpu"), 0, time.perf_counter()
     todo = checks(device, args.tiny or not cuda)
-    failed = 0
-    start = time.perf_counter()
     for name, check in todo:
         t0 = time.perf_counter()
         try:
