@@ -1,18 +1,15 @@
 """GPU acceptance run: one command that measures what a CUDA machine can tell about the library.
 
-    bash scripts/gpu_check.sh [OUT_DIR]          # a CUDA machine; default bench/results/<date>-<gpu>/
-    bash scripts/gpu_check.sh --dry [OUT_DIR]    # the same phases on a CPU (interpreter, tiny shapes)
-    python -m bench.gpu_check [--dry] [--phases sanitizer,tests,bench] [--steps triton,ncu] [OUT_DIR]
+    bash scripts/gpu_check.sh [--dry] [--phases sanitizer,tests,bench] [--steps triton,ncu,...] [OUT_DIR]
 
-Phases, each a subprocess stopped at its time budget: ``env`` -> env.json; ``sanitizer`` (the driver
-``bench/gpu_check_driver.py`` plainly, then under ``compute-sanitizer`` memcheck, racecheck and
-synccheck; ``--dry``: the driver in the interpreter only) -> sanitizer.txt; ``tests`` (pytest with
-``CBAM_TEST_DEVICE=cuda``, results from its JUnit XML; SIGINT shortly before the budget ends) ->
+Phases, each a subprocess cut at its time budget: ``env`` -> env.json; ``sanitizer`` (the driver
+``bench/gpu_check_driver.py`` plainly, then under ``compute-sanitizer`` memcheck, racecheck and synccheck)
+-> sanitizer.txt; ``tests`` (pytest, read from its JUnit XML; SIGINT shortly before the budget ends) ->
 tests.txt; ``bench`` (the ``python -m bench`` calls of :data:`STEPS` in priority order, merged) ->
-results.json and its three plots; ``report`` -> summary.md, which ends with the benchmark's own
-results.md. Sanitizer and tests run side by side; the bench phase gets what the total budget leaves.
-Budgets: ``CBAM_GPU_CHECK_BUDGET_<NAME>`` seconds (:func:`budgets`). Exactly the eight :data:`FILES`
-are written, none over 16 MB. Exit status: 0 clean; 1 a sanitizer error, a failed check or test, a
+results.json and three plots; ``report`` -> summary.md, ending with the benchmark's own results.md.
+Sanitizer and tests run side by side; the bench gets what the total leaves. ``--dry``: the same on a CPU
+(interpreter, tiny shapes, no sanitizer). Budgets: ``CBAM_GPU_CHECK_BUDGET_<NAME>`` seconds. Exactly the
+eight :data:`FILES`, none over 16 MB. Exit status: 0 clean; 1 a sanitizer error, a failed check or test, a
 mismatching or failing benchmark row or a crashed step (a step cut at its budget is reported, not
 failed); 2 bad usage or no CUDA device without ``--dry``.
 """
@@ -22,7 +19,6 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import glob
-import hashlib
 import json
 import os
 import re
@@ -41,7 +37,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 from xml.etree import ElementTree
 
-from bench import report, targets
+from bench import measure, report
+from bench.ncu import METRICS, parse_csv
 from bench.plots import write_plots
 from bench.status import is_flagged
 
@@ -69,7 +66,8 @@ GPU_TESTS_EXCLUDED = {"tests/test_aot_compile.py": "the ahead-of-time compile ga
                       "tests/test_gpu_check.py": "this script's own tests"}
 DRY_TESTS = ("tests/test_errors.py", "tests/test_schedule.py", "tests/test_fused_forward.py::test_lone_gates_fuse_too")
 DRIVER = ("-m", "bench.gpu_check_driver")
-#: distributions whose versions env.json records
+#: the folders whose .py and .sh files env.json's tree_sha256 digests (the code of a run, even without .git)
+TREE = ("cbam_triton", "reference", "bench", "tests", "scripts")
 PACKAGES = ("pytest", "pytest-xdist", "hypothesis", "timm", "onnx", "onnxruntime", "matplotlib", "numpy", "ultralytics")
 NCU_PROBE = ("import torch; x = torch.ones(1 << 22, device='cuda'); y = x * 2; torch.cuda.synchronize(); "
              "print('ncu probe: ran')")
@@ -77,9 +75,8 @@ NCU_PROBE = ("import torch; x = torch.ones(1 << 22, device='cuda'); y = x * 2; t
 
 @dataclass(frozen=True)
 class BenchStep:
-    """One bench step: ``python -m bench`` with ``args`` + each of ``calls`` in order while its budget
-    lasts (a call cut at its budget loses only its own rows), or ``dry_args`` once under ``--dry``
-    (None: GPU only). ``similar_calls``: stop when what is left is under 1.2x the longest call."""
+    """``python -m bench`` with ``args`` + each of ``calls`` while its budget lasts (a cut call loses only its
+    rows; ``similar_calls``: stop when under 1.2x the longest call is left), or ``dry_args`` once (None: GPU only)."""
 
     name: str
     what: str
@@ -95,34 +92,34 @@ _FWD = ("--dtypes", "fp16", "--modes", "forward", "--layouts", "channels_last")
 #: --dry: fp32 (on a CPU eager fp16 training is itself off by ~0.6 in dx against fp64 at the tiny shape)
 _DRY = ("--cpu", "--shapes", "tiny", "--batch", "1", "--dtypes", "fp32", "--layouts", "channels_last")
 _TRITON = ("eager", "triton", "triton-l2", "triton-stream")
+_B32_B1 = (("--batch", "32"), ("--batch", "1"))
 #: in priority order: the last ones are dropped first when time runs out
 STEPS = (
-    BenchStep("triton", "fp16 forward, ResNet-50 stages, channels_last, batch 32 then 1: eager and the Triton "
-              "providers (targets 1, 3, 4)", ("--shapes", *R50, *_FWD, "--providers", *_TRITON, "triton-cudagraph"),
-              (*_DRY, "--modes", "forward", "--providers", *_TRITON), 30, calls=(("--batch", "32"), ("--batch", "1"))),
-    BenchStep("compile", "the same cases with torch.compile (default mode), batch 32 then 1",
-              ("--shapes", *R50, *_FWD, "--providers", "compile"), (*_DRY, "--modes", "forward", "--providers",
-              "compile"), 30, calls=(("--batch", "32"), ("--batch", "1"))),
-    BenchStep("train", "one training step (forward + backward), resnet50-s2 batch 32: eager and triton, then "
-              "torch.compile", ("--shapes", "resnet50-s2", "--batch", "32", "--dtypes", "fp16", "--layouts",
-              "channels_last", "--modes", "train"), (*_DRY, "--modes", "train", "--providers", "eager", "triton"), 20,
-              calls=(("--providers", "eager", "triton"), ("--providers", "compile"))),
-    BenchStep("ncu", "DRAM bytes with Nsight Compute after a probe: triton-l2 at batch 32 (target 5), two shapes "
-              "per call; then triton-stream and eager on resnet50-s2", ("--batch", "32", *_FWD, "--ncu"), None, 25,
-              calls=(("--shapes", *R50[:2], "--providers", "triton-l2"), ("--shapes", *R50[2:], "--providers",
-                     "triton-l2"), ("--shapes", "resnet50-s2", "--providers", "eager", "triton-stream"))),
-    BenchStep("max-autotune", "torch.compile(mode='max-autotune-no-cudagraphs') at batch 32, one shape per call "
-              "while the budget lasts (target 2)", ("--batch", "32", *_FWD, "--providers", "compile-max-autotune"),
+    BenchStep("triton", "ResNet-50 stages fp16 forward, eager and Triton, batch 32 then 1 (targets 1, 3, 4)",
+              ("--shapes", *R50, *_FWD, "--providers", *_TRITON, "triton-cudagraph"),
+              (*_DRY, "--modes", "forward", "--providers", *_TRITON), 30, _B32_B1),
+    BenchStep("compile", "the same with torch.compile", ("--shapes", *R50, *_FWD, "--providers", "compile"),
+              (*_DRY, "--modes", "forward", "--providers", "compile"), 30, _B32_B1),
+    BenchStep("train", "one training step, resnet50-s2 batch 32: eager and triton, then compile",
+              ("--shapes", "resnet50-s2", "--batch", "32", "--dtypes", "fp16", "--layouts", "channels_last", "--modes",
+               "train"), (*_DRY, "--modes", "train", "--providers", "eager", "triton"), 20,
+              (("--providers", "eager", "triton"), ("--providers", "compile"))),
+    BenchStep("ncu", "Nsight Compute DRAM bytes after a probe: triton-l2 at batch 32 (target 5), then triton-stream "
+              "and eager", ("--batch", "32", *_FWD, "--ncu"), None, 25,
+              (("--shapes", *R50[:2], "--providers", "triton-l2"), ("--shapes", *R50[2:], "--providers", "triton-l2"),
+               ("--shapes", "resnet50-s2", "--providers", "eager", "triton-stream"))),
+    BenchStep("max-autotune", "compile-max-autotune at batch 32, one shape per call (target 2)",
+              ("--batch", "32", *_FWD, "--providers", "compile-max-autotune"),
               (*_DRY, "--modes", "forward", "--providers", "compile-max-autotune"), 25,
-              calls=tuple(("--shapes", s) for s in R50), similar_calls=True),
+              tuple(("--shapes", s) for s in R50), similar_calls=True),
     # timm's and plain PyTorch networks only, no compile of a whole network; CBAM_GPU_CHECK_MODELS_ARGS replaces args
-    BenchStep("models", "the whole network resnet50-cbam at batch 32, fp16: eager, triton (converted), "
-              "triton-cudagraph, with the CBAM blocks' share", ("--models", "resnet50-cbam", "--batch", "32",
-              "--dtypes", "fp16", "--layouts", "channels_last", "--providers", "eager", "triton", "triton-cudagraph"),
-              ("--cpu", "--models", "resnet18-cbam", "--batch", "1", "--dtypes", "fp32", "--layouts", "channels_last",
-               "--providers", "eager", "triton", "--no-shares"), 30),
-    BenchStep("nchw", "NCHW at batch 32: eager and the Triton providers", ("--shapes", *R50, "--batch", "32",
-              "--dtypes", "fp16", "--modes", "forward", "--layouts", "nchw", "--providers", *_TRITON), None, 20),
+    BenchStep("models", "the whole network resnet50-cbam at batch 32 with the CBAM blocks' share",
+              ("--models", "resnet50-cbam", "--batch", "32", "--dtypes", "fp16", "--layouts", "channels_last",
+               "--providers", "eager", "triton", "triton-cudagraph"), ("--cpu", "--models", "resnet18-cbam", "--batch",
+              "1", "--dtypes", "fp32", "--layouts", "channels_last", "--providers", "eager", "triton", "--no-shares"),
+              30),
+    BenchStep("nchw", "NCHW at batch 32: eager and Triton", ("--shapes", *R50, "--batch", "32", "--dtypes", "fp16",
+              "--modes", "forward", "--layouts", "nchw", "--providers", *_TRITON), None, 20),
 )
 
 
@@ -160,7 +157,6 @@ class Context:
     out_dir: str
     work_dir: str
     dry: bool
-    python: str = sys.executable
     budgets: dict[str, float] = field(default_factory=dict)
     phases: tuple[str, ...] = PHASES
     steps: tuple[str, ...] = tuple(s.name for s in STEPS)
@@ -175,16 +171,13 @@ class Context:
         """Seconds since the start."""
         return time.monotonic() - self.start
 
-    def remaining(self) -> float:
-        """Seconds left before the total budget ends, the report's reserve excluded."""
-        return self.budgets["total"] - self.budgets["report"] - self.elapsed()
-
-    def phase_budget(self, phase: str, later_min: float = 0.0) -> float:
-        """A phase's budget: its own, or what the total leaves after ``later_min`` kept for later phases."""
-        return max(0.0, min(self.budgets.get(phase, float("inf")), self.remaining() - later_min))
+    def budget(self, phase: str, later_min: float = 0.0) -> float:
+        """A phase's budget: its own, at most what the total leaves (the report's reserve and ``later_min``)."""
+        left = self.budgets["total"] - self.budgets["report"] - self.elapsed() - later_min
+        return max(0.0, min(self.budgets.get(phase, float("inf")), left))
 
     def say(self, phase: str, msg: str) -> None:
-        """A progress line (one write: the sanitizer and tests threads do not mix their lines)."""
+        """A progress line (one write: the threads' lines do not mix)."""
         sys.stdout.write(f"[{self.elapsed():6.1f}s] {phase}: {msg}\n")
         sys.stdout.flush()
 
@@ -192,10 +185,6 @@ class Context:
         """Something not run or cut (said and listed)."""
         self.skipped.append(f"{what}: {why}")
         self.say(what.split("/")[0].split(" ")[0], f"SKIPPED {what}: {why}")
-
-    def fail(self, what: str) -> None:
-        """A failure: the exit status becomes 1."""
-        self.failures.append(what)
 
     def child_env(self, **extra: str) -> dict[str, str]:
         """A phase's environment: this checkout first on PYTHONPATH; ``--dry``: Triton's interpreter."""
@@ -241,19 +230,14 @@ def find_tool(name: str) -> str | None:
     return shutil.which(name) or next((c for c in candidates if os.path.isfile(c) and os.access(c, os.X_OK)), None)
 
 
-def _ended(proc: subprocess.Popen, seconds: float) -> bool:
+def _ended(proc: subprocess.Popen, seconds: float, sig: int | None = None) -> bool:
+    """Whether ``proc`` ends within ``seconds``, after ``sig`` to its whole process group (its session)."""
     try:
+        os.killpg(proc.pid, sig) if sig else None
         proc.wait(timeout=max(0.0, seconds))
         return True
-    except subprocess.TimeoutExpired:
-        return False
-
-
-def _killpg(proc: subprocess.Popen, sig: int) -> None:
-    try:
-        os.killpg(proc.pid, sig)  # start_new_session: the group's id is the child's pid
-    except (ProcessLookupError, PermissionError):
-        pass
+    except (subprocess.TimeoutExpired, ProcessLookupError, PermissionError):
+        return proc.poll() is not None
 
 
 def run_step(ctx: Context, label: str, cmd: list[str], budget_s: float, log: str,
@@ -277,11 +261,8 @@ def run_step(ctx: Context, label: str, cmd: list[str], budget_s: float, log: str
             ctx.say(phase, f"{label}: budget nearly spent: SIGINT")
             proc.send_signal(signal.SIGINT)
         if not (interrupt_before_s and _ended(proc, interrupt_before_s)):
-            for sig, wait_s in ((signal.SIGTERM, 3.0), (signal.SIGKILL, 60.0)):
-                _killpg(proc, sig)
-                if _ended(proc, wait_s):
-                    break
-    _killpg(proc, signal.SIGKILL)  # what is left of the group
+            _ended(proc, 3.0, signal.SIGTERM) or _ended(proc, 60.0, signal.SIGKILL)
+    _ended(proc, 0.0, signal.SIGKILL)  # what is left of the group
     elapsed, rc = time.monotonic() - t0, proc.returncode
     status, note = ("timeout", cut) if cut else ("ok", "") if rc == 0 else ("failed", f"exit status {rc}")
     ctx.say(phase, f"{label}: {status} in {elapsed:.1f} s" + (f" ({note})" if note else ""))
@@ -291,16 +272,13 @@ def run_step(ctx: Context, label: str, cmd: list[str], budget_s: float, log: str
 
 # ----------------------------------------------------------------------------------------- env
 def collect_env(path: str, dry: bool) -> int:
-    """The env phase's subprocess: bench/measure.py's machine card plus packages, tools and a digest of the
-    source tree -> ``path``."""
+    """The env phase's subprocess: bench/measure.py's machine card, packages, tools, the tree's digest -> ``path``."""
     import torch
-
-    from bench import measure
 
     cuda = torch.cuda.is_available()
     env = measure.machine_card(torch.device("cuda" if cuda else "cpu"))
     env.update(cuda_available=cuda, dry=dry, packages=measure.package_versions(PACKAGES), tools={},
-               tree_sha256=tree_digest())
+               tree_sha256=measure.tree_digest(ROOT, TREE))
     for tool, flag in (("compute-sanitizer", "--version"), ("ncu", "--version"), ("nvidia-smi", "-L")):
         exe = env["tools"][tool] = find_tool(tool)
         try:
@@ -314,27 +292,14 @@ def collect_env(path: str, dry: bool) -> int:
     return 0
 
 
-def tree_digest() -> str:
-    """sha256 of the paths and contents of the .py and .sh files of cbam_triton/, reference/, bench/,
-    tests/ and scripts/: names the code of a run even where the checkout has no .git."""
-    h = hashlib.sha256()
-    for top in ("cbam_triton", "reference", "bench", "tests", "scripts"):
-        for folder, dirs, files in sorted(os.walk(os.path.join(ROOT, top))):
-            dirs[:] = sorted(d for d in dirs if d != "__pycache__")
-            for path in (os.path.join(folder, n) for n in sorted(files) if n.endswith((".py", ".sh"))):
-                with open(path, "rb") as f:
-                    h.update(os.path.relpath(path, ROOT).encode() + b"\0" + f.read() + b"\0")
-    return h.hexdigest()
-
-
 def phase_env(ctx: Context) -> None:
     """:func:`collect_env` in a subprocess -> env.json and ``ctx.env``."""
     path = os.path.join(ctx.out_dir, "env.json")
-    step = run_step(ctx, "env", [ctx.python, "-m", "bench.gpu_check", "_env", path] + (["--dry"] if ctx.dry else []),
-                    ctx.phase_budget("env"), os.path.join(ctx.work_dir, "env.log"))
+    step = run_step(ctx, "env", [sys.executable, "-m", "bench.gpu_check", "_env", path, *["--dry"][:ctx.dry]],
+                    ctx.budget("env"), os.path.join(ctx.work_dir, "env.log"))
     ctx.results["env"] = asdict(step)
     if step.status != "ok" or not os.path.exists(path):
-        return ctx.fail(f"env: {step.status} ({step.note}): {_tail(step.log, 600)}")
+        return ctx.failures.append(f"env: {step.status} ({step.note}): {_tail(step.log, 600)}")
     with open(path) as f:
         ctx.env = e = json.load(f)
     ctx.say("env", f"device {e.get('device_name')} (capability {e.get('capability')}, {e.get('sm_count')} SMs, "
@@ -368,18 +333,18 @@ def classify_sanitizer(output: str, rc: int | None, timed_out: bool) -> tuple[st
 
 def phase_sanitizer(ctx: Context, budget: float) -> None:
     """The driver plainly, then under each compute-sanitizer tool -> sanitizer.txt."""
-    deadline, driver = time.monotonic() + budget, [ctx.python, *DRIVER] + (["--tiny"] if ctx.dry else [])
+    deadline, driver = time.monotonic() + budget, [sys.executable, *DRIVER, *(["--tiny"] if ctx.dry else [])]
     exe = None if ctx.dry else find_tool("compute-sanitizer")
     ctx.results["sanitizer"] = record = {"runs": [], "status": "not run"}
     text = [f"sanitizer phase — {'--dry: CPU, Triton interpreter' if ctx.dry else 'CUDA'}", ""]
     for key in ("driver", *(SANITIZER_TOOLS if exe else ())):
         tool, left = "driver (plain run)" if key == "driver" else key, deadline - time.monotonic()
-        cmd = driver if key == "driver" else [exe, "--tool", key, "--error-exitcode", "97", "--print-limit", "30",
-                                              "--launch-timeout", "120", *driver]
         if left < 5:
             ctx.skip(f"sanitizer/{key}", f"{max(0, left):.0f} s of the phase budget left")
             record["runs"].append({"tool": tool, "status": "skipped", "result": "skipped"})
             continue
+        cmd = driver if key == "driver" else [exe, "--tool", key, "--error-exitcode", "97", "--print-limit", "30",
+                                              "--launch-timeout", "120", *driver]
         step = run_step(ctx, f"sanitizer/{key}", cmd, min(ctx.budgets[f"sanitizer.{key}"], left),
                         os.path.join(ctx.work_dir, f"{key}.log"), env=ctx.child_env(PYTORCH_NO_CUDA_MEMORY_CACHING="1"))
         output = _tail(step.log, 4 << 20)
@@ -390,24 +355,25 @@ def phase_sanitizer(ctx: Context, budget: float) -> None:
             step.note = f"{result}: {why}" if why else result
         record["runs"].append(dict(asdict(step), tool=tool, result=result, errors=errors, why=why))
         if result in ("errors", "driver-failed"):
-            ctx.fail(f"sanitizer {key}: {result}" + (f" ({errors} errors)" if errors else "") + f": {why}")
+            ctx.failures.append(f"sanitizer {key}: {result}" + (f" ({errors} errors)" if errors else "") + f": {why}")
         elif result in ("unavailable", "timeout"):
             ctx.skip(f"sanitizer/{key}", why if result == "unavailable" else f"cut at its {step.budget_s} s budget")
         text += [f"== {tool}: {result} (errors: {errors}) in {step.elapsed_s} s; {why}",
-                   f"command: {' '.join(map(_short, cmd))}", output[-(1 << 20):], ""]
+                 f"command: {' '.join(map(_short, cmd))}", output[-(1 << 20):], ""]
     results = [r["result"] for r in record["runs"]]
-    if exe is None:
-        msg = ("--dry: compute-sanitizer skipped (no CUDA device); the driver ran in Triton's interpreter" if ctx.dry
-               else "compute-sanitizer not found (PATH, /usr/local/cuda*/bin): the memory and race checks did not run")
-        ctx.skip("sanitizer/compute-sanitizer", msg)
-        text.append(msg)
-        record["status"] = ("skipped (--dry)" if results == ["ok"] else f"driver {results[0]}") if ctx.dry \
-            else "compute-sanitizer not found"
-    else:
-        record["status"] = "clean" if set(results) == {"ok", "clean"} else "incomplete: " + ", ".join(
-            f"{r['tool']} {r['result']}" for r in record["runs"][1:])
     if {"errors", "driver-failed"} & set(results):
         record["status"] = "FAILED"
+    elif exe:
+        record["status"] = "clean" if set(results) == {"ok", "clean"} else "incomplete: " + ", ".join(
+            f"{r['tool']} {r['result']}" for r in record["runs"][1:])
+    else:
+        record["status"] = ("skipped (--dry)" if results == ["ok"] else f"driver {results[0]}") if ctx.dry \
+            else "compute-sanitizer not found"
+    if not exe:
+        text.append("--dry: compute-sanitizer skipped (no CUDA device); the driver ran in Triton's interpreter"
+                    if ctx.dry else "compute-sanitizer not found (PATH, /usr/local/cuda*/bin): the memory and race "
+                    "checks did not run")
+        ctx.skip("sanitizer/compute-sanitizer", text[-1])
     _write_text(os.path.join(ctx.out_dir, "sanitizer.txt"), "\n".join(text))
 
 
@@ -451,7 +417,7 @@ def phase_tests(ctx: Context, budget: float) -> None:
     device, xml = ("cpu" if ctx.dry else "cuda"), os.path.join(ctx.work_dir, "tests.xml")
     xdist = not ctx.dry and ctx.env.get("packages", {}).get("pytest-xdist")
     workers = max(2, min(8, (os.cpu_count() or 4) // 2)) if xdist else 0
-    cmd = [ctx.python, "-m", "pytest", "-rfE", "-p", "no:cacheprovider", "--color=no", f"--junitxml={xml}",
+    cmd = [sys.executable, "-m", "pytest", "-rfE", "-p", "no:cacheprovider", "--color=no", f"--junitxml={xml}",
            *(["-n", str(workers), "--dist", "load"] if workers else []), *files]
     step = run_step(ctx, "tests", cmd, budget, os.path.join(ctx.work_dir, "tests.log"),
                     env=ctx.child_env(CBAM_TEST_DEVICE=device), interrupt_before_s=min(TESTS_GRACE_S, budget / 4))
@@ -466,12 +432,12 @@ def phase_tests(ctx: Context, budget: float) -> None:
                if ran else "no test result")
     ctx.say("tests", summary)
     if bad:
-        ctx.fail(f"tests: {bad} failed/errored (tests.txt lists them)")
+        ctx.failures.append(f"tests: {bad} failed/errored (tests.txt lists them)")
     if step.status == "timeout":
         ctx.skip("tests", f"cut at its {budget:.0f} s budget after {ran} tests; not reached: "
                  + (", ".join(not_reached) or "parts of the files started"))
     elif step.status != "ok" and step.rc != 1 and not bad:
-        ctx.fail(f"tests: pytest exit status {step.rc} ({_last_line(step.log)})")
+        ctx.failures.append(f"tests: pytest exit status {step.rc} ({_last_line(step.log)})")
     lines = [f"tests phase — CBAM_TEST_DEVICE={device} ({'Triton interpreter' if ctx.dry else 'compiled kernels'})"
              + (f", {workers} pytest-xdist workers" if workers else ""), f"command: {' '.join(map(_short, cmd))}",
              f"budget {budget:.0f} s, elapsed {step.elapsed_s} s, outcome: {step.status} {step.note}".rstrip(),
@@ -485,14 +451,12 @@ def phase_tests(ctx: Context, budget: float) -> None:
 def ncu_probe(ctx: Context, budget: float) -> tuple[bool, str]:
     """Whether Nsight Compute reads DRAM counters here: one tiny kernel profiled (fails fast where the
     counters are not readable, e.g. ERR_NVGPUCTRPERM)."""
-    from bench.ncu import METRICS, parse_csv
-
     exe = find_tool("ncu")
     if exe is None:
         return False, "ncu (Nsight Compute) not found (PATH, /usr/local/cuda*/bin, /opt/nvidia/nsight-compute)"
-    cmd = [exe, "--metrics", ",".join(METRICS), "--csv", "--target-processes", "all", ctx.python, "-c", NCU_PROBE]
+    cmd = [exe, "--metrics", ",".join(METRICS), "--csv", "--target-processes", "all", sys.executable, "-c", NCU_PROBE]
     step = run_step(ctx, "bench/ncu-probe", cmd, budget, os.path.join(ctx.work_dir, "ncu-probe.log"))
-    out = _tail(step.log, 1 << 20)
+    out, why = _tail(step.log, 1 << 20), f"(exit status {step.rc}"
     if step.status == "timeout":
         return False, f"the ncu probe did not finish in {budget:.0f} s"
     if "ERR_NVGPUCTRPERM" in out:
@@ -500,10 +464,25 @@ def ncu_probe(ctx: Context, budget: float) -> tuple[bool, str]:
     try:
         got = parse_csv(out)
     except ValueError as exc:
-        return False, f"ncu probe failed (exit status {step.rc}): {exc}; {_last_line(step.log)}"
+        return False, f"ncu probe failed {why}): {exc}; {_last_line(step.log)}"
     if step.rc != 0 or got["kernels"] == 0 or got["read"] + got["write"] == 0:
-        return False, f"ncu probe read no DRAM bytes (exit status {step.rc}, {got}); {_last_line(step.log)}"
+        return False, f"ncu probe read no DRAM bytes {why}, {got}); {_last_line(step.log)}"
     return True, f"ncu reads DRAM counters ({got['kernels']} kernels, {got['read'] + got['write']} bytes)"
+
+
+def _why_not(ctx: Context, spec: BenchStep, entry: dict[str, Any], cap: float) -> tuple[str | None, dict | None]:
+    """Why a selected step does not run (None: it runs), and its environment (the ncu step: the probed ncu first
+    on PATH, where bench/ncu.py looks first)."""
+    min_s = spec.dry_min_s if ctx.dry else spec.min_s
+    if (spec.dry_args if ctx.dry else spec.args) is None:
+        return ("--dry: Nsight Compute needs a CUDA device" if spec.name == "ncu" else "--dry: GPU only"), None
+    if cap < min_s or spec.name != "ncu":
+        return (f"{cap:.0f} s left of the bench budget, needs {min_s:.0f}" if cap < min_s else None), None
+    exe = find_tool("ncu")
+    env = ctx.child_env(PATH=os.path.dirname(exe) + os.pathsep + os.environ.get("PATH", "")) if exe else None
+    ok, entry["probe"] = ncu_probe(ctx, min(40.0, cap))
+    ctx.say("bench", f"ncu: {entry['probe']}")
+    return (None if ok else entry["probe"]), env
 
 
 def _bench_call(ctx: Context, label: str, args: tuple[str, ...], budget: float, docs: list[tuple[str, dict]],
@@ -511,8 +490,8 @@ def _bench_call(ctx: Context, label: str, args: tuple[str, ...], budget: float, 
     """One ``python -m bench`` call; its result document goes to ``docs`` (the models step's to
     ``ctx.results["models"]``: whole networks are reported apart from the block's rows)."""
     out = os.path.join(ctx.work_dir, label.replace("/", "_"))
-    step = run_step(ctx, label, [ctx.python, "-m", "bench", *args, "--out", out, "--no-plots"], budget, out + ".log",
-                    env=env)
+    step = run_step(ctx, label, [sys.executable, "-m", "bench", *args, "--out", out, "--no-plots"], budget,
+                    out + ".log", env=env)
     if step.status == "ok" and os.path.exists(os.path.join(out, "results.json")):
         with open(os.path.join(out, "results.json")) as f:
             doc = json.load(f)
@@ -522,26 +501,10 @@ def _bench_call(ctx: Context, label: str, args: tuple[str, ...], budget: float, 
         else:
             docs.append((label.split("/", 1)[1], doc))
     elif step.status in ("failed", "error"):
-        ctx.fail(f"{label}: {step.note}: {_last_line(step.log)}")
+        ctx.failures.append(f"{label}: {step.note}: {_last_line(step.log)}")
     elif step.status == "timeout":
         ctx.skip(label, f"cut at its {budget:.0f} s budget: its rows are lost")
     return step
-
-
-def _why_not(ctx: Context, spec: BenchStep, entry: dict[str, Any], cap: float) -> tuple[str | None, dict | None]:
-    """Why a selected step does not run (None: it runs), and its environment (the ncu step: the probed ncu first
-    on PATH, as bench/ncu.py looks there first)."""
-    if (spec.dry_args if ctx.dry else spec.args) is None:
-        return ("--dry: Nsight Compute needs a CUDA device" if spec.name == "ncu" else "--dry: GPU only"), None
-    if cap < (spec.dry_min_s if ctx.dry else spec.min_s):
-        return f"{cap:.0f} s left of the bench budget, needs {spec.dry_min_s if ctx.dry else spec.min_s:.0f}", None
-    if spec.name != "ncu":
-        return None, None
-    exe = find_tool("ncu")
-    env = ctx.child_env(PATH=os.path.dirname(exe) + os.pathsep + os.environ.get("PATH", "")) if exe else None
-    ok, entry["probe"] = ncu_probe(ctx, min(40.0, cap))
-    ctx.say("bench", f"ncu: {entry['probe']}")
-    return (None if ok else entry["probe"]), env
 
 
 def phase_bench(ctx: Context, budget: float) -> None:
@@ -576,51 +539,21 @@ def phase_bench(ctx: Context, budget: float) -> None:
             longest = max(longest, step.elapsed_s)
             entry["status"] = entry["status"] if step.status == "ok" else "partial"
         entry["elapsed_s"] = round(time.monotonic() - t0, 1)
-    doc = ctx.results["bench_doc"] = merge_documents(docs, ctx.env)
+    doc = ctx.results["bench_doc"] = report.merge_documents(docs, ctx.env)
     record["documents"] = [name for name, _ in docs]
     record["flagged"] = [f"{r.get('id')} {r.get('provider')}: {r.get('status')} {r.get('note', '')}".strip()
                          for r in doc["results"] + ctx.results.get("models", {}).get("results", []) if is_flagged(r)]
-    for f in record["flagged"]:
-        ctx.fail(f"bench row {f}")
-
-
-def merge_documents(docs: list[tuple[str, dict]], env: dict[str, Any]) -> dict[str, Any]:
-    """One result document from the steps' documents: the first row of a (case, provider) wins and
-    takes the fields it lacks from later ones (e.g. ``ncu_dram_x``); ``speedup_vs_eager`` is recomputed
-    against the case's eager row, whichever step timed it; the targets are judged on the whole."""
-    rows: list[dict[str, Any]] = []
-    index: dict[tuple[str, str], dict[str, Any]] = {}
-    for step, doc in docs:
-        for r in doc.get("results", []):
-            first = index.get((r["id"], r["provider"]))
-            if first is None:
-                first = index[(r["id"], r["provider"])] = dict(r, step=step)
-                rows.append(first)
-            first.update({k: v for k, v in r.items() if first.get(k) is None and v is not None})
-    eager = {r["id"]: r["median_ms"] for r in rows if r["provider"] == "eager" and r.get("median_ms")}
-    for r in rows:
-        r.pop("speedup_vs_eager", None)
-        if r.get("median_ms") and r["id"] in eager:
-            r["speedup_vs_eager"] = eager[r["id"]] / r["median_ms"]
-    if docs:  # the env phase knows CBAM_GIT_SHA and the tree's digest
-        base = dict(docs[0][1]["env"])
-        base.update({k: env[k] for k in ("git_sha", "tree_sha256") if not base.get(k) and env.get(k)})
-    else:  # no benchmark document: the env phase's record (the plots need the strings)
-        base = {k: env.get(k) for k in report.REQUIRED_ENV}
-        base.update({k: str(env.get(k) or "?") for k in ("device_name", "torch", "triton")},
-                    date=env.get("date") or _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
-    doc = report.make_document(base, {"steps": {step: doc.get("config", {}) for step, doc in docs}}, rows)
-    doc["targets"] = targets.evaluate(doc)
-    return doc
+    ctx.failures.extend(f"bench row {f}" for f in record["flagged"])
 
 
 # -------------------------------------------------------------------------------------- report
-def write_outputs(ctx: Context, exit_status: int) -> None:
-    """results.json, the plots and summary.md; a placeholder for a phase's file it did not write."""
+def write_outputs(ctx: Context, exit_status: int) -> str:
+    """results.json, the plots and summary.md (a placeholder for a phase's file it did not write); returns the
+    verdict line."""
     record = {"dry": ctx.dry, "exit_status": exit_status, "elapsed_s": round(ctx.elapsed(), 1), "budgets": ctx.budgets,
               "phases": {k: v for k, v in ctx.results.items() if k not in ("bench_doc", "models")},
               "skipped": ctx.skipped, "failures": ctx.failures, "files": list(FILES)}
-    doc = dict(ctx.results.get("bench_doc") or merge_documents([], ctx.env), gpu_check=record)
+    doc = dict(ctx.results.get("bench_doc") or report.merge_documents([], ctx.env), gpu_check=record)
     models = doc["models"] = ctx.results.get("models", {})  # whole networks, apart from the block's rows
     report.write_json(doc, os.path.join(ctx.out_dir, "results.json"))
     try:
@@ -628,28 +561,27 @@ def write_outputs(ctx: Context, exit_status: int) -> None:
             warnings.filterwarnings("ignore", message="No artists with labels", category=UserWarning)
             write_plots(doc, ctx.out_dir)
     except Exception as exc:  # noqa: BLE001 - plots are not worth losing the summary over
-        ctx.fail(f"report: plots failed: {type(exc).__name__}: {exc}")
+        ctx.failures.append(f"report: plots failed: {type(exc).__name__}: {exc}")
     for name, what in (("tests.txt", "tests"), ("sanitizer.txt", "sanitizer"), ("env.json", "env")):
         why = f"the {what} phase: " + ("not run (--phases)" if what not in ctx.phases else "did not finish")
         if not os.path.exists(os.path.join(ctx.out_dir, name)):
             _write_text(os.path.join(ctx.out_dir, name), json.dumps({"error": why}) if name.endswith("json") else why)
-    env, tests = ctx.env or doc["env"], ctx.results.get("tests")
+    env, tests, verdict = ctx.env or doc["env"], ctx.results.get("tests"), verdict_line(doc, record)
     phases = [[s.name, s.status, s.elapsed_s, s.budget_s, s.note] for s in ctx.ran] + \
         [[ph, "not selected", "", "", ""] for ph in PHASES if ph not in ctx.phases]
     lines = [f"# GPU acceptance run — {env.get('device_name', '?')} ({env.get('date', '?')})", "",
              *(["**--dry run on a CPU**: Triton's interpreter, tiny shapes, no compute-sanitizer; it checks that the "
                 "script works, not the GPU.", ""] if ctx.dry else []),
              f"Exit status **{exit_status}**; {ctx.elapsed():.0f} s of the {ctx.budgets['total']:.0f} s budget. "
-             + verdict_line(doc, record), "", *(["## Failures", "", *[f"* {f}" for f in ctx.failures], ""]
-                                                 if ctx.failures else []),
+             + verdict, "", *(["## Failures", "", *[f"* {f}" for f in ctx.failures], ""] if ctx.failures else []),
              "## Skipped or cut", "", *([f"* {s}" for s in ctx.skipped] or ["* nothing"]), "", "## Phases", "",
              *["| " + " | ".join(str(c).replace("|", "\\|").replace("\n", " ") for c in row) + " |"
                for row in [["phase / step", "status", "seconds", "budget s", "note"], ["---"] * 5, *phases]], "",
              "## Environment", "", "; ".join(f"{k}: {env.get(k)}" for k in (
                  "device_name", "capability", "sm_count", "l2_bytes", "total_memory", "driver", "cuda", "python",
-                 "torch", "triton", "git_sha", "tree_sha256", "platform", "cpu_count") if k in env) + " (env.json)", ""]
-    if env.get("tools"):
-        lines += ["Tools: " + "; ".join(f"{k}: {v or 'not found'}" for k, v in env["tools"].items()), ""]
+                 "torch", "triton", "git_sha", "tree_sha256", "platform", "cpu_count") if k in env) + " (env.json)", "",
+             *(["Tools: " + "; ".join(f"{k}: {v or 'not found'}" for k, v in env["tools"].items()), ""]
+               if env.get("tools") else [])]
     if tests:
         lines += ["## Tests", "", f"{tests['ran']} run of {tests['collected'] or '?'} collected (CBAM_TEST_DEVICE="
                   f"{tests['device']}): " + (", ".join(f"{v} {k}" for k, v in sorted(tests["totals"].items()))
@@ -666,6 +598,7 @@ def write_outputs(ctx: Context, exit_status: int) -> None:
         lines += [f"<details><summary>{name} (end)</summary>", "", "```",
                   _tail(os.path.join(ctx.work_dir, name), 3000).strip(), "```", "", "</details>", ""]
     _write_text(os.path.join(ctx.out_dir, "summary.md"), "\n".join(lines))
+    return verdict
 
 
 def verdict_line(doc: dict[str, Any], record: dict[str, Any]) -> str:
@@ -681,72 +614,6 @@ def verdict_line(doc: dict[str, Any], record: dict[str, Any]) -> str:
     return "; ".join(parts) + "; speed targets: " + (counts or "none judged") + "."
 
 
-# ------------------------------------------------------------------------------------------- main
-def _default_out(dry: bool) -> str:
-    gpu = "cpu-dry" if dry else "gpu"
-    try:
-        p = None if dry else subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
-                                            capture_output=True, text=True, timeout=20)
-        if p is not None and p.returncode == 0 and p.stdout.strip():
-            gpu = re.sub(r"[^a-z0-9]+", "-", p.stdout.strip().splitlines()[0].lower()).strip("-")
-    except (OSError, subprocess.SubprocessError):
-        pass
-    return os.path.join(ROOT, "bench", "results", f"{_dt.datetime.now(_dt.timezone.utc):%Y-%m-%d}-{gpu}")
-
-
-def _guarded(ctx: Context, name: str, fn: Any, *args: Any) -> None:
-    try:
-        fn(ctx, *args)
-    except Exception as exc:  # noqa: BLE001 - a broken phase is reported, the others still run
-        ctx.fail(f"{name}: internal error {type(exc).__name__}: {exc}")
-        ctx.say(name, traceback.format_exc())
-
-
-def run(ctx: Context) -> int:
-    """All phases; returns the exit status (the files are always written)."""
-    b, bench_min = ctx.budgets, (BENCH_MIN_S[1 if ctx.dry else 0] if "bench" in ctx.phases else 0)
-    ctx.say("gpu_check", f"{'--dry (CPU, interpreter) ' if ctx.dry else ''}output {ctx.out_dir}; total budget "
-                         f"{b['total']:.0f} s; phases {', '.join(ctx.phases)}; work folder {ctx.work_dir}")
-    _guarded(ctx, "env", phase_env)
-    if not ctx.dry and ctx.env and not ctx.env.get("cuda_available"):
-        ctx.fail("no CUDA device (torch.cuda.is_available() is False): on a CPU run `bash scripts/gpu_check.sh --dry`")
-        ctx.say("gpu_check", ctx.failures[-1])
-        write_outputs(ctx, 2)
-        return 2
-    threads = []
-    for ph, fn in (("sanitizer", phase_sanitizer), ("tests", phase_tests)):  # side by side, then the bench
-        budget = ctx.phase_budget(ph, bench_min)
-        if ph in ctx.phases and budget < min(10.0, b[ph]):
-            ctx.skip(ph, f"{budget:.0f} s left of the total budget")
-        elif ph in ctx.phases:
-            threads.append(threading.Thread(target=_guarded, args=(ctx, ph, fn, budget), daemon=True))
-            threads[-1].start()
-    for t in threads:
-        t.join()
-    budget = ctx.phase_budget("bench")
-    if "bench" in ctx.phases and budget < min(10.0, b.get("bench", 10.0)):
-        ctx.skip("bench", f"{budget:.0f} s left of the total budget")
-    elif "bench" in ctx.phases:
-        _guarded(ctx, "bench", phase_bench, budget)
-    status = 1 if ctx.failures else 0
-    try:
-        write_outputs(ctx, status)
-    except Exception as exc:  # noqa: BLE001
-        ctx.say("report", f"internal error {type(exc).__name__}: {exc}\n{traceback.format_exc()}")
-        status = 1
-    problems = check_folder(ctx.out_dir)
-    for line in [f"PROBLEM: {p}" for p in problems] + [f"wrote {ctx.out_dir}: {', '.join(FILES)}"] + \
-            [f"skipped: {s}" for s in ctx.skipped] + [f"FAILURE: {f}" for f in ctx.failures]:
-        ctx.say("report", line)
-    if os.path.exists(os.path.join(ctx.out_dir, "results.json")):
-        with open(os.path.join(ctx.out_dir, "results.json")) as f:
-            doc = json.load(f)
-        ctx.say("report", verdict_line(doc, doc.get("gpu_check", {})))
-    status = 1 if problems else status
-    ctx.say("gpu_check", f"done in {ctx.elapsed():.0f} s, exit status {status}")
-    return status
-
-
 def check_folder(out_dir: str) -> list[str]:
     """Problems with an acceptance folder: a file of :data:`FILES` missing, other entries, a file over 16 MB."""
     names = os.listdir(out_dir)
@@ -756,6 +623,53 @@ def check_folder(out_dir: str) -> list[str]:
                         + ", ".join(sorted(set(names) - set(FILES))))
     return problems + [f"{n} is over 16 MB" for n in names if os.path.isfile(os.path.join(out_dir, n))
                        and os.path.getsize(os.path.join(out_dir, n)) > MAX_FILE_BYTES]
+
+
+# ------------------------------------------------------------------------------------------- main
+def _guarded(ctx: Context, name: str, fn: Any, *args: Any) -> None:
+    try:
+        fn(ctx, *args)
+    except Exception as exc:  # noqa: BLE001 - a broken phase is reported, the others still run
+        ctx.failures.append(f"{name}: internal error {type(exc).__name__}: {exc}")
+        ctx.say(name, traceback.format_exc())
+
+
+def run(ctx: Context) -> int:
+    """All phases; returns the exit status (the files are always written)."""
+    ctx.say("gpu_check", f"{'--dry (CPU, interpreter) ' if ctx.dry else ''}output {ctx.out_dir}; total budget "
+                         f"{ctx.budgets['total']:.0f} s; phases {', '.join(ctx.phases)}; work folder {ctx.work_dir}")
+    _guarded(ctx, "env", phase_env)
+    if not ctx.dry and ctx.env and not ctx.env.get("cuda_available"):
+        ctx.failures.append("no CUDA device (torch.cuda.is_available() is False): on a CPU run `bash "
+                            "scripts/gpu_check.sh --dry`")
+        ctx.say("gpu_check", ctx.failures[-1])
+        write_outputs(ctx, 2)
+        return 2
+    bench_min, threads = (BENCH_MIN_S[ctx.dry] if "bench" in ctx.phases else 0), []
+    for ph, fn in (("sanitizer", phase_sanitizer), ("tests", phase_tests), ("bench", phase_bench)):
+        for t in threads if ph == "bench" else ():  # sanitizer and tests side by side, then the bench
+            t.join()
+        budget = ctx.budget(ph, 0 if ph == "bench" else bench_min)
+        if ph in ctx.phases and budget < min(10.0, ctx.budgets.get(ph, 10.0)):
+            ctx.skip(ph, f"{budget:.0f} s left of the total budget")
+        elif ph in ctx.phases:
+            threads.append(threading.Thread(target=_guarded, args=(ctx, ph, fn, budget), daemon=True))
+            threads[-1].start()
+    for t in threads:
+        t.join()
+    status = 1 if ctx.failures else 0
+    try:
+        verdict = write_outputs(ctx, status)
+    except Exception as exc:  # noqa: BLE001
+        ctx.say("report", f"internal error {type(exc).__name__}: {exc}\n{traceback.format_exc()}")
+        status, verdict = 1, ""
+    problems = check_folder(ctx.out_dir)
+    for line in [f"PROBLEM: {p}" for p in problems] + [f"wrote {ctx.out_dir}: {', '.join(FILES)}"] + \
+            [f"skipped: {s}" for s in ctx.skipped] + [f"FAILURE: {f}" for f in ctx.failures] + [verdict]:
+        ctx.say("report", line)
+    status = 1 if problems else status
+    ctx.say("gpu_check", f"done in {ctx.elapsed():.0f} s, exit status {status}")
+    return status
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -780,7 +694,9 @@ def main(argv: list[str] | None = None) -> int:
         b = budgets(args.dry)
     except ValueError as exc:
         p.error(str(exc))
-    out_dir = os.path.abspath(args.out_dir or _default_out(args.dry))
+    gpu = "cpu-dry" if args.dry else (measure.gpu_slug() or "gpu")
+    out_dir = os.path.abspath(args.out_dir or os.path.join(
+        ROOT, "bench", "results", f"{_dt.datetime.now(_dt.timezone.utc):%Y-%m-%d}-{gpu}"))
     os.makedirs(out_dir, exist_ok=True)
     others = sorted(set(os.listdir(out_dir)) - set(FILES))
     if others:

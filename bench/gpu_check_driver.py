@@ -1,14 +1,8 @@
-"""The small workload of the GPU acceptance run's sanitizer phase (``scripts/gpu_check.sh``).
-
-    python -m bench.gpu_check_driver            # CUDA: small shapes, compiled kernels
-    TRITON_INTERPRET=1 python -m bench.gpu_check_driver --tiny   # CPU: the interpreter, tiny shapes
-
-It runs, once each, every kind of launch sequence the project has — the fused forward under both
-schedules (the ``"l2"`` one cut into one-sample chunks), fp16 and fp32, NCHW and channels_last; a lone
-channel gate and a lone spatial gate; one training step (forward + backward, x and every parameter);
-a converted timm ``CbamModule`` — and checks each output against the reference (bench/runner.py's
-per-dtype tolerances) and that Triton kernels really ran. ``bench/gpu_check.py`` runs it plainly and
-under ``compute-sanitizer --tool memcheck / racecheck / synccheck``. Exit status 1 if a check fails.
+"""The workload of the GPU acceptance run's sanitizer phase: ``python -m bench.gpu_check_driver [--tiny]``
+(``--tiny`` with ``TRITON_INTERPRET=1`` on a CPU). Once each, every kind of launch sequence: the fused forward
+under both schedules (``"l2"`` in one-sample chunks), fp16/fp32, NCHW/channels_last; a lone channel and spatial
+gate; one training step (x and every parameter's gradient); a converted timm ``CbamModule``. Each is checked
+against the reference (bench/runner.py's tolerances) and for Triton launches. Exit status 1 if a check fails.
 """
 
 from __future__ import annotations
@@ -23,6 +17,10 @@ from typing import Any
 
 import torch
 
+import cbam_triton
+from bench.runner import check_output, make_reference
+from bench.suite import Case
+
 #: (N, C, H, W) of the forward checks: a multi-chunk batch, and one sample big enough for split reductions
 SHAPES_GPU = ((4, 128, 28, 28), (1, 256, 56, 56))
 SHAPES_TINY = ((2, 16, 5, 6),)
@@ -36,18 +34,12 @@ def _input(shape: tuple[int, ...], dname: str, layout: str, device: torch.device
 
 
 def _reference(channels: int, device: torch.device, dname: str) -> torch.nn.Module:
-    from bench.runner import make_reference
-    from bench.suite import Case
-
     return make_reference(Case("driver", 1, channels, 1, 1, 4, dname, "nchw"), device)
 
 
 def _compare(ours: Callable[[], Any], ref: Callable[[], Any], dname: str, train: bool = False) -> str:
     """``ref()``, then ``ours()`` counting its Triton launches; raises unless ours matches (bench/runner.py's
     tolerances; ``train``: gradients too, scaled) and kernels ran."""
-    import cbam_triton
-    from bench.runner import check_output
-
     with torch.set_grad_enabled(train):
         expected = ref()
         with cbam_triton.record_launches() as launches:
@@ -62,29 +54,19 @@ def _compare(ours: Callable[[], Any], ref: Callable[[], Any], dname: str, train:
     return f"max err {err:.1e}, {len(launches)} launches"
 
 
-def check_fused(device: torch.device, shape: tuple[int, ...], schedule: str, dname: str, layout: str) -> str:
-    """The fused inference forward; ``"l2"`` with a one-sample L2 budget (one chunk per sample)."""
-    import cbam_triton
-
+def check_forward(device: torch.device, shape: tuple[int, ...], dname: str, layout: str, schedule: str | None = None,
+                  gate: str | None = None) -> str:
+    """The fused inference forward (``"l2"``: a one-sample L2 budget, one chunk per sample), or with ``gate``
+    its ``channel_gate`` / ``spatial_gate`` alone."""
     ref, x = _reference(shape[1], device, dname), _input(shape, dname, layout, device)
     budget = x[0].numel() * x.element_size() if schedule == "l2" else None
-    ours = cbam_triton.CBAM.from_reference(ref, backend="triton", schedule=schedule, l2_budget_bytes=budget)
+    ours = cbam_triton.CBAM.from_reference(ref, backend="triton", schedule=schedule or "auto", l2_budget_bytes=budget)
+    ours, ref = (getattr(m, gate) if gate else m for m in (ours, ref))
     return _compare(lambda: ours(x), lambda: ref(x), dname)
-
-
-def check_lone_gate(device: torch.device, shape: tuple[int, ...], gate: str) -> str:
-    """``channel_gate`` or ``spatial_gate`` alone (fp16, channels_last)."""
-    import cbam_triton
-
-    ref, x = _reference(shape[1], device, "fp16"), _input(shape, "fp16", "channels_last", device)
-    ours = getattr(cbam_triton.CBAM.from_reference(ref, backend="triton"), gate)
-    return _compare(lambda: ours(x), lambda: getattr(ref, gate)(x), "fp16")
 
 
 def check_train(device: torch.device, shape: tuple[int, ...]) -> str:
     """One training step: output and the gradients of x and every parameter (fp32, channels_last)."""
-    import cbam_triton
-
     ref = _reference(shape[1], device, "fp32").train()
     ours = cbam_triton.CBAM.from_reference(ref, backend="triton").train()
     x, g = (_input(shape, "fp32", "channels_last", device, seed) for seed in (1, 2))
@@ -99,8 +81,6 @@ def check_train(device: torch.device, shape: tuple[int, ...]) -> str:
 
 def check_timm(device: torch.device, shape: tuple[int, ...]) -> str:
     """A timm ``CbamModule`` converted by ``cbam_triton.convert`` (fp16, channels_last, eval)."""
-    import cbam_triton
-
     try:
         from timm.layers.cbam import CbamModule
     except ImportError as exc:
@@ -115,9 +95,10 @@ def check_timm(device: torch.device, shape: tuple[int, ...]) -> str:
 def checks(device: torch.device, tiny: bool) -> list[tuple[str, Callable[[], str]]]:
     """(name, check) pairs; a check returns a short note (``SKIPPED: ...`` when it cannot run) or raises."""
     shapes = SHAPES_TINY if tiny else SHAPES_GPU
-    out = [(f"fused {sched} {dname} {layout} {shape}", partial(check_fused, device, shape, sched, dname, layout))
+    out = [(f"fused {sched} {dname} {layout} {shape}", partial(check_forward, device, shape, dname, layout, sched))
            for shape in shapes for sched in ("l2", "stream") for dname in DTYPES for layout in LAYOUTS]
-    out += [(f"lone {gate} fp16 channels_last {shapes[0]}", partial(check_lone_gate, device, shapes[0], gate))
+    out += [(f"lone {gate} fp16 channels_last {shapes[0]}",
+             partial(check_forward, device, shapes[0], "fp16", "channels_last", gate=gate))
             for gate in ("channel_gate", "spatial_gate")]
     return out + [
         (f"training step fp32 channels_last {shapes[0]} (output, dx and every parameter's gradient)",

@@ -356,3 +356,29 @@ def first_run(make: Callable[[], Any], device: torch.device, row: dict[str, Any]
             traceback.print_exc(file=sys.stderr)
         return None
     return built, out
+
+
+def tree_digest(root: str, folders: tuple[str, ...]) -> str:
+    """sha256 of the paths and contents of the .py and .sh files under ``folders`` of ``root``: names the
+    code of a run even where the checkout has no .git."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for top in folders:
+        for folder, dirs, files in sorted(os.walk(os.path.join(root, top))):
+            dirs[:] = sorted(d for d in dirs if d != "__pycache__")
+            for path in (os.path.join(folder, n) for n in sorted(files) if n.endswith((".py", ".sh"))):
+                with open(path, "rb") as f:
+                    h.update(os.path.relpath(path, root).encode() + b"\0" + f.read() + b"\0")
+    return h.hexdigest()
+
+
+def gpu_slug() -> str | None:
+    """The first GPU's name as nvidia-smi reports it, made a folder name (``nvidia-h200``); None without one."""
+    try:
+        p = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True,
+                           text=True, timeout=20)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    name = p.stdout.strip().splitlines()[0] if p.returncode == 0 and p.stdout.strip() else ""
+    return "-".join("".join(c if c.isalnum() else " " for c in name.lower()).split()) or None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import datetime as _dt
 import json
 import math
 from typing import Any
@@ -187,3 +188,37 @@ def format_terminal(rows: list[dict[str, Any]]) -> str:
         out += ([""] if out else []) + ["networks:"] + _terminal_table(model_rows, MODEL_COLUMNS) + [MODEL_NOTE]
     notes = [f"  {r['id']} {r['provider']}: {r['note']}" for r in rows if r.get("note")]
     return "\n".join(out + (["notes:"] + notes if notes else []))
+
+
+def merge_documents(docs: list[tuple[str, dict]], env: dict[str, Any]) -> dict[str, Any]:
+    """One result document from several ``(name, document)`` (e.g. the GPU acceptance run's steps): the first
+    row of a (case, provider) wins, marked ``step: name``, and takes the fields it lacks from later ones (e.g.
+    ``ncu_dram_x``); ``speedup_vs_eager`` is recomputed against the case's eager row, whichever document timed
+    it; the targets are judged on the whole. The env: the first document's, ``git_sha`` / ``tree_sha256`` filled
+    from ``env``; without documents ``env`` itself (strings where the plots need them)."""
+    from bench.targets import evaluate
+
+    rows: list[dict[str, Any]] = []
+    index: dict[tuple[str, str], dict[str, Any]] = {}
+    for step, doc in docs:
+        for r in doc.get("results", []):
+            first = index.get((r["id"], r["provider"]))
+            if first is None:
+                first = index[(r["id"], r["provider"])] = dict(r, step=step)
+                rows.append(first)
+            first.update({k: v for k, v in r.items() if first.get(k) is None and v is not None})
+    eager = {r["id"]: r["median_ms"] for r in rows if r["provider"] == "eager" and r.get("median_ms")}
+    for r in rows:
+        r.pop("speedup_vs_eager", None)
+        if r.get("median_ms") and r["id"] in eager:
+            r["speedup_vs_eager"] = eager[r["id"]] / r["median_ms"]
+    if docs:
+        base = dict(docs[0][1]["env"])
+        base.update({k: env[k] for k in ("git_sha", "tree_sha256") if not base.get(k) and env.get(k)})
+    else:
+        base = {k: env.get(k) for k in REQUIRED_ENV}
+        base.update({k: str(env.get(k) or "?") for k in ("device_name", "torch", "triton")},
+                    date=env.get("date") or _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
+    doc = make_document(base, {"steps": {step: doc.get("config", {}) for step, doc in docs}}, rows)
+    doc["targets"] = evaluate(doc)
+    return doc

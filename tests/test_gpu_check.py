@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from bench import gpu_check, readme
+from bench import gpu_check, readme, report
 from bench.gpu_check import Context
 
 ROOT = gpu_check.ROOT
@@ -245,24 +245,22 @@ def _row(id_, provider, ms=None, status="ok", **kw):
 
 
 def test_merge_documents_fills_fields_and_recomputes_speedups():
-    from bench.report import validate
-
     env = {"date": "2026-12-01T00:00:00+00:00", "python": "3.12", "torch": "2.11", "triton": "3.6",
            "device_type": "cuda", "device_name": "NVIDIA H200", "git_sha": "abc"}
     a = {"env": env, "config": {"timer": "do_bench"}, "results": [
         _row("c1", "eager", 4.0, speedup_vs_eager=1.0), _row("c1", "triton-l2", 1.0, speedup_vs_eager=4.0)]}
     b = {"env": env, "config": {}, "results": [
         _row("c1", "triton-l2", 1.1, ncu_dram_x=2.05), _row("c1", "compile-max-autotune", 2.0)]}
-    doc = gpu_check.merge_documents([("triton/1", a), ("ncu/1", b)], env)
+    doc = report.merge_documents([("triton/1", a), ("ncu/1", b)], env)
     rows = {r["provider"]: r for r in doc["results"]}
-    assert len(doc["results"]) == 3 and validate(doc) == []
+    assert len(doc["results"]) == 3 and report.validate(doc) == []
     assert rows["triton-l2"]["median_ms"] == 1.0 and rows["triton-l2"]["ncu_dram_x"] == 2.05
     assert rows["compile-max-autotune"]["speedup_vs_eager"] == 2.0  # against the eager row of another call
     assert rows["triton-l2"]["step"] == "triton/1"
     verdicts = {v["target"]: v for v in doc["targets"]}
     dram = verdicts["DRAM traffic ~ 2|x| (ncu, L2 schedule, <= 2.25|x|)"]
     assert dram["status"] == "met" and dram["cases"] == [{"id": "c1", "value": 2.05, "met": True}]
-    empty = gpu_check.merge_documents([], env)
+    empty = report.merge_documents([], env)
     assert empty["results"] == [] and empty["env"]["device_name"] == "NVIDIA H200"
 
 
