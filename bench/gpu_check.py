@@ -2,25 +2,21 @@
 
     bash scripts/gpu_check.sh [--dry] [--phases sanitizer,tests,bench] [--steps triton,ncu,...] [OUT_DIR]
 
-Phases, each a subprocess cut at its time budget: ``env`` -> env.json; ``sanitizer`` (the driver
-``bench/gpu_check_driver.py`` plainly, then under ``compute-sanitizer`` memcheck, racecheck and synccheck)
--> sanitizer.txt; ``tests`` (pytest, read from its JUnit XML; SIGINT shortly before the budget ends) ->
-tests.txt; ``bench`` (the ``python -m bench`` calls of :data:`STEPS` in priority order, merged) ->
-results.json and three plots; ``report`` -> summary.md, ending with the benchmark's own results.md.
-Sanitizer and tests run side by side; the bench gets what the total leaves. ``--dry``: the same on a CPU
-(interpreter, tiny shapes, no sanitizer). Budgets: ``CBAM_GPU_CHECK_BUDGET_<NAME>`` seconds. Exactly the
-eight :data:`FILES`, none over 16 MB. Exit status: 0 clean; 1 a sanitizer error, a failed check or test, a
-mismatching or failing benchmark row or a crashed step (a step cut at its budget is reported, not
-failed); 2 bad usage or no CUDA device without ``--dry``.
-"""
+Phases, each a subprocess cut at its time budget (``CBAM_GPU_CHECK_BUDGET_<NAME>`` seconds): ``env`` ->
+env.json; ``sanitizer`` (``bench/gpu_check_driver.py`` plainly, then under compute-sanitizer memcheck,
+racecheck, synccheck) -> sanitizer.txt, beside ``tests`` (pytest, read from its JUnit XML) -> tests.txt;
+``bench`` (:data:`STEPS`, merged) -> results.json and three plots; ``report`` -> summary.md. ``--dry``: a
+CPU rehearsal (interpreter, tiny shapes). Exit status: 0 clean; 1 a sanitizer error, a failed check or test,
+a failing benchmark row or a crashed step (one cut at its budget is reported, not failed); 2 bad usage or
+no CUDA device without ``--dry``."""
 
 from __future__ import annotations
 
 import argparse
 import datetime as _dt
-import glob
 import json
 import os
+import pathlib
 import re
 import shlex
 import shutil
@@ -41,6 +37,7 @@ from bench import measure, report
 from bench.ncu import METRICS, parse_csv
 from bench.plots import write_plots
 from bench.status import is_flagged
+from bench.targets import RESNET50
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FILES = ("summary.md", "results.json", "tests.txt", "sanitizer.txt", "latency.png", "speedup.png",
@@ -56,7 +53,6 @@ DEFAULT_BUDGETS: dict[str, tuple[float, float]] = {
 BENCH_MIN_S = (120, 40)  # kept for the bench phase by the phases before it
 SANITIZER_TOOLS = ("memcheck", "racecheck", "synccheck")
 TESTS_GRACE_S = 20  # pytest's SIGINT comes this long before its budget ends, so that it writes what ran
-R50 = ("resnet50-s1", "resnet50-s2", "resnet50-s3", "resnet50-s4")
 #: test files first in line on the GPU (the rest of tests/test_*.py follows, minus the excluded)
 GPU_TESTS_FIRST = ("tests/test_fused_forward.py", "tests/test_cbam_parity.py", "tests/test_kernels.py",
                    "tests/test_backward.py", "tests/test_allocations.py", "tests/test_plan_cache.py",
@@ -68,6 +64,7 @@ DRY_TESTS = ("tests/test_errors.py", "tests/test_schedule.py", "tests/test_fused
 DRIVER = ("-m", "bench.gpu_check_driver")
 #: the folders whose .py and .sh files env.json's tree_sha256 digests (the code of a run, even without .git)
 TREE = ("cbam_triton", "reference", "bench", "tests", "scripts")
+TOOLS = {"compute-sanitizer": "--version", "ncu": "--version", "nvidia-smi": "-L"}
 PACKAGES = ("pytest", "pytest-xdist", "hypothesis", "timm", "onnx", "onnxruntime", "matplotlib", "numpy", "ultralytics")
 NCU_PROBE = ("import torch; x = torch.ones(1 << 22, device='cuda'); y = x * 2; torch.cuda.synchronize(); "
              "print('ncu probe: ran')")
@@ -75,51 +72,50 @@ NCU_PROBE = ("import torch; x = torch.ones(1 << 22, device='cuda'); y = x * 2; t
 
 @dataclass(frozen=True)
 class BenchStep:
-    """``python -m bench`` with ``args`` + each of ``calls`` while its budget lasts (a cut call loses only its
-    rows; ``similar_calls``: stop when under 1.2x the longest call is left), or ``dry_args`` once (None: GPU only)."""
+    """``python -m bench`` with ``args`` + each of ``calls`` while its budget lasts (a cut call loses only its rows;
+    ``similar_calls``: stop when under 1.2x the longest call is left), or ``dry_args`` once (None: GPU only)."""
 
     name: str
     what: str
-    args: tuple[str, ...]
-    dry_args: tuple[str, ...] | None
+    args: str
+    dry_args: str | None
     min_s: float
-    calls: tuple[tuple[str, ...], ...] = ((),)
+    calls: tuple[str, ...] = ("",)
     similar_calls: bool = False
     dry_min_s: float = 8
 
 
-_FWD = ("--dtypes", "fp16", "--modes", "forward", "--layouts", "channels_last")
+R50, _FWD = " ".join(RESNET50), "--dtypes fp16 --modes forward --layouts channels_last"
 #: --dry: fp32 (on a CPU eager fp16 training is itself off by ~0.6 in dx against fp64 at the tiny shape)
-_DRY = ("--cpu", "--shapes", "tiny", "--batch", "1", "--dtypes", "fp32", "--layouts", "channels_last")
-_TRITON = ("eager", "triton", "triton-l2", "triton-stream")
-_B32_B1 = (("--batch", "32"), ("--batch", "1"))
+_DRY = "--cpu --shapes tiny --batch 1 --dtypes fp32 --layouts channels_last"
+_TRITON = "eager triton triton-l2 triton-stream"
 #: in priority order: the last ones are dropped first when time runs out
 STEPS = (
     BenchStep("triton", "ResNet-50 stages fp16 forward, eager and Triton, batch 32 then 1 (targets 1, 3, 4)",
-              ("--shapes", *R50, *_FWD, "--providers", *_TRITON, "triton-cudagraph"),
-              (*_DRY, "--modes", "forward", "--providers", *_TRITON), 30, _B32_B1),
-    BenchStep("compile", "the same with torch.compile", ("--shapes", *R50, *_FWD, "--providers", "compile"),
-              (*_DRY, "--modes", "forward", "--providers", "compile"), 30, _B32_B1),
+              f"--shapes {R50} {_FWD} --providers {_TRITON} triton-cudagraph",
+              f"{_DRY} --modes forward --providers {_TRITON}", 30, ("--batch 32", "--batch 1")),
+    BenchStep("compile", "the same with torch.compile", f"--shapes {R50} {_FWD} --providers compile",
+              f"{_DRY} --modes forward --providers compile", 30, ("--batch 32", "--batch 1")),
     BenchStep("train", "one training step, resnet50-s2 batch 32: eager and triton, then compile",
-              ("--shapes", "resnet50-s2", "--batch", "32", "--dtypes", "fp16", "--layouts", "channels_last", "--modes",
-               "train"), (*_DRY, "--modes", "train", "--providers", "eager", "triton"), 20,
-              (("--providers", "eager", "triton"), ("--providers", "compile"))),
+              "--shapes resnet50-s2 --batch 32 --dtypes fp16 --layouts channels_last --modes train",
+              f"{_DRY} --modes train --providers eager triton", 20,
+              ("--providers eager triton", "--providers compile")),
     BenchStep("ncu", "Nsight Compute DRAM bytes after a probe: triton-l2 at batch 32 (target 5), then triton-stream "
-              "and eager", ("--batch", "32", *_FWD, "--ncu"), None, 25,
-              (("--shapes", *R50[:2], "--providers", "triton-l2"), ("--shapes", *R50[2:], "--providers", "triton-l2"),
-               ("--shapes", "resnet50-s2", "--providers", "eager", "triton-stream"))),
+              "and eager", f"--batch 32 {_FWD} --ncu", None, 25, (
+                  "--shapes resnet50-s1 resnet50-s2 --providers triton-l2",
+                  "--shapes resnet50-s3 resnet50-s4 --providers triton-l2",
+                  "--shapes resnet50-s2 --providers eager triton-stream")),
     BenchStep("max-autotune", "compile-max-autotune at batch 32, one shape per call (target 2)",
-              ("--batch", "32", *_FWD, "--providers", "compile-max-autotune"),
-              (*_DRY, "--modes", "forward", "--providers", "compile-max-autotune"), 25,
-              tuple(("--shapes", s) for s in R50), similar_calls=True),
+              f"--batch 32 {_FWD} --providers compile-max-autotune",
+              f"{_DRY} --modes forward --providers compile-max-autotune", 25,
+              tuple(f"--shapes {s}" for s in RESNET50), similar_calls=True),
     # timm's and plain PyTorch networks only, no compile of a whole network; CBAM_GPU_CHECK_MODELS_ARGS replaces args
     BenchStep("models", "the whole network resnet50-cbam at batch 32 with the CBAM blocks' share",
-              ("--models", "resnet50-cbam", "--batch", "32", "--dtypes", "fp16", "--layouts", "channels_last",
-               "--providers", "eager", "triton", "triton-cudagraph"), ("--cpu", "--models", "resnet18-cbam", "--batch",
-              "1", "--dtypes", "fp32", "--layouts", "channels_last", "--providers", "eager", "triton", "--no-shares"),
-              30),
-    BenchStep("nchw", "NCHW at batch 32: eager and Triton", ("--shapes", *R50, "--batch", "32", "--dtypes", "fp16",
-              "--modes", "forward", "--layouts", "nchw", "--providers", *_TRITON), None, 20),
+              "--models resnet50-cbam --batch 32 --dtypes fp16 --layouts channels_last --providers eager triton "
+              "triton-cudagraph", "--cpu --models resnet18-cbam --batch 1 --dtypes fp32 --layouts channels_last "
+              "--providers eager triton --no-shares", 30),
+    BenchStep("nchw", "NCHW at batch 32: eager and Triton", f"--shapes {R50} --batch 32 --dtypes fp16 --modes forward "
+              f"--layouts nchw --providers {_TRITON}", None, 20),
 )
 
 
@@ -127,13 +123,11 @@ def budgets(dry: bool, environ: dict[str, str] | None = None) -> dict[str, float
     """:data:`DEFAULT_BUDGETS` (the GPU or ``--dry`` column), each overridden by ``CBAM_GPU_CHECK_BUDGET_<NAME>``
     (``.`` and ``-`` as ``_``, e.g. ``..._BENCH_MAX_AUTOTUNE=120``), ``bench`` too; ValueError names a bad value."""
     environ = os.environ if environ is None else environ
-    out = {k: v[1 if dry else 0] for k, v in DEFAULT_BUDGETS.items()}
-    for key in [*out, "bench"]:
-        var = "CBAM_GPU_CHECK_BUDGET_" + re.sub(r"[.\-]", "_", key).upper()
-        if var in environ:
-            if not re.fullmatch(r"\s*\d+(\.\d*)?\s*", environ[var]):
-                raise ValueError(f"{var} must be a number of seconds >= 0, got {environ[var]!r}")
-            out[key] = float(environ[var])
+    out = {k: v[dry] for k, v in DEFAULT_BUDGETS.items()}
+    for key, var in ((k, "CBAM_GPU_CHECK_BUDGET_" + re.sub(r"[.\-]", "_", k).upper()) for k in [*out, "bench"]):
+        if var in environ and not re.fullmatch(r"\s*\d+(\.\d*)?\s*", environ[var]):
+            raise ValueError(f"{var} must be a number of seconds >= 0, got {environ[var]!r}")
+        out.update({key: float(environ[var])} if var in environ else {})
     return out
 
 
@@ -199,20 +193,12 @@ class Context:
 
 
 def _tail(path: str | None, nbytes: int = 4096) -> str:
-    if not path or not os.path.exists(path):
-        return ""
-    with open(path, "rb") as f:
-        f.seek(max(0, os.path.getsize(path) - nbytes))
-        return f.read().decode("utf-8", "replace")
+    return pathlib.Path(path).read_bytes()[-nbytes:].decode("utf-8", "replace") if path and os.path.exists(path) else ""
 
 
 def _last_line(path: str | None) -> str:
     lines = [ln.strip() for ln in _tail(path, 2048).replace("\r", "\n").splitlines() if ln.strip()]
     return lines[-1][:110] if lines else ""
-
-
-def _short(arg: str) -> str:
-    return os.path.relpath(arg, ROOT) if os.path.isabs(arg) and arg.startswith(ROOT) else arg
 
 
 def _write_text(path: str, text: str) -> None:
@@ -221,13 +207,6 @@ def _write_text(path: str, text: str) -> None:
         data = b"[... beginning left out: over 16 MB ...]\n" + data[-(MAX_FILE_BYTES - 4096):]
     with open(path, "wb") as f:
         f.write(data)
-
-
-def find_tool(name: str) -> str | None:
-    """An executable on PATH, then in the usual CUDA folders, or None."""
-    candidates = [f"/usr/local/cuda/bin/{name}", *sorted(glob.glob(f"/usr/local/cuda-*/bin/{name}"), reverse=True),
-                  f"/opt/nvidia/nsight-compute/{name}"]
-    return shutil.which(name) or next((c for c in candidates if os.path.isfile(c) and os.access(c, os.X_OK)), None)
 
 
 def _ended(proc: subprocess.Popen, seconds: float, sig: int | None = None) -> bool:
@@ -246,7 +225,7 @@ def run_step(ctx: Context, label: str, cmd: list[str], budget_s: float, log: str
     seconds. ``interrupt_before_s`` > 0: SIGINT that long before the budget ends (pytest then writes its
     report). At the budget SIGTERM, then SIGKILL, to the whole process group (compile workers, ncu's target)."""
     phase = label.split("/")[0]
-    ctx.say(phase, f"{label}: start (budget {budget_s:.0f} s): {' '.join(map(_short, cmd))}")
+    ctx.say(phase, f"{label}: start (budget {budget_s:.0f} s): {shlex.join(cmd)}")
     t0, cut = time.monotonic(), ""
     try:
         with open(log, "w") as out:
@@ -270,22 +249,14 @@ def run_step(ctx: Context, label: str, cmd: list[str], budget_s: float, log: str
     return ctx.ran[-1]
 
 
-# ----------------------------------------------------------------------------------------- env
 def collect_env(path: str, dry: bool) -> int:
     """The env phase's subprocess: bench/measure.py's machine card, packages, tools, the tree's digest -> ``path``."""
     import torch
 
     cuda = torch.cuda.is_available()
-    env = measure.machine_card(torch.device("cuda" if cuda else "cpu"))
-    env.update(cuda_available=cuda, dry=dry, packages=measure.package_versions(PACKAGES), tools={},
+    env = dict(measure.machine_card(torch.device("cuda" if cuda else "cpu")), cuda_available=cuda, dry=dry,
+               packages=measure.package_versions(PACKAGES), tools=measure.tool_versions(TOOLS),
                tree_sha256=measure.tree_digest(ROOT, TREE))
-    for tool, flag in (("compute-sanitizer", "--version"), ("ncu", "--version"), ("nvidia-smi", "-L")):
-        exe = env["tools"][tool] = find_tool(tool)
-        try:
-            p = subprocess.run([exe, flag], capture_output=True, text=True, timeout=20) if exe else None
-            env["tools"][tool] = p and " / ".join(ln.strip() for ln in (p.stdout or p.stderr).splitlines())[-300:]
-        except (OSError, subprocess.SubprocessError) as exc:
-            env["tools"][tool] = f"{exe}: {exc}"
     if not env.get("git_sha") and os.environ.get("CBAM_GIT_SHA"):  # a copy of the tree without .git
         env["git_sha"] = os.environ["CBAM_GIT_SHA"] + " (CBAM_GIT_SHA)"
     _write_text(path, json.dumps(env, indent=1))
@@ -302,14 +273,16 @@ def phase_env(ctx: Context) -> None:
         return ctx.failures.append(f"env: {step.status} ({step.note}): {_tail(step.log, 600)}")
     with open(path) as f:
         ctx.env = e = json.load(f)
-    ctx.say("env", f"device {e.get('device_name')} (capability {e.get('capability')}, {e.get('sm_count')} SMs, "
-                   f"L2 {e.get('l2_bytes')} B), driver {e.get('driver')}, CUDA {e.get('cuda')}; python "
-                   f"{e.get('python')}, torch {e.get('torch')}, triton {e.get('triton')}, git {e.get('git_sha')}")
-    ctx.say("env", "tools: " + ", ".join(f"{k} {'yes' if v else 'no'}" for k, v in e["tools"].items())
+    ctx.say("env", _env_line(e) + "; tools: " + ", ".join(f"{k} {'yes' if v else 'no'}" for k, v in e["tools"].items())
             + "; packages missing: " + (", ".join(k for k, v in e["packages"].items() if v is None) or "none"))
 
 
-# ----------------------------------------------------------------------------------- sanitizer
+def _env_line(env: dict[str, Any]) -> str:
+    return "; ".join(f"{k}: {env.get(k)}" for k in (
+        "device_name", "capability", "sm_count", "l2_bytes", "total_memory", "driver", "cuda", "python", "torch",
+        "triton", "git_sha", "tree_sha256", "platform", "cpu_count") if k in env)
+
+
 def classify_sanitizer(output: str, rc: int | None, timed_out: bool) -> tuple[str, int | None, str]:
     """(status, errors, note) of one compute-sanitizer run: ``clean``, ``errors`` (it found some),
     ``driver-failed`` (0 errors but the driver failed), ``unavailable`` (the tool could not run:
@@ -334,7 +307,7 @@ def classify_sanitizer(output: str, rc: int | None, timed_out: bool) -> tuple[st
 def phase_sanitizer(ctx: Context, budget: float) -> None:
     """The driver plainly, then under each compute-sanitizer tool -> sanitizer.txt."""
     deadline, driver = time.monotonic() + budget, [sys.executable, *DRIVER, *(["--tiny"] if ctx.dry else [])]
-    exe = None if ctx.dry else find_tool("compute-sanitizer")
+    exe = None if ctx.dry else measure.find_tool("compute-sanitizer")
     ctx.results["sanitizer"] = record = {"runs": [], "status": "not run"}
     text = [f"sanitizer phase — {'--dry: CPU, Triton interpreter' if ctx.dry else 'CUDA'}", ""]
     for key in ("driver", *(SANITIZER_TOOLS if exe else ())):
@@ -359,25 +332,21 @@ def phase_sanitizer(ctx: Context, budget: float) -> None:
         elif result in ("unavailable", "timeout"):
             ctx.skip(f"sanitizer/{key}", why if result == "unavailable" else f"cut at its {step.budget_s} s budget")
         text += [f"== {tool}: {result} (errors: {errors}) in {step.elapsed_s} s; {why}",
-                 f"command: {' '.join(map(_short, cmd))}", output[-(1 << 20):], ""]
-    results = [r["result"] for r in record["runs"]]
-    if {"errors", "driver-failed"} & set(results):
-        record["status"] = "FAILED"
-    elif exe:
-        record["status"] = "clean" if set(results) == {"ok", "clean"} else "incomplete: " + ", ".join(
-            f"{r['tool']} {r['result']}" for r in record["runs"][1:])
-    else:
-        record["status"] = ("skipped (--dry)" if results == ["ok"] else f"driver {results[0]}") if ctx.dry \
-            else "compute-sanitizer not found"
+                 f"command: {shlex.join(cmd)}", output[-(1 << 20):], ""]
+    results = {r["result"] for r in record["runs"]}
     if not exe:
         text.append("--dry: compute-sanitizer skipped (no CUDA device); the driver ran in Triton's interpreter"
                     if ctx.dry else "compute-sanitizer not found (PATH, /usr/local/cuda*/bin): the memory and race "
                     "checks did not run")
         ctx.skip("sanitizer/compute-sanitizer", text[-1])
+    record["status"] = "FAILED" if {"errors", "driver-failed"} & results else (
+        "clean" if results == {"ok", "clean"} else "incomplete: " + ", ".join(
+            f"{r['tool']} {r['result']}" for r in record["runs"][1:])) if exe else (
+        "skipped (--dry)" if results == {"ok"} else f"driver {record['runs'][0]['result']}") if ctx.dry \
+        else "compute-sanitizer not found"
     _write_text(os.path.join(ctx.out_dir, "sanitizer.txt"), "\n".join(text))
 
 
-# --------------------------------------------------------------------------------------- tests
 def test_files(dry: bool) -> tuple[list[str], dict[str, str]]:
     """The tests phase's selection and what it leaves out (file -> why)."""
     if dry:
@@ -439,7 +408,7 @@ def phase_tests(ctx: Context, budget: float) -> None:
     elif step.status != "ok" and step.rc != 1 and not bad:
         ctx.failures.append(f"tests: pytest exit status {step.rc} ({_last_line(step.log)})")
     lines = [f"tests phase — CBAM_TEST_DEVICE={device} ({'Triton interpreter' if ctx.dry else 'compiled kernels'})"
-             + (f", {workers} pytest-xdist workers" if workers else ""), f"command: {' '.join(map(_short, cmd))}",
+             + (f", {workers} pytest-xdist workers" if workers else ""), f"command: {shlex.join(cmd)}",
              f"budget {budget:.0f} s, elapsed {step.elapsed_s} s, outcome: {step.status} {step.note}".rstrip(),
              f"result: {summary}", *[f"left out: {f}: {why}" for f, why in excluded.items()],
              *(["not reached (budget): " + ", ".join(not_reached)] if not_reached else []), "", "failures and errors:",
@@ -447,11 +416,10 @@ def phase_tests(ctx: Context, budget: float) -> None:
     _write_text(os.path.join(ctx.out_dir, "tests.txt"), "\n".join(lines))
 
 
-# --------------------------------------------------------------------------------------- bench
 def ncu_probe(ctx: Context, budget: float) -> tuple[bool, str]:
     """Whether Nsight Compute reads DRAM counters here: one tiny kernel profiled (fails fast where the
     counters are not readable, e.g. ERR_NVGPUCTRPERM)."""
-    exe = find_tool("ncu")
+    exe = measure.find_tool("ncu")
     if exe is None:
         return False, "ncu (Nsight Compute) not found (PATH, /usr/local/cuda*/bin, /opt/nvidia/nsight-compute)"
     cmd = [exe, "--metrics", ",".join(METRICS), "--csv", "--target-processes", "all", sys.executable, "-c", NCU_PROBE]
@@ -478,7 +446,7 @@ def _why_not(ctx: Context, spec: BenchStep, entry: dict[str, Any], cap: float) -
         return ("--dry: Nsight Compute needs a CUDA device" if spec.name == "ncu" else "--dry: GPU only"), None
     if cap < min_s or spec.name != "ncu":
         return (f"{cap:.0f} s left of the bench budget, needs {min_s:.0f}" if cap < min_s else None), None
-    exe = find_tool("ncu")
+    exe = measure.find_tool("ncu")
     env = ctx.child_env(PATH=os.path.dirname(exe) + os.pathsep + os.environ.get("PATH", "")) if exe else None
     ok, entry["probe"] = ncu_probe(ctx, min(40.0, cap))
     ctx.say("bench", f"ncu: {entry['probe']}")
@@ -525,16 +493,18 @@ def phase_bench(ctx: Context, budget: float) -> None:
             continue
         args, min_s = (spec.dry_args, spec.dry_min_s) if ctx.dry else (spec.args, spec.min_s)
         if spec.name == "models" and os.environ.get("CBAM_GPU_CHECK_MODELS_ARGS"):
-            args = tuple(shlex.split(os.environ["CBAM_GPU_CHECK_MODELS_ARGS"]))
-        calls, t0, longest, entry["status"] = ((),) if ctx.dry else spec.calls, time.monotonic(), 0.0, "ok"
+            args = os.environ["CBAM_GPU_CHECK_MODELS_ARGS"]
+        args = tuple(shlex.split(args))
+        calls, t0, longest, entry["status"] = ("",) if ctx.dry else spec.calls, time.monotonic(), 0.0, "ok"
         for i, extra in enumerate(calls):
             rest = min(cap - (time.monotonic() - t0), deadline - time.monotonic())
             if i and (rest < min_s or (spec.similar_calls and rest < 1.2 * longest)):
                 entry["status"] = "partial"
                 ctx.skip(f"{label} calls {i + 1}-{len(calls)}", f"{rest:.0f} s left of its budget, one call took "
-                         f"{longest:.0f} s: " + "; ".join(" ".join(c) for c in calls[i:]))
+                         f"{longest:.0f} s: " + "; ".join(calls[i:]))
                 break
-            step = _bench_call(ctx, f"{label}/{i + 1}" if len(calls) > 1 else label, (*args, *extra), rest, docs, env)
+            name = f"{label}/{i + 1}" if len(calls) > 1 else label
+            step = _bench_call(ctx, name, (*args, *extra.split()), rest, docs, env)
             entry["calls"].append(asdict(step))
             longest = max(longest, step.elapsed_s)
             entry["status"] = entry["status"] if step.status == "ok" else "partial"
@@ -546,7 +516,6 @@ def phase_bench(ctx: Context, budget: float) -> None:
     ctx.failures.extend(f"bench row {f}" for f in record["flagged"])
 
 
-# -------------------------------------------------------------------------------------- report
 def write_outputs(ctx: Context, exit_status: int) -> str:
     """results.json, the plots and summary.md (a placeholder for a phase's file it did not write); returns the
     verdict line."""
@@ -577,9 +546,7 @@ def write_outputs(ctx: Context, exit_status: int) -> str:
              "## Skipped or cut", "", *([f"* {s}" for s in ctx.skipped] or ["* nothing"]), "", "## Phases", "",
              *["| " + " | ".join(str(c).replace("|", "\\|").replace("\n", " ") for c in row) + " |"
                for row in [["phase / step", "status", "seconds", "budget s", "note"], ["---"] * 5, *phases]], "",
-             "## Environment", "", "; ".join(f"{k}: {env.get(k)}" for k in (
-                 "device_name", "capability", "sm_count", "l2_bytes", "total_memory", "driver", "cuda", "python",
-                 "torch", "triton", "git_sha", "tree_sha256", "platform", "cpu_count") if k in env) + " (env.json)", "",
+             "## Environment", "", _env_line(env) + " (env.json)", "",
              *(["Tools: " + "; ".join(f"{k}: {v or 'not found'}" for k, v in env["tools"].items()), ""]
                if env.get("tools") else [])]
     if tests:
@@ -625,7 +592,6 @@ def check_folder(out_dir: str) -> list[str]:
                        and os.path.getsize(os.path.join(out_dir, n)) > MAX_FILE_BYTES]
 
 
-# ------------------------------------------------------------------------------------------- main
 def _guarded(ctx: Context, name: str, fn: Any, *args: Any) -> None:
     try:
         fn(ctx, *args)
@@ -698,10 +664,6 @@ def main(argv: list[str] | None = None) -> int:
     out_dir = os.path.abspath(args.out_dir or os.path.join(
         ROOT, "bench", "results", f"{_dt.datetime.now(_dt.timezone.utc):%Y-%m-%d}-{gpu}"))
     os.makedirs(out_dir, exist_ok=True)
-    others = sorted(set(os.listdir(out_dir)) - set(FILES))
-    if others:
-        print(f"gpu_check: WARNING: {out_dir} already holds {len(others)} other entries ({', '.join(others[:5])}); "
-              "an acceptance folder holds its 8 files only", file=sys.stderr)
     for name in FILES:  # no stale file of an earlier run survives
         if os.path.isfile(os.path.join(out_dir, name)):
             os.remove(os.path.join(out_dir, name))

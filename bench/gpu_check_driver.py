@@ -7,7 +7,6 @@ against the reference (bench/runner.py's tolerances) and for Triton launches. Ex
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
@@ -21,9 +20,8 @@ import cbam_triton
 from bench.runner import check_output, make_reference
 from bench.suite import Case
 
-#: (N, C, H, W) of the forward checks: a multi-chunk batch, and one sample big enough for split reductions
-SHAPES_GPU = ((4, 128, 28, 28), (1, 256, 56, 56))
-SHAPES_TINY = ((2, 16, 5, 6),)
+#: (N, C, H, W): on a GPU a multi-chunk batch and one sample big enough for split reductions; --tiny: interpreter
+SHAPES = {False: ((4, 128, 28, 28), (1, 256, 56, 56)), True: ((2, 16, 5, 6),)}
 DTYPES = {"fp16": torch.float16, "fp32": torch.float32}
 LAYOUTS = ("nchw", "channels_last")
 
@@ -94,29 +92,24 @@ def check_timm(device: torch.device, shape: tuple[int, ...]) -> str:
 
 def checks(device: torch.device, tiny: bool) -> list[tuple[str, Callable[[], str]]]:
     """(name, check) pairs; a check returns a short note (``SKIPPED: ...`` when it cannot run) or raises."""
-    shapes = SHAPES_TINY if tiny else SHAPES_GPU
+    shapes, first = SHAPES[tiny], SHAPES[tiny][0]
     out = [(f"fused {sched} {dname} {layout} {shape}", partial(check_forward, device, shape, dname, layout, sched))
            for shape in shapes for sched in ("l2", "stream") for dname in DTYPES for layout in LAYOUTS]
-    out += [(f"lone {gate} fp16 channels_last {shapes[0]}",
-             partial(check_forward, device, shapes[0], "fp16", "channels_last", gate=gate))
-            for gate in ("channel_gate", "spatial_gate")]
-    return out + [
-        (f"training step fp32 channels_last {shapes[0]} (output, dx and every parameter's gradient)",
-         partial(check_train, device, shapes[0])),
-        (f"converted timm CbamModule fp16 channels_last {shapes[0]}", partial(check_timm, device, shapes[0]))]
+    out += [(f"lone {g} fp16 channels_last {first}", partial(check_forward, device, first, "fp16", "channels_last",
+                                                             gate=g)) for g in ("channel_gate", "spatial_gate")]
+    return out + [(f"training step fp32 channels_last {first} (output, dx and every parameter's gradient)",
+                   partial(check_train, device, first)),
+                  (f"converted timm CbamModule fp16 channels_last {first}", partial(check_timm, device, first))]
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run every check; exit status 1 if one fails, 2 without a device to run on."""
-    p = argparse.ArgumentParser(prog="python -m bench.gpu_check_driver", description=__doc__.split("\n\n")[0])
-    p.add_argument("--tiny", action="store_true", help="tiny shapes (the CPU interpreter: gpu_check --dry)")
-    args = p.parse_args(argv)
-    cuda = torch.cuda.is_available()
+    """Run every check (``--tiny``: tiny shapes); exit status 1 if one fails, 2 without a device to run on."""
+    argv, cuda = sys.argv[1:] if argv is None else argv, torch.cuda.is_available()
     if not cuda and os.environ.get("TRITON_INTERPRET") != "1":
         print("gpu_check_driver: no CUDA device; on a CPU run it with TRITON_INTERPRET=1 (and --tiny)", file=sys.stderr)
         return 2
     device, failed, start = torch.device("cuda" if cuda else "cpu"), 0, time.perf_counter()
-    todo = checks(device, args.tiny or not cuda)
+    todo = checks(device, "--tiny" in argv or not cuda)
     for name, check in todo:
         t0 = time.perf_counter()
         try:

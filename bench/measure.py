@@ -382,3 +382,27 @@ def gpu_slug() -> str | None:
         return None
     name = p.stdout.strip().splitlines()[0] if p.returncode == 0 and p.stdout.strip() else ""
     return "-".join("".join(c if c.isalnum() else " " for c in name.lower()).split()) or None
+
+
+def find_tool(name: str) -> str | None:
+    """An executable on PATH, then in the usual CUDA folders, or None."""
+    import glob
+    import shutil
+
+    candidates = [f"/usr/local/cuda/bin/{name}", *sorted(glob.glob(f"/usr/local/cuda-*/bin/{name}"), reverse=True),
+                  f"/opt/nvidia/nsight-compute/{name}"]
+    return shutil.which(name) or next((c for c in candidates if os.path.isfile(c) and os.access(c, os.X_OK)), None)
+
+
+def tool_versions(tools: dict[str, str]) -> dict[str, str | None]:
+    """For each ``{tool: flag}`` (e.g. ``{"ncu": "--version"}``) found by :func:`find_tool`, the output of
+    ``tool flag`` on one line (at most 300 characters); None where the tool is not found."""
+    out: dict[str, str | None] = {}
+    for tool, flag in tools.items():
+        exe = find_tool(tool)
+        try:
+            p = subprocess.run([exe, flag], capture_output=True, text=True, timeout=20) if exe else None
+            out[tool] = p and " / ".join(ln.strip() for ln in (p.stdout or p.stderr).splitlines())[-300:]
+        except (OSError, subprocess.SubprocessError) as exc:
+            out[tool] = f"{exe}: {exc}"
+    return out

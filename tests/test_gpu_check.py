@@ -61,7 +61,7 @@ def test_steps_name_known_shapes_providers_and_flags():
 
     for step in gpu_check.STEPS:
         for call in step.calls:
-            for args in (step.args + call, step.dry_args or ()):
+            for args in (f"{step.args} {call}".split(), (step.dry_args or "").split()):
                 for flag, known in (("--shapes", SHAPES), ("--providers", PROVIDERS_GPU)):
                     if flag in args and step.name != "models":
                         i = args.index(flag) + 1
