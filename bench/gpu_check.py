@@ -76,7 +76,6 @@ class BenchStep:
     ``similar_calls``: stop when under 1.2x the longest call is left), or ``dry_args`` once (None: GPU only)."""
 
     name: str
-    what: str
     args: str
     dry_args: str | None
     min_s: float
@@ -89,33 +88,27 @@ R50, _FWD = " ".join(RESNET50), "--dtypes fp16 --modes forward --layouts channel
 #: --dry: fp32 (on a CPU eager fp16 training is itself off by ~0.6 in dx against fp64 at the tiny shape)
 _DRY = "--cpu --shapes tiny --batch 1 --dtypes fp32 --layouts channels_last"
 _TRITON = "eager triton triton-l2 triton-stream"
-#: in priority order: the last ones are dropped first when time runs out
+#: in priority order: the last ones are dropped first when time runs out (the runbook says what each measures)
 STEPS = (
-    BenchStep("triton", "ResNet-50 stages fp16 forward, eager and Triton, batch 32 then 1 (targets 1, 3, 4)",
-              f"--shapes {R50} {_FWD} --providers {_TRITON} triton-cudagraph",
+    BenchStep("triton", f"--shapes {R50} {_FWD} --providers {_TRITON} triton-cudagraph",  # targets 1, 3, 4
               f"{_DRY} --modes forward --providers {_TRITON}", 30, ("--batch 32", "--batch 1")),
-    BenchStep("compile", "the same with torch.compile", f"--shapes {R50} {_FWD} --providers compile",
-              f"{_DRY} --modes forward --providers compile", 30, ("--batch 32", "--batch 1")),
-    BenchStep("train", "one training step, resnet50-s2 batch 32: eager and triton, then compile",
-              "--shapes resnet50-s2 --batch 32 --dtypes fp16 --layouts channels_last --modes train",
+    BenchStep("compile", f"--shapes {R50} {_FWD} --providers compile", f"{_DRY} --modes forward --providers compile",
+              30, ("--batch 32", "--batch 1")),
+    BenchStep("train", "--shapes resnet50-s2 --batch 32 --dtypes fp16 --layouts channels_last --modes train",
               f"{_DRY} --modes train --providers eager triton", 20,
               ("--providers eager triton", "--providers compile")),
-    BenchStep("ncu", "Nsight Compute DRAM bytes after a probe: triton-l2 at batch 32 (target 5), then triton-stream "
-              "and eager", f"--batch 32 {_FWD} --ncu", None, 25, (
-                  "--shapes resnet50-s1 resnet50-s2 --providers triton-l2",
-                  "--shapes resnet50-s3 resnet50-s4 --providers triton-l2",
-                  "--shapes resnet50-s2 --providers eager triton-stream")),
-    BenchStep("max-autotune", "compile-max-autotune at batch 32, one shape per call (target 2)",
-              f"--batch 32 {_FWD} --providers compile-max-autotune",
-              f"{_DRY} --modes forward --providers compile-max-autotune", 25,
-              tuple(f"--shapes {s}" for s in RESNET50), similar_calls=True),
+    BenchStep("ncu", f"--batch 32 {_FWD} --ncu", None, 25, (  # target 5
+        *(f"--shapes {' '.join(RESNET50[i:i + 2])} --providers triton-l2" for i in (0, 2)),
+        "--shapes resnet50-s2 --providers eager triton-stream")),
+    BenchStep("max-autotune", f"--batch 32 {_FWD} --providers compile-max-autotune",  # target 2
+              f"{_DRY} --modes forward --providers compile-max-autotune", 25, tuple(f"--shapes {s}" for s in RESNET50),
+              similar_calls=True),
     # timm's and plain PyTorch networks only, no compile of a whole network; CBAM_GPU_CHECK_MODELS_ARGS replaces args
-    BenchStep("models", "the whole network resnet50-cbam at batch 32 with the CBAM blocks' share",
-              "--models resnet50-cbam --batch 32 --dtypes fp16 --layouts channels_last --providers eager triton "
-              "triton-cudagraph", "--cpu --models resnet18-cbam --batch 1 --dtypes fp32 --layouts channels_last "
+    BenchStep("models", "--models resnet50-cbam --batch 32 --dtypes fp16 --layouts channels_last --providers eager "
+              "triton triton-cudagraph", "--cpu --models resnet18-cbam --batch 1 --dtypes fp32 --layouts channels_last "
               "--providers eager triton --no-shares", 30),
-    BenchStep("nchw", "NCHW at batch 32: eager and Triton", f"--shapes {R50} --batch 32 --dtypes fp16 --modes forward "
-              f"--layouts nchw --providers {_TRITON}", None, 20),
+    BenchStep("nchw", f"--shapes {R50} --batch 32 --dtypes fp16 --modes forward --layouts nchw --providers {_TRITON}",
+              None, 20),
 )
 
 
@@ -422,9 +415,10 @@ def ncu_probe(ctx: Context, budget: float) -> tuple[bool, str]:
     exe = measure.find_tool("ncu")
     if exe is None:
         return False, "ncu (Nsight Compute) not found (PATH, /usr/local/cuda*/bin, /opt/nvidia/nsight-compute)"
-    cmd = [exe, "--metrics", ",".join(METRICS), "--csv", "--target-processes", "all", sys.executable, "-c", NCU_PROBE]
-    step = run_step(ctx, "bench/ncu-probe", cmd, budget, os.path.join(ctx.work_dir, "ncu-probe.log"))
-    out, why = _tail(step.log, 1 << 20), f"(exit status {step.rc}"
+    step = run_step(ctx, "bench/ncu-probe", [exe, "--metrics", ",".join(METRICS), "--csv", "--target-processes", "all",
+                                             sys.executable, "-c", NCU_PROBE], budget,
+                    os.path.join(ctx.work_dir, "ncu-probe.log"))
+    out, end = _tail(step.log, 1 << 20), f"(exit status {step.rc}); {_last_line(step.log)}"
     if step.status == "timeout":
         return False, f"the ncu probe did not finish in {budget:.0f} s"
     if "ERR_NVGPUCTRPERM" in out:
@@ -432,69 +426,37 @@ def ncu_probe(ctx: Context, budget: float) -> tuple[bool, str]:
     try:
         got = parse_csv(out)
     except ValueError as exc:
-        return False, f"ncu probe failed {why}): {exc}; {_last_line(step.log)}"
+        return False, f"ncu probe failed: {exc} {end}"
     if step.rc != 0 or got["kernels"] == 0 or got["read"] + got["write"] == 0:
-        return False, f"ncu probe read no DRAM bytes {why}, {got}); {_last_line(step.log)}"
+        return False, f"ncu probe read no DRAM bytes ({got}) {end}"
     return True, f"ncu reads DRAM counters ({got['kernels']} kernels, {got['read'] + got['write']} bytes)"
 
 
-def _why_not(ctx: Context, spec: BenchStep, entry: dict[str, Any], cap: float) -> tuple[str | None, dict | None]:
-    """Why a selected step does not run (None: it runs), and its environment (the ncu step: the probed ncu first
-    on PATH, where bench/ncu.py looks first)."""
-    min_s = spec.dry_min_s if ctx.dry else spec.min_s
-    if (spec.dry_args if ctx.dry else spec.args) is None:
-        return ("--dry: Nsight Compute needs a CUDA device" if spec.name == "ncu" else "--dry: GPU only"), None
-    if cap < min_s or spec.name != "ncu":
-        return (f"{cap:.0f} s left of the bench budget, needs {min_s:.0f}" if cap < min_s else None), None
-    exe = measure.find_tool("ncu")
-    env = ctx.child_env(PATH=os.path.dirname(exe) + os.pathsep + os.environ.get("PATH", "")) if exe else None
-    ok, entry["probe"] = ncu_probe(ctx, min(40.0, cap))
-    ctx.say("bench", f"ncu: {entry['probe']}")
-    return (None if ok else entry["probe"]), env
-
-
-def _bench_call(ctx: Context, label: str, args: tuple[str, ...], budget: float, docs: list[tuple[str, dict]],
-                env: dict[str, str] | None) -> Step:
-    """One ``python -m bench`` call; its result document goes to ``docs`` (the models step's to
-    ``ctx.results["models"]``: whole networks are reported apart from the block's rows)."""
-    out = os.path.join(ctx.work_dir, label.replace("/", "_"))
-    step = run_step(ctx, label, [sys.executable, "-m", "bench", *args, "--out", out, "--no-plots"], budget,
-                    out + ".log", env=env)
-    if step.status == "ok" and os.path.exists(os.path.join(out, "results.json")):
-        with open(os.path.join(out, "results.json")) as f:
-            doc = json.load(f)
-        if "--models" in args:
-            ctx.results["models"] = dict({k: doc.get(k) for k in ("env", "config", "model_goals")}, args=list(args),
-                                         results=doc.get("results", []))
-        else:
-            docs.append((label.split("/", 1)[1], doc))
-    elif step.status in ("failed", "error"):
-        ctx.failures.append(f"{label}: {step.note}: {_last_line(step.log)}")
-    elif step.status == "timeout":
-        ctx.skip(label, f"cut at its {budget:.0f} s budget: its rows are lost")
-    return step
-
-
 def phase_bench(ctx: Context, budget: float) -> None:
-    """The selected :data:`STEPS` in order while the budget lasts -> one merged result document."""
+    """The selected :data:`STEPS` in order while the budget lasts -> one merged result document (the models step's
+    rows apart, in ``ctx.results["models"]``: whole networks are reported apart from the block's rows)."""
     deadline, docs = time.monotonic() + budget, []
     ctx.results["bench"] = record = {"steps": []}
     for spec in STEPS:
         label, cap = f"bench/{spec.name}", min(ctx.budgets[f"bench.{spec.name}"], deadline - time.monotonic())
-        entry: dict[str, Any] = {"name": spec.name, "what": spec.what, "budget_s": round(cap), "calls": []}
-        record["steps"].append(entry)
+        args, min_s = (spec.dry_args, spec.dry_min_s) if ctx.dry else (spec.args, spec.min_s)
+        record["steps"].append(entry := {"name": spec.name, "budget_s": round(cap), "calls": []})
         if spec.name not in ctx.steps:
             entry["status"] = "not selected"
             continue
-        why, env = _why_not(ctx, spec, entry, cap)
+        why = (f"--dry: {'Nsight Compute needs a CUDA device' if spec.name == 'ncu' else 'GPU only'}" if args is None
+               else f"{cap:.0f} s left of the bench budget, needs {min_s:.0f}" if cap < min_s else None)
+        exe = spec.name == "ncu" and not why and measure.find_tool("ncu")  # bench/ncu.py looks on PATH first
+        env = ctx.child_env(PATH=os.path.dirname(exe) + os.pathsep + os.environ.get("PATH", "")) if exe else None
+        if spec.name == "ncu" and not why:
+            ok, entry["probe"] = ncu_probe(ctx, min(40.0, cap))
+            ctx.say("bench", f"ncu: {entry['probe']}")
+            why = None if ok else entry["probe"]
         if why:
             entry.update(status="skipped", note=why)
             ctx.skip(label, why)
             continue
-        args, min_s = (spec.dry_args, spec.dry_min_s) if ctx.dry else (spec.args, spec.min_s)
-        if spec.name == "models" and os.environ.get("CBAM_GPU_CHECK_MODELS_ARGS"):
-            args = os.environ["CBAM_GPU_CHECK_MODELS_ARGS"]
-        args = tuple(shlex.split(args))
+        args = tuple(shlex.split(spec.name == "models" and os.environ.get("CBAM_GPU_CHECK_MODELS_ARGS") or args))
         calls, t0, longest, entry["status"] = ("",) if ctx.dry else spec.calls, time.monotonic(), 0.0, "ok"
         for i, extra in enumerate(calls):
             rest = min(cap - (time.monotonic() - t0), deadline - time.monotonic())
@@ -504,7 +466,21 @@ def phase_bench(ctx: Context, budget: float) -> None:
                          f"{longest:.0f} s: " + "; ".join(calls[i:]))
                 break
             name = f"{label}/{i + 1}" if len(calls) > 1 else label
-            step = _bench_call(ctx, name, (*args, *extra.split()), rest, docs, env)
+            out = os.path.join(ctx.work_dir, name.replace("/", "_"))
+            step = run_step(ctx, name, [sys.executable, "-m", "bench", *args, *extra.split(), "--out", out,
+                                        "--no-plots"], rest, out + ".log", env=env)
+            if step.status == "ok" and os.path.exists(os.path.join(out, "results.json")):
+                with open(os.path.join(out, "results.json")) as f:
+                    doc = json.load(f)
+                if "--models" in args:
+                    ctx.results["models"] = dict({k: doc.get(k) for k in ("env", "config", "model_goals")},
+                                                 args=list(args), results=doc.get("results", []))
+                else:
+                    docs.append((name.split("/", 1)[1], doc))
+            elif step.status in ("failed", "error"):
+                ctx.failures.append(f"{name}: {step.note}: {_last_line(step.log)}")
+            elif step.status == "timeout":
+                ctx.skip(name, f"cut at its {rest:.0f} s budget: its rows are lost")
             entry["calls"].append(asdict(step))
             longest = max(longest, step.elapsed_s)
             entry["status"] = entry["status"] if step.status == "ok" else "partial"
