@@ -175,13 +175,12 @@ class Context:
 
     def child_env(self, **extra: str) -> dict[str, str]:
         """A phase's environment: this checkout first on PYTHONPATH; ``--dry``: Triton's interpreter."""
-        env = dict(os.environ, PYTHONUNBUFFERED="1", MPLBACKEND="Agg")
-        env["PYTHONPATH"] = ROOT + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        env = dict(os.environ, PYTHONUNBUFFERED="1", MPLBACKEND="Agg",
+                   PYTHONPATH=os.pathsep.join(filter(None, (ROOT, os.environ.get("PYTHONPATH")))))
+        env.pop("TRITON_INTERPRET", None)
         if self.dry:  # (inductor's caches may serve a second compile: --dry checks the plumbing)
-            env.update(TRITON_INTERPRET="1", CBAM_TEST_DEVICE="cpu")
-            env.setdefault("TORCHINDUCTOR_FORCE_DISABLE_CACHES", "0")
-        else:
-            env.pop("TRITON_INTERPRET", None)
+            env.update(TRITON_INTERPRET="1", CBAM_TEST_DEVICE="cpu",
+                       TORCHINDUCTOR_FORCE_DISABLE_CACHES=os.environ.get("TORCHINDUCTOR_FORCE_DISABLE_CACHES", "0"))
         return dict(env, **extra)
 
 
@@ -388,10 +387,10 @@ def phase_tests(ctx: Context, budget: float) -> None:
     totals, collected = parsed["totals"], (int("".join(counted[-1])) if counted else None)
     ran, bad = sum(totals.values()), totals.get("failed", 0) + totals.get("error", 0)
     not_reached = [f for f in files if "::" not in f and f not in parsed["files_reported"]]
-    ctx.results["tests"] = dict(asdict(step), device=device, workers=workers, files=files, excluded=excluded, ran=ran,
-                                collected=collected, not_reached=not_reached, **parsed)
     summary = (f"{ran} run of {collected or '?'} collected: " + ", ".join(f"{v} {k}" for k, v in sorted(totals.items()))
                if ran else "no test result")
+    ctx.results["tests"] = dict(asdict(step), device=device, workers=workers, files=files, excluded=excluded, ran=ran,
+                                collected=collected, not_reached=not_reached, summary=summary, **parsed)
     ctx.say("tests", summary)
     if bad:
         ctx.failures.append(f"tests: {bad} failed/errored (tests.txt lists them)")
@@ -526,9 +525,8 @@ def write_outputs(ctx: Context, exit_status: int) -> str:
              *(["Tools: " + "; ".join(f"{k}: {v or 'not found'}" for k, v in env["tools"].items()), ""]
                if env.get("tools") else [])]
     if tests:
-        lines += ["## Tests", "", f"{tests['ran']} run of {tests['collected'] or '?'} collected (CBAM_TEST_DEVICE="
-                  f"{tests['device']}): " + (", ".join(f"{v} {k}" for k, v in sorted(tests["totals"].items()))
-                                              or "none"), "", *[f"* `{f}`" for f in tests["failures"][:100]], ""]
+        lines += ["## Tests", "", f"{tests['summary']} (CBAM_TEST_DEVICE={tests['device']})", "",
+                  *[f"* `{f}`" for f in tests["failures"][:100]], ""]
     bench_md = os.path.join(ctx.work_dir, "results.md")  # the benchmark's own report, headings one level down
     report.write_markdown(dict(doc, results=doc["results"] + models.get("results", []),
                                model_goals=models.get("model_goals")), bench_md)
