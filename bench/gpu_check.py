@@ -600,12 +600,11 @@ def run(ctx: Context) -> int:
     status = 1 if ctx.failures else 0
     try:
         verdict = write_outputs(ctx, status)
-    except Exception as exc:  # noqa: BLE001
-        ctx.say("report", f"internal error {type(exc).__name__}: {exc}\n{traceback.format_exc()}")
-        status, verdict = 1, ""
+    except Exception:  # noqa: BLE001 - said; the folder check below names what is missing
+        status, verdict = 1, f"internal error: {traceback.format_exc()}"
     problems = check_folder(ctx.out_dir)
-    for line in [f"PROBLEM: {p}" for p in problems] + [f"wrote {ctx.out_dir}: {', '.join(FILES)}"] + \
-            [f"skipped: {s}" for s in ctx.skipped] + [f"FAILURE: {f}" for f in ctx.failures] + [verdict]:
+    for line in [*(f"PROBLEM: {p}" for p in problems), f"wrote {ctx.out_dir}: {', '.join(FILES)}",
+                 *(f"skipped: {s}" for s in ctx.skipped), *(f"FAILURE: {f}" for f in ctx.failures), verdict]:
         ctx.say("report", line)
     status = 1 if problems else status
     ctx.say("gpu_check", f"done in {ctx.elapsed():.0f} s, exit status {status}")
@@ -634,13 +633,11 @@ def main(argv: list[str] | None = None) -> int:
         b = budgets(args.dry)
     except ValueError as exc:
         p.error(str(exc))
-    gpu = "cpu-dry" if args.dry else (measure.gpu_slug() or "gpu")
-    out_dir = os.path.abspath(args.out_dir or os.path.join(
-        ROOT, "bench", "results", f"{_dt.datetime.now(_dt.timezone.utc):%Y-%m-%d}-{gpu}"))
+    out_dir = os.path.abspath(args.out_dir or os.path.join(ROOT, "bench", "results", "-".join((
+        f"{_dt.datetime.now(_dt.timezone.utc):%Y-%m-%d}", "cpu-dry" if args.dry else measure.gpu_slug() or "gpu"))))
     os.makedirs(out_dir, exist_ok=True)
     for name in FILES:  # no stale file of an earlier run survives
-        if os.path.isfile(os.path.join(out_dir, name)):
-            os.remove(os.path.join(out_dir, name))
+        pathlib.Path(out_dir, name).unlink(missing_ok=True)
     ctx = Context(out_dir=out_dir, work_dir=tempfile.mkdtemp(prefix="gpu_check-"), dry=args.dry, budgets=b,
                   phases=("env", *[ph for ph in PHASES if ph in phases], "report"), steps=tuple(steps))
     try:

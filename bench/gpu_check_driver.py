@@ -53,12 +53,22 @@ def _compare(ours: Callable[[], Any], ref: Callable[[], Any], dname: str, train:
 
 
 def check_forward(device: torch.device, shape: tuple[int, ...], dname: str, layout: str, schedule: str | None = None,
-                  gate: str | None = None) -> str:
-    """The fused inference forward (``"l2"``: a one-sample L2 budget, one chunk per sample), or with ``gate``
-    its ``channel_gate`` / ``spatial_gate`` alone."""
-    ref, x = _reference(shape[1], device, dname), _input(shape, dname, layout, device)
-    budget = x[0].numel() * x.element_size() if schedule == "l2" else None
-    ours = cbam_triton.CBAM.from_reference(ref, backend="triton", schedule=schedule or "auto", l2_budget_bytes=budget)
+                  gate: str | None = None, timm: bool = False) -> str:
+    """The fused inference forward (``"l2"``: a one-sample L2 budget, one chunk per sample); with ``gate`` its
+    ``channel_gate`` / ``spatial_gate`` alone; ``timm``: a timm ``CbamModule`` converted by ``cbam_triton.convert``."""
+    x = _input(shape, dname, layout, device)
+    if timm:
+        try:
+            from timm.layers.cbam import CbamModule
+        except ImportError as exc:
+            return f"SKIPPED: timm not importable ({exc})"
+        torch.manual_seed(3)
+        ref = CbamModule(shape[1], rd_ratio=1 / 4).to(device=device, dtype=DTYPES[dname]).eval()
+        ours = cbam_triton.convert(ref, inplace=False, backend="triton").eval()
+    else:
+        ref, budget = _reference(shape[1], device, dname), x[0].numel() * x.element_size() if schedule == "l2" else None
+        ours = cbam_triton.CBAM.from_reference(ref, backend="triton", schedule=schedule or "auto",
+                                               l2_budget_bytes=budget)
     ours, ref = (getattr(m, gate) if gate else m for m in (ours, ref))
     return _compare(lambda: ours(x), lambda: ref(x), dname)
 
@@ -77,29 +87,17 @@ def check_train(device: torch.device, shape: tuple[int, ...]) -> str:
     return _compare(lambda: step(ours), lambda: step(ref), "fp32", train=True)
 
 
-def check_timm(device: torch.device, shape: tuple[int, ...]) -> str:
-    """A timm ``CbamModule`` converted by ``cbam_triton.convert`` (fp16, channels_last, eval)."""
-    try:
-        from timm.layers.cbam import CbamModule
-    except ImportError as exc:
-        return f"SKIPPED: timm not importable ({exc})"
-    torch.manual_seed(3)
-    src = CbamModule(shape[1], rd_ratio=1 / 4).to(device=device, dtype=torch.float16).eval()
-    fused = cbam_triton.convert(src, inplace=False, backend="triton").eval()
-    x = _input(shape, "fp16", "channels_last", device)
-    return _compare(lambda: fused(x), lambda: src(x), "fp16")
-
-
 def checks(device: torch.device, tiny: bool) -> list[tuple[str, Callable[[], str]]]:
     """(name, check) pairs; a check returns a short note (``SKIPPED: ...`` when it cannot run) or raises."""
-    shapes, first = SHAPES[tiny], SHAPES[tiny][0]
+    shapes, first, cl = SHAPES[tiny], SHAPES[tiny][0], "channels_last"
     out = [(f"fused {sched} {dname} {layout} {shape}", partial(check_forward, device, shape, dname, layout, sched))
            for shape in shapes for sched in ("l2", "stream") for dname in DTYPES for layout in LAYOUTS]
-    out += [(f"lone {g} fp16 channels_last {first}", partial(check_forward, device, first, "fp16", "channels_last",
-                                                             gate=g)) for g in ("channel_gate", "spatial_gate")]
-    return out + [(f"training step fp32 channels_last {first} (output, dx and every parameter's gradient)",
+    out += [(f"lone {g} fp16 {cl} {first}", partial(check_forward, device, first, "fp16", cl, gate=g))
+            for g in ("channel_gate", "spatial_gate")]
+    return out + [(f"training step fp32 {cl} {first} (output, dx and every parameter's gradient)",
                    partial(check_train, device, first)),
-                  (f"converted timm CbamModule fp16 channels_last {first}", partial(check_timm, device, first))]
+                  (f"converted timm CbamModule fp16 {cl} {first}",
+                   partial(check_forward, device, first, "fp16", cl, timm=True))]
 
 
 def main(argv: list[str] | None = None) -> int:
