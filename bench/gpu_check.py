@@ -202,7 +202,7 @@ def _write_text(path: str, text: str) -> None:
 
 
 def _ended(proc: subprocess.Popen, seconds: float, sig: int | None = None) -> bool:
-    """Whether ``proc`` ends within ``seconds``, after ``sig`` to its whole process group (its session)."""
+    """Whether ``proc`` ends within ``seconds``, after ``sig`` to its whole process group."""
     try:
         os.killpg(proc.pid, sig) if sig else None
         proc.wait(timeout=max(0.0, seconds))
@@ -213,7 +213,7 @@ def _ended(proc: subprocess.Popen, seconds: float, sig: int | None = None) -> bo
 
 def run_step(ctx: Context, label: str, cmd: list[str], budget_s: float, log: str,
              env: dict[str, str] | None = None, interrupt_before_s: float = 0.0) -> Step:
-    """Run ``cmd`` in the repository root (output -> ``log``) in a session of its own for at most ``budget_s``
+    """Run ``cmd`` in the repository root (output -> ``log``) in a process group of its own for at most ``budget_s``
     seconds. ``interrupt_before_s`` > 0: SIGINT that long before the budget ends (pytest then writes its
     report). At the budget SIGTERM, then SIGKILL, to the whole process group (compile workers, ncu's target)."""
     phase = label.split("/")[0]
