@@ -23,16 +23,11 @@ from bench.suite import Case
 #: (N, C, H, W): on a GPU a multi-chunk batch and one sample big enough for split reductions; --tiny: interpreter
 SHAPES = {False: ((4, 128, 28, 28), (1, 256, 56, 56)), True: ((2, 16, 5, 6),)}
 DTYPES = {"fp16": torch.float16, "fp32": torch.float32}
-LAYOUTS = ("nchw", "channels_last")
 
 
 def _input(shape: tuple[int, ...], dname: str, layout: str, device: torch.device, seed: int = 1) -> torch.Tensor:
     x = torch.randn(shape, generator=torch.Generator(device="cpu").manual_seed(seed)).to(device, DTYPES[dname])
     return x.to(memory_format=torch.channels_last) if layout == "channels_last" else x
-
-
-def _reference(channels: int, device: torch.device, dname: str) -> torch.nn.Module:
-    return make_reference(Case("driver", 1, channels, 1, 1, 4, dname, "nchw"), device)
 
 
 def _compare(ours: Callable[[], Any], ref: Callable[[], Any], dname: str, train: bool = False) -> str:
@@ -45,10 +40,9 @@ def _compare(ours: Callable[[], Any], ref: Callable[[], Any], dname: str, train:
     if torch.cuda.is_available():
         torch.cuda.synchronize()
     ok, err = check_output(got, expected, dname, train)
-    if not ok:
-        raise AssertionError(f"differs from the reference (max abs err {err:.3g})")
-    if not launches:
-        raise AssertionError("no Triton launch: the PyTorch fallback ran instead of the kernels")
+    if not (ok and launches):
+        raise AssertionError(f"differs from the reference (max abs err {err:.3g})" if not ok else
+                             "no Triton launch: the PyTorch fallback ran instead of the kernels")
     return f"max err {err:.1e}, {len(launches)} launches"
 
 
@@ -66,16 +60,16 @@ def check_forward(device: torch.device, shape: tuple[int, ...], dname: str, layo
         ref = CbamModule(shape[1], rd_ratio=1 / 4).to(device=device, dtype=DTYPES[dname]).eval()
         ours = cbam_triton.convert(ref, inplace=False, backend="triton").eval()
     else:
-        ref, budget = _reference(shape[1], device, dname), x[0].numel() * x.element_size() if schedule == "l2" else None
-        ours = cbam_triton.CBAM.from_reference(ref, backend="triton", schedule=schedule or "auto",
-                                               l2_budget_bytes=budget)
+        ref = make_reference(Case("driver", 1, shape[1], 1, 1, 4, dname, "nchw"), device)
+        ours = cbam_triton.CBAM.from_reference(ref, backend="triton", schedule=schedule or "auto", l2_budget_bytes=(
+            x[0].numel() * x.element_size() if schedule == "l2" else None))
     ours, ref = (getattr(m, gate) if gate else m for m in (ours, ref))
     return _compare(lambda: ours(x), lambda: ref(x), dname)
 
 
 def check_train(device: torch.device, shape: tuple[int, ...]) -> str:
     """One training step: output and the gradients of x and every parameter (fp32, channels_last)."""
-    ref = _reference(shape[1], device, "fp32").train()
+    ref = make_reference(Case("driver", 1, shape[1], 1, 1, 4, "fp32", "nchw"), device).train()
     ours = cbam_triton.CBAM.from_reference(ref, backend="triton").train()
     x, g = (_input(shape, "fp32", "channels_last", device, seed) for seed in (1, 2))
 
@@ -91,7 +85,7 @@ def checks(device: torch.device, tiny: bool) -> list[tuple[str, Callable[[], str
     """(name, check) pairs; a check returns a short note (``SKIPPED: ...`` when it cannot run) or raises."""
     shapes, first, cl = SHAPES[tiny], SHAPES[tiny][0], "channels_last"
     out = [(f"fused {sched} {dname} {layout} {shape}", partial(check_forward, device, shape, dname, layout, sched))
-           for shape in shapes for sched in ("l2", "stream") for dname in DTYPES for layout in LAYOUTS]
+           for shape in shapes for sched in ("l2", "stream") for dname in DTYPES for layout in ("nchw", cl)]
     out += [(f"lone {g} fp16 {cl} {first}", partial(check_forward, device, first, "fp16", cl, gate=g))
             for g in ("channel_gate", "spatial_gate")]
     return out + [(f"training step fp32 {cl} {first} (output, dx and every parameter's gradient)",
