@@ -203,7 +203,8 @@ def _write_text(path: str, text: str) -> None:
 def _ended(proc: subprocess.Popen, seconds: float, sig: int | None = None) -> bool:
     """Whether ``proc`` ends within ``seconds``, after ``sig`` to its whole process group."""
     try:
-        os.killpg(proc.pid, sig) if sig else None
+        if sig:
+            os.killpg(proc.pid, sig)
         proc.wait(timeout=max(0.0, seconds))
         return True
     except (subprocess.TimeoutExpired, ProcessLookupError, PermissionError):
@@ -231,7 +232,7 @@ def run_step(ctx: Context, label: str, cmd: list[str], budget_s: float, log: str
             ctx.say(phase, f"{label}: budget nearly spent: SIGINT")
             proc.send_signal(signal.SIGINT)
         if not (interrupt_before_s and _ended(proc, interrupt_before_s)):
-            _ended(proc, 3.0, signal.SIGTERM) or _ended(proc, 60.0, signal.SIGKILL)
+            _ended(proc, 3.0, signal.SIGTERM) or _ended(proc, 60.0, signal.SIGKILL)  # SIGKILL only if still running
     _ended(proc, 0.0, signal.SIGKILL)  # what is left of the group
     elapsed, rc = time.monotonic() - t0, proc.returncode
     status, note = ("timeout", cut) if cut else ("ok", "") if rc == 0 else ("failed", f"exit status {rc}")
