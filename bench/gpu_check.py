@@ -20,22 +20,22 @@ import pathlib
 import re
 import shlex
 import shutil
-import signal
-import subprocess
 import sys
 import tempfile
 import threading
 import time
 import traceback
 import warnings
-from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any
-from xml.etree import ElementTree
 
 from bench import measure, report
+from bench.budgeted import run_budgeted
+from bench.junit import parse_junit
 from bench.ncu import METRICS, parse_csv
 from bench.plots import write_plots
+from bench.report import verdict_line
+from bench.sanitizer import classify_sanitizer
 from bench.status import is_flagged
 from bench.targets import RESNET50
 
@@ -200,44 +200,20 @@ def _write_text(path: str, text: str) -> None:
         f.write(data)
 
 
-def _ended(proc: subprocess.Popen, seconds: float, sig: int | None = None) -> bool:
-    """Whether ``proc`` ends within ``seconds``, after ``sig`` to its whole process group."""
-    try:
-        if sig:
-            os.killpg(proc.pid, sig)
-        proc.wait(timeout=max(0.0, seconds))
-        return True
-    except (subprocess.TimeoutExpired, ProcessLookupError, PermissionError):
-        return proc.poll() is not None
-
-
 def run_step(ctx: Context, label: str, cmd: list[str], budget_s: float, log: str,
              env: dict[str, str] | None = None, interrupt_before_s: float = 0.0) -> Step:
-    """Run ``cmd`` in the repository root (output -> ``log``) in a process group of its own for at most ``budget_s``
-    seconds. ``interrupt_before_s`` > 0: SIGINT that long before the budget ends (pytest then writes its
-    report). At the budget SIGTERM, then SIGKILL, to the whole process group (compile workers, ncu's target)."""
+    """Run ``cmd`` in the repository root (output -> ``log``) for at most ``budget_s`` seconds
+    (:func:`bench.budgeted.run_budgeted`: its own process group; SIGINT ``interrupt_before_s`` early, so
+    that pytest writes its report; SIGTERM, then SIGKILL, at the budget)."""
     phase = label.split("/")[0]
     ctx.say(phase, f"{label}: start (budget {budget_s:.0f} s): {shlex.join(cmd)}")
-    t0, cut = time.monotonic(), ""
-    try:
-        with open(log, "w") as out:
-            proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT, env=env or ctx.child_env(),
-                                    start_new_session=True)
-    except OSError as exc:
-        ctx.say(phase, f"{label}: could not start: {exc}")
-        return Step(label, "error", 0.0, budget_s, None, f"could not start: {exc}", log)
-    if not _ended(proc, budget_s - interrupt_before_s):
-        cut = f"cut at its {budget_s:.0f} s budget" + (" (SIGINT first)" if interrupt_before_s else "")
-        if interrupt_before_s:
-            ctx.say(phase, f"{label}: budget nearly spent: SIGINT")
-            proc.send_signal(signal.SIGINT)
-        if not (interrupt_before_s and _ended(proc, interrupt_before_s)):
-            _ended(proc, 3.0, signal.SIGTERM) or _ended(proc, 60.0, signal.SIGKILL)  # SIGKILL only if still running
-    _ended(proc, 0.0, signal.SIGKILL)  # what is left of the group
-    elapsed, rc = time.monotonic() - t0, proc.returncode
-    status, note = ("timeout", cut) if cut else ("ok", "") if rc == 0 else ("failed", f"exit status {rc}")
-    ctx.say(phase, f"{label}: {status} in {elapsed:.1f} s" + (f" ({note})" if note else ""))
-    ctx.ran.append(Step(label, status, round(elapsed, 1), round(budget_s), rc, note, log))
+    done = run_budgeted(cmd, log, budget_s, cwd=ROOT, env=env or ctx.child_env(),
+                        interrupt_before_s=interrupt_before_s, on_interrupt=lambda: ctx.say(phase, f"{label}: SIGINT"))
+    if done.status == "error":
+        ctx.say(phase, f"{label}: {done.note}")
+        return Step(label, "error", 0.0, budget_s, None, done.note, log)
+    ctx.say(phase, f"{label}: {done.status} in {done.elapsed_s:.1f} s" + (f" ({done.note})" if done.note else ""))
+    ctx.ran.append(Step(label, done.status, round(done.elapsed_s, 1), round(budget_s), done.rc, done.note, log))
     return ctx.ran[-1]
 
 
@@ -273,25 +249,6 @@ def _env_line(env: dict[str, Any]) -> str:
     return "; ".join(f"{k}: {env.get(k)}" for k in (
         "device_name", "capability", "sm_count", "l2_bytes", "total_memory", "driver", "cuda", "python", "torch",
         "triton", "git_sha", "tree_sha256", "platform", "cpu_count") if k in env)
-
-
-def classify_sanitizer(output: str, rc: int | None, timed_out: bool) -> tuple[str, int | None, str]:
-    """(status, errors, note) of one compute-sanitizer run: ``clean``, ``errors`` (it found some),
-    ``driver-failed`` (0 errors but the driver failed), ``unavailable`` (the tool could not run:
-    no ERROR SUMMARY, or its own ``Error:`` line) or ``timeout``."""
-    found = re.findall(r"ERROR SUMMARY:\s*(\d+)\s+error", output)
-    errors, tool_error = (int(found[-1]) if found else None), re.search(r"^=+\s*Error:.*$", output, re.M)
-    if timed_out:
-        return "timeout", errors, "cut at its budget"
-    if errors:
-        first = next((ln.strip() for ln in output.splitlines() if "=========" in ln and "SUMMARY" not in ln
-                      and re.search(r"(Invalid|Race|hazard|Barrier|error)", ln, re.I)), "")
-        return "errors", errors, first[:300]
-    if errors is None or (rc not in (0, None) and tool_error):
-        why = tool_error.group(0).strip() if tool_error else (output.strip().splitlines() or ["no output"])[-1]
-        return "unavailable", None, f"compute-sanitizer could not run (exit status {rc}): {why[:300]}"
-    return ("clean", 0, "") if rc == 0 else (
-        "driver-failed", 0, f"0 errors, but the driver failed under the tool (exit status {rc})")
 
 
 def phase_sanitizer(ctx: Context, budget: float) -> None:
@@ -345,29 +302,6 @@ def test_files(dry: bool) -> tuple[list[str], dict[str, str]]:
     first = [f for f in GPU_TESTS_FIRST if f in present]
     return first + [f for f in present if f not in first and f not in GPU_TESTS_EXCLUDED], \
         {f: why for f, why in GPU_TESTS_EXCLUDED.items() if f in present}
-
-
-def parse_junit(path: str) -> dict[str, Any]:
-    """From pytest's JUnit XML (``--junitxml``): ``totals`` (passed / failed / error / skipped / xfailed),
-    the ``files`` that reported a result, and the ``failures`` (one line each); empty when there is none."""
-    try:
-        cases = list(ElementTree.parse(path).getroot().iter("testcase"))
-    except (OSError, ElementTree.ParseError):
-        cases = []
-    totals, files, failures = Counter(), set(), []
-    for case in cases:
-        parts = case.get("classname", "").split(".")
-        cut = next((i for i, p in enumerate(parts) if p[:1].isupper()), len(parts))  # then test classes
-        nodeid = "::".join(["/".join(parts[:cut]) + ".py", *parts[cut:], case.get("name", "")])
-        outcome = next((child for child in case if child.tag in ("failure", "error", "skipped")), None)
-        status = {None: "passed", "failure": "failed"}.get(getattr(outcome, "tag", None), getattr(outcome, "tag", ""))
-        status = "xfailed" if status == "skipped" and outcome.get("type") == "pytest.xfail" else status
-        totals[status] += 1
-        files.add(nodeid.split("::")[0])
-        if status in ("failed", "error"):
-            message = (outcome.get("message") or "").strip().splitlines()
-            failures.append(f"{status.upper()} {nodeid}" + (f" - {message[0][:200]}" if message else ""))
-    return {"totals": dict(totals), "files_reported": sorted(files), "failures": failures}
 
 
 def phase_tests(ctx: Context, budget: float) -> None:
@@ -538,19 +472,6 @@ def write_outputs(ctx: Context, exit_status: int) -> str:
                   _tail(os.path.join(ctx.work_dir, name), 3000).strip(), "```", "", "</details>", ""]
     _write_text(os.path.join(ctx.out_dir, "summary.md"), "\n".join(lines))
     return verdict
-
-
-def verdict_line(doc: dict[str, Any], record: dict[str, Any]) -> str:
-    """One sentence: sanitizer, tests, targets (for summary.md and the README)."""
-    san, tests = record.get("phases", {}).get("sanitizer"), record.get("phases", {}).get("tests")
-    parts = [f"sanitizer: {san['status']}" if san else "sanitizer: not run", "tests: not run"]
-    if tests:
-        t = tests["totals"]
-        parts[1] = (f"tests: {t.get('passed', 0)} passed, {t.get('failed', 0) + t.get('error', 0)} failed, "
-                    f"{t.get('skipped', 0)} skipped of {tests['collected'] or '?'} collected"
-                    + (" (cut at the budget)" if tests["status"] == "timeout" else ""))
-    counts = ", ".join(f"{n} {s}" for s, n in Counter(v["status"] for v in doc.get("targets") or []).items())
-    return "; ".join(parts) + "; speed targets: " + (counts or "none judged") + "."
 
 
 def check_folder(out_dir: str) -> list[str]:

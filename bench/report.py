@@ -6,6 +6,7 @@ import csv
 import datetime as _dt
 import json
 import math
+from collections import Counter
 from typing import Any
 
 from bench.status import STATUSES, TIMINGS, is_flagged, is_passing, is_timed, row_state, validate_state
@@ -222,3 +223,16 @@ def merge_documents(docs: list[tuple[str, dict]], env: dict[str, Any]) -> dict[s
     doc = make_document(base, {"steps": {step: doc.get("config", {}) for step, doc in docs}}, rows)
     doc["targets"] = evaluate(doc)
     return doc
+
+
+def verdict_line(doc: dict[str, Any], record: dict[str, Any]) -> str:
+    """One sentence: sanitizer, tests, targets of a GPU acceptance run (for summary.md and the README)."""
+    san, tests = record.get("phases", {}).get("sanitizer"), record.get("phases", {}).get("tests")
+    parts = [f"sanitizer: {san['status']}" if san else "sanitizer: not run", "tests: not run"]
+    if tests:
+        t = tests["totals"]
+        parts[1] = (f"tests: {t.get('passed', 0)} passed, {t.get('failed', 0) + t.get('error', 0)} failed, "
+                    f"{t.get('skipped', 0)} skipped of {tests['collected'] or '?'} collected"
+                    + (" (cut at the budget)" if tests["status"] == "timeout" else ""))
+    counts = ", ".join(f"{n} {s}" for s, n in Counter(v["status"] for v in doc.get("targets") or []).items())
+    return "; ".join(parts) + "; speed targets: " + (counts or "none judged") + "."

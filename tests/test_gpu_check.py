@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from bench import gpu_check, readme, report
+from bench import gpu_check, junit, readme, report, sanitizer
 from bench.gpu_check import Context
 
 ROOT = gpu_check.ROOT
@@ -111,17 +111,17 @@ def test_run_step_sends_sigint_first_so_pytest_can_report(tmp_path):
 
 # ---------------------------------------------------------------------------------------- sanitizer
 def test_classify_sanitizer_output():
-    assert gpu_check.classify_sanitizer("...\n========= ERROR SUMMARY: 0 errors\n", 0, False)[0] == "clean"
-    status, errors, note = gpu_check.classify_sanitizer(
+    assert sanitizer.classify_sanitizer("...\n========= ERROR SUMMARY: 0 errors\n", 0, False)[0] == "clean"
+    status, errors, note = sanitizer.classify_sanitizer(
         "========= Invalid __global__ read of size 2 bytes\n=========     at gate_kernel+0x1a0\n"
         "========= ERROR SUMMARY: 3 errors\n", 97, False)
     assert (status, errors) == ("errors", 3) and "Invalid __global__ read" in note
-    assert gpu_check.classify_sanitizer("========= Error: Device not supported\n========= ERROR SUMMARY: 0 errors\n",
+    assert sanitizer.classify_sanitizer("========= Error: Device not supported\n========= ERROR SUMMARY: 0 errors\n",
                                         1, False)[0] == "unavailable"
-    assert gpu_check.classify_sanitizer("sh: compute-sanitizer: cannot execute\n", 126, False)[0] == "unavailable"
-    assert gpu_check.classify_sanitizer("Traceback ...\n========= ERROR SUMMARY: 0 errors\n", 1,
+    assert sanitizer.classify_sanitizer("sh: compute-sanitizer: cannot execute\n", 126, False)[0] == "unavailable"
+    assert sanitizer.classify_sanitizer("Traceback ...\n========= ERROR SUMMARY: 0 errors\n", 1,
                                         False)[0] == "driver-failed"
-    assert gpu_check.classify_sanitizer("", None, True)[0] == "timeout"
+    assert sanitizer.classify_sanitizer("", None, True)[0] == "timeout"
 
 
 def test_sanitizer_phase_with_failing_and_hanging_fake_tools(tmp_path, monkeypatch):
@@ -184,13 +184,13 @@ def test_parse_junit_of_a_real_pytest_run(tmp_path):
     xml = tmp_path / "out.xml"
     subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--junitxml={xml}", "tests"],
                    cwd=tmp_path, capture_output=True, timeout=60)
-    got = gpu_check.parse_junit(str(xml))
+    got = junit.parse_junit(str(xml))
     assert got["totals"] == {"passed": 2, "failed": 2, "error": 1, "skipped": 1, "xfailed": 1}
     assert got["files_reported"] == ["tests/test_a.py"]
     assert got["failures"][0].startswith("FAILED tests/test_a.py::test_y - AssertionError: boom")
     assert any(f.startswith("ERROR tests/test_a.py::test_v") for f in got["failures"])
     assert any(f.startswith("FAILED tests/test_a.py::TestK::test_k") for f in got["failures"])
-    assert gpu_check.parse_junit(str(tmp_path / "missing.xml")) == {"totals": {}, "files_reported": [],
+    assert junit.parse_junit(str(tmp_path / "missing.xml")) == {"totals": {}, "files_reported": [],
                                                                      "failures": []}
 
 
