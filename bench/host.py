@@ -332,7 +332,7 @@ def main(argv: list[str] | None = None) -> int:
         for shape, row in got.items():
             print(f"  {shape}")
             for name, us in row.items():
-                print(f"    {name:<32} {us:9.1f} us = {us / unit:7.1f} tiny ops")
+                print(f"    {name:<36} {us:9.1f} us = {us / unit:7.1f} tiny ops")
             trivial = row[COMPILED[-1]]
             for name in COMPILED[1:4]:
                 print(f"    {name + ' - trivial graph':<52} {(row[name] - trivial) / unit:6.1f} tiny ops")
