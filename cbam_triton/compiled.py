@@ -52,7 +52,7 @@ except ImportError:  # a torch without symbolic opaque objects: the modules' for
 class BlockRef(CustomClassBase):  # type: ignore[misc, valid-type]
     """A weak reference to a cbam-triton module, passed to ``cbam_triton::block_forward`` (an opaque
     object: dynamo makes it a graph input and guards on its type only). A module holds its own
-    (:func:`attach`); a deep copy or an unpickled copy of the module holds one to the copy."""
+    (:func:`attach`); a copy of the module (deep, shallow, unpickled, a replica) holds one to the copy."""
 
     __slots__ = ("module",)
 
@@ -98,8 +98,14 @@ def block_ref(module: nn.Module) -> BlockRef | None:
 
 
 class Compilable:
-    """Mixin of the modules that :func:`forward` serves: a data-parallel replica (which shares its
-    source's ``__dict__``) gets a :class:`BlockRef` of its own."""
+    """Mixin of the modules that :func:`forward` serves: a shallow copy (``copy.copy``) and a
+    data-parallel replica, which copy their source's ``__dict__``, get a :class:`BlockRef` of their own."""
+
+    def __copy__(self) -> nn.Module:
+        new = type(self).__new__(type(self))
+        new.__dict__.update(self.__dict__)  # (what copy.copy does for a module)
+        attach(new)
+        return new
 
     def _replicate_for_data_parallel(self) -> nn.Module:
         replica = super()._replicate_for_data_parallel()  # type: ignore[misc]

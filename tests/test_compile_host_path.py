@@ -209,7 +209,8 @@ def test_block_op_graph_one_tensor_input_and_each_calls_weights(device):
         other = _module(16, device)  # another block of the class: the same compiled code, its own weights
         _same(torch.compile(other, fullgraph=True, backend="eager")(x), other(x))
         assert sum(counters["recompiles"].values()) == 0
-        for twin in (copy.deepcopy(ours), pickle.loads(pickle.dumps(ours)), ours._replicate_for_data_parallel()):
+        for twin in (copy.deepcopy(ours), copy.copy(ours), pickle.loads(pickle.dumps(ours)),
+                     ours._replicate_for_data_parallel()):
             assert block_op.block_ref(twin).module() is twin and block_op.block_ref(ours).module() is ours
         twin = copy.deepcopy(ours)
         twin.channel_gate.mlp[0].bias.add_(1.0)  # (the copy's own weights are what it runs)
