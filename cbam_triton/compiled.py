@@ -17,9 +17,13 @@ input.
 The traced forward reads only the module's ``training`` flag, its backend and its
 :class:`BlockRef` (a handful of dynamo guards). Anything else — training mode, grad mode on,
 ``torch.export`` (standard ops: :mod:`cbam_triton.deploy`), the PyTorch backend (inductor compiles
-its math), x not a floating 4-D tensor, a torch without opaque objects — traces the module's forward
-as before. What the operator cannot see: a weight modified in place *inside the same compiled
-graph* before the block (functionalization applies such writes at the graph's end; eager order
+its math), x not a floating 4-D tensor, a torch without opaque objects, inductor's C++ wrapper
+(``torch._inductor.config.cpp_wrapper`` set while dynamo traces: it cannot pass an opaque object; with
+``torch.compile(options={"cpp_wrapper": True})``, which dynamo does not see, :func:`detach` the
+blocks first) — traces the module's forward as before.
+
+What the operator cannot see: a weight modified in place *inside the same compiled graph* before the
+block (functionalization applies such writes at the graph's end; eager order
 applies them first), and, under ``mode="reduce-overhead"``, a weight whose storage is replaced after
 the CUDA graph was captured (the graph launches the addresses it captured): call
 ``torch._dynamo.reset()`` after such a change.
@@ -143,11 +147,21 @@ if AVAILABLE:
         return empty_output(x)[0]
 
 
+@torch.compiler.assume_constant_result  # (read while dynamo traces; no guard)
+def _python_wrapper() -> bool:
+    """Whether inductor generates its Python wrapper: its C++ wrapper (``cpp_wrapper``) cannot pass
+    an opaque object to an operator."""
+    from torch._inductor import config
+
+    return not config.cpp_wrapper
+
+
 def forward(module: nn.Module, x: Tensor) -> Tensor | None:
     """Called first by a module's forward while dynamo traces it: the block as one call of
     ``cbam_triton::block_forward``, or None: trace the module's forward (see the module docstring)."""
     block = module.__dict__.get(_ATTR)
     if (block is None or module.training or _grad_enabled() or _is_exporting() or type(x) is not Tensor
-            or x.dim() != 4 or not x.is_floating_point() or resolve_backend(x, module.backend) != "triton"):
+            or x.dim() != 4 or not x.is_floating_point() or resolve_backend(x, module.backend) != "triton"
+            or not _python_wrapper()):
         return None
     return block_forward(x, block)

@@ -219,10 +219,11 @@ def test_block_op_graph_one_tensor_input_and_each_calls_weights(device):
     torch._dynamo.reset()
 
 
-@pytest.mark.parametrize("case", ["training", "grad", "torch-backend", "export"])
+@pytest.mark.parametrize("case", ["training", "grad", "torch-backend", "export", "cpp-wrapper"])
 def test_block_op_only_for_eval_inference_on_triton(case, device):
-    """Training mode, grad mode on, the PyTorch backend (inductor compiles its math) and
-    ``torch.export`` (standard ops) trace the module's forward instead of the block operator."""
+    """Training mode, grad mode on, the PyTorch backend (inductor compiles its math), ``torch.export``
+    (standard ops) and inductor's C++ wrapper (no opaque arguments) trace the module's forward instead
+    of the block operator."""
     ours = _module(16, device)
     x = make_input((2, 16, 5, 6), torch.float32, "nchw", device)
     if case == "export":
@@ -234,7 +235,7 @@ def test_block_op_only_for_eval_inference_on_triton(case, device):
         ours.train()
     if case == "torch-backend":
         ours.backend = "torch"
-    with torch.set_grad_enabled(case == "grad"):
+    with torch.set_grad_enabled(case == "grad"), torch._inductor.config.patch(cpp_wrapper=case == "cpp-wrapper"):
         graphs, out = _graphs(ours, x)
     targets = [t for gm in graphs for t in _targets(gm)]
     assert targets and block_op.block_forward not in targets
