@@ -14,13 +14,17 @@ so a busy machine slows the unit and the forward alike. Runs on any machine (CPU
 interpreter; no kernel executes).
 
 The compiled rows (:data:`COMPILED`, :func:`measure_compiled`; ``--no-compile`` skips them) time the
-same module through ``torch.compile(module, fullgraph=True)`` (inductor; the block is one call of the
-custom op ``cbam_triton::fused_forward``, served by its host path, :mod:`cbam_triton.launchers.replay`),
-the same with that host path off (every call plans or rebinds), the same compiled with inductor's
-``freezing`` (the weights become constants of the graph instead of its inputs), the *floor* (a
-module with the same 10 weights whose forward is one no-op operator call: what torch.compile costs
-for such a block whatever the operator does), a compiled trivial graph (``t * 2`` on a 1-element
-tensor: what any compiled call costs) and, in the same rounds, the eager fast path again.
+same module through ``torch.compile(module, fullgraph=True)`` (inductor; the block is one call of
+``cbam_triton::block_forward(x, block)`` running the module's fast path, :mod:`cbam_triton.compiled`),
+the same module traced as it is (:func:`cbam_triton.compiled.detach`: the fused operator
+``cbam_triton::fused_forward`` with the ten weights as graph inputs, served by its host path,
+:mod:`cbam_triton.launchers.replay`), the *floor* (a module whose forward is one call of a no-op
+operator taking ``(x, block)``: what torch.compile costs for such a block whatever the operator does),
+a compiled trivial graph (``t * 2`` on a 1-element tensor: what any compiled call costs) and, in the
+same rounds, the eager fast path again.
+
+Times are the calling thread's CPU time (``time.thread_time``): on a shared machine, time spent
+descheduled is not counted, the unit and the forwards alike.
 
 ``--device cuda`` instead times real batch-1 fp16 forwards on a GPU (wall clock, kernels
 included, no CUDA graphs) on the four ResNet-50 stage shapes: the fast path, the full path, the
@@ -62,10 +66,10 @@ def _calls_for(fn: Callable[[], object], calls: int, budget_s: float = 0.02) -> 
 
 
 def _time_us(fn: Callable[[], object], calls: int) -> float:
-    t = time.perf_counter()
+    t = time.thread_time()  # (this thread's CPU time: not the time other processes hold the cores)
     for _ in range(calls):
         fn()
-    return (time.perf_counter() - t) / calls * 1e6
+    return (time.thread_time() - t) / calls * 1e6
 
 
 def _best_us(fn: Callable[[], object], calls: int, repeats: int = 7) -> float:
@@ -124,28 +128,31 @@ def measure_all(shapes: tuple[tuple[int, int, int, int], ...] = SHAPES, calls: i
 
 
 #: the compiled rows of :func:`measure_compiled` (the trivial graph is the same for every shape)
-COMPILED = ("eager fast path", "torch.compile(fullgraph=True)", "compiled, op host path off",
-            "compiled, inductor freezing", "compiled floor: no-op op", "compiled trivial graph (t * 2)")
+COMPILED = ("eager fast path", "torch.compile(fullgraph=True)", "compiled, weights as op inputs",
+            "compiled floor: no-op op(x, block)", "compiled trivial graph (t * 2)")
 _FLOOR: list[Any] = []  # the no-op operator of the floor row, registered on first use
 
 
 class _Floor:
-    """What torch.compile costs for a block of the same shape whatever the operator does: a module
-    holding the block's 10 weights whose forward is one call of a no-op operator (registered as
-    ``cbam_triton::fused_forward`` is) with the same arguments."""
+    """What torch.compile costs for a block whatever its operator does: a module holding the block
+    whose forward is one call of a no-op operator (registered as ``cbam_triton::block_forward`` is)
+    with the same arguments, ``(x, block)``."""
 
     @staticmethod
     def make(block: Any) -> Any:
         import torch
 
+        from cbam_triton.compiled import BlockRef, block_ref
+
         if not _FLOOR:
+            def noop(x, block):  # noqa: ANN001, ANN202
+                return torch.empty_like(x)
+
+            noop.__annotations__ = {"x": torch.Tensor, "block": BlockRef, "return": torch.Tensor}
             lib = torch.library.Library("cbam_triton_bench", "DEF")
-            lib.define("noop(Tensor x, Tensor? fc1_weight, Tensor? fc1_bias, Tensor? fc2_weight, Tensor? fc2_bias, "
-                       "Tensor? conv_weight, Tensor? conv_bias, Tensor? bn_mean, Tensor? bn_var, Tensor? bn_weight, "
-                       "Tensor? bn_bias, float bn_eps, str pools, str act, str spatial_input, str schedule, "
-                       "int? l2_budget_bytes) -> Tensor")
-            lib.impl("noop", lambda x, *args: torch.empty_like(x), "CompositeExplicitAutograd")
-            torch.library.register_fake("cbam_triton_bench::noop", lib=lib)(lambda x, *args: torch.empty_like(x))
+            lib.define("noop" + torch.library.infer_schema(noop, mutates_args=()))  # (block_forward's schema)
+            lib.impl("noop", noop, "CompositeExplicitAutograd")
+            torch.library.register_fake("cbam_triton_bench::noop", lib=lib)(noop)
             _FLOOR.append(lib)
 
         class Floor(torch.nn.Module):
@@ -154,11 +161,7 @@ class _Floor:
                 self.block = block
 
             def forward(self, x: Any) -> Any:
-                mlp, conv = self.block.channel_gate.mlp, self.block.spatial_gate
-                return torch.ops.cbam_triton_bench.noop(
-                    x, mlp[0].weight, mlp[0].bias, mlp[2].weight, mlp[2].bias, conv.conv.weight, conv.conv.bias,
-                    conv.bn.running_mean, conv.bn.running_var, conv.bn.weight, conv.bn.bias, 1e-5, "avg+max", "relu",
-                    "max,mean", "auto", None)
+                return torch.ops.cbam_triton_bench.noop(x, block_ref(self.block))
 
         return Floor().eval()
 
@@ -167,20 +170,22 @@ def measure_compiled(shapes: tuple[tuple[int, int, int, int], ...] = SHAPES, cal
                      rounds: int = 7) -> tuple[float, dict[tuple[int, ...], dict[str, float]]]:
     """``(unit_us, {shape: {row: us}})`` for the rows of :data:`COMPILED` (``no_grad``, eval, launches
     stubbed as in :func:`measure_all`; best of ``rounds`` interleaved rounds, the garbage collector
-    off while timing). Compiles each shape four times (seconds each on a CPU). Every setting it
+    off while timing). Compiles each shape three times (seconds each on a CPU). Every setting it
     changes is restored."""
     import torch
     from triton.runtime.interpreter import InterpretedFunction
 
     import cbam_triton
+    from cbam_triton import compiled as block_op
     from cbam_triton._backend import interpreter_active
-    from cbam_triton.launchers import replay
 
     if not interpreter_active():
         raise RuntimeError("bench.host times the host work through Triton's interpreter: set TRITON_INTERPRET=1 "
                            "before triton is imported (python -m bench.host does)")
+    if not block_op.AVAILABLE:
+        raise RuntimeError("this torch has no opaque objects (torch._library.opaque_object): no compiled rows")
     unit_t = torch.ones(1)
-    saved = InterpretedFunction.run, replay.ENABLED
+    saved = InterpretedFunction.run
     best: dict[tuple[tuple[int, ...], str], float] = {}
     unit = float("inf")
     try:
@@ -188,36 +193,34 @@ def measure_compiled(shapes: tuple[tuple[int, int, int, int], ...] = SHAPES, cal
         with torch.no_grad():
             trivial = torch.compile(lambda t: t * 2, fullgraph=True)
             trivial(unit_t)
-            jobs: list[tuple[tuple[int, ...], str, Callable[[], object], bool]] = []
+            jobs: list[tuple[tuple[int, ...], str, Callable[[], object]]] = []
             for shape in shapes:
                 c = shape[1]
                 module = cbam_triton.CBAM(c, reduction_ratio=16 if c >= 32 else 1, backend="triton").eval()
                 x = torch.randn(shape)
                 compiled = torch.compile(module, fullgraph=True)
                 compiled(x)
-                with torch._inductor.config.patch(freezing=True):
-                    frozen = torch.compile(cbam_triton.CBAM.from_reference(module).eval(), fullgraph=True)
-                    frozen(x)
+                traced = cbam_triton.CBAM.from_reference(module).eval()
+                block_op.detach(traced)
+                traced = torch.compile(traced, fullgraph=True)
+                traced(x)
                 floor = torch.compile(_Floor.make(module), fullgraph=True)
                 floor(x)
-                jobs += [(shape, COMPILED[0], lambda m=module, x=x: m(x), True),
-                         (shape, COMPILED[1], lambda m=compiled, x=x: m(x), True),
-                         (shape, COMPILED[2], lambda m=compiled, x=x: m(x), False),
-                         (shape, COMPILED[3], lambda m=frozen, x=x: m(x), True),
-                         (shape, COMPILED[4], lambda m=floor, x=x: m(x), True),
-                         (shape, COMPILED[5], lambda: trivial(unit_t), True)]
+                jobs += [(shape, COMPILED[0], lambda m=module, x=x: m(x)),
+                         (shape, COMPILED[1], lambda m=compiled, x=x: m(x)),
+                         (shape, COMPILED[2], lambda m=traced, x=x: m(x)),
+                         (shape, COMPILED[3], lambda m=floor, x=x: m(x)),
+                         (shape, COMPILED[4], lambda: trivial(unit_t))]
             gc.collect()
             gc.disable()  # (as timeit does: the compilers leave a large heap, which collections would walk)
             for _ in range(rounds):
                 unit = min(unit, _best_us(lambda: unit_t.mul(2.0), 20 * calls, repeats=3))
-                for shape, name, call, host_path in jobs:
-                    replay.ENABLED = host_path
+                for shape, name, call in jobs:
                     us = _best_us(call, calls, repeats=3)
                     best[shape, name] = min(best.get((shape, name), float("inf")), us)
-                    replay.ENABLED = saved[1]
     finally:
         gc.enable()
-        InterpretedFunction.run, replay.ENABLED = saved  # type: ignore[method-assign]
+        InterpretedFunction.run = saved  # type: ignore[method-assign]
     return unit, {tuple(shape): {name: best[tuple(shape), name] for name in COMPILED} for shape in shapes}
 
 
@@ -329,9 +332,9 @@ def main(argv: list[str] | None = None) -> int:
         for shape, row in got.items():
             print(f"  {shape}")
             for name, us in row.items():
-                print(f"    {name:<32} {us:9.1f} us = {us / unit:7.1f} tiny ops")
+                print(f"    {name:<36} {us:9.1f} us = {us / unit:7.1f} tiny ops")
             trivial = row[COMPILED[-1]]
-            for name in COMPILED[1], COMPILED[3], COMPILED[4]:
+            for name in COMPILED[1:4]:
                 print(f"    {name + ' - trivial graph':<52} {(row[name] - trivial) / unit:6.1f} tiny ops")
     return 0
 

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cbam_triton import fastpath, stages
+from cbam_triton import compiled, fastpath, stages
 from cbam_triton.deploy import fx_leaf_call
 from cbam_triton.functional import prepare, spatial_attention
 from cbam_triton.fusion import ChannelMLP, SpatialConv, activation_name, is_sigmoid, spatial_conv
@@ -27,6 +27,7 @@ from cbam_triton.norms import bn_state
 CHANNEL_POOLS = ("avg+max", "avg", "max", "light")
 #: What the spatial convolution reads: 2 channels in either order, or 0.5*mean + 0.5*max.
 SPATIAL_INPUTS = ("max,mean", "mean,max", "light")
+_is_compiling = torch.compiler.is_compiling
 
 
 @dataclass(frozen=True)
@@ -69,7 +70,7 @@ def _matrix(layer: nn.Module, acc: torch.dtype) -> tuple[torch.Tensor, torch.Ten
     return w.to(acc), (layer.bias.to(acc) if layer.bias is not None else None)
 
 
-class ConvertedCBAM(_Scheduled, nn.Module):
+class ConvertedCBAM(_Scheduled, compiled.Compilable, nn.Module):
     """Fused CBAM forward over the submodules of a CBAM of another dialect (see :class:`DialectSpec`)."""
 
     def __init__(self, source: nn.Module, spec: DialectSpec, *, backend: str | None = None,
@@ -85,6 +86,7 @@ class ConvertedCBAM(_Scheduled, nn.Module):
         self.backend = backend
         self.source_class = f"{type(source).__module__}.{type(source).__qualname__}"
         self.train(source.training)
+        compiled.attach(self)  # (torch.compile: the block as one operator call; cbam_triton/compiled.py)
 
     def extra_repr(self) -> str:
         s = self.spec
@@ -147,7 +149,9 @@ class ConvertedCBAM(_Scheduled, nn.Module):
         return conv if isinstance(conv, str) else (mlp, conv)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = fastpath.forward(self, x)  # a cached configuration: guard, then the launches
+        # eager: a cached configuration, guard, then the launches; traced by torch.compile: one
+        # operator call running that at run time (cbam_triton/compiled.py)
+        out = compiled.forward(self, x) if _is_compiling() else fastpath.forward(self, x)
         if out is not None:
             return out
         if (traced := fx_leaf_call(self, x)) is not None:  # torch.fx.symbolic_trace: one leaf node

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from cbam_triton import fastpath, stages
+from cbam_triton import compiled, fastpath, stages
 from cbam_triton.deploy import fx_leaf_call, script_error
 from cbam_triton.functional import channel_attention, prepare, spatial_attention
 from cbam_triton.fusion import ChannelMLP, SpatialConv, spatial_conv
@@ -25,6 +25,7 @@ from cbam_triton.reference import validate_config  # the spec's own config rules
 from cbam_triton.schedule import validate_budget, validate_schedule
 
 _POOLS = ("avg", "max")
+_is_compiling = torch.compiler.is_compiling
 
 
 def _pool_mode(pool_types: Sequence[str]) -> str:
@@ -125,7 +126,7 @@ class SpatialGate(_Scheduled, nn.Module):
                           self.schedule, self.l2_budget_bytes)
 
 
-class CBAM(_Scheduled, nn.Module):
+class CBAM(_Scheduled, compiled.Compilable, nn.Module):
     """Fused CBAM (channel gate, then spatial gate); drop-in for :class:`reference.CBAM`.
 
     Same constructor and ``state_dict`` keys as the reference, so checkpoints load both ways.
@@ -176,6 +177,7 @@ class CBAM(_Scheduled, nn.Module):
         self.backend = backend
         self.channel_gate = ChannelGate(channels, hidden, pools)
         self.spatial_gate = SpatialGate(spatial_kernel_size, self.spatial_norm)
+        compiled.attach(self)  # (torch.compile: the block as one operator call; cbam_triton/compiled.py)
 
     def extra_repr(self) -> str:
         return (f"channels={self.channels}, hidden_channels={self.hidden_channels}, "
@@ -189,7 +191,9 @@ class CBAM(_Scheduled, nn.Module):
         return conv if isinstance(conv, str) else (self.channel_gate.fused_mlp(), conv)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = fastpath.forward(self, x)  # a cached configuration: guard, then the launches (cbam_triton/fastpath.py)
+        # eager: a cached configuration, guard, then the launches (cbam_triton/fastpath.py); traced by
+        # torch.compile: one operator call running that at run time (cbam_triton/compiled.py)
+        out = compiled.forward(self, x) if _is_compiling() else fastpath.forward(self, x)
         if out is not None:
             return out
         if (traced := fx_leaf_call(self, x)) is not None:  # torch.fx.symbolic_trace: one leaf node

@@ -1,14 +1,22 @@
-"""The custom op's host path (cbam_triton/launchers/replay.py) and ``torch.compile`` at its cost.
+"""``torch.compile`` of a block at the eager fast path's cost: the block as one operator call
+(cbam_triton/compiled.py), and the fused operator's own host path (cbam_triton/launchers/replay.py).
 
-A call of ``torch.ops.cbam_triton.fused_forward`` whose configuration was seen before replays bound
-launches with its own x and weights: bitwise what a call planned from scratch gives, neither planned
-nor rebound, for every weight value (the weights are op arguments). ``torch.compile(fullgraph=True)``
-(inductor) of a converted block: no graph break, no recompile over new inputs of one shape, at most
-one for a new batch size, outputs bitwise the eager module's. GPU only: CUDA graphs
-(``mode="reduce-overhead"``) replay without re-capture, and an AOTInductor package matches eager.
+An eval-mode block traced with grad mode off is one call of ``cbam_triton::block_forward(x, block)``
+(one tensor input) running the module's own fast path at run time: bitwise the eager output, each
+call's weights (in-place updates, replaced parameters), no recompile for another block of the class;
+anything else traces the module's forward as before. A call of ``torch.ops.cbam_triton.fused_forward``
+whose configuration was seen before replays bound launches with its own x and weights: bitwise what a
+call planned from scratch gives, neither planned nor rebound, for every weight value (the weights are
+op arguments). ``torch.compile(fullgraph=True)`` (inductor) of a block, either way: no graph break, no
+recompile over new inputs of one shape, at most one for a new batch size, outputs bitwise the eager
+module's. GPU only: CUDA graphs (``mode="reduce-overhead"``) replay without re-capture, and an
+AOTInductor package matches eager.
 """
 
 from __future__ import annotations
+
+import copy
+import pickle
 
 import pytest
 import torch
@@ -16,6 +24,7 @@ from helpers import make_input, make_reference
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import cbam_triton
+from cbam_triton import compiled as block_op
 from cbam_triton import fastpath
 from cbam_triton.launchers import forward as fwd
 from cbam_triton.launchers import replay
@@ -117,30 +126,153 @@ def test_op_host_path_stands_aside(device):
         _same(OP(*_op_args(ours, copied)), _fresh(_op_args(ours, copied)))
 
 
-def test_compiled_block_no_breaks_no_recompiles_bitwise(device):
+@pytest.mark.parametrize("as_block", [True, False], ids=["block-op", "weights-as-inputs"])
+def test_compiled_block_no_breaks_no_recompiles_bitwise(as_block, device, monkeypatch):
     """``torch.compile(fullgraph=True)`` (inductor): 10 calls with new inputs of one shape compile
-    once and replay through the op's host path, bitwise the eager module's output; a new batch
-    size recompiles at most once (``dynamic=None``: the second shape compiles a dynamic graph)."""
+    once, bitwise the eager module's output; a new batch size recompiles at most once
+    (``dynamic=None``: the second shape compiles a dynamic graph). The block as one operator call
+    runs the module's fast path per call; traced as it is (:func:`cbam_triton.compiled.detach`),
+    the fused operator replays through its own host path."""
     from torch._dynamo.utils import counters
 
     torch._dynamo.reset()
     counters.clear()
     replay.clear()
     ours = _module(16, device)
+    if not as_block:
+        block_op.detach(ours)
+    fast_calls = []
+    real = fastpath.forward
+    monkeypatch.setattr(fastpath, "forward", lambda m, x: fast_calls.append(m) or real(m, x))
     compiled = torch.compile(ours, fullgraph=True)
+    start = replay.info()["recorded"]
     with torch.no_grad():
         for i in range(10):
             x = make_input((1, 16, 6, 7), torch.float32, "channels_last", device)
-            _same(compiled(x), ours(x))
+            before = len(fast_calls)
+            y = compiled(x)
+            if i:  # (the op ran the module's fast path: a hit; the first call built its entry)
+                assert len(fast_calls) - before == (1 if as_block else 0)
+            _same(y, ours(x))
             if i == 0:
                 recorded = replay.info()["recorded"]
-        assert replay.info()["recorded"] == recorded  # calls 2-10 replayed
+        # calls 2-10 replayed: the module's fast path entries, or the fused operator's host path entry
+        assert replay.info()["recorded"] == recorded == start + (0 if as_block else 1)
         assert counters["stats"]["unique_graphs"] == 1 and sum(counters["recompiles"].values()) == 0
         for n in (2, 3, 5):
             x = make_input((n, 16, 6, 7), torch.float32, "channels_last", device)
             _same(compiled(x), ours(x))
     assert counters["stats"]["unique_graphs"] <= 2 and sum(counters["recompiles"].values()) <= 1
-    assert fastpath.info(ours)["entries"] > 0  # (the eager calls took the module's own fast path)
+    assert fastpath.info(ours)["entries"] > 0
+    torch._dynamo.reset()
+
+
+def _graphs(module, x, **kw) -> list[torch.fx.GraphModule]:
+    """The FX graphs dynamo records for ``module(x)`` (run as recorded: the ops eagerly)."""
+    graphs = []
+
+    def backend(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    torch._dynamo.reset()
+    out = torch.compile(module, fullgraph=True, backend=backend, **kw)(x)
+    return graphs, out
+
+
+def _targets(gm: torch.fx.GraphModule) -> list[object]:
+    return [n.target for n in gm.graph.nodes if n.op == "call_function"]
+
+
+def test_block_op_graph_one_tensor_input_and_each_calls_weights(device):
+    """The traced block is one ``block_forward`` call with x as its only tensor input; the operator
+    reads the weights when it runs: in-place updates and a replaced parameter are seen without a
+    recompile; blocks of the class share the compiled code; copies get their own BlockRef."""
+    from torch._dynamo.utils import counters
+
+    ours = _module(16, device)
+    x = make_input((2, 16, 5, 6), torch.float32, "nchw", device)
+    with torch.no_grad():
+        graphs, out = _graphs(ours, x)
+        assert len(graphs) == 1 and _targets(graphs[0]) == [block_op.block_forward]
+        placeholders = [n for n in graphs[0].graph.nodes if n.op == "placeholder"]
+        assert sum(isinstance(n.meta.get("example_value"), torch.Tensor) for n in placeholders) == 1
+        _same(out, ours(x))
+        counters.clear()
+        compiled = torch.compile(ours, fullgraph=True, backend="eager")
+        compiled(x)
+        ours.spatial_gate.conv.weight.mul_(-0.5)  # in place
+        ours.channel_gate.mlp[0].weight = torch.nn.Parameter(ours.channel_gate.mlp[0].weight * 2)  # replaced
+        y = compiled(x)
+        _same(y, ours(x))
+        assert not torch.equal(y, out)
+        other = _module(16, device)  # another block of the class: the same compiled code, its own weights
+        _same(torch.compile(other, fullgraph=True, backend="eager")(x), other(x))
+        assert sum(counters["recompiles"].values()) == 0
+        for twin in (copy.deepcopy(ours), copy.copy(ours), pickle.loads(pickle.dumps(ours)),
+                     ours._replicate_for_data_parallel()):
+            assert block_op.block_ref(twin).module() is twin and block_op.block_ref(ours).module() is ours
+        twin = copy.deepcopy(ours)
+        twin.channel_gate.mlp[0].bias.add_(1.0)  # (the copy's own weights are what it runs)
+        _same(torch.compile(twin, fullgraph=True, backend="eager")(x), twin(x))
+        assert not torch.equal(twin(x), ours(x))
+    torch._dynamo.reset()
+
+
+@pytest.mark.parametrize("case", ["training", "grad", "torch-backend", "export", "cpp-wrapper"])
+def test_block_op_only_for_eval_inference_on_triton(case, device):
+    """Training mode, grad mode on, the PyTorch backend (inductor compiles its math), ``torch.export``
+    (standard ops) and inductor's C++ wrapper (no opaque arguments) trace the module's forward instead
+    of the block operator."""
+    ours = _module(16, device)
+    x = make_input((2, 16, 5, 6), torch.float32, "nchw", device)
+    if case == "export":
+        program = torch.export.export(ours, (x,))
+        targets = [n.target for n in program.graph.nodes if n.op == "call_function"]
+        assert targets and not any("cbam_triton" in str(t) for t in targets)
+        return
+    if case == "training":
+        ours.train()
+    if case == "torch-backend":
+        ours.backend = "torch"
+    with torch.set_grad_enabled(case == "grad"), torch._inductor.config.patch(cpp_wrapper=case == "cpp-wrapper"):
+        graphs, out = _graphs(ours, x)
+    targets = [t for gm in graphs for t in _targets(gm)]
+    assert targets and block_op.block_forward not in targets
+    torch._dynamo.reset()
+
+
+def test_block_op_full_path_output_has_the_fake_layout(device, monkeypatch):
+    """Where the module's fast path does not serve a call, the operator runs its full forward and
+    returns it in the layout its fake implementation promised the compiler (values unchanged)."""
+
+    class Contiguous(cbam_triton.CBAM):  # a full forward returning another layout than x's
+        def forward(self, x):
+            return super().forward(x).contiguous()
+
+    ours = Contiguous.from_reference(make_reference(8, reduction_ratio=4, device=device)).eval()
+    x = make_input((2, 8, 5, 6), torch.float32, "channels_last", device)
+    monkeypatch.setattr(fastpath, "ENABLED", False)
+    with torch.no_grad():
+        y = block_op.block_forward(x, block_op.block_ref(ours))
+        expected = ours(x)
+    assert expected.is_contiguous() and y.stride() == torch.empty_like(x).stride()
+    assert torch.equal(y, expected)
+
+
+def test_block_op_converted_dialects_bitwise(device):
+    """A converted CBAM of another dialect (fused or not: the operator runs its eager forward)."""
+    from dialects import LuuuyiCBAM, randomize
+
+    import reference
+
+    for source in (LuuuyiCBAM(24, 4), reference.CBAM(24, 4)):
+        model = cbam_triton.convert(randomize(source).eval().to(device), inplace=False, backend="triton")
+        x = make_input((2, 24, 6, 5), torch.float32, "channels_last", device)
+        with torch.no_grad():
+            graphs, out = _graphs(model, x)
+            assert _targets(graphs[0]) == [block_op.block_forward]
+            _same(out, model(x))
     torch._dynamo.reset()
 
 
