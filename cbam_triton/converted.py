@@ -16,11 +16,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cbam_triton import compiled, fastpath, stages
-from cbam_triton.deploy import fx_leaf_call
-from cbam_triton.functional import prepare, spatial_attention
+from cbam_triton import compiled, dispatch
+from cbam_triton.functional import spatial_attention
 from cbam_triton.fusion import ChannelMLP, SpatialConv, activation_name, is_sigmoid, spatial_conv
-from cbam_triton.modules import _Scheduled
+from cbam_triton.modules import Scheduled
 from cbam_triton.norms import bn_state
 
 #: How the channel branch combines the pooled vectors.
@@ -70,7 +69,7 @@ def _matrix(layer: nn.Module, acc: torch.dtype) -> tuple[torch.Tensor, torch.Ten
     return w.to(acc), (layer.bias.to(acc) if layer.bias is not None else None)
 
 
-class ConvertedCBAM(_Scheduled, compiled.Compilable, nn.Module):
+class ConvertedCBAM(Scheduled, compiled.Compilable, nn.Module):
     """Fused CBAM forward over the submodules of a CBAM of another dialect (see :class:`DialectSpec`)."""
 
     def __init__(self, source: nn.Module, spec: DialectSpec, *, backend: str | None = None,
@@ -149,14 +148,6 @@ class ConvertedCBAM(_Scheduled, compiled.Compilable, nn.Module):
         return conv if isinstance(conv, str) else (mlp, conv)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # eager: a cached configuration, guard, then the launches; traced by torch.compile: one
-        # operator call running that at run time (cbam_triton/compiled.py)
-        out = compiled.forward(self, x) if _is_compiling() else fastpath.forward(self, x)
-        if out is not None:
-            return out
-        if (traced := fx_leaf_call(self, x)) is not None:  # torch.fx.symbolic_trace: one leaf node
-            return traced
-        be = prepare(x, self.spec.channels, dict(self.named_parameters()), self.backend)
+        """The source's function with the shared kernels (the path of a call: :mod:`cbam_triton.dispatch`)."""
         spatial = self.spatial_map if self.spec.spatial_input is not None else None
-        return stages.run(x, be, self.channel_map, spatial, self.parameters(), self.fused_parts,
-                          self.schedule, self.l2_budget_bytes)
+        return dispatch.module_forward(self, x, self.spec.channels, self.channel_map, spatial, self.backend)

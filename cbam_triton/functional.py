@@ -13,65 +13,16 @@ from collections.abc import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-from cbam_triton import stages
+from cbam_triton import dispatch, stages
 from cbam_triton._backend import resolve_backend
-from cbam_triton.deploy import quiet_shape_checks
 from cbam_triton.fusion import ChannelMLP, SpatialConv
 from cbam_triton.schedule import validate_budget, validate_schedule
+from cbam_triton.validation import check_devices, validate_input
 
 __all__ = [
-    "apply_gates", "cbam", "channel_attention", "channel_pool", "prepare", "spatial_attention", "spatial_pool",
+    "apply_gates", "cbam", "channel_attention", "channel_pool", "spatial_attention", "spatial_pool",
     "validate_input",
 ]
-
-_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-
-
-def validate_input(x: object, channels: int | None = None, name: str = "x") -> torch.Tensor:
-    """Check that x is a floating (N, C, H, W) tensor with H, W >= 1 (and C == channels).
-
-    Raises ``TypeError`` for a non-tensor or a non-floating dtype (integer, bool, complex) and
-    ``ValueError`` for a wrong rank, an empty H or W, or a channel count that does not match.
-    """
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
-    if x.dtype not in _FLOAT_DTYPES:
-        raise TypeError(f"{name} must be float16, bfloat16, float32 or float64, got {x.dtype}")
-    if x.dim() != 4:
-        raise ValueError(f"{name} must be 4-D (N, C, H, W), got a {x.dim()}-D tensor of shape "
-                         f"{tuple(x.shape)}")
-    n, c, h, w = x.shape
-    if channels is not None and c != channels:
-        raise ValueError(f"{name} has {c} channels but the module/weights expect {channels} "
-                         f"(input shape {tuple(x.shape)})")
-    if c < 1 or h < 1 or w < 1:
-        raise ValueError(f"{name} needs C, H, W >= 1, got shape {tuple(x.shape)}")
-    return x
-
-
-def _check_devices(x: torch.Tensor, tensors: dict[str, torch.Tensor | None]) -> None:
-    for name, t in tensors.items():
-        if t is None:
-            continue
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor or None, got {type(t).__name__}")
-        if t.device != x.device:
-            raise ValueError(f"{name} is on {t.device} but x is on {x.device}; move the module "
-                             "(or the weights) to x's device")
-        if not t.is_floating_point():
-            raise TypeError(f"{name} must be a floating tensor, got {t.dtype}")
-
-
-def prepare(x: object, channels: int | None, tensors: dict[str, torch.Tensor | None],
-            backend: str | None) -> str:
-    """The common prologue of every CBAM forward: validate x (and its channel count) and the
-    weights' devices/dtypes, then resolve the backend (N == 0 is handled by :func:`stages.run`:
-    an empty output, nothing launched)."""
-    quiet_shape_checks()  # under torch.jit.trace: no TracerWarnings from the checks (cbam_triton/deploy.py)
-    validate_input(x, channels)
-    _check_devices(x, tensors)
-    return resolve_backend(x, backend)
-
 
 def channel_pool(x: torch.Tensor, *, backend: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Global average and max pooling over H*W in one read of x: ``(avg, max)``, each (N, C).
@@ -89,7 +40,7 @@ def spatial_pool(x: torch.Tensor, mc: torch.Tensor | None = None, *,
     ``mc`` is an (N, C) channel map or None. Result in fp32 (fp64 for fp64 x).
     """
     validate_input(x)
-    _check_devices(x, {"mc": mc})
+    check_devices(x, {"mc": mc})
     if mc is not None and tuple(mc.shape) != tuple(x.shape[:2]):
         raise ValueError(f"mc must have shape (N, C) = {tuple(x.shape[:2])}, got {tuple(mc.shape)}")
     return stages.spatial_pool(x, mc, resolve_backend(x, backend))
@@ -103,7 +54,7 @@ def apply_gates(x: torch.Tensor, mc: torch.Tensor | None = None, ms: torch.Tenso
     (fp64) and returned in x's dtype and memory format (NCHW or channels_last).
     """
     validate_input(x)
-    _check_devices(x, {"mc": mc, "ms": ms})
+    check_devices(x, {"mc": mc, "ms": ms})
     n, c, h, w = x.shape
     if mc is not None and tuple(mc.shape) != (n, c):
         raise ValueError(f"mc must have shape (N, C) = {(n, c)}, got {tuple(mc.shape)}")
@@ -242,7 +193,7 @@ def cbam(
                "fc2_bias": fc2_bias, "conv_weight": conv_weight, "conv_bias": conv_bias,
                "bn_weight": bn_weight, "bn_bias": bn_bias,
                "bn_running_mean": bn_running_mean, "bn_running_var": bn_running_var}
-    be = prepare(x, fc1_weight.shape[1] if fc1_weight.dim() == 2 else None, weights, backend)
+    be = dispatch.prepare(x, fc1_weight.shape[1] if fc1_weight.dim() == 2 else None, weights, backend)
     c = x.shape[1]
     hidden = fc1_weight.shape[0]
     if fc1_weight.shape != (hidden, c) or fc2_weight.shape != (c, hidden):
@@ -285,4 +236,4 @@ def cbam(
         return mlp, SpatialConv(conv_weight, conv_bias, "max,mean", bn_running_mean, bn_running_var,
                                 bn_weight if affine else None, bn_bias if affine else None, float(bn_eps))
 
-    return stages.run(x, be, channel_map, spatial_map, weights.values(), fused_parts, schedule, l2_budget_bytes)
+    return dispatch.run(x, be, channel_map, spatial_map, weights.values(), fused_parts, schedule, l2_budget_bytes)

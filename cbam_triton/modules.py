@@ -15,9 +15,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from cbam_triton import compiled, fastpath, stages
-from cbam_triton.deploy import fx_leaf_call, script_error
-from cbam_triton.functional import channel_attention, prepare, spatial_attention
+from cbam_triton import compiled, dispatch
+from cbam_triton.deploy import script_error
+from cbam_triton.functional import channel_attention, spatial_attention
 from cbam_triton.fusion import ChannelMLP, SpatialConv, spatial_conv
 from cbam_triton.norms import bn_state, check, copy_for
 from cbam_triton.reference import CBAM as ReferenceCBAM
@@ -33,7 +33,7 @@ def _pool_mode(pool_types: Sequence[str]) -> str:
     return "avg+max" if {"avg", "max"} <= set(pool_types) else ("avg" if "avg" in pool_types else "max")
 
 
-class _Scheduled:
+class Scheduled:
     """``schedule`` / ``l2_budget_bytes`` of the fused inference forward (see
     :mod:`cbam_triton.schedule`); plain attributes, not part of the state_dict."""
 
@@ -51,7 +51,7 @@ class _Scheduled:
         raise script_error(self)
 
 
-class ChannelGate(_Scheduled, nn.Module):
+class ChannelGate(Scheduled, nn.Module):
     """Channel attention ``x -> x * sigmoid(sum_p mlp(pool_p(x)))`` (same keys as the reference)."""
 
     def __init__(self, channels: int, hidden_channels: int, pool_types: Sequence[str] = _POOLS):
@@ -75,21 +75,15 @@ class ChannelGate(_Scheduled, nn.Module):
         return ChannelMLP(fc1.weight, fc1.bias, fc2.weight, fc2.bias, _pool_mode(self.pool_types), "relu")
 
     def forward(self, x: torch.Tensor, backend: str | None = None) -> torch.Tensor:
-        out = fastpath.forward(self, x) if backend is None else None  # a cached configuration: launch
-        if out is not None:
-            return out
-        if (traced := fx_leaf_call(self, x)) is not None:  # torch.fx.symbolic_trace: one leaf node
-            return traced
-        be = prepare(x, self.channels, dict(self.named_parameters()), backend)
-        return stages.run(x, be, self.channel_map, None, self.parameters(), self.fused_parts,
-                          self.schedule, self.l2_budget_bytes)
+        """``x * Mc`` (the path of a call: :mod:`cbam_triton.dispatch`)."""
+        return dispatch.module_forward(self, x, self.channels, self.channel_map, None, backend, backend is None)
 
     def fused_parts(self) -> tuple[ChannelMLP, None]:
         """``(mlp, None)`` for the fused forward."""
         return self.fused_mlp(), None
 
 
-class SpatialGate(_Scheduled, nn.Module):
+class SpatialGate(Scheduled, nn.Module):
     """Spatial attention ``x -> x * sigmoid(bn(conv(cat([max_C x, mean_C x]))))``."""
 
     def __init__(self, kernel_size: int = 7, spatial_norm: bool = True):
@@ -116,17 +110,11 @@ class SpatialGate(_Scheduled, nn.Module):
         return conv if isinstance(conv, str) else (None, conv)
 
     def forward(self, x: torch.Tensor, backend: str | None = None) -> torch.Tensor:
-        out = fastpath.forward(self, x) if backend is None else None  # a cached configuration: launch
-        if out is not None:
-            return out
-        if (traced := fx_leaf_call(self, x)) is not None:  # torch.fx.symbolic_trace: one leaf node
-            return traced
-        be = prepare(x, None, dict(self.named_parameters()), backend)
-        return stages.run(x, be, None, self.spatial_map, self.parameters(), self.fused_parts,
-                          self.schedule, self.l2_budget_bytes)
+        """``x * Ms`` (the path of a call: :mod:`cbam_triton.dispatch`)."""
+        return dispatch.module_forward(self, x, None, None, self.spatial_map, backend, backend is None)
 
 
-class CBAM(_Scheduled, compiled.Compilable, nn.Module):
+class CBAM(Scheduled, compiled.Compilable, nn.Module):
     """Fused CBAM (channel gate, then spatial gate); drop-in for :class:`reference.CBAM`.
 
     Same constructor and ``state_dict`` keys as the reference, so checkpoints load both ways.
@@ -191,16 +179,10 @@ class CBAM(_Scheduled, compiled.Compilable, nn.Module):
         return conv if isinstance(conv, str) else (self.channel_gate.fused_mlp(), conv)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # eager: a cached configuration, guard, then the launches (cbam_triton/fastpath.py); traced by
-        # torch.compile: one operator call running that at run time (cbam_triton/compiled.py)
-        out = compiled.forward(self, x) if _is_compiling() else fastpath.forward(self, x)
-        if out is not None:
-            return out
-        if (traced := fx_leaf_call(self, x)) is not None:  # torch.fx.symbolic_trace: one leaf node
-            return traced
-        be = prepare(x, self.channels, dict(self.named_parameters()), self.backend)
-        return stages.run(x, be, self.channel_gate.channel_map, self.spatial_gate.spatial_map, self.parameters(),
-                          self.fused_parts, self.schedule, self.l2_budget_bytes)
+        """``x * Mc * Ms``: traced by torch.compile, one operator call; eager, the cached launches after a
+        guard, or the full path (the path of a call, in one place: :mod:`cbam_triton.dispatch`)."""
+        return dispatch.module_forward(self, x, self.channels, self.channel_gate.channel_map,
+                                       self.spatial_gate.spatial_map, self.backend)
 
     @classmethod
     def from_reference(cls, module: nn.Module, *, backend: str | None = None, schedule: str = "auto",

@@ -132,7 +132,7 @@ def _(x: Tensor, mc: Tensor | None, ms: Tensor | None) -> Tensor:
 
 
 # --------------------------------------------------------------------------------- fused_forward
-def _fused_forward_impl(x: Tensor, fc1_weight: Tensor | None, fc1_bias: Tensor | None, fc2_weight: Tensor | None,
+def fused_forward_impl(x: Tensor, fc1_weight: Tensor | None, fc1_bias: Tensor | None, fc2_weight: Tensor | None,
                         fc2_bias: Tensor | None, conv_weight: Tensor | None, conv_bias: Tensor | None,
                         bn_mean: Tensor | None, bn_var: Tensor | None, bn_weight: Tensor | None,
                         bn_bias: Tensor | None, bn_eps: float, pools: str, act: str, spatial_input: str,
@@ -162,7 +162,7 @@ def _fused_forward_op(x: Tensor, fc1_weight: Tensor | None, fc1_bias: Tensor | N
                       bn_mean: Tensor | None, bn_var: Tensor | None, bn_weight: Tensor | None,
                       bn_bias: Tensor | None, bn_eps: float, pools: str, act: str, spatial_input: str,
                       schedule: str, l2_budget_bytes: int | None) -> Tensor:
-    """The op's kernel: :func:`_fused_forward_impl` through the op's host path (a configuration
+    """The op's kernel: :func:`fused_forward_impl` through the op's host path (a configuration
     seen before replays its bound launches; see :mod:`cbam_triton.launchers.replay`). Inference
     only: refused while autograd would record it (it has no autograd formula)."""
     params = (fc1_weight, fc1_bias, fc2_weight, fc2_bias, conv_weight, conv_bias, bn_mean, bn_var, bn_weight, bn_bias)
@@ -175,7 +175,7 @@ def _fused_forward_op(x: Tensor, fc1_weight: Tensor | None, fc1_bias: Tensor | N
 
         _HOST_PATH.append(host_path)
     return _HOST_PATH[0](x, params, (bn_eps, pools, act, spatial_input, schedule, l2_budget_bytes),
-                         _fused_forward_impl)
+                         fused_forward_impl)
 
 
 fused_forward = define_inference_op("fused_forward")(_fused_forward_op)

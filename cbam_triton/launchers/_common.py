@@ -76,7 +76,7 @@ class Launch:
         """Launch (after the :func:`record_launches` hooks). Returns what ``kernel[grid](...)``
         returned: on a GPU Triton's compiled kernel, which :mod:`cbam_triton.launchers.bound` keeps
         to launch again without Triton's per-call argument binding."""
-        for hook in _LAUNCH_HOOKS:
+        for hook in LAUNCH_HOOKS:
             hook(self)
         if min(self.grid) == 0:
             return None
@@ -114,18 +114,18 @@ def interpret(kernel: Any, grid: tuple[int, ...], args: Any, kwargs: dict[str, A
 _PRE_DISPATCH_MODES: Callable[[], int] = getattr(torch._ops, "_len_torch_dispatch_stack_pre_dispatch", lambda: 0)
 
 
-_LAUNCH_HOOKS: list[Callable[[Launch], None]] = []
+LAUNCH_HOOKS: list[Callable[[Launch], None]] = []
 
 
 @contextlib.contextmanager
 def record_launches() -> Iterator[list[Launch]]:
     """Context manager collecting every Triton :class:`Launch` cbam_triton makes inside it."""
     seen: list[Launch] = []
-    _LAUNCH_HOOKS.append(seen.append)
+    LAUNCH_HOOKS.append(seen.append)
     try:
         yield seen
     finally:
-        _LAUNCH_HOOKS.remove(seen.append)
+        LAUNCH_HOOKS.remove(seen.append)
 
 
 def output_for(x: torch.Tensor, out: torch.Tensor | None) -> tuple[torch.Tensor, tuple[int, int, int]]:

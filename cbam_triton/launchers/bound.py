@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from cbam_triton.launchers._common import _LAUNCH_HOOKS, INTERPRETER_LOCK, Launch, reset_counters
+from cbam_triton.launchers._common import INTERPRETER_LOCK, LAUNCH_HOOKS, Launch, reset_counters
 
 #: hole roles: which per-call tensor fills an argument (``PARAM + i``: the i-th per-call weight)
 X, OUT, PARAM = 0, 1, 2
@@ -124,9 +124,9 @@ class BoundLaunch:
 
     def __call__(self, x: torch.Tensor, out: torch.Tensor, stream: int | None,
                  params: Sequence[torch.Tensor | None] = ()) -> None:
-        if _LAUNCH_HOOKS:
+        if LAUNCH_HOOKS:
             seen = dataclasses.replace(self.launch, args=tuple(self._fill(list(self.args), x, out, False, params)))
-            for hook in _LAUNCH_HOOKS:
+            for hook in LAUNCH_HOOKS:
                 hook(seen)
         if self.compiled is not None:
             hooks = _launch_hooks()

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from cbam_triton.launchers._common import _LAUNCH_HOOKS, Launch
+from cbam_triton.launchers._common import LAUNCH_HOOKS, Launch
 
 
 @dataclass
@@ -153,9 +153,9 @@ def program_work() -> Iterator[WorkLog]:
     builder.create_masked_load = load
     builder.create_atomic_rmw = rmw
     builder.create_atomic_cas = cas
-    _LAUNCH_HOOKS.append(on_launch)
+    LAUNCH_HOOKS.append(on_launch)
     try:
         yield log
     finally:
-        _LAUNCH_HOOKS.remove(on_launch)
+        LAUNCH_HOOKS.remove(on_launch)
         del builder.create_masked_load, builder.create_atomic_rmw, builder.create_atomic_cas
