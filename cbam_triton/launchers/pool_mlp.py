@@ -24,6 +24,7 @@ from cbam_triton.launchers._common import (
     nbytes,
     next_pow2,
     plan_fused,
+    rows_16b,
     small_tile_rows,
 )
 
@@ -174,7 +175,8 @@ def plan_channel_pool_mlp(x: torch.Tensor, mlp: ChannelMLP, hints: bool = False,
               c, p, hidden, per_split, group if tree else 1, sn, sc, sp, *_matrix_strides(w1)),
         meta=dict(POOLS=POOL_MODES[mlp.pools], ACT=ACTIVATIONS[mlp.act], HAS_B1=mlp.fc1_bias is not None,
                   Z_COMBINE=two, TREE=tree, SPLIT=num_splits > 1, HINTS=hints, BLOCK_C=block_c, BLOCK_P=block_p,
-                  SB=small_tile_rows(block_c, num_splits), HB=hb, CBB=cbb, ZB=zb, ACC_FP64=acc_is_fp64(x)),
+                  SB=small_tile_rows(block_c, num_splits), HB=hb, CBB=cbb, ZB=zb, ACC_FP64=acc_is_fp64(x),
+                  UNROLL=2 if -(-min(per_split, p) // block_p) >= 2 and rows_16b(x, sc, sp) else 1),
         name="channel_pool_mlp",
         bytes_read=nbytes(x, w1, mlp.fc1_bias if two else None),
         bytes_written=nbytes(sums, maxs, parts, groups, z),
