@@ -188,7 +188,7 @@ def group_layer1(pin_ptr, n0, gs, c0, cw, C, HID, w1_ptr, s_w1h, s_w1c, dst_ptr,
     cores in ``tf32x3``, three tf32 products, about fp32's accuracy and far fewer registers than an
     FMA dot whose operands every thread holds in part; fp64: IEEE FMA), in a fixed order:
     deterministic; ``2 * cdiv(HID, HB) * cdiv(cw, WB)`` loads. The launcher keeps the tiles small
-    (``[16, 64]`` weight tiles): the tail's registers count for the whole streaming kernel."""
+    (``[32, 32]`` weight tiles): the tail's registers count for the whole streaming kernel."""
     r = tl.arange(0, GR)
     mr = r < gs * NPOOL
     rows = (n0 + r // NPOOL).to(tl.int64) * NPOOL + r % NPOOL

@@ -64,7 +64,12 @@ def channel_pool_mlp_kernel(
     # TREE (blocks * HID large): two levels instead; the last block of each group of ``group``
     # blocks (group_counter[n, g]) sums the group's partials into group_ptr (N, groups, pools, HID),
     # the last group (sample_counter[n]) sums those into z.
-    # Layer 2 (or a one-layer MLP's column sums) runs in stage 2, spread over its programs.
+    # L1G (W1 read per sample would exceed the weight-traffic bound): layer 1 per group of GS
+    # samples instead (_group_tail): the block's MLP inputs go to pin (N, pools, C), the last of the
+    # group's programs of the block (l1_counter[g, block]) multiplies the group's inputs by the
+    # block's W1 slice (tl.dot), W1 is read once per group; the group's partials are summed as above.
+    # Layer 2 (or a one-layer MLP's column sums) runs in stage 2, spread over its programs, or in the
+    # channel-map launch (kernels/channel_map.py) for the whole chunk.
     # Big-tensor traffic: |x| read, nothing written.
     # Longest program: the last of a sample: its x tiles, <= 2 * cdiv(SPLIT, SB) partial tiles,
     # HID / HB weight tiles (the launcher keeps BLOCK_C * HID small) and 2 * HID / ZB *

@@ -217,9 +217,10 @@ def _isqrt_up(v: int) -> int:
 
 
 #: Grouped layer 1 (stage 1): the [GROUP_WB, GROUP_HB] W1 tiles and [GR, GROUP_WB] input tiles of
-#: ``tl.dot`` (larger ones cost the streaming kernel registers: sm_90, triton 3.8, 2048x7^2: 124
-#: registers at these sizes, 167-255 at 32 x 32 or wider), and the most such tile loads per block
-GROUP_WB, GROUP_HB, GROUP_L1_LOADS = 16, 64, 16
+#: ``tl.dot`` (their registers count for the whole streaming kernel: sm_90, triton 3.8, 96 registers
+#: at 32 x 32 at 2048x7^2 and 1024x14^2, as without the group tail; 106-128 at 16 x 64 or 64 x 16,
+#: 167-255 at 32 x 64 or wider), and the most such tile loads per channel block
+GROUP_WB, GROUP_HB, GROUP_L1_LOADS = 32, 32, 16
 
 #: Fused forward, stage 1: bytes of weights and partials the last block of a sample may read (its
 #: slice of W1 and the layer-1 partials it sums), leaving room for its split combine
