@@ -78,7 +78,8 @@ def explain(module: torch.nn.Module, x: torch.Tensor, *, l2_cache_bytes: int | N
     else:
         with _planning_for(sms, arch):
             launches = plan_all()
-    rows = [{"name": launch.name, "grid": list(launch.grid), "tile": [launch.meta["BLOCK_C"], launch.meta["BLOCK_P"]],
+    rows = [{"name": launch.name, "grid": list(launch.grid),
+             "tile": [launch.meta["BLOCK_C"], launch.meta.get("BLOCK_P", launch.meta.get("BLOCK_N", 1))],
              "flags": sorted(k for k, v in launch.meta.items() if v is True),
              "bytes_read": launch.bytes_read, "bytes_written": launch.bytes_written, "l2_bytes": launch.l2_bytes,
              "longest": None if launch.longest is None else dataclasses.asdict(launch.longest)}
@@ -110,14 +111,15 @@ def format_plan(plan: dict[str, Any]) -> str:
     lines = [f"schedule {s['kind']}: {s['num_chunks']} chunk(s) of {s['chunk']} sample(s) ({s['reason']})",
              f"modelled DRAM traffic {plan['dram_model_x']:.2f}*|x| (logical {plan['logical_x']:.2f}*|x|), "
              f"{len(plan['launches'])} launches"]
-    for r in plan["launches"][:3]:
+    per_chunk = max(1, len(plan["launches"]) // max(1, s["num_chunks"]))
+    for r in plan["launches"][:per_chunk]:
         lines.append(f"  {r['name']:<17} grid {str(tuple(r['grid'])):<12} tile {r['tile'][0]}x{r['tile'][1]:<5} "
                      f"{','.join(f for f in r['flags'] if f in ('HINTS', 'COMBINE', 'SPLIT'))}")
         lp = r.get("longest")
         if lp:  # the critical path: what one program does one load after another
             lines.append(f"    longest program: streams {lp['x_loads']} x tiles ({lp['x_bytes'] / 1024:.1f} KiB); "
                          f"other loads {lp['other_loads']} ({lp['other_bytes'] / 1024:.1f} KiB) [model]")
-    if len(plan["launches"]) > 3:
+    if len(plan["launches"]) > per_chunk:
         lines.append(f"  ... the same for each of the {s['num_chunks']} chunks")
     return "\n".join(lines)
 

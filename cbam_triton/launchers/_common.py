@@ -246,6 +246,15 @@ def in_flight(program_x_bytes: int, tiles: int, unroll: int = 1) -> int:
     return program_x_bytes // max(1, -(-tiles // max(1, unroll)))
 
 
+def rows_16b(x: torch.Tensor, sc: int, sp: int) -> bool:
+    """Whether Triton sees x's rows along its unit-stride axis as 16-element aligned (128-bit loads): only
+    then does a second tile in flight (``UNROLL=2``) cost a few registers; 16-bit loads of an
+    unaligned NCHW map (7², 14², 28²) would take one register per element and cut the CTAs per SM."""
+    n, c, h, w = x.shape
+    other, extent = (sc, h * w) if sp == 1 and h * w > 1 else (sp, c)
+    return other % 16 == 0 and extent % 16 == 0  # what Triton's divisibility specialisation sees
+
+
 def small_tile_rows(cols: int, rows: int) -> int:
     """Rows of a ``[rows, cols]`` small tile: a power of two, at most ``next_pow2(rows)``, with
     ``rows * cols <= SMALL_TILE`` (at least 1)."""
@@ -262,6 +271,14 @@ class FusedPlan:
     base: int
     num_splits: int
     per_split: int
+
+
+def fused_tile_elems(itemsize: int, aligned: bool) -> int:
+    """Elements of a fused kernel's x tile: TILE_ELEMS, doubled for 2-byte dtypes (8 KiB a tile, as
+    fp32's: the bytes one load keeps in flight are what the tile is sized for) where the rows along
+    the unit-stride axis are 16-element aligned (128-bit loads); an unaligned NCHW map's 16-bit loads
+    take a register per element (sm_90: 226-235 registers at 2048x7² with 4096-element tiles)."""
+    return TILE_ELEMS * (2 if itemsize == 2 and aligned else 1)
 
 
 def _fill(extent: int, block: int) -> float:
@@ -313,10 +330,12 @@ def plan_fused(n: int, c: int, p: int, stride_c: int, stride_p: int, itemsize: i
     target = cap_programs or target_programs(device)
     sample_bytes = c * p * itemsize
     rows = []
+    other, along = (stride_c, p) if long_axis == "p" else (stride_p, c)
+    tile = fused_tile_elems(itemsize, other % 16 == 0 and along % 16 == 0)
     for long in FUSED_LONG_BLOCKS:
         if long > max(top, 16):
             continue
-        block_c, block_p = (TILE_ELEMS // long, long) if long_axis == "p" else (long, TILE_ELEMS // long)
+        block_c, block_p = (tile // long, long) if long_axis == "p" else (long, tile // long)
         lo, hi = block_c_range
         if long_axis == "p" and block_c > hi:  # the short channel axis shrinks (a smaller tile) to fit
             block_c = max(1, 1 << (hi.bit_length() - 1))

@@ -21,12 +21,20 @@ from cbam_triton.launchers._common import (
     in_flight,
     nbytes,
     plan_fused,
+    rows_16b,
     small_tile_rows,
     target_programs,
     tile_for,
     unit_axis,
 )
-from cbam_triton.launchers.pool_mlp import ChannelState, channel_map_args, map_split_min, map_tile_loads
+from cbam_triton.launchers.pool_mlp import (
+    MC_LOAD,
+    MC_NONE,
+    ChannelState,
+    channel_map_args,
+    map_split_min,
+    map_tile_loads,
+)
 
 
 def plan_spatial_pool(x: torch.Tensor, mc: torch.Tensor | None, split: int | None = None,
@@ -53,7 +61,7 @@ def plan_spatial_pool(x: torch.Tensor, mc: torch.Tensor | None, split: int | Non
                               weight_bytes=channel.map_weight_bytes if channel is not None else 0,
                               block_c_range=(1, channel.channels_per_slice(c) if channel is not None else 1 << 30),
                               min_split=map_split_min(channel, c),
-                              max_walk_tiles=MAX_WALK_TILES if channel is not None else None,
+                              max_walk_tiles=MAX_WALK_TILES if channel is not None or mc is not None else None,
                               kernel="spatial_pool", num_warps=warps)
 
         plan = fused(NUM_WARPS)
@@ -83,7 +91,8 @@ def plan_spatial_pool(x: torch.Tensor, mc: torch.Tensor | None, split: int | Non
               mcw, mcb, vec, mc_out if mc_out is not None else out,
               c, p, k, per_split, sn, sc, sp, s_wc, s_wk),
         meta=dict(**mc_meta, FINALIZE=num_splits == 1, COUNT=count, HINTS=hints, COMBINE=combine,
-                  SB=small_tile_rows(block_p, num_splits), BLOCK_C=block_c, BLOCK_P=block_p, ACC_FP64=acc_is_fp64(x)),
+                  SB=small_tile_rows(block_p, num_splits), BLOCK_C=block_c, BLOCK_P=block_p, ACC_FP64=acc_is_fp64(x),
+                  UNROLL=2 if combine_unroll(mc_meta, per_split, c, block_c, x, sc, sp) else 1),
         name="spatial_pool",
         num_warps=_warps(channel, block_c),
         bytes_read=nbytes(x, mc) + (channel.map_total_bytes if channel is not None else 0),
@@ -106,6 +115,13 @@ def plan_spatial_pool(x: torch.Tensor, mc: torch.Tensor | None, split: int | Non
     launch.x_in_flight = in_flight(min(per_split, c) * min(block_p, p) * x.element_size(), tiles,
                                    launch.meta.get("UNROLL", 1))
     return launch, final if combine else out, cnts
+
+
+def combine_unroll(mc_meta: dict, per_split: int, c: int, block_c: int, x: torch.Tensor, sc: int, sp: int) -> bool:
+    """Two x tiles in flight per iteration: where a program walks at least two tiles, Mc is loaded or
+    absent (a weight tile per x tile would double too), and x's rows are 16-element aligned (128-bit
+    loads; see :func:`~cbam_triton.launchers._common.rows_16b`)."""
+    return -(-min(per_split, c) // block_c) >= 2 and mc_meta["MC_MODE"] in (MC_NONE, MC_LOAD) and rows_16b(x, sc, sp)
 
 
 def _warps(channel: ChannelState | None, block_c: int) -> int:

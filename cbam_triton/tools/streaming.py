@@ -49,7 +49,7 @@ def compiled_facts(launch: Any, arch: int = 90) -> dict[str, Any]:
     compiled = compile_launch(launch, arch)
     rep = cubin_report(compiled.asm["cubin"])
     ptx = compiled.asm["ptx"]
-    if not launch.meta.get("HINTS"):
+    if "HINTS" in launch.meta and not launch.meta["HINTS"]:
         twin = dataclasses.replace(launch, meta={**launch.meta, "HINTS": True})
         ptx = compile_launch(twin, arch).asm["ptx"]
     first = "evict_first" in ptx and launch.name in ("gate", "gate_conv")
@@ -133,12 +133,18 @@ def launch_rows(launches: list[Any], sms: int, arch: int | None) -> list[dict[st
             "x_bytes_in_flight_per_sm": round(m.x_bytes_in_flight_per_sm, 1),
             "x_load_bits": f["x_load_bits"], "out_store_bits": f["out_store_bits"],
             "ldg128": f["ldg128"], "x_bytes": _x_bytes(launch), "weight_bytes": launch.weight_bytes,
-            "tile": [launch.meta["BLOCK_C"], launch.meta["BLOCK_P"]], "unroll": launch.meta.get("UNROLL", 1),
+            "tile": [launch.meta["BLOCK_C"], launch.meta.get("BLOCK_P", launch.meta.get("BLOCK_N", 1))],
+            "unroll": launch.meta.get("UNROLL", 1),
         })
     return rows
 
 
 def _x_bytes(launch: Any) -> int:
+    """Bytes of x the launch streams (0: a launch that reads no x, e.g. the channel map)."""
+    from cbam_triton.tools.kernel_report import NOT_STREAMING
+
+    if launch.name in NOT_STREAMING:
+        return 0
     x = launch.args[0]
     return x.numel() * x.element_size()
 
@@ -179,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dtypes", nargs="+", default=["fp16", "bf16", "fp32"])
     p.add_argument("--json", help="write every plan here")
     args = p.parse_args(argv)
-    plans, misses = [], 0
+    plans, misses, weights = [], 0, []
     print("| shape | layout | dtype | launch | grid | warps | regs | CTAs/SM | waves | eff | KiB in flight/SM | "
           "x ld bits | out st bits |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
@@ -192,11 +198,17 @@ def main(argv: list[str] | None = None) -> int:
                     plan["misses"] = targets(plan, args.sms)
                     misses += bool(plan["misses"])
                     plans.append(plan)
-                    for r in plan["launches"][:3]:
+                    weights.append((n, c, hw, layout, dtype, plan["weight_bytes_total"],
+                                    max(0.25 * plan["x_bytes"], 2 * plan["chunks"] * plan["mlp_weight_size_bytes"])))
+                    for r in plan["launches"][: len(plan["launches"]) // plan["chunks"]]:  # the first chunk
                         print(f"| {n}×{c}×{hw}² | {layout} | {dtype} | {r['name']} | {tuple(r['grid'])} | "
                               f"{r['num_warps']} | {r['registers']} | {r['ctas_per_sm']} | {r['waves']} | "
                               f"{r['wave_efficiency']:.2f} | {r['x_bytes_in_flight_per_sm'] / 1024:.1f} | "
                               f"{r['x_load_bits']} | {r['out_store_bits']} |")
+    print("\n| shape | layout | dtype | modelled MLP weight traffic (MiB) | bound max(0.25·|x|, 2·chunks·weights) |")
+    print("|---|---|---|---|---|")
+    for n, c, hw, layout, dtype, got, bound in weights:
+        print(f"| {n}×{c}×{hw}² | {layout} | {dtype} | {got / 2**20:.2f} | {bound / 2**20:.2f} |")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(plans, f, indent=1)
