@@ -6,7 +6,7 @@
     python -m bench --modes train --suite resnet50   # forward + backward (training) only
     python -m bench --models resnet50-cbam --batch 32 --dtypes fp16 --providers eager compile triton triton+compile
     python -m bench --quick --models resnet18-cbam   # CPU: block rows and a whole network's rows
-    python -m bench dashboard run1.json run2.json -o dashboard.html
+    python -m bench dashboard run1.json run2/ -o dashboard.html   # default: every run under bench/results/
     python -m bench targets bench/results/<run>/results.json   # the speed targets, met or not
 
 Every provider's output is checked against eager before it is timed; a mismatch is reported, not
@@ -25,7 +25,6 @@ with --quick, --suite or --shapes it runs both.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -188,26 +187,22 @@ def _ncu_rows(rows: list[dict], cases: list, cuda: bool) -> None:
 
 
 def _dashboard(args: argparse.Namespace) -> int:
-    from bench.dashboard import write_dashboard
+    from bench.dashboard import write_dashboard_from_paths
 
-    docs = []
-    for path in args.files:
-        with open(path) as f:
-            docs.append(json.load(f))
     try:
-        write_dashboard(docs, args.output)
-    except ValueError as exc:
+        inputs = write_dashboard_from_paths(args.files, args.output)
+    except (OSError, ValueError) as exc:
         print(f"bench dashboard: {exc}", file=sys.stderr)
         return 2
-    print(f"bench dashboard: wrote {args.output} comparing {len(docs)} result file(s)")
+    print(f"bench dashboard: wrote {args.output} ({len(inputs.runs)} run(s), {len(inputs.history)} history record(s))")
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["dashboard"]:
-        p = argparse.ArgumentParser(prog="python -m bench dashboard", description="compare result files")
-        p.add_argument("files", nargs="+", help="results.json files")
+        p = argparse.ArgumentParser(prog="python -m bench dashboard", description="the dashboard of result files")
+        p.add_argument("files", nargs="*", help="results.json files or folders (default: bench/results/)")
         p.add_argument("-o", "--output", default="dashboard.html")
         return _dashboard(p.parse_args(argv[1:]))
     if argv[:1] == ["targets"]:

@@ -17,9 +17,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from cbam_triton import fastpath, stages
+from cbam_triton.deploy import fx_leaf_call
 from cbam_triton.functional import prepare, spatial_attention
-from cbam_triton.fusion import ChannelMLP, SpatialConv, activation_name, is_sigmoid
-from cbam_triton.modules import _bn_state, _Scheduled, _spatial_conv
+from cbam_triton.fusion import ChannelMLP, SpatialConv, activation_name, is_sigmoid, spatial_conv
+from cbam_triton.modules import _Scheduled
+from cbam_triton.norms import bn_state
 
 #: How the channel branch combines the pooled vectors.
 CHANNEL_POOLS = ("avg+max", "avg", "max", "light")
@@ -42,7 +44,8 @@ class DialectSpec:
         channel_gate, spatial_gate: paths to the gate modules (stateless), or None for sigmoid.
         spatial_input: ``"max,mean"``, ``"mean,max"`` or ``"light"``; None: no spatial branch.
         conv: path to the spatial ``nn.Conv2d`` (1 or 2 input channels, odd k, padding k // 2).
-        bn: path to a ``BatchNorm2d(1)`` after the convolution, or None.
+        bn: path to a one-feature norm after the convolution (``BatchNorm2d(1)``, ``SyncBatchNorm``,
+            ``FrozenBatchNorm2d``, a subclass: see :mod:`cbam_triton.norms`), or None.
     """
 
     dialect: str
@@ -122,7 +125,7 @@ class ConvertedCBAM(_Scheduled, nn.Module):
         elif s.spatial_input == "light":
             pooled = 0.5 * pooled[:, 1:2] + 0.5 * pooled[:, 0:1]
         conv = self.get_submodule(s.conv)
-        kwargs = _bn_state(self._sub(s.bn), update_stats, self._gate(s.spatial_gate))
+        kwargs = bn_state(self._sub(s.bn), update_stats, self._gate(s.spatial_gate))
         return spatial_attention(pooled, conv.weight, conv.bias, **kwargs)
 
     def fused_parts(self) -> tuple[ChannelMLP, SpatialConv | None] | str:
@@ -140,13 +143,15 @@ class ConvertedCBAM(_Scheduled, nn.Module):
                          fc2.bias if fc2 is not None else None, s.channel_pool, act)
         if s.spatial_input is None:
             return mlp, None
-        conv = _spatial_conv(self.get_submodule(s.conv), self._sub(s.bn), s.spatial_input)
+        conv = spatial_conv(self.get_submodule(s.conv), self._sub(s.bn), s.spatial_input)
         return conv if isinstance(conv, str) else (mlp, conv)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = fastpath.forward(self, x)  # a cached configuration: guard, then the launches
         if out is not None:
             return out
+        if (traced := fx_leaf_call(self, x)) is not None:  # torch.fx.symbolic_trace: one leaf node
+            return traced
         be = prepare(x, self.spec.channels, dict(self.named_parameters()), self.backend)
         spatial = self.spatial_map if self.spec.spatial_input is not None else None
         return stages.run(x, be, self.channel_map, spatial, self.parameters(), self.fused_parts,

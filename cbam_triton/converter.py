@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from cbam_triton import norms
 from cbam_triton.converted import ConvertedCBAM, DialectSpec
 from cbam_triton.modules import CBAM
 from cbam_triton.schedule import validate_schedule
@@ -76,14 +77,11 @@ def _check_conv(conv: nn.Module, in_ch: int) -> None:
 
 
 def _check_bn(bn: nn.Module | None) -> None:
-    if bn is None:
-        return
-    if not isinstance(bn, nn.BatchNorm2d) or bn.num_features != 1:
-        raise UnsupportedCBAM(f"spatial norm must be BatchNorm2d(1), got {type(bn).__name__}")
-    for extra in ("drop", "act"):  # timm's BatchNormAct2d: must be plain BN
-        sub = getattr(bn, extra, None)
-        if sub is not None and not isinstance(sub, nn.Identity):
-            raise UnsupportedCBAM(f"spatial norm has a non-identity {extra}: {sub!r}")
+    """A one-feature BatchNorm-like norm (folded, or called as the module it is: :mod:`cbam_triton.norms`)."""
+    try:
+        norms.check(bn)
+    except TypeError as exc:
+        raise UnsupportedCBAM(str(exc)) from None
 
 
 def _validate(m: nn.Module, spec: DialectSpec) -> DialectSpec:
@@ -254,6 +252,10 @@ def convert_with_report(model: nn.Module, *, inplace: bool = True,
             if not isinstance(exc, _NotACBAM) or "cbam" in type(m).__name__.lower():
                 warnings.warn(f"cbam_triton.convert: left {name or type(m).__name__} ({type(m).__name__}) "
                               f"unconverted: {exc}", stacklevel=3)
+            return None
+        except Exception as exc:  # one block that fails to convert never fails the whole convert
+            warnings.warn(f"cbam_triton.convert: left {name or type(m).__name__} ({type(m).__name__}) "
+                          f"unconverted: {type(exc).__name__}: {exc}", stacklevel=3)
             return None
         if new is m:
             return None

@@ -19,6 +19,10 @@ in ONNX, valid for any input size, never a fixed-size pooling window), batch, H 
 a Python process that imports cbam_triton, and ``run_decompositions(cbam_triton.decompositions())``
 lowers it to standard ops later. ONNX export and tracing always record standard ops.
 
+``torch.fx.symbolic_trace`` records every cbam-triton module as a leaf ``call_module`` node
+(:func:`fx_leaf_call`): the traced ``GraphModule`` calls the module itself, fused kernels included, and
+graph passes see the block as one node.
+
 ``torch.jit.script`` cannot compile the Triton dispatch; :meth:`__prepare_scriptable__` of every
 cbam-triton module raises :func:`script_error`, which names the module and says what to use.
 """
@@ -32,7 +36,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-__all__ = ["exporting", "keep_custom_ops", "quiet_shape_checks", "script_error"]
+__all__ = ["exporting", "fx_leaf_call", "keep_custom_ops", "quiet_shape_checks", "script_error"]
 
 _keep = [0]  # nesting depth of keep_custom_ops()
 _tracing_state = torch._C._get_tracing_state  # dynamo folds this to None (not tracing) when compiling
@@ -82,3 +86,14 @@ def script_error(module: nn.Module) -> RuntimeError:
         "Use torch.jit.trace(model, (x,)), torch.onnx.export(model, (x,), path) or "
         "torch.export.export(model, (x,)) instead: while they record, cbam-triton modules record "
         "standard PyTorch ops (see cbam_triton.deploy); or script the model before cbam_triton.convert.")
+
+
+def fx_leaf_call(module: nn.Module, x: object) -> object | None:
+    """Under ``torch.fx.symbolic_trace`` (x is an ``fx.Proxy``): record ``module`` as one leaf
+    ``call_module`` node and return its proxy; None otherwise. A symbolic tracer cannot run the
+    module's data-dependent checks and kernel launches on a proxy, and the module computes its own
+    forward exactly when the traced graph calls it."""
+    if not isinstance(x, torch.fx.Proxy):
+        return None
+    tracer = x.tracer
+    return tracer.create_proxy("call_module", tracer.path_of_module(module), (x,), {})

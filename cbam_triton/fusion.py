@@ -14,6 +14,8 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
+from cbam_triton.norms import foldable, fused_fields
+
 #: channel-branch inputs: mlp(avg) + mlp(max), mlp(avg), mlp(max), mlp(0.5 * avg + 0.5 * max)
 POOL_MODES = {"avg+max": 0, "avg": 1, "max": 2, "light": 3}
 #: hidden activations the kernel implements
@@ -73,14 +75,10 @@ def is_sigmoid(gate: nn.Module | None) -> bool:
         and not list(gate.parameters())
 
 
-def eval_bn(bn: nn.Module | None) -> dict[str, object] | None:
-    """The :class:`SpatialConv` BatchNorm fields of an eval-mode BatchNorm2d that uses running
-    statistics (``{}`` for no BatchNorm); None when it normalises with batch statistics (training
-    mode, or no running statistics), which a per-chunk kernel cannot compute."""
-    if bn is None:
-        return {}
-    if not isinstance(bn, nn.BatchNorm2d) or bn.training or bn.running_mean is None or bn.running_var is None:
-        return None
-    affine = bn.weight is not None and bn.bias is not None
-    return {"bn_mean": bn.running_mean, "bn_var": bn.running_var, "bn_weight": bn.weight if affine else None,
-            "bn_bias": bn.bias if affine else None, "bn_eps": float(bn.eps)}
+def spatial_conv(conv: nn.Conv2d, bn: nn.Module | None, spatial_input: str = "max,mean") -> SpatialConv | str:
+    """The spatial conv + norm as the fused kernels compute them, or why they can't (a norm that is
+    not folded runs as the module it is: see :mod:`cbam_triton.norms`)."""
+    reason = foldable(bn)
+    if reason is not None:
+        return reason
+    return SpatialConv(conv.weight, conv.bias, spatial_input, **fused_fields(bn))

@@ -1,25 +1,25 @@
 """Drop-in ``nn.Module``s: same constructors and ``state_dict`` keys as :mod:`reference`.
 
 ``CBAM.forward`` does not call its submodules' ``forward``: it runs the fused three-stage
-pipeline of :func:`cbam_triton.functional.cbam` with their parameters (except a spatial norm that
-is not a plain BatchNorm2d — ``SyncBatchNorm`` in training, a subclass with its own ``forward`` —
-which is called as the module it is; see :func:`_plain_bn`). The submodules also work
+pipeline of :func:`cbam_triton.functional.cbam` with their parameters (except a spatial norm with
+behaviour of its own — ``SyncBatchNorm`` in training, a subclass with its own ``forward`` — which is
+called as the module it is; see :mod:`cbam_triton.norms`). The submodules also work
 on their own (``ChannelGate(x) = x * Mc``, ``SpatialGate(x) = x * Ms``), each with two passes over x.
 """
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
 from cbam_triton import fastpath, stages
-from cbam_triton.deploy import script_error
+from cbam_triton.deploy import fx_leaf_call, script_error
 from cbam_triton.functional import channel_attention, prepare, spatial_attention
-from cbam_triton.fusion import ChannelMLP, SpatialConv, eval_bn
+from cbam_triton.fusion import ChannelMLP, SpatialConv, spatial_conv
+from cbam_triton.norms import bn_state, check, copy_for
 from cbam_triton.schedule import validate_budget, validate_schedule
 from reference.cbam import validate_config  # the spec's own config rules, shipped in the same wheel
 
@@ -49,91 +49,6 @@ class _Scheduled:
         raise script_error(self)
 
 
-def _spatial_conv(conv: nn.Conv2d, bn: nn.Module | None, spatial_input: str = "max,mean") -> SpatialConv | str:
-    if bn is not None and not _plain_bn(bn):
-        return (f"its spatial norm is a {type(bn).__name__}, not a plain nn.BatchNorm2d: the module itself runs "
-                "between the kernels")
-    bn_fields = eval_bn(bn)
-    if bn_fields is None:
-        return "its BatchNorm normalises with batch statistics (training mode or no running statistics)"
-    return SpatialConv(conv.weight, conv.bias, spatial_input, **bn_fields)
-
-
-def _plain_bn(bn: nn.Module) -> bool:
-    """Whether ``bn`` computes exactly ``nn.BatchNorm2d``'s function of its attributes, so that
-    :func:`_bn_state` may compute it: ``nn.BatchNorm2d`` itself, timm's ``BatchNormAct2d`` with identity
-    drop/act, and — in eval mode only, where it synchronises nothing — ``nn.SyncBatchNorm``. Any other
-    norm (``SyncBatchNorm`` in training, which all-reduces the batch statistics across processes, or a
-    subclass with its own ``forward``) is called as the module it is."""
-    t = type(bn)
-    if t is nn.BatchNorm2d:
-        return True
-    if t is nn.SyncBatchNorm:
-        return not bn.training
-    return (t.__name__ == "BatchNormAct2d" and t.__module__.startswith("timm.layers")
-            and all(getattr(bn, n, None) is None or isinstance(getattr(bn, n), nn.Identity) for n in ("drop", "act")))
-
-
-@contextlib.contextmanager
-def _buffers_restored(module: nn.Module) -> Iterator[None]:
-    """Run a module on copies of its own buffers (running statistics, counters): what it writes into
-    them is dropped (the originals are never written, so autograd's saved versions stay valid)."""
-    saved = dict(module._buffers)
-    module._buffers.update({k: v.clone() for k, v in saved.items() if v is not None})
-    try:
-        yield
-    finally:
-        module._buffers.update(saved)
-
-
-def _called_norm(bn: nn.Module, update_stats: bool,
-                 gate: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[torch.Tensor], torch.Tensor]:
-    """``y -> gate(bn(y))`` calling the norm module itself, in its parameters' dtype
-    (``update_stats=False``: its buffers are restored afterwards)."""
-    def norm_then_gate(y: torch.Tensor) -> torch.Tensor:
-        p = next(iter(bn.parameters()), None)
-        dtype = p.dtype if p is not None and p.is_floating_point() else y.dtype
-        with contextlib.nullcontext() if update_stats else _buffers_restored(bn):
-            z = bn(y.to(dtype))
-        return gate(z.to(y.dtype))
-
-    return norm_then_gate
-
-
-def _bn_state(bn: nn.BatchNorm2d | None, update_stats: bool = True,
-              gate: Callable[[torch.Tensor], torch.Tensor] = torch.sigmoid) -> dict[str, Any]:
-    """Keyword arguments for :func:`spatial_attention` (``gate`` included), with nn.BatchNorm2d's own
-    bookkeeping.
-
-    ``update_stats=False`` (the training path's differentiable recomputation): the same values,
-    but neither the running statistics nor ``num_batches_tracked`` are touched. A norm that is not a
-    plain BatchNorm2d (:func:`_plain_bn`: e.g. ``nn.SyncBatchNorm`` in training, after
-    ``convert_sync_batchnorm``) is called as the module it is, never recomputed as a local BatchNorm.
-    """
-    if bn is None:
-        return {"use_bn": False, "gate": gate}
-    if not _plain_bn(bn):
-        return {"use_bn": False, "gate": _called_norm(bn, update_stats, gate)}
-    momentum = 0.0 if bn.momentum is None else bn.momentum
-    if update_stats and bn.training and bn.track_running_stats and bn.num_batches_tracked is not None:
-        bn.num_batches_tracked.add_(1)
-        if bn.momentum is None:  # cumulative moving average
-            momentum = 1.0 / float(bn.num_batches_tracked)
-    use_batch_stats = bn.training or (bn.running_mean is None and bn.running_var is None)
-    keep_stats = (not bn.training or bn.track_running_stats) and (update_stats or not use_batch_stats)
-    return {
-        "use_bn": True,
-        "bn_weight": bn.weight,
-        "bn_bias": bn.bias,
-        "bn_running_mean": bn.running_mean if keep_stats else None,
-        "bn_running_var": bn.running_var if keep_stats else None,
-        "bn_training": use_batch_stats,
-        "bn_momentum": momentum,
-        "bn_eps": bn.eps,
-        "gate": gate,
-    }
-
-
 class ChannelGate(_Scheduled, nn.Module):
     """Channel attention ``x -> x * sigmoid(sum_p mlp(pool_p(x)))`` (same keys as the reference)."""
 
@@ -161,6 +76,8 @@ class ChannelGate(_Scheduled, nn.Module):
         out = fastpath.forward(self, x) if backend is None else None  # a cached configuration: launch
         if out is not None:
             return out
+        if (traced := fx_leaf_call(self, x)) is not None:  # torch.fx.symbolic_trace: one leaf node
+            return traced
         be = prepare(x, self.channels, dict(self.named_parameters()), backend)
         return stages.run(x, be, self.channel_map, None, self.parameters(), self.fused_parts,
                           self.schedule, self.l2_budget_bytes)
@@ -185,11 +102,11 @@ class SpatialGate(_Scheduled, nn.Module):
     def spatial_map(self, pooled: torch.Tensor, update_stats: bool = True) -> torch.Tensor:
         """``Ms`` (N, 1, H, W) from the (N, 2, H, W) ``[max, mean]`` map (BN folded in eval;
         ``update_stats=False``: BN's running statistics are left alone)."""
-        return spatial_attention(pooled, self.conv.weight, self.conv.bias, **_bn_state(self.bn, update_stats))
+        return spatial_attention(pooled, self.conv.weight, self.conv.bias, **bn_state(self.bn, update_stats))
 
     def fused_conv(self) -> SpatialConv | str:
         """The conv + BatchNorm as the fused forward's kernels compute them, or why they can't."""
-        return _spatial_conv(self.conv, self.bn)
+        return spatial_conv(self.conv, self.bn)
 
     def fused_parts(self) -> tuple[None, SpatialConv] | str:
         """``(None, conv)`` for the fused forward, or why it can't run fused."""
@@ -200,6 +117,8 @@ class SpatialGate(_Scheduled, nn.Module):
         out = fastpath.forward(self, x) if backend is None else None  # a cached configuration: launch
         if out is not None:
             return out
+        if (traced := fx_leaf_call(self, x)) is not None:  # torch.fx.symbolic_trace: one leaf node
+            return traced
         be = prepare(x, None, dict(self.named_parameters()), backend)
         return stages.run(x, be, None, self.spatial_map, self.parameters(), self.fused_parts,
                           self.schedule, self.l2_budget_bytes)
@@ -272,6 +191,8 @@ class CBAM(_Scheduled, nn.Module):
         out = fastpath.forward(self, x)  # a cached configuration: guard, then the launches (cbam_triton/fastpath.py)
         if out is not None:
             return out
+        if (traced := fx_leaf_call(self, x)) is not None:  # torch.fx.symbolic_trace: one leaf node
+            return traced
         be = prepare(x, self.channels, dict(self.named_parameters()), self.backend)
         return stages.run(x, be, self.channel_gate.channel_map, self.spatial_gate.spatial_map, self.parameters(),
                           self.fused_parts, self.schedule, self.l2_budget_bytes)
@@ -304,15 +225,15 @@ class CBAM(_Scheduled, nn.Module):
 def _copy_state(src: nn.Module, dst: nn.Module) -> Any:
     src_bn = getattr(src.spatial_gate, "bn", None)
     if src_bn is not None:  # same BatchNorm configuration (eps, momentum, affine, running stats)
-        if not isinstance(src_bn, nn.BatchNorm2d) or src_bn.num_features != 1:
-            raise TypeError(f"spatial_gate.bn must be nn.BatchNorm2d(1), got {src_bn!r}")
-        dst.spatial_gate.bn = nn.BatchNorm2d(1, eps=src_bn.eps, momentum=src_bn.momentum,
-                                             affine=src_bn.affine,
-                                             track_running_stats=src_bn.track_running_stats)
+        check(src_bn, "spatial_gate.bn")
+        dst.spatial_gate.bn = copy_for(src_bn)  # a norm with behaviour of its own keeps its type
     first = next(src.parameters(), None)
     if first is not None:
         dst.to(device=first.device, dtype=first.dtype)
     dst.load_state_dict(src.state_dict())
     for (_, a), (_, b) in zip(src.named_modules(), dst.named_modules()):
         b.training = a.training
+    frozen = {k for k, p in src.named_parameters() if not p.requires_grad}  # e.g. a frozen channel MLP
+    for k, p in dst.named_parameters():
+        p.requires_grad_(k not in frozen)
     return dst

@@ -23,13 +23,15 @@ def _taps(w0, w1, vmax, vmean, SPATIAL_INPUT: tl.constexpr):
 
 
 @triton.jit
-def spatial_logits(pooled_ptr, n, offs_p, mask_p, P, H, W, cw_ptr,
+def spatial_logits(pooled_ptr, n, offs_p, mask_p, P, H, W, cw_ptr, s_cw_c, s_cw_h, s_cw_w,
                    SPATIAL_INPUT: tl.constexpr, KSIZE: tl.constexpr, TAPS: tl.constexpr, KP: tl.constexpr,
                    acc_t: tl.constexpr):
     """The k x k convolution (zero padding k // 2, no bias) of the (N, 2, H, W) [max, mean] map at
     the pixels ``offs_p`` of sample n: a ``[BLOCK_P]`` vector. The map (8 bytes a pixel) and the
     weights are tiny and hit in L1/L2. Padding taps contribute nothing, as in PyTorch's
-    convolutions (a NaN/inf weight times the zero padding would otherwise give NaN).
+    convolutions (a NaN/inf weight times the zero padding would otherwise give NaN). The (1, Cin, k, k)
+    weight is read through its strides (``s_cw_*``), in place: a channels_last weight is never copied,
+    so an in-place edit of it (even through ``.data``) is what the next call reads.
 
     ``TAPS`` > 0 (short pixel blocks): all k*k taps at once as a ``[TAPS, BLOCK_P]`` tile (TAPS =
     next power of two >= k*k), 4 loads. ``TAPS`` == 0 (long pixel blocks): the k rows unrolled
@@ -42,14 +44,16 @@ def spatial_logits(pooled_ptr, n, offs_p, mask_p, P, H, W, cw_ptr,
     ww = offs_p % W
     base = pooled_ptr + n * 2 * P
     if TAPS > 0:
-        acc = _logits_all_taps(base, hh, ww, mask_p, P, H, W, cw_ptr, SPATIAL_INPUT, KSIZE, TAPS, acc_t)
+        acc = _logits_all_taps(base, hh, ww, mask_p, P, H, W, cw_ptr, s_cw_c, s_cw_h, s_cw_w,
+                               SPATIAL_INPUT, KSIZE, TAPS, acc_t)
     else:
-        acc = _logits_rows(base, hh, ww, mask_p, P, H, W, cw_ptr, SPATIAL_INPUT, KSIZE, KP, acc_t)
+        acc = _logits_rows(base, hh, ww, mask_p, P, H, W, cw_ptr, s_cw_c, s_cw_h, s_cw_w,
+                           SPATIAL_INPUT, KSIZE, KP, acc_t)
     return acc
 
 
 @triton.jit
-def _logits_all_taps(base, hh, ww, mask_p, P, H, W, cw_ptr,
+def _logits_all_taps(base, hh, ww, mask_p, P, H, W, cw_ptr, s_cw_c, s_cw_h, s_cw_w,
                      SPATIAL_INPUT: tl.constexpr, KSIZE: tl.constexpr, TAPS: tl.constexpr, acc_t: tl.constexpr):
     KK: tl.constexpr = KSIZE * KSIZE
     t = tl.arange(0, TAPS)
@@ -60,26 +64,27 @@ def _logits_all_taps(base, hh, ww, mask_p, P, H, W, cw_ptr,
     q = y * W + x
     vmax = tl.load(base + q, mask=ok, other=0.0)
     vmean = tl.load(base + P + q, mask=ok, other=0.0)
-    w0 = tl.load(cw_ptr + t, mask=valid_t, other=0.0).to(acc_t)
+    w_offs = (t // KSIZE) * s_cw_h + (t % KSIZE) * s_cw_w
+    w0 = tl.load(cw_ptr + w_offs, mask=valid_t, other=0.0).to(acc_t)
     w1 = w0
     if SPATIAL_INPUT != INPUT_LIGHT:
-        w1 = tl.load(cw_ptr + KK + t, mask=valid_t, other=0.0).to(acc_t)
+        w1 = tl.load(cw_ptr + s_cw_c + w_offs, mask=valid_t, other=0.0).to(acc_t)
     tap = _taps(w0[:, None], w1[:, None], vmax, vmean, SPATIAL_INPUT)
     return tl.sum(tl.where(ok, tap, 0.0), axis=0)
 
 
 @triton.jit
-def _logits_rows(base, hh, ww, mask_p, P, H, W, cw_ptr,
+def _logits_rows(base, hh, ww, mask_p, P, H, W, cw_ptr, s_cw_c, s_cw_h, s_cw_w,
                  SPATIAL_INPUT: tl.constexpr, KSIZE: tl.constexpr, KP: tl.constexpr, acc_t: tl.constexpr):
     # the weights as one [KP, KP] tile per input channel (row, column); row i picked in registers
-    KK: tl.constexpr = KSIZE * KSIZE
     rows = tl.arange(0, KP)
     j = tl.arange(0, KP)
     wmask = (rows < KSIZE)[:, None] & (j < KSIZE)[None, :]
-    wtile0 = tl.load(cw_ptr + rows[:, None] * KSIZE + j[None, :], mask=wmask, other=0.0).to(acc_t)
+    w_offs = rows[:, None] * s_cw_h + j[None, :] * s_cw_w
+    wtile0 = tl.load(cw_ptr + w_offs, mask=wmask, other=0.0).to(acc_t)
     wtile1 = wtile0
     if SPATIAL_INPUT != INPUT_LIGHT:
-        wtile1 = tl.load(cw_ptr + KK + rows[:, None] * KSIZE + j[None, :], mask=wmask, other=0.0).to(acc_t)
+        wtile1 = tl.load(cw_ptr + s_cw_c + w_offs, mask=wmask, other=0.0).to(acc_t)
     x = ww[None, :] + (j - KSIZE // 2)[:, None]
     ok_x = (j < KSIZE)[:, None] & mask_p[None, :] & (x >= 0) & (x < W)
     acc = tl.zeros(hh.shape, dtype=acc_t)
@@ -99,7 +104,7 @@ def _logits_rows(base, hh, ww, mask_p, P, H, W, cw_ptr,
 def gate_conv_kernel(
     x_ptr, mc_ptr, pooled_ptr, out_ptr,
     cw_ptr, cb_ptr, bn_mean_ptr, bn_var_ptr, bn_w_ptr, bn_b_ptr, bn_eps,
-    C, P, H, W, c_per_split,
+    C, P, H, W, c_per_split, s_cw_c, s_cw_h, s_cw_w,
     stride_xn, stride_xc, stride_xp,
     stride_on, stride_oc, stride_op,
     HAS_MC: tl.constexpr, HAS_CONV_BIAS: tl.constexpr, HAS_BN: tl.constexpr, HAS_BN_AFFINE: tl.constexpr,
@@ -125,7 +130,8 @@ def gate_conv_kernel(
     offs_p = (pid_np % num_pblocks) * BLOCK_P + tl.arange(0, BLOCK_P)
     mask_p = offs_p < P
 
-    logit = spatial_logits(pooled_ptr, n, offs_p, mask_p, P, H, W, cw_ptr, SPATIAL_INPUT, KSIZE, TAPS, KP, acc_t)
+    logit = spatial_logits(pooled_ptr, n, offs_p, mask_p, P, H, W, cw_ptr, s_cw_c, s_cw_h, s_cw_w,
+                           SPATIAL_INPUT, KSIZE, TAPS, KP, acc_t)
     if HAS_CONV_BIAS:
         logit += tl.load(cb_ptr).to(acc_t)
     if HAS_BN:  # eval mode: (y - running_mean) / sqrt(running_var + eps) * weight + bias

@@ -78,7 +78,10 @@ def plan_gate_conv(x: torch.Tensor, mc: torch.Tensor | None, pooled: torch.Tenso
     if mc is not None:
         mc = mc.to(acc).contiguous()
     pooled = pooled.to(acc).contiguous()
-    weight = conv.weight.contiguous()
+    # the weight is read in place through its strides (a channels_last copy would be a tensor that
+    # no guard sees: an in-place edit of the weight would miss a replayed launch)
+    weight = conv.weight
+    _, s_wc, s_wh, s_ww = weight.stride()
     has_bn = conv.bn_mean is not None and conv.bn_var is not None
     affine = has_bn and conv.bn_weight is not None and conv.bn_bias is not None
     small = (mc, pooled, weight, conv.bias, conv.bn_mean, conv.bn_var, conv.bn_weight, conv.bn_bias)
@@ -90,7 +93,7 @@ def plan_gate_conv(x: torch.Tensor, mc: torch.Tensor | None, pooled: torch.Tenso
               conv.bias if conv.bias is not None else weight,
               conv.bn_mean if has_bn else weight, conv.bn_var if has_bn else weight,
               conv.bn_weight if affine else weight, conv.bn_bias if affine else weight, float(conv.bn_eps),
-              c, p, h, w, per_split, sn, sc, sp, on, oc, op),
+              c, p, h, w, per_split, s_wc, s_wh, s_ww, sn, sc, sp, on, oc, op),
         meta=dict(HAS_MC=mc is not None, HAS_CONV_BIAS=conv.bias is not None, HAS_BN=has_bn, HAS_BN_AFFINE=affine,
                   SPATIAL_INPUT=SPATIAL_INPUTS[conv.input], KSIZE=conv.ksize,
                   TAPS=taps, KP=kp, HINTS=hints,
