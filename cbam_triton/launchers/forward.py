@@ -22,7 +22,8 @@ from typing import Any
 
 import torch
 
-from cbam_triton.fusion import ChannelMLP, SpatialConv
+from cbam_triton import _torch_stages
+from cbam_triton.fusion import BlockTail, ChannelMLP, SpatialConv
 from cbam_triton.launchers._common import (
     Launch,
     as_ncp,
@@ -263,7 +264,7 @@ PLANS = PlanCache()
 
 
 def fused_forward(x: torch.Tensor, mlp: ChannelMLP | None, conv: SpatialConv | None,
-                  schedule: Schedule) -> torch.Tensor:
+                  schedule: Schedule, tail: BlockTail | None = None) -> torch.Tensor:
     """``x * Mc * Ms`` with the small parts inside the kernels: ``3 * num_chunks`` launches
     (planned once per configuration, see :class:`PlanCache`)."""
     capturing = x.device.type == "cuda" and torch.cuda.is_current_stream_capturing()
@@ -288,6 +289,29 @@ def fused_forward(x: torch.Tensor, mlp: ChannelMLP | None, conv: SpatialConv | N
     if sink is not None:  # cbam_triton.fastpath builds its entry from this call
         sink.append((x, out, launches, results))
     return out
+
+
+def tail_unfused_reason(mlp: ChannelMLP | None, conv: SpatialConv | None, tail: BlockTail) -> str | None:
+    """None when the three launches compute the block tail themselves; otherwise why the tail is
+    composed (the fused CBAM between a PyTorch norm and a PyTorch epilogue)."""
+    return "the tail's affine, residual and activation are not yet inside the kernels"
+
+
+def fused_tail(y: torch.Tensor, mlp: ChannelMLP | None, conv: SpatialConv | None, tail: BlockTail,
+               schedule: Schedule) -> torch.Tensor:
+    """A residual block's inference tail ``act(CBAM(affine(y)) + residual)``.
+
+    Where :func:`tail_unfused_reason` allows, the three launches of the fused forward do it all: the
+    affine is applied to every element of y as it is loaded, the residual added and the activation
+    applied in the gate's store: y and the residual read once, the output written once. Otherwise
+    composed: the affine in PyTorch (what ``nn.BatchNorm2d`` in eval computes), the fused CBAM
+    forward, then ``out += residual; act(out)`` in place, as the blocks do."""
+    if tail_unfused_reason(mlp, conv, tail) is None:
+        return fused_forward(y, mlp, conv, schedule, tail)
+    a = tail.affine
+    z = _torch_stages.channel_affine(y, a.mean, a.var, a.weight, a.bias, a.eps) if a is not None else y
+    out = fused_forward(z, mlp, conv, schedule)
+    return _torch_stages.tail_epilogue(out, tail.residual, tail.act)
 
 
 _RECORDING = threading.local()
