@@ -352,10 +352,11 @@ def convert_with_report(model: nn.Module, *, inplace: bool = True, backend: str 
         done.append(Replacement(name, dialect, f"{type(m).__module__}.{type(m).__qualname__}"))
         return new
 
-    top = _try(model, "")
+    block, handled = _try_block(model, "") if fuse_block_tail else (None, False)
+    top = block if handled else _try(model, "")
     if top is not None:
         model = top
-    else:
+    elif not handled:
         visit(model, "")
     log.info("cbam_triton.convert: replaced %d CBAM module(s): %s", len(done), _summary(done))
     return model, done
