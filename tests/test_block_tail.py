@@ -66,6 +66,8 @@ def _check_eval(orig: nn.Module, conv: nn.Module, x: torch.Tensor) -> torch.Tens
     with torch.no_grad(), cbam_triton.record_launches() as launches:
         ours = conv(x)
     assert len(launches) == 3, [lc.name for lc in launches]
+    assert launches[0].meta["AFFINE"] and launches[1].meta["AFFINE"], "the norm is folded into the loads"
+    assert launches[2].meta["RESIDUAL"] and launches[2].meta["TAIL_ACT"] == 1, "add + ReLU in the gate's store"
     with torch.no_grad():
         eager = orig(x)
         ref64 = copy.deepcopy(orig).double()(x.double())
@@ -220,6 +222,17 @@ def test_functional_tail_matches_the_reference_with_a_residual_of_other_strides(
     assert len(launches) == 3
     assert ours.is_contiguous(memory_format=torch.channels_last) == (layouts[0] == "channels_last")
     assert_grad_close(ours, eager, ref64, "tail")
+
+
+def test_a_cached_plan_reads_each_calls_own_residual_and_norm():
+    spec, args, kw = _tail_args()
+    y = torch.randn(2, 24, 5, 7)
+    with torch.no_grad():
+        first = CF.cbam_tail(y, *args, **kw, residual=torch.randn(2, 24, 5, 7))
+        r = torch.randn(2, 24, 5, 7)
+        spec.norm.running_mean.data.add_(0.5)  # an in-place edit: read in place, not a stale copy
+        torch.testing.assert_close(CF.cbam_tail(y, *args, **kw, residual=r), spec(y, r), rtol=1e-5, atol=1e-5)
+    assert not torch.equal(first, spec(y, r))
 
 
 def test_functional_tail_nan_and_inf_propagate_like_the_reference():

@@ -7,13 +7,14 @@ from cbam_triton.kernels._common import count_at_max, max_propagate_nan, track_m
 
 
 @triton.jit
-def pool_partials(x_ptr, n, offs_c, mask_c, p_start, p_end, stride_xn, stride_xc, stride_xp,
-                  COUNT: tl.constexpr, HINTS: tl.constexpr,
+def pool_partials(x_ptr, n, offs_c, mask_c, p_start, p_end, stride_xn, stride_xc, stride_xp, scale, shift,
+                  COUNT: tl.constexpr, HINTS: tl.constexpr, AFFINE: tl.constexpr,
                   BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr, ACC_FP64: tl.constexpr):
     """Sum, max (and, with COUNT, the number of elements equal to the max) over p in
     ``[p_start, p_end)`` of ``x[n, offs_c, p]``: three ``[BLOCK_C]`` vectors. Elementwise
     accumulators over the walk, one cross-lane reduction at the end. ``HINTS``: the loads ask L2
-    to keep x (``evict_last``), for the stages of the L2-resident schedule that read it again."""
+    to keep x (``evict_last``), for the stages of the L2-resident schedule that read it again.
+    ``AFFINE`` (the fused block tail): each element is ``x * scale[c] + shift[c]`` as it is loaded."""
     acc_t: tl.constexpr = tl.float64 if ACC_FP64 else tl.float32
     offs_p = tl.arange(0, BLOCK_P)
     ptrs = (x_ptr + n.to(tl.int64) * stride_xn
@@ -29,6 +30,8 @@ def pool_partials(x_ptr, n, offs_c, mask_c, p_start, p_end, stride_xn, stride_xc
             v = tl.load(ptrs, mask=mask, other=0.0, eviction_policy="evict_last").to(acc_t)
         else:
             v = tl.load(ptrs, mask=mask, other=0.0).to(acc_t)
+        if AFFINE:
+            v = tl.where(mask, v * scale[:, None] + shift[:, None], 0.0)
         acc_sum += v
         vm = tl.where(mask, v, float("-inf"))
         if COUNT:
@@ -65,8 +68,10 @@ def channel_pool_kernel(
     offs_c = (pid_nc % num_cblocks) * BLOCK_C + tl.arange(0, BLOCK_C)
     mask_c = offs_c < C
     p_start = split * p_per_split
+    none = tl.zeros([BLOCK_C], dtype=tl.float32)
     vsum, vmax, cnt = pool_partials(x_ptr, n, offs_c, mask_c, p_start, tl.minimum(p_start + p_per_split, P),
-                                    stride_xn, stride_xc, stride_xp, COUNT, False, BLOCK_C, BLOCK_P, ACC_FP64)
+                                    stride_xn, stride_xc, stride_xp, none, none, COUNT, False, False,
+                                    BLOCK_C, BLOCK_P, ACC_FP64)
     out = (n * tl.num_programs(1) + split).to(tl.int64) * C + offs_c
     tl.store(sum_ptr + out, vsum, mask=mask_c)
     tl.store(max_ptr + out, vmax, mask=mask_c)

@@ -66,6 +66,8 @@ class Launch:
     x_in_flight: int = 0
     #: modelled bytes of MLP weights the launch reads (every program's slices, all samples)
     weight_bytes: int = 0
+    #: tensors streamed besides x (the fused block tail's residual): their loads count as x's
+    streamed: tuple[Any, ...] = ()
 
     @property
     def dram_bytes(self) -> int:

@@ -6,7 +6,7 @@ import os
 
 import torch
 
-from cbam_triton.fusion import SPATIAL_INPUTS, SpatialConv
+from cbam_triton.fusion import SPATIAL_INPUTS, TAIL_ACTIVATIONS, SpatialConv
 from cbam_triton.kernels.gate_conv import gate_conv_kernel
 from cbam_triton.launchers._common import (
     MAX_WALK_TILES,
@@ -47,12 +47,17 @@ def conv_taps(ksize: int, block_p: int, device: torch.device | None = None) -> i
 
 def plan_gate_conv(x: torch.Tensor, mc: torch.Tensor | None, pooled: torch.Tensor, conv: SpatialConv,
                    hints: bool = False, out: torch.Tensor | None = None,
-                   split: int | None = None) -> tuple[Launch, torch.Tensor]:
+                   split: int | None = None, *, tail_affine: bool = False, residual: torch.Tensor | None = None,
+                   act: str = "identity") -> tuple[Launch, torch.Tensor]:
     """Plan the fused spatial map + gating: ``out = x * mc * sigmoid(bn(conv(pooled)))``.
 
     ``pooled`` is the (N, 2, H, W) [max, mean] map of stage 2 (contiguous, x's compute dtype);
     ``mc`` the (N, C) channel map or None. Same walk as stage 2: a program owns a pixel block and
     walks a c-range (split to fill the GPU). Returns the launch and the output (or ``out``).
+
+    The fused block tail: ``tail_affine`` (mc is then stage 2's (N, 2, C) ``(Mc * scale, Mc * shift)``:
+    ``out = (x * a + b) * Ms``), ``residual`` (x's shape and dtype, any mergeable strides: added
+    after the gating) and ``act`` (a key of TAIL_ACTIVATIONS, after the addition).
     """
     n, c, h, w = x.shape
     p = h * w
@@ -77,6 +82,14 @@ def plan_gate_conv(x: torch.Tensor, mc: torch.Tensor | None, pooled: torch.Tenso
     acc = compute_dtype(x)
     if mc is not None:
         mc = mc.to(acc).contiguous()
+    if tail_affine and (mc is None or mc.dim() != 3):
+        raise ValueError("plan_gate_conv: tail_affine=True needs stage 2's (N, 2, C) (Mc * scale, Mc * shift)")
+    rn = rc = rp = 0
+    if residual is not None:
+        if residual.shape != x.shape or residual.dtype != x.dtype:
+            raise ValueError(f"residual must have x's shape {tuple(x.shape)} and dtype {x.dtype}, got "
+                             f"{tuple(residual.shape)} {residual.dtype}")
+        residual, (rn, rc, rp) = as_ncp(residual)
     pooled = pooled.to(acc).contiguous()
     # the weight is read in place through its strides (a channels_last copy would be a tensor that
     # no guard sees: an in-place edit of the weight would miss a replayed launch)
@@ -93,15 +106,17 @@ def plan_gate_conv(x: torch.Tensor, mc: torch.Tensor | None, pooled: torch.Tenso
               conv.bias if conv.bias is not None else weight,
               conv.bn_mean if has_bn else weight, conv.bn_var if has_bn else weight,
               conv.bn_weight if affine else weight, conv.bn_bias if affine else weight, float(conv.bn_eps),
-              c, p, h, w, per_split, s_wc, s_wh, s_ww, sn, sc, sp, on, oc, op),
-        meta=dict(HAS_MC=mc is not None, HAS_CONV_BIAS=conv.bias is not None, HAS_BN=has_bn, HAS_BN_AFFINE=affine,
+              c, p, h, w, per_split, s_wc, s_wh, s_ww, sn, sc, sp, on, oc, op,
+              residual if residual is not None else x, rn, rc, rp),
+        meta=dict(AFFINE=tail_affine, RESIDUAL=residual is not None, TAIL_ACT=TAIL_ACTIVATIONS[act],
+                  HAS_MC=mc is not None, HAS_CONV_BIAS=conv.bias is not None, HAS_BN=has_bn, HAS_BN_AFFINE=affine,
                   SPATIAL_INPUT=SPATIAL_INPUTS[conv.input], KSIZE=conv.ksize,
                   TAPS=taps, KP=kp, HINTS=hints,
                   BLOCK_C=block_c, BLOCK_P=block_p, ACC_FP64=acc_is_fp64(x),
                   UNROLL=2 if -(-min(per_split, c) // block_c) >= 2 and _rows_16b(x, sc, sp) else 1),
         name="gate_conv",
         num_warps=warps,
-        bytes_read=nbytes(x, *small),
+        bytes_read=nbytes(x, residual, *small),
         bytes_written=nbytes(out),
     )
     acc_size = pooled.element_size()
@@ -112,11 +127,15 @@ def plan_gate_conv(x: torch.Tensor, mc: torch.Tensor | None, pooled: torch.Tenso
     else:
         loads, nb = 2 * k + 2, k * 2 * kp * block_p * acc_size + 2 * kp * kp * weight.element_size()
     scalars = sum(t is not None for t in small[3:]) if has_bn else int(conv.bias is not None)
-    loads += scalars + (tiles if mc is not None else 0)
-    nb += scalars * weight.element_size() + (tiles * block_c * acc_size if mc is not None else 0)
-    launch.longest = ProgramModel(tiles, min(per_split, c) * block_p * x.element_size(), loads, nb)
-    launch.x_in_flight = in_flight(min(per_split, c) * min(block_p, p) * x.element_size(), tiles,
-                                   launch.meta.get("UNROLL", 1))
+    per_tile = (2 if tail_affine else 1) if mc is not None else 0  # (a, b) of the block tail, else Mc
+    loads += scalars + per_tile * tiles
+    nb += scalars * weight.element_size() + per_tile * tiles * block_c * acc_size
+    streams = 2 if residual is not None else 1  # the residual's tiles are streamed like x's
+    launch.longest = ProgramModel(streams * tiles, streams * min(per_split, c) * block_p * x.element_size(), loads, nb)
+    launch.x_in_flight = streams * in_flight(min(per_split, c) * min(block_p, p) * x.element_size(), tiles,
+                                             launch.meta.get("UNROLL", 1))
+    if residual is not None:
+        launch.streamed = (residual,)
     return launch, out
 
 

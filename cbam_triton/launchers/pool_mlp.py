@@ -8,7 +8,7 @@ from typing import Any, NamedTuple
 
 import torch
 
-from cbam_triton.fusion import ACTIVATIONS, POOL_MODES, ChannelMLP
+from cbam_triton.fusion import ACTIVATIONS, POOL_MODES, ChannelAffine, ChannelMLP
 from cbam_triton.kernels.pool_mlp import channel_pool_mlp_kernel
 from cbam_triton.launchers._common import (
     PROGRAM_SMALL_BYTES,
@@ -44,6 +44,8 @@ class ChannelState(NamedTuple):
     mlp: ChannelMLP
     z: torch.Tensor | None
     parts: torch.Tensor | None = None
+    #: the fused block tail: (scale, shift) per channel, (2, C), of the block's last norm
+    affine: torch.Tensor | None = None
 
     @property
     def map_weight_bytes(self) -> int:
@@ -122,10 +124,12 @@ def map_split_min(state: ChannelState | None, c: int) -> int:
 
 
 def plan_channel_pool_mlp(x: torch.Tensor, mlp: ChannelMLP, hints: bool = False, split: int | None = None,
-                          counters: torch.Tensor | None = None) -> tuple[Launch, ChannelState]:
+                          counters: torch.Tensor | None = None,
+                          affine: ChannelAffine | None = None) -> tuple[Launch, ChannelState]:
     """Plan stage 1 (pooling, split combine, MLP layer 1); returns the launch and the
     :class:`ChannelState` the later stages compute Mc from (fp32, fp64 for fp64 x).
-    ``hints``: evict_last loads (the L2-resident schedule)."""
+    ``hints``: evict_last loads (the L2-resident schedule). ``affine`` (the fused block tail): x is
+    pooled as ``affine(x)``, and the (2, C) ``(scale, shift)`` of it is left for stage 2."""
     n, c, h, w = x.shape
     p = h * w
     x, (sn, sc, sp) = as_ncp(x)
@@ -164,6 +168,11 @@ def plan_channel_pool_mlp(x: torch.Tensor, mlp: ChannelMLP, hints: bool = False,
     hb = small_tile_rows(block_c, hidden)
     zb = min(next_pow2(hidden), 128)
     cbb = max(1, min(next_pow2(max(group, num_groups) if tree else num_cblocks), SMALL_TILE // zb))
+    aff = torch.empty((2, c), dtype=acc, device=x.device) if affine is not None else None
+    aff_in = (affine.mean, affine.var, affine.weight, affine.bias) if affine is not None else ()
+    aff_args = ((affine.mean, affine.var, affine.weight if affine.weight is not None else affine.mean,
+                 affine.bias if affine.bias is not None else affine.mean, float(affine.eps), aff)
+                if affine is not None else (parts, parts, parts, parts, 0.0, parts))
     launch = Launch(
         kernel=channel_pool_mlp_kernel,
         grid=(base, num_splits),
@@ -171,20 +180,27 @@ def plan_channel_pool_mlp(x: torch.Tensor, mlp: ChannelMLP, hints: bool = False,
               sample_counters, group_counters if tree else sample_counters, parts,
               groups if groups is not None else parts, z if two else parts,
               w1, mlp.fc1_bias if mlp.fc1_bias is not None else w1,
-              c, p, hidden, per_split, group if tree else 1, sn, sc, sp, *_matrix_strides(w1)),
+              c, p, hidden, per_split, group if tree else 1, sn, sc, sp, *_matrix_strides(w1), *aff_args),
         meta=dict(POOLS=POOL_MODES[mlp.pools], ACT=ACTIVATIONS[mlp.act], HAS_B1=mlp.fc1_bias is not None,
-                  Z_COMBINE=two, TREE=tree, SPLIT=num_splits > 1, HINTS=hints, BLOCK_C=block_c, BLOCK_P=block_p,
+                  Z_COMBINE=two, TREE=tree, SPLIT=num_splits > 1, HINTS=hints, AFFINE=affine is not None,
+                  AFF_W=affine is not None and affine.weight is not None,
+                  AFF_B=affine is not None and affine.bias is not None, BLOCK_C=block_c, BLOCK_P=block_p,
                   SB=small_tile_rows(block_c, num_splits), HB=hb, CBB=cbb, ZB=zb, ACC_FP64=acc_is_fp64(x)),
         name="channel_pool_mlp",
-        bytes_read=nbytes(x, w1, mlp.fc1_bias if two else None),
-        bytes_written=nbytes(sums, maxs, parts, groups, z),
+        bytes_read=nbytes(x, w1, mlp.fc1_bias if two else None, *aff_in),
+        bytes_written=nbytes(sums, maxs, parts, groups, z, aff),
     )
     combined = (group, num_groups) if tree else (num_cblocks,)
     launch.longest = _stage1_longest(launch, x, p, hidden, num_splits, per_split, combined, two, wsize)
+    if affine is not None:  # the norm's statistics and parameters of the program's channel block
+        loaded = [t for t in aff_in if t is not None]
+        lp = launch.longest
+        launch.longest = ProgramModel(lp.x_loads, lp.x_bytes, lp.other_loads + len(loaded),
+                                      lp.other_bytes + sum(min(block_c, c) * t.element_size() for t in loaded))
     launch.weight_bytes = n * nbytes(w1, mlp.fc1_bias if two else None)  # W1 slice per (sample, block)
     launch.x_in_flight = in_flight(min(block_c, c) * min(per_split, p) * x.element_size(),
                                    -(-min(per_split, p) // block_p), launch.meta.get("UNROLL", 1))
-    return launch, ChannelState(mlp, z, None if two else parts)
+    return launch, ChannelState(mlp, z, None if two else parts, aff)
 
 
 def _isqrt_up(v: int) -> int:

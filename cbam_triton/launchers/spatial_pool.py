@@ -76,23 +76,29 @@ def plan_spatial_pool(x: torch.Tensor, mc: torch.Tensor | None, split: int | Non
     final = torch.empty((n, 2, h, w), dtype=acc, device=x.device) if combine else out
     counters = counter_buffer(x.device, base) if combine else out
     (mcw, mcb, vec), (k, s_wc, s_wk), mc_meta = channel_map_args(channel, mc, block_c, out)
+    affine = channel.affine if channel is not None else None
+    if affine is not None and (mc_out is None or tuple(mc_out.shape) != (n, 2, c)):
+        raise ValueError("plan_spatial_pool: the block tail's affine needs mc_out of shape (N, 2, C)")
     launch = Launch(
         kernel=spatial_pool_kernel,
         grid=(base, num_splits),
         args=(x, mc if mc is not None else out, out, cnts if count else out, counters, final,
               mcw, mcb, vec, mc_out if mc_out is not None else out,
-              c, p, k, per_split, sn, sc, sp, s_wc, s_wk),
-        meta=dict(**mc_meta, FINALIZE=num_splits == 1, COUNT=count, HINTS=hints, COMBINE=combine,
+              c, p, k, per_split, sn, sc, sp, s_wc, s_wk, affine if affine is not None else out),
+        meta=dict(**mc_meta, AFFINE=affine is not None, FINALIZE=num_splits == 1, COUNT=count, HINTS=hints,
+                  COMBINE=combine,
                   SB=small_tile_rows(block_p, num_splits), BLOCK_C=block_c, BLOCK_P=block_p, ACC_FP64=acc_is_fp64(x)),
         name="spatial_pool",
         num_warps=_warps(channel, block_c),
-        bytes_read=nbytes(x, mc) + (channel.map_total_bytes if channel is not None else 0),
+        bytes_read=nbytes(x, mc, affine) + (channel.map_total_bytes if channel is not None else 0),
         bytes_written=nbytes(out, cnts, mc_out) + (nbytes(final) if combine else 0),
     )
     tiles = -(-min(per_split, c) // block_c)
     acc_size = out.element_size()
     loads, nb = map_tile_loads(mc_meta, block_c, k, mcw.element_size(), acc_size)
     loads, nb = tiles * loads, tiles * nb
+    if affine is not None:  # (scale, shift) of each channel tile
+        loads, nb = loads + 2 * tiles, nb + 2 * tiles * block_c * acc_size
     if mc_meta.get("Z_ONCE"):
         loads, nb = loads + 1, nb + mc_meta["KB"] * acc_size
     if combine:
