@@ -113,6 +113,13 @@ def affine_coefficients(offs_c, mask_c, mean_ptr, var_ptr, w_ptr, b_ptr, eps,
 
 
 @triton.jit
+def tile_row(tile, rows, k):
+    """Row ``k`` of a small ``[R, B]`` tile (``rows = tl.arange(0, R)``) as a ``[B]`` vector: one
+    tile load for several per-channel vectors, picked apart in registers."""
+    return tl.sum(tl.where(rows[:, None] == k, tile, 0.0), axis=0)
+
+
+@triton.jit
 def last_arrival(counter_ptr, expected):
     """Whether this program is the last of ``expected`` programs to reach ``counter_ptr``.
 

@@ -3,7 +3,14 @@
 import triton
 import triton.language as tl
 
-from cbam_triton.kernels._common import count_at_max, last_arrival, max_propagate_nan, reset_counter, track_max_count
+from cbam_triton.kernels._common import (
+    count_at_max,
+    last_arrival,
+    max_propagate_nan,
+    reset_counter,
+    tile_row,
+    track_max_count,
+)
 from cbam_triton.kernels.mlp import MC_FC2, MC_LOAD, MC_NONE, channel_map_tile, load_hidden
 
 
@@ -53,11 +60,10 @@ def spatial_pool_kernel(
     # > 1): the last of the SPLIT programs of a (n, p-block), found with one integer atomic on
     # counter[n, p-block], combines the partials as [SB, BLOCK_P] tiles in split order into
     # final[n] (N, 2, H, W). Deterministic; no PyTorch op runs between the stages.
-    # AFFINE (the fused block tail, with MC_MODE FC2/PART): x is a residual block's pre-norm output
-    # y, each element y * scale[c] + shift[c] as it is loaded (aff (2, C) from stage 1: 2 small
-    # loads per channel tile), and Mc is stored as (Mc * scale, Mc * shift) into mc_out (N, 2, C):
-    # stage 3 then gates y directly.
-    # Longest program: its x tiles, one Mc tile (a few weight tiles; AFFINE: + 2) per x tile, and
+    # AFFINE (the fused block tail): x is a residual block's pre-norm output y, each element
+    # y * scale[c] + shift[c] as it is loaded (aff (2, C) from stage 1: one [2, BLOCK_C] load per
+    # channel tile).
+    # Longest program: its x tiles, one Mc tile (a few weight tiles; AFFINE: + 1) per x tile, and
     # the combine's 2 * cdiv(SPLIT, SB) tiles.
     acc_t: tl.constexpr = tl.float64 if ACC_FP64 else tl.float32
     pid_np = tl.program_id(0)
@@ -91,22 +97,17 @@ def spatial_pool_kernel(
             v = tl.load(ptrs, mask=mask, other=0.0, eviction_policy="evict_last").to(acc_t)
         else:
             v = tl.load(ptrs, mask=mask, other=0.0).to(acc_t)
-        if AFFINE:
-            sc = tl.load(aff_ptr + cc, mask=mask_cc, other=0.0)
-            sh = tl.load(aff_ptr + C + cc, mask=mask_cc, other=0.0)
-            v = v * sc[:, None] + sh[:, None]
+        if AFFINE:  # (scale, shift) of the channel tile: one [2, BLOCK_C] load
+            rows2 = tl.arange(0, 2)
+            ss = tl.load(aff_ptr + rows2[:, None] * C + cc[None, :], mask=mask_cc[None, :], other=0.0)
+            v = v * tile_row(ss, rows2, 0)[:, None] + tile_row(ss, rows2, 1)[:, None]
         if MC_MODE != MC_NONE:
             if MC_MODE == MC_LOAD:
                 g = tl.load(mc_ptr + n.to(tl.int64) * C + cc, mask=mask_cc, other=0.0).to(acc_t)
             else:
                 g = channel_map_tile(n, cc, mask_cc, C, K, vec_ptr, mcw_ptr, mcb_ptr, s_mcw_c, s_mcw_k, z,
                                      MC_MODE, POOLS, ACT, HAS_MCB, KB, Z_ONCE, acc_t)
-                if AFFINE:  # (Mc * scale, Mc * shift) per channel: what stage 3 multiplies and adds
-                    dst = mc_out_ptr + n.to(tl.int64) * 2 * C + cc
-                    tl.store(dst, g * sc, mask=mask_cc & (pb == 0))
-                    tl.store(dst + C, g * sh, mask=mask_cc & (pb == 0))
-                else:
-                    tl.store(mc_out_ptr + n.to(tl.int64) * C + cc, g, mask=mask_cc & (pb == 0))
+                tl.store(mc_out_ptr + n.to(tl.int64) * C + cc, g, mask=mask_cc & (pb == 0))
             v = v * g[:, None]
         acc_sum += tl.where(mask, v, 0.0)
         vm = tl.where(mask, v, float("-inf"))

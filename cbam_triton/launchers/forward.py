@@ -49,8 +49,8 @@ def plan_chunk(x: torch.Tensor, out: torch.Tensor, mlp: ChannelMLP | None, conv:
     Mc per channel tile from the last layer as it streams (and stores it for stage 3); a lone
     channel gate computes it per tile in the gating kernel. The block tail (both branches needed,
     :func:`tail_unfused_reason`): every stage applies the affine to x as it loads it (stage 1 leaves
-    the (scale, shift) vectors, stage 2 stores ``(Mc * scale, Mc * shift)``), and stage 3 adds the
-    residual and applies the activation before its store."""
+    the (scale, shift) vectors for the others), and stage 3 adds the residual and applies the
+    activation before its store."""
     if mlp is None and conv is None:
         raise ValueError("the fused forward needs a channel MLP, a spatial conv, or both")
     if tail is not None and (reason := tail_unfused_reason(mlp, conv, tail)) is not None:
@@ -65,12 +65,11 @@ def plan_chunk(x: torch.Tensor, out: torch.Tensor, mlp: ChannelMLP | None, conv:
         launch, _ = plan_gate(x, None, None, hints=hints, out=out, channel=channel)
         launches.append(launch)
     else:
-        n, c = x.shape[:2]
-        mc_shape = (n, 2, c) if affine is not None else (n, c)
-        mc = torch.empty(mc_shape, dtype=compute_dtype(x), device=x.device) if channel is not None else None
+        mc = torch.empty(x.shape[:2], dtype=compute_dtype(x), device=x.device) if channel is not None else None
         launch, pooled, _ = plan_spatial_pool(x, None, hints=hints, combine=True, channel=channel, mc_out=mc)
         launches.append(launch)
-        launch, _ = plan_gate_conv(x, mc, pooled, conv, hints=hints, out=out, tail_affine=affine is not None,
+        launch, _ = plan_gate_conv(x, mc, pooled, conv, hints=hints, out=out,
+                                   tail_affine=channel.affine if channel is not None else None,
                                    residual=tail.residual if tail is not None else None,
                                    act=tail.act if tail is not None else "identity")
         launches.append(launch)

@@ -47,16 +47,16 @@ def conv_taps(ksize: int, block_p: int, device: torch.device | None = None) -> i
 
 def plan_gate_conv(x: torch.Tensor, mc: torch.Tensor | None, pooled: torch.Tensor, conv: SpatialConv,
                    hints: bool = False, out: torch.Tensor | None = None,
-                   split: int | None = None, *, tail_affine: bool = False, residual: torch.Tensor | None = None,
-                   act: str = "identity") -> tuple[Launch, torch.Tensor]:
+                   split: int | None = None, *, tail_affine: torch.Tensor | None = None,
+                   residual: torch.Tensor | None = None, act: str = "identity") -> tuple[Launch, torch.Tensor]:
     """Plan the fused spatial map + gating: ``out = x * mc * sigmoid(bn(conv(pooled)))``.
 
     ``pooled`` is the (N, 2, H, W) [max, mean] map of stage 2 (contiguous, x's compute dtype);
     ``mc`` the (N, C) channel map or None. Same walk as stage 2: a program owns a pixel block and
     walks a c-range (split to fill the GPU). Returns the launch and the output (or ``out``).
 
-    The fused block tail: ``tail_affine`` (mc is then stage 2's (N, 2, C) ``(Mc * scale, Mc * shift)``:
-    ``out = (x * a + b) * Ms``), ``residual`` (x's shape and dtype, any mergeable strides: added
+    The fused block tail: ``tail_affine`` (stage 1's (2, C) ``(scale, shift)``: ``out = (x * scale +
+    shift) * Mc * Ms``), ``residual`` (x's shape and dtype, any mergeable strides: added
     after the gating) and ``act`` (a key of TAIL_ACTIVATIONS, after the addition).
     """
     n, c, h, w = x.shape
@@ -82,8 +82,8 @@ def plan_gate_conv(x: torch.Tensor, mc: torch.Tensor | None, pooled: torch.Tenso
     acc = compute_dtype(x)
     if mc is not None:
         mc = mc.to(acc).contiguous()
-    if tail_affine and (mc is None or mc.dim() != 3):
-        raise ValueError("plan_gate_conv: tail_affine=True needs stage 2's (N, 2, C) (Mc * scale, Mc * shift)")
+    if tail_affine is not None and mc is None:
+        raise ValueError("plan_gate_conv: tail_affine needs the channel map mc")
     rn = rc = rp = 0
     if residual is not None:
         if residual.shape != x.shape or residual.dtype != x.dtype:
@@ -107,8 +107,8 @@ def plan_gate_conv(x: torch.Tensor, mc: torch.Tensor | None, pooled: torch.Tenso
               conv.bn_mean if has_bn else weight, conv.bn_var if has_bn else weight,
               conv.bn_weight if affine else weight, conv.bn_bias if affine else weight, float(conv.bn_eps),
               c, p, h, w, per_split, s_wc, s_wh, s_ww, sn, sc, sp, on, oc, op,
-              residual if residual is not None else x, rn, rc, rp),
-        meta=dict(AFFINE=tail_affine, RESIDUAL=residual is not None, TAIL_ACT=TAIL_ACTIVATIONS[act],
+              residual if residual is not None else x, rn, rc, rp, tail_affine if tail_affine is not None else pooled),
+        meta=dict(AFFINE=tail_affine is not None, RESIDUAL=residual is not None, TAIL_ACT=TAIL_ACTIVATIONS[act],
                   HAS_MC=mc is not None, HAS_CONV_BIAS=conv.bias is not None, HAS_BN=has_bn, HAS_BN_AFFINE=affine,
                   SPATIAL_INPUT=SPATIAL_INPUTS[conv.input], KSIZE=conv.ksize,
                   TAPS=taps, KP=kp, HINTS=hints,
@@ -116,7 +116,7 @@ def plan_gate_conv(x: torch.Tensor, mc: torch.Tensor | None, pooled: torch.Tenso
                   UNROLL=2 if -(-min(per_split, c) // block_c) >= 2 and _rows_16b(x, sc, sp) else 1),
         name="gate_conv",
         num_warps=warps,
-        bytes_read=nbytes(x, residual, *small),
+        bytes_read=nbytes(x, residual, tail_affine, *small),
         bytes_written=nbytes(out),
     )
     acc_size = pooled.element_size()
@@ -127,8 +127,8 @@ def plan_gate_conv(x: torch.Tensor, mc: torch.Tensor | None, pooled: torch.Tenso
     else:
         loads, nb = 2 * k + 2, k * 2 * kp * block_p * acc_size + 2 * kp * kp * weight.element_size()
     scalars = sum(t is not None for t in small[3:]) if has_bn else int(conv.bias is not None)
-    per_tile = (2 if tail_affine else 1) if mc is not None else 0  # (a, b) of the block tail, else Mc
-    loads += scalars + per_tile * tiles
+    per_tile = (3 if tail_affine is not None else 1) if mc is not None else 0  # Mc (+ scale, shift): one load
+    loads += scalars + (tiles if mc is not None else 0)
     nb += scalars * weight.element_size() + per_tile * tiles * block_c * acc_size
     streams = 2 if residual is not None else 1  # the residual's tiles are streamed like x's
     launch.longest = ProgramModel(streams * tiles, streams * min(per_split, c) * block_p * x.element_size(), loads, nb)

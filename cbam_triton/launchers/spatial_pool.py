@@ -77,8 +77,6 @@ def plan_spatial_pool(x: torch.Tensor, mc: torch.Tensor | None, split: int | Non
     counters = counter_buffer(x.device, base) if combine else out
     (mcw, mcb, vec), (k, s_wc, s_wk), mc_meta = channel_map_args(channel, mc, block_c, out)
     affine = channel.affine if channel is not None else None
-    if affine is not None and (mc_out is None or tuple(mc_out.shape) != (n, 2, c)):
-        raise ValueError("plan_spatial_pool: the block tail's affine needs mc_out of shape (N, 2, C)")
     launch = Launch(
         kernel=spatial_pool_kernel,
         grid=(base, num_splits),
@@ -97,8 +95,8 @@ def plan_spatial_pool(x: torch.Tensor, mc: torch.Tensor | None, split: int | Non
     acc_size = out.element_size()
     loads, nb = map_tile_loads(mc_meta, block_c, k, mcw.element_size(), acc_size)
     loads, nb = tiles * loads, tiles * nb
-    if affine is not None:  # (scale, shift) of each channel tile
-        loads, nb = loads + 2 * tiles, nb + 2 * tiles * block_c * acc_size
+    if affine is not None:  # (scale, shift) of each channel tile: one [2, BLOCK_C] load
+        loads, nb = loads + tiles, nb + 2 * tiles * block_c * acc_size
     if mc_meta.get("Z_ONCE"):
         loads, nb = loads + 1, nb + mc_meta["KB"] * acc_size
     if combine:
