@@ -17,9 +17,11 @@ benchmark's reference), so folding it is exercised.
 Providers: ``eager``; ``compile`` (``torch.compile``, default mode); ``triton`` (``cbam_triton.convert``);
 ``triton+compile`` (converted, then ``torch.compile(fullgraph=True)``: inductor fuses everything else
 and calls the CBAM kernels as one opaque custom operator; a graph break is an error, so a row with
-status ok/verified has zero graph breaks); on GPU ``triton-cudagraph`` (the converted network captured
-in a CUDA graph) and ``compile-cudagraphs`` (``mode="reduce-overhead"``; the block benchmark's
-``max-autotune`` would autotune every convolution of the network). Every output is checked against
+status ok/verified has zero graph breaks); ``triton-tail`` and ``triton-tail+compile`` (the same with
+``convert(model, fuse_block_tail=True)``: each ResNet block's ``relu(CBAM(bn(y)) + shortcut)`` is one
+operator, three launches; networks without such blocks skip them); on GPU ``triton-cudagraph`` (the
+converted network captured in a CUDA graph) and ``compile-cudagraphs`` (``mode="reduce-overhead"``; the
+block benchmark's ``max-autotune`` would autotune every convolution of the network). Every output is checked against
 eager first with the per-dtype tolerance, the absolute part scaled by max|eager| (random-weight
 networks produce logits of 10³–10⁴).
 
@@ -34,7 +36,10 @@ triton+compile from inductor's count with the opaque CBAM operator's buffers rep
 model. For eager and triton the marginal cost equals the bytes of the ops run inside the CBAM modules
 (checked: ``cbam_attributed_bytes``); for the compiled networks it includes what the blocks change in
 their neighbours' fusion (a tensor that must be written for the opaque operator, say). Latency share
-likewise from the median timings (GPU; on a CPU for the timed providers). ``cbam_vs_floor``: the
+likewise from the median timings (GPU; on a CPU for the timed providers). On a CPU, a Triton
+provider at a size Triton's interpreter can't run (more than INTERPRETER_MAX_ELEMENTS CBAM input
+elements) gets a ``modelled`` row: its launches are planned and counted, not run, so its traffic
+uses the kernels' traffic model (outputs are verified at small sizes). ``cbam_vs_floor``: the
 blocks' bytes over their floor Σ 2·|x_i| (read each block's input, write its output once); for
 ``triton`` from the DRAM model (bytes the L2 schedule expects L2 to serve subtracted).
 """
@@ -167,11 +172,14 @@ MODELS: dict[str, ModelSpec] = {
                                 "(128x80², 256x40², 512x20² at 640²), 1x1 heads"),
 }
 
-#: providers of the model rows ("triton+compile" exists only here)
-PROVIDERS_CPU = ("eager", "compile", "triton", "triton+compile")
+#: providers of the model rows ("triton+compile" and the fused-tail providers exist only here)
+PROVIDERS_CPU = ("eager", "compile", "triton", "triton+compile", "triton-tail", "triton-tail+compile")
 PROVIDERS_GPU = PROVIDERS_CPU + ("triton-cudagraph", "compile-cudagraphs")
+#: convert(model, fuse_block_tail=True): every ResNet block with CBAM ends in one fused operator
+TAIL_PROVIDERS = ("triton-tail", "triton-tail+compile")
 #: the family whose CBAM-free network is each provider's baseline for the shares
-BASE_FAMILY = {"eager": "eager", "triton": "eager", "compile": "compile", "triton+compile": "compile"}
+BASE_FAMILY = {"eager": "eager", "triton": "eager", "compile": "compile", "triton+compile": "compile",
+               "triton-tail": "eager", "triton-tail+compile": "compile"}
 #: CPU: the converted network runs through Triton's interpreter up to this many CBAM input elements
 #: per forward (summed over the blocks)
 INTERPRETER_MAX_ELEMENTS = 1 << 22
@@ -368,13 +376,16 @@ def build_provider(name: str, model: nn.Module, x: torch.Tensor) -> Built:
         return compile_model(copy.deepcopy(model), x)
     if name == "compile-cudagraphs":
         return compile_model(copy.deepcopy(model), x, mode="reduce-overhead")
-    if name not in ("triton", "triton+compile", "triton-cudagraph"):
+    if name not in ("triton", "triton+compile", "triton-cudagraph", *TAIL_PROVIDERS):
         raise ValueError(f"unknown model provider {name!r}; known: {', '.join(PROVIDERS_GPU)}")
+    tail = name in TAIL_PROVIDERS
     with warnings_as_errors():
-        converted, done = cbam_triton.convert_with_report(model, inplace=False)
+        converted, done = cbam_triton.convert_with_report(model, inplace=False, fuse_block_tail=tail)
     if not done:
         raise RuntimeError("cbam_triton.convert replaced no CBAM in this network")
-    if name == "triton+compile":  # fullgraph: a graph break raises, so a built provider has none
+    if tail and not any(r.dialect.startswith("tail: ") for r in done):
+        raise RuntimeError("no ResNet block with CBAM in this network: nothing for the fused tail")
+    if name.endswith("+compile"):  # fullgraph: a graph break raises, so a built provider has none
         return compile_model(converted, x, fullgraph=True)
     built = Built(_inference(converted, x), module=converted)
     if name == "triton-cudagraph":
@@ -513,9 +524,11 @@ def run_model_case(case: ModelCase, providers: tuple[str, ...], device: torch.de
         row: dict[str, Any] = dict(common, provider=name, status="ok", note="")
         rows.append(row)
         log(f"{case.id} {name}")
+        if name in TAIL_PROVIDERS and not has_tail_blocks(model):
+            row.update(status="skipped", note="no ResNet block with CBAM in this network (the fused tail needs one)")
+            continue
         if _interpreted(device, name) and cbam_elements > INTERPRETER_MAX_ELEMENTS:
-            row.update(status="skipped", note="Triton on CPU runs in the interpreter: verified on small inputs only "
-                                              "(--image-size, --batch)")
+            _modelled_row(row, name, make, names, x, eager_traffic, baseline if shares else None)
             continue
         got = measure.first_run(make, device, row)
         if got is None:  # the error is reported in the row, the run goes on
@@ -575,7 +588,10 @@ def _network_traffic(row: dict[str, Any], name: str, built: Built, names: list[s
     expects L2 to serve."""
     l2 = 0
     if built.compile_metrics is None:  # eager, triton, triton-cudagraph, extras: the dispatch mode
-        t = eager_traffic if name == "eager" else count_network_traffic(built.module, x, names)
+        # (no hooks on the CBAMs of a fused-tail network: a hooked CBAM makes its block run unfused;
+        # every Triton launch is counted inside the blocks all the same)
+        t = eager_traffic if name == "eager" else count_network_traffic(built.module, x,
+                                                                         [] if name in TAIL_PROVIDERS else names)
         row["traffic_bytes"] = t.total_bytes
         row["cbam_attributed_bytes"] = t.cbam_bytes
         l2 = t.cbam_l2_bytes
@@ -583,7 +599,7 @@ def _network_traffic(row: dict[str, Any], name: str, built: Built, names: list[s
             row["launches"] = t.ops
     else:
         total = built.compile_metrics["bytes_accessed"]
-        if name == "triton+compile":  # the opaque operator's buffers -> its kernels' own model
+        if name.startswith("triton") and name.endswith("+compile"):  # the opaque operators' buffers -> the model
             if not built.compile_metrics["cbam_op_bytes"]:
                 raise RuntimeError(f"inductor's per-kernel byte counts name no cbam_triton operator (of "
                                    f"{built.compile_metrics['counted_nodes']} counted): network traffic left out")
@@ -597,6 +613,55 @@ def _network_traffic(row: dict[str, Any], name: str, built: Built, names: list[s
         if x.device.type == "cpu":
             row["launches"] = built.compile_metrics["generated_kernels"]
     return l2
+
+
+def has_tail_blocks(model: nn.Module) -> bool:
+    """Whether ``convert(..., fuse_block_tail=True)`` fuses the tail of some block of ``model``."""
+    from cbam_triton.converter import block_spec
+
+    return any(block_spec(m) is not None for m in model.modules())
+
+
+@contextlib.contextmanager
+def planned_launches() -> Iterator[None]:
+    """cbam_triton's launches planned and counted, not run (and its fast path off, whose replays
+    launch directly): the traffic model of a network too large for Triton's CPU interpreter."""
+    import cbam_triton.fastpath
+    from cbam_triton.launchers._common import plan_only
+
+    saved = cbam_triton.fastpath.ENABLED
+    cbam_triton.fastpath.ENABLED = False
+    try:
+        with plan_only():
+            yield
+    finally:
+        cbam_triton.fastpath.ENABLED = saved
+
+
+def _modelled_row(row: dict[str, Any], name: str, make: Callable[[], Built], names: list[str], x: torch.Tensor,
+                  eager_traffic: NetTraffic, baseline: Callable[[str], dict[str, Any]] | None) -> None:
+    """A Triton provider on a CPU at a size the interpreter can't run: the network's traffic with
+    the kernels' bytes from their traffic model (launches planned, not run); status "modelled",
+    the output not checked (the same network is verified at small sizes)."""
+    try:
+        with planned_launches():
+            built = make()
+            built.fn()
+            l2 = _network_traffic(row, name, built, names, x, eager_traffic)
+    except Exception as exc:  # reported in the row, the run goes on
+        row.update(status="error", note=f"{type(exc).__name__}: {exc}"[:500])
+        return
+    metrics = built.compile_metrics or {}
+    for k in ("generated_kernels", "recompiles", "graphs", "graph_breaks", "bytes_accessed"):
+        if k in metrics:
+            row[k] = metrics[k]
+    row["compile_s"] = built.compile_s
+    del built
+    family = BASE_FAMILY.get(name)
+    if baseline is not None and family is not None:
+        _shares(row, baseline(family), l2)
+    row.update(status="modelled", note="too large for Triton's CPU interpreter: the kernels' bytes from their "
+                                       "traffic model (launches planned, not run); output verified on small inputs")
 
 
 def _shares(row: dict[str, Any], base: dict[str, Any], l2: int) -> None:

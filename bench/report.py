@@ -8,7 +8,7 @@ import math
 from typing import Any
 
 SCHEMA_VERSION = 1
-STATUSES = ("ok", "verified", "mismatch", "error", "skipped")
+STATUSES = ("ok", "verified", "modelled", "mismatch", "error", "skipped")
 REQUIRED_ENV = ("date", "python", "torch", "triton", "device_type", "device_name", "git_sha")
 REQUIRED_ROW = {
     "id": str, "shape_name": str, "batch": int, "channels": int, "height": int, "width": int,
@@ -65,7 +65,8 @@ def validate(doc: Any) -> list[str]:
                 problems.append(f"results[{i}].{key} must be a number or null, got {v!r}")
         if row.get("status") == "ok" and not isinstance(row.get("median_ms"), (int, float)):
             problems.append(f"results[{i}] has status ok but no median_ms")
-        if row.get("status") in ("mismatch", "error", "skipped", "verified") and row.get("median_ms") is not None:
+        if row.get("status") in ("mismatch", "error", "skipped", "verified", "modelled") \
+                and row.get("median_ms") is not None:
             problems.append(f"results[{i}] has status {row['status']} but a timing")
     return problems
 

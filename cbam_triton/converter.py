@@ -229,7 +229,7 @@ def from_module(m: nn.Module, *, backend: str | None = None, schedule: str = "au
 TAIL = "tail: "
 
 
-def _block_spec(m: nn.Module) -> TailSpec | None:
+def block_spec(m: nn.Module) -> TailSpec | None:
     """Where the parts of a ResNet block with attention are, if ``m`` is one of the supported kinds:
     timm's ``BasicBlock``/``Bottleneck`` (by type) and the official Jongchan/attention-module
     ``BasicBlock``/``Bottleneck`` (by name and structure: exactly its children, a ``cbam`` child).
@@ -303,7 +303,7 @@ def convert_with_report(model: nn.Module, *, inplace: bool = True, backend: str 
 
     def _try_block(m: nn.Module, name: str) -> tuple[nn.Module | None, bool]:
         """(the block with its tail fused or None, whether the block has been dealt with)."""
-        spec = _block_spec(m)
+        spec = block_spec(m)
         attn = getattr(m, spec.attn, None) if spec is not None else None
         if spec is None or attn is None:
             return None, False

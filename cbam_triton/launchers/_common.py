@@ -80,7 +80,7 @@ class Launch:
         to launch again without Triton's per-call argument binding."""
         for hook in _LAUNCH_HOOKS:
             hook(self)
-        if min(self.grid) == 0:
+        if min(self.grid) == 0 or _PLAN_ONLY[0]:
             return None
         if type(self.kernel).__name__ == "InterpretedFunction":
             return interpret(self.kernel, self.grid, self.args, {**self.meta, "num_warps": self.num_warps})
@@ -117,6 +117,19 @@ _PRE_DISPATCH_MODES: Callable[[], int] = getattr(torch._ops, "_len_torch_dispatc
 
 
 _LAUNCH_HOOKS: list[Callable[[Launch], None]] = []
+_PLAN_ONLY = [0]  # nesting depth of plan_only()
+
+
+@contextlib.contextmanager
+def plan_only() -> Iterator[None]:
+    """Inside this context every :class:`Launch` is planned and recorded (:func:`record_launches`)
+    but not launched: outputs are left unwritten. For traffic models at sizes Triton's interpreter
+    cannot run in reasonable time (the benchmark's whole networks on a CPU); never for results."""
+    _PLAN_ONLY[0] += 1
+    try:
+        yield
+    finally:
+        _PLAN_ONLY[0] -= 1
 
 
 @contextlib.contextmanager
