@@ -90,7 +90,8 @@ def explain(module: torch.nn.Module, x: torch.Tensor, *, l2_cache_bytes: int | N
     else:
         with _planning_for(sms, arch):
             launches = plan_all()
-    rows = [{"name": launch.name, "grid": list(launch.grid), "tile": [launch.meta["BLOCK_C"], launch.meta["BLOCK_P"]],
+    rows = [{"name": launch.name, "grid": list(launch.grid),
+             "tile": [launch.meta["BLOCK_C"], launch.meta.get("BLOCK_P", launch.meta.get("BLOCK_N", 1))],
              "flags": sorted(k for k, v in launch.meta.items() if v is True),
              "bytes_read": launch.bytes_read, "bytes_written": launch.bytes_written, "l2_bytes": launch.l2_bytes,
              "longest": None if launch.longest is None else dataclasses.asdict(launch.longest)}

@@ -9,12 +9,15 @@ from cbam_triton.kernels._common import count_at_max, max_propagate_nan, track_m
 @triton.jit
 def pool_partials(x_ptr, n, offs_c, mask_c, p_start, p_end, stride_xn, stride_xc, stride_xp, scale, shift,
                   COUNT: tl.constexpr, HINTS: tl.constexpr, AFFINE: tl.constexpr,
-                  BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr, ACC_FP64: tl.constexpr):
+                  BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr, ACC_FP64: tl.constexpr, UNROLL: tl.constexpr = 1):
     """Sum, max (and, with COUNT, the number of elements equal to the max) over p in
     ``[p_start, p_end)`` of ``x[n, offs_c, p]``: three ``[BLOCK_C]`` vectors. Elementwise
     accumulators over the walk, one cross-lane reduction at the end. ``HINTS``: the loads ask L2
     to keep x (``evict_last``), for the stages of the L2-resident schedule that read it again.
-    ``AFFINE`` (the fused block tail): each element is ``x * scale[c] + shift[c]`` as it is loaded."""
+    ``UNROLL`` == 2: the next tile's loads are issued with this one's, before either is reduced
+    (Triton does not pipeline loads that feed no ``tl.dot``): twice the bytes in flight; the tiles are
+    accumulated in the same order, so the result is the same bit for bit. ``AFFINE`` (the fused block
+    tail): each element is ``x * scale[c] + shift[c]`` as it is loaded (masked lanes stay 0)."""
     acc_t: tl.constexpr = tl.float64 if ACC_FP64 else tl.float32
     offs_p = tl.arange(0, BLOCK_P)
     ptrs = (x_ptr + n.to(tl.int64) * stride_xn
@@ -24,26 +27,53 @@ def pool_partials(x_ptr, n, offs_c, mask_c, p_start, p_end, stride_xn, stride_xc
     acc_sum = tl.zeros([BLOCK_C, BLOCK_P], dtype=acc_t)
     acc_max = tl.full([BLOCK_C, BLOCK_P], float("-inf"), dtype=acc_t)
     acc_cnt = tl.zeros([BLOCK_C, BLOCK_P], dtype=tl.int32)
-    for p0 in range(p_start, p_end, BLOCK_P):
+    for p0 in range(p_start, p_end, BLOCK_P * UNROLL):
         mask = mask_c[:, None] & ((p0 + offs_p) < p_end)[None, :]
-        if HINTS:
-            v = tl.load(ptrs, mask=mask, other=0.0, eviction_policy="evict_last").to(acc_t)
-        else:
-            v = tl.load(ptrs, mask=mask, other=0.0).to(acc_t)
-        if AFFINE:
-            v = tl.where(mask, v * scale[:, None] + shift[:, None], 0.0)
-        acc_sum += v
-        vm = tl.where(mask, v, float("-inf"))
-        if COUNT:
-            acc_max, acc_cnt = track_max_count(acc_max, acc_cnt, vm, mask)
-        else:
-            acc_max = tl.maximum(acc_max, vm, propagate_nan=tl.PropagateNan.ALL)
-        ptrs += step
+        v = _load_x(ptrs, mask, HINTS)
+        if UNROLL == 2:
+            mask2 = mask_c[:, None] & ((p0 + BLOCK_P + offs_p) < p_end)[None, :]
+            v2 = _load_x(ptrs + step, mask2, HINTS)
+        acc_sum, acc_max, acc_cnt = _pool_tile(_affine(v.to(acc_t), mask, scale, shift, AFFINE), mask, acc_sum,
+                                               acc_max, acc_cnt, COUNT)
+        if UNROLL == 2:
+            acc_sum, acc_max, acc_cnt = _pool_tile(_affine(v2.to(acc_t), mask2, scale, shift, AFFINE), mask2,
+                                                   acc_sum, acc_max, acc_cnt, COUNT)
+        ptrs += step * UNROLL
     vmax = max_propagate_nan(acc_max, 1)
     cnt = tl.zeros([BLOCK_C], dtype=tl.int32)
     if COUNT:
         cnt = count_at_max(acc_max, acc_cnt, vmax, 1)
     return tl.sum(acc_sum, axis=1), vmax, cnt
+
+
+@triton.jit
+def _load_x(ptrs, mask, HINTS: tl.constexpr):
+    """A tile of x in its own dtype (HINTS: evict_last, stages 2 and 3 read it again from L2)."""
+    if HINTS:
+        v = tl.load(ptrs, mask=mask, other=0.0, eviction_policy="evict_last")
+    else:
+        v = tl.load(ptrs, mask=mask, other=0.0)
+    return v
+
+
+@triton.jit
+def _affine(v, mask, scale, shift, AFFINE: tl.constexpr):
+    """``v * scale[c] + shift[c]`` (masked lanes 0) with AFFINE, else v."""
+    if AFFINE:
+        v = tl.where(mask, v * scale[:, None] + shift[:, None], 0.0)
+    return v
+
+
+@triton.jit
+def _pool_tile(v, mask, acc_sum, acc_max, acc_cnt, COUNT: tl.constexpr):
+    """One loaded tile into the elementwise (sum, max, count at max) accumulators."""
+    acc_sum += v
+    vm = tl.where(mask, v, float("-inf"))
+    if COUNT:
+        acc_max, acc_cnt = track_max_count(acc_max, acc_cnt, vm, mask)
+    else:
+        acc_max = tl.maximum(acc_max, vm, propagate_nan=tl.PropagateNan.ALL)
+    return acc_sum, acc_max, acc_cnt
 
 
 @triton.jit

@@ -43,7 +43,7 @@ def spatial_pool_kernel(
     MC_MODE: tl.constexpr, POOLS: tl.constexpr, ACT: tl.constexpr, HAS_MCB: tl.constexpr, KB: tl.constexpr,
     Z_ONCE: tl.constexpr, FINALIZE: tl.constexpr, COUNT: tl.constexpr, HINTS: tl.constexpr, COMBINE: tl.constexpr,
     SB: tl.constexpr,
-    BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr, ACC_FP64: tl.constexpr,
+    BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr, ACC_FP64: tl.constexpr, UNROLL: tl.constexpr,
 ):
     # Reads x[n, c-range, p-block] once; x * Mc lives only in registers, never in memory. Writes
     # out[n, split, 0, p] = max_c and out[n, split, 1, p] = sum_c over the c-range (FINALIZE, i.e.
@@ -89,33 +89,27 @@ def spatial_pool_kernel(
     z = tl.zeros([KB], dtype=acc_t)
     if MC_MODE == MC_FC2 and Z_ONCE:
         z = load_hidden(n, K, vec_ptr, KB)
-    for c0 in range(c_start, c_end, BLOCK_C):
+    # UNROLL == 2 (Mc loaded or absent): the next tile's x loads are issued with this one's, before
+    # either is reduced (Triton does not pipeline loads that feed no tl.dot): twice the bytes in
+    # flight; the tiles are reduced in the same order (the same result bit for bit)
+    for c0 in range(c_start, c_end, BLOCK_C * UNROLL):
         cc = c0 + offs_c
         mask_cc = cc < c_end
-        mask = mask_cc[:, None] & mask_p[None, :]
-        if HINTS:
-            v = tl.load(ptrs, mask=mask, other=0.0, eviction_policy="evict_last").to(acc_t)
-        else:
-            v = tl.load(ptrs, mask=mask, other=0.0).to(acc_t)
-        if AFFINE:  # (scale, shift) of the channel tile: one [2, BLOCK_C] load
-            rows2 = tl.arange(0, 2)
-            ss = tl.load(aff_ptr + rows2[:, None] * C + cc[None, :], mask=mask_cc[None, :], other=0.0)
-            v = v * tile_row(ss, rows2, 0)[:, None] + tile_row(ss, rows2, 1)[:, None]
-        if MC_MODE != MC_NONE:
-            if MC_MODE == MC_LOAD:
-                g = tl.load(mc_ptr + n.to(tl.int64) * C + cc, mask=mask_cc, other=0.0).to(acc_t)
-            else:
-                g = channel_map_tile(n, cc, mask_cc, C, K, vec_ptr, mcw_ptr, mcb_ptr, s_mcw_c, s_mcw_k, z,
-                                     MC_MODE, POOLS, ACT, HAS_MCB, KB, Z_ONCE, acc_t)
-                tl.store(mc_out_ptr + n.to(tl.int64) * C + cc, g, mask=mask_cc & (pb == 0))
-            v = v * g[:, None]
-        acc_sum += tl.where(mask, v, 0.0)
-        vm = tl.where(mask, v, float("-inf"))
-        if COUNT:
-            acc_max, acc_cnt = track_max_count(acc_max, acc_cnt, vm, mask)
-        else:
-            acc_max = tl.maximum(acc_max, vm, propagate_nan=tl.PropagateNan.ALL)
-        ptrs += step
+        v = _load_x(ptrs, mask_cc[:, None] & mask_p[None, :], HINTS)
+        if UNROLL == 2:
+            cc2 = cc + BLOCK_C
+            mask_cc2 = cc2 < c_end
+            v2 = _load_x(ptrs + step, mask_cc2[:, None] & mask_p[None, :], HINTS)
+        acc_sum, acc_max, acc_cnt = _gated_tile(v, n, cc, mask_cc, mask_p, pb, C, K, vec_ptr, mcw_ptr, mcb_ptr,
+                                                s_mcw_c, s_mcw_k, z, mc_ptr, mc_out_ptr, aff_ptr, acc_sum, acc_max,
+                                                acc_cnt, AFFINE, MC_MODE, POOLS, ACT, HAS_MCB, KB, Z_ONCE, COUNT,
+                                                acc_t)
+        if UNROLL == 2:
+            acc_sum, acc_max, acc_cnt = _gated_tile(v2, n, cc2, mask_cc2, mask_p, pb, C, K, vec_ptr, mcw_ptr,
+                                                    mcb_ptr, s_mcw_c, s_mcw_k, z, mc_ptr, mc_out_ptr, aff_ptr, acc_sum,
+                                                    acc_max, acc_cnt, AFFINE, MC_MODE, POOLS, ACT, HAS_MCB, KB,
+                                                    Z_ONCE, COUNT, acc_t)
+        ptrs += step * UNROLL
 
     vmax = max_propagate_nan(acc_max, 0)
     vsum = tl.sum(acc_sum, axis=0)
@@ -135,3 +129,44 @@ def spatial_pool_kernel(
             tl.store(dst, pmax, mask=mask_p)
             tl.store(dst + P, psum / C, mask=mask_p)
             reset_counter(counter_ptr + pid_np)
+
+
+@triton.jit
+def _load_x(ptrs, mask, HINTS: tl.constexpr):
+    """A tile of x in its own dtype (HINTS: evict_last, stage 3 reads it again from L2)."""
+    if HINTS:
+        v = tl.load(ptrs, mask=mask, other=0.0, eviction_policy="evict_last")
+    else:
+        v = tl.load(ptrs, mask=mask, other=0.0)
+    return v
+
+
+@triton.jit
+def _gated_tile(v, n, cc, mask_cc, mask_p, pb, C, K, vec_ptr, mcw_ptr, mcb_ptr, s_mcw_c, s_mcw_k, z, mc_ptr,
+                mc_out_ptr, aff_ptr, acc_sum, acc_max, acc_cnt, AFFINE: tl.constexpr,
+                MC_MODE: tl.constexpr, POOLS: tl.constexpr, ACT: tl.constexpr, HAS_MCB: tl.constexpr,
+                KB: tl.constexpr, Z_ONCE: tl.constexpr, COUNT: tl.constexpr, acc_t: tl.constexpr):
+    """One loaded tile of channels ``cc`` times its Mc into the elementwise (sum, max, count at max)
+    accumulators; Mc none, loaded, or computed from the MLP's last layer (stored to mc_out by the
+    programs of pixel block 0). AFFINE: ``x * scale[c] + shift[c]`` first (one [2, len(cc)] load)."""
+    mask = mask_cc[:, None] & mask_p[None, :]
+    v = v.to(acc_t)
+    if AFFINE:
+        rows2 = tl.arange(0, 2)
+        ss = tl.load(aff_ptr + rows2[:, None] * C + cc[None, :], mask=mask_cc[None, :], other=0.0)
+        v = v * tile_row(ss, rows2, 0)[:, None] + tile_row(ss, rows2, 1)[:, None]
+    if MC_MODE != MC_NONE:
+        if MC_MODE == MC_LOAD:
+            g = tl.load(mc_ptr + n.to(tl.int64) * C + cc, mask=mask_cc, other=0.0).to(acc_t)
+        else:
+            g = channel_map_tile(n, cc, mask_cc, C, K, vec_ptr, mcw_ptr, mcb_ptr, s_mcw_c, s_mcw_k, z,
+                                 MC_MODE, POOLS, ACT, HAS_MCB, KB, Z_ONCE, acc_t)
+            tl.store(mc_out_ptr + n.to(tl.int64) * C + cc, g, mask=mask_cc & (pb == 0))
+        v = v * g[:, None]
+    acc_sum += tl.where(mask, v, 0.0)
+    vm = tl.where(mask, v, float("-inf"))
+    if COUNT:
+        acc_max, acc_cnt = track_max_count(acc_max, acc_cnt, vm, mask)
+    else:
+        acc_max = tl.maximum(acc_max, vm, propagate_nan=tl.PropagateNan.ALL)
+    return acc_sum, acc_max, acc_cnt

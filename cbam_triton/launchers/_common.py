@@ -261,6 +261,15 @@ def in_flight(program_x_bytes: int, tiles: int, unroll: int = 1) -> int:
     return program_x_bytes // max(1, -(-tiles // max(1, unroll)))
 
 
+def rows_16b(x: torch.Tensor, sc: int, sp: int) -> bool:
+    """Whether Triton sees x's rows along its unit-stride axis as 16-element aligned (128-bit loads): only
+    then does a second tile in flight (``UNROLL=2``) cost a few registers; 16-bit loads of an
+    unaligned NCHW map (7², 14², 28²) would take one register per element and cut the CTAs per SM."""
+    n, c, h, w = x.shape
+    other, extent = (sc, h * w) if sp == 1 and h * w > 1 else (sp, c)
+    return other % 16 == 0 and extent % 16 == 0  # what Triton's divisibility specialisation sees
+
+
 def small_tile_rows(cols: int, rows: int) -> int:
     """Rows of a ``[rows, cols]`` small tile: a power of two, at most ``next_pow2(rows)``, with
     ``rows * cols <= SMALL_TILE`` (at least 1)."""

@@ -1,9 +1,13 @@
-"""The fused inference forward: three launches per chunk of the batch.
+"""The fused inference forward: three launches per chunk of the batch (four where the MLP's last layer
+gets its own).
 
 Per chunk (see :mod:`cbam_triton.schedule`): stage 1 pools and computes Mc (MLP folded in), stage 2
 pools ``x * Mc`` across channels (splits combined in-kernel), stage 3 computes Ms (conv + BN +
-sigmoid folded in) and writes the output slice. No PyTorch op runs between the launches; a lone
-channel gate uses the plain gate kernel as its second launch.
+sigmoid folded in) and writes the output slice. Where the streaming programs would read the MLP's
+last layer too often (:func:`~cbam_triton.launchers.channel_map.map_launch_pays`), a small launch
+between stages 1 and 2 computes the chunk's Mc once, reading those weights once per chunk, and
+stages 2 and 3 read Mc as a vector. No PyTorch op runs between the launches; a lone channel gate
+uses the plain gate kernel as its second launch.
 
 Host time matters at batch 1 (without CUDA graphs the forward is launch-bound), so a plan is built
 once per configuration and then *rebound* (:class:`PlanCache`): a later call with the same shapes,
@@ -33,6 +37,7 @@ from cbam_triton.launchers._common import (
     nbytes,
     reset_counters,
 )
+from cbam_triton.launchers.channel_map import map_launch_pays, plan_channel_map
 from cbam_triton.launchers.gate import plan_gate
 from cbam_triton.launchers.gate_conv import plan_gate_conv
 from cbam_triton.launchers.pool_mlp import plan_channel_pool_mlp
@@ -46,11 +51,12 @@ def plan_chunk(x: torch.Tensor, out: torch.Tensor, mlp: ChannelMLP | None, conv:
     residual the chunk's slice), in order.
 
     Stage 1 pools and runs the MLP's first layer, spread over its channel blocks; stage 2 computes
-    Mc per channel tile from the last layer as it streams (and stores it for stage 3); a lone
-    channel gate computes it per tile in the gating kernel. The block tail (both branches needed,
-    :func:`tail_unfused_reason`): every stage applies the affine to x as it loads it (stage 1 leaves
-    the (scale, shift) vectors for the others), and stage 3 adds the residual and applies the
-    activation before its store."""
+    Mc per channel tile from the last layer as it streams (and stores it for stage 3), or, where
+    that reads the weights too often, the channel-map launch computes the chunk's Mc first and
+    stage 2 loads it; a lone channel gate computes it per tile in the gating kernel. The block tail
+    (both branches needed, :func:`tail_unfused_reason`): every stage applies the affine to x as it
+    loads it (stage 1 leaves the (scale, shift) vectors for the others), and stage 3 adds the
+    residual and applies the activation before its store."""
     if mlp is None and conv is None:
         raise ValueError("the fused forward needs a channel MLP, a spatial conv, or both")
     if tail is not None and (reason := tail_unfused_reason(mlp, conv, tail)) is not None:
@@ -67,6 +73,11 @@ def plan_chunk(x: torch.Tensor, out: torch.Tensor, mlp: ChannelMLP | None, conv:
     else:
         mc = torch.empty(x.shape[:2], dtype=compute_dtype(x), device=x.device) if channel is not None else None
         launch, pooled, _ = plan_spatial_pool(x, None, hints=hints, combine=True, channel=channel, mc_out=mc)
+        if channel is not None and mc is not None and \
+                map_launch_pays(x, channel, launches[0].weight_bytes + launch.weight_bytes):
+            # the MLP's last layer off the stream: Mc of the whole chunk in one small launch
+            launches.append(plan_channel_map(x, channel, mc))
+            launch, pooled, _ = plan_spatial_pool(x, mc, hints=hints, combine=True, affine=channel.affine)
         launches.append(launch)
         launch, _ = plan_gate_conv(x, mc, pooled, conv, hints=hints, out=out,
                                    tail_affine=channel.affine if channel is not None else None,
@@ -75,7 +86,8 @@ def plan_chunk(x: torch.Tensor, out: torch.Tensor, mlp: ChannelMLP | None, conv:
         launches.append(launch)
     if hints:  # x re-read by the later stages: served by L2 (the schedule's premise)
         for launch in launches[1:]:
-            launch.l2_bytes = nbytes(x)
+            if launch.name != "channel_map":
+                launch.l2_bytes = nbytes(x)
     return launches
 
 
@@ -132,7 +144,7 @@ class PlanCache:
     """
 
     SIZE = 64
-    ENV = ("CBAM_TRITON_CONV_TAPS", "CBAM_TRITON_TARGET_PROGRAMS")
+    ENV = ("CBAM_TRITON_CONV_TAPS", "CBAM_TRITON_TARGET_PROGRAMS", "CBAM_TRITON_MC_LAUNCH")
 
     def __init__(self) -> None:
         #: key -> (how to make each tensor argument, [(launch without tensors, its arguments with _Refs)])
@@ -289,7 +301,7 @@ PLANS = PlanCache()
 
 def fused_forward(x: torch.Tensor, mlp: ChannelMLP | None, conv: SpatialConv | None,
                   schedule: Schedule, tail: BlockTail | None = None) -> torch.Tensor:
-    """``x * Mc * Ms`` with the small parts inside the kernels: ``3 * num_chunks`` launches
+    """``x * Mc * Ms`` with the small parts inside the kernels: 3 (or 4) launches per chunk
     (planned once per configuration, see :class:`PlanCache`); with ``tail`` the block tail
     ``act(CBAM(affine(x)) + residual)`` in the same launches (:func:`fused_tail`)."""
     capturing = x.device.type == "cuda" and torch.cuda.is_current_stream_capturing()

@@ -22,6 +22,7 @@ from cbam_triton.launchers._common import (
     next_pow2,
     output_for,
     plan_fused,
+    rows_16b,
 )
 
 #: the conv's taps are vectorised as a [TAPS, BLOCK_P] tile when it holds at most this many elements
@@ -113,7 +114,7 @@ def plan_gate_conv(x: torch.Tensor, mc: torch.Tensor | None, pooled: torch.Tenso
                   SPATIAL_INPUT=SPATIAL_INPUTS[conv.input], KSIZE=conv.ksize,
                   TAPS=taps, KP=kp, HINTS=hints,
                   BLOCK_C=block_c, BLOCK_P=block_p, ACC_FP64=acc_is_fp64(x),
-                  UNROLL=2 if -(-min(per_split, c) // block_c) >= 2 and _rows_16b(x, sc, sp) else 1),
+                  UNROLL=2 if -(-min(per_split, c) // block_c) >= 2 and rows_16b(x, sc, sp) else 1),
         name="gate_conv",
         num_warps=warps,
         bytes_read=nbytes(x, residual, tail_affine, *small),
@@ -137,15 +138,6 @@ def plan_gate_conv(x: torch.Tensor, mc: torch.Tensor | None, pooled: torch.Tenso
     if residual is not None:
         launch.streamed = (residual,)
     return launch, out
-
-
-def _rows_16b(x: torch.Tensor, sc: int, sp: int) -> bool:
-    """Whether Triton sees x's rows along its unit-stride axis as 16-element aligned (128-bit loads): only
-    then does a second tile in flight (``UNROLL=2``) cost a few registers; 16-bit loads of an
-    unaligned NCHW map (7², 14², 28²) would take one register per element and cut the CTAs per SM."""
-    n, c, h, w = x.shape
-    other, extent = (sc, h * w) if sp == 1 and h * w > 1 else (sp, c)
-    return other % 16 == 0 and extent % 16 == 0  # what Triton's divisibility specialisation sees
 
 
 def _warps(ksize: int, block_p: int, x: torch.Tensor) -> int:

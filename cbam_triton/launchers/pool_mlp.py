@@ -24,6 +24,7 @@ from cbam_triton.launchers._common import (
     nbytes,
     next_pow2,
     plan_fused,
+    rows_16b,
     small_tile_rows,
 )
 
@@ -185,7 +186,8 @@ def plan_channel_pool_mlp(x: torch.Tensor, mlp: ChannelMLP, hints: bool = False,
                   Z_COMBINE=two, TREE=tree, SPLIT=num_splits > 1, HINTS=hints, AFFINE=affine is not None,
                   AFF_W=affine is not None and affine.weight is not None,
                   AFF_B=affine is not None and affine.bias is not None, BLOCK_C=block_c, BLOCK_P=block_p,
-                  SB=small_tile_rows(block_c, num_splits), HB=hb, CBB=cbb, ZB=zb, ACC_FP64=acc_is_fp64(x)),
+                  SB=small_tile_rows(block_c, num_splits), HB=hb, CBB=cbb, ZB=zb, ACC_FP64=acc_is_fp64(x),
+                  UNROLL=2 if -(-min(per_split, p) // block_p) >= 2 and rows_16b(x, sc, sp) else 1),
         name="channel_pool_mlp",
         bytes_read=nbytes(x, w1, mlp.fc1_bias if two else None, *aff_in),
         bytes_written=nbytes(sums, maxs, parts, groups, z, aff),

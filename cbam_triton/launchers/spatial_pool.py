@@ -21,18 +21,26 @@ from cbam_triton.launchers._common import (
     in_flight,
     nbytes,
     plan_fused,
+    rows_16b,
     small_tile_rows,
     target_programs,
     tile_for,
     unit_axis,
 )
-from cbam_triton.launchers.pool_mlp import ChannelState, channel_map_args, map_split_min, map_tile_loads
+from cbam_triton.launchers.pool_mlp import (
+    MC_LOAD,
+    MC_NONE,
+    ChannelState,
+    channel_map_args,
+    map_split_min,
+    map_tile_loads,
+)
 
 
 def plan_spatial_pool(x: torch.Tensor, mc: torch.Tensor | None, split: int | None = None,
                       count: bool = False, hints: bool = False, combine: bool = False,
                       channel: ChannelState | None = None, mc_out: torch.Tensor | None = None,
-                      ) -> tuple[Launch, torch.Tensor, torch.Tensor | None]:
+                      affine: torch.Tensor | None = None) -> tuple[Launch, torch.Tensor, torch.Tensor | None]:
     """Plan stage 2; returns the launch, its (N, SPLIT, 2, H, W) output (max, sum-or-mean) and,
     with ``count``, the int32 (N, SPLIT, H*W) counts of channels equal to each max.
 
@@ -40,6 +48,8 @@ def plan_spatial_pool(x: torch.Tensor, mc: torch.Tensor | None, split: int | Non
     then the final (N, 2, H, W) map [max, mean] whatever the split); ``hints``: evict_last loads;
     ``channel`` (stage 1's :class:`ChannelState`, instead of ``mc``): Mc is computed in-kernel per
     channel tile from the MLP's last layer and stored to ``mc_out`` (N, C) for stage 3.
+    ``affine`` (the fused block tail; default: ``channel.affine``): stage 1's (2, C) ``(scale, shift)``,
+    applied to x as it is loaded.
     """
     n, c, h, w = x.shape
     p = h * w
@@ -76,7 +86,8 @@ def plan_spatial_pool(x: torch.Tensor, mc: torch.Tensor | None, split: int | Non
     final = torch.empty((n, 2, h, w), dtype=acc, device=x.device) if combine else out
     counters = counter_buffer(x.device, base) if combine else out
     (mcw, mcb, vec), (k, s_wc, s_wk), mc_meta = channel_map_args(channel, mc, block_c, out)
-    affine = channel.affine if channel is not None else None
+    if affine is None and channel is not None:
+        affine = channel.affine
     launch = Launch(
         kernel=spatial_pool_kernel,
         grid=(base, num_splits),
@@ -85,7 +96,8 @@ def plan_spatial_pool(x: torch.Tensor, mc: torch.Tensor | None, split: int | Non
               c, p, k, per_split, sn, sc, sp, s_wc, s_wk, affine if affine is not None else out),
         meta=dict(**mc_meta, AFFINE=affine is not None, FINALIZE=num_splits == 1, COUNT=count, HINTS=hints,
                   COMBINE=combine,
-                  SB=small_tile_rows(block_p, num_splits), BLOCK_C=block_c, BLOCK_P=block_p, ACC_FP64=acc_is_fp64(x)),
+                  SB=small_tile_rows(block_p, num_splits), BLOCK_C=block_c, BLOCK_P=block_p, ACC_FP64=acc_is_fp64(x),
+                  UNROLL=2 if combine_unroll(mc_meta, per_split, c, block_c, x, sc, sp) else 1),
         name="spatial_pool",
         num_warps=_warps(channel, block_c),
         bytes_read=nbytes(x, mc, affine) + (channel.map_total_bytes if channel is not None else 0),
@@ -110,6 +122,13 @@ def plan_spatial_pool(x: torch.Tensor, mc: torch.Tensor | None, split: int | Non
     launch.x_in_flight = in_flight(min(per_split, c) * min(block_p, p) * x.element_size(), tiles,
                                    launch.meta.get("UNROLL", 1))
     return launch, final if combine else out, cnts
+
+
+def combine_unroll(mc_meta: dict, per_split: int, c: int, block_c: int, x: torch.Tensor, sc: int, sp: int) -> bool:
+    """Two x tiles in flight per iteration: where a program walks at least two tiles, Mc is loaded or
+    absent (a weight tile per x tile would double too), and x's rows are 16-element aligned (128-bit
+    loads; see :func:`~cbam_triton.launchers._common.rows_16b`)."""
+    return -(-min(per_split, c) // block_c) >= 2 and mc_meta["MC_MODE"] in (MC_NONE, MC_LOAD) and rows_16b(x, sc, sp)
 
 
 def _warps(channel: ChannelState | None, block_c: int) -> int:

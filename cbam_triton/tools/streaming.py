@@ -49,7 +49,7 @@ def compiled_facts(launch: Any, arch: int = 90) -> dict[str, Any]:
     compiled = compile_launch(launch, arch)
     rep = cubin_report(compiled.asm["cubin"])
     ptx = compiled.asm["ptx"]
-    if not launch.meta.get("HINTS"):
+    if "HINTS" in launch.meta and not launch.meta["HINTS"]:
         twin = dataclasses.replace(launch, meta={**launch.meta, "HINTS": True})
         ptx = compile_launch(twin, arch).asm["ptx"]
     first = "evict_first" in ptx and launch.name in ("gate", "gate_conv")
@@ -133,12 +133,18 @@ def launch_rows(launches: list[Any], sms: int, arch: int | None) -> list[dict[st
             "x_bytes_in_flight_per_sm": round(m.x_bytes_in_flight_per_sm, 1),
             "x_load_bits": f["x_load_bits"], "out_store_bits": f["out_store_bits"],
             "ldg128": f["ldg128"], "x_bytes": _x_bytes(launch), "weight_bytes": launch.weight_bytes,
-            "tile": [launch.meta["BLOCK_C"], launch.meta["BLOCK_P"]], "unroll": launch.meta.get("UNROLL", 1),
+            "tile": [launch.meta["BLOCK_C"], launch.meta.get("BLOCK_P", launch.meta.get("BLOCK_N", 1))],
+            "unroll": launch.meta.get("UNROLL", 1),
         })
     return rows
 
 
 def _x_bytes(launch: Any) -> int:
+    """Bytes of x the launch streams (0: a launch that reads no x, e.g. the channel map)."""
+    from cbam_triton.tools.kernel_report import NOT_STREAMING
+
+    if launch.name in NOT_STREAMING:
+        return 0
     x = launch.args[0]
     return x.numel() * x.element_size()
 
