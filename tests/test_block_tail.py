@@ -208,8 +208,9 @@ def _tail_args(c: int = 24, dtype=torch.float32):
     return reference.ResidualTail(norm, cb), args, kw
 
 
-@pytest.mark.parametrize("layouts", [("nchw", "nchw"), ("channels_last", "nchw")])
-def test_functional_tail_matches_the_reference_with_a_residual_of_other_strides(layouts):
+@pytest.mark.parametrize("layouts,mc_launch", [(("nchw", "nchw"), "never"), (("channels_last", "nchw"), "always")])
+def test_functional_tail_matches_the_reference_with_a_residual_of_other_strides(layouts, mc_launch, monkeypatch):
+    monkeypatch.setenv("CBAM_TRITON_MC_LAUNCH", mc_launch)  # Mc computed in stage 2, or by its own launch
     spec, args, kw = _tail_args()
     y = torch.randn(2, 24, 5, 7)
     r = torch.randn(2, 24, 5, 7)
@@ -219,7 +220,9 @@ def test_functional_tail_matches_the_reference_with_a_residual_of_other_strides(
         ours = CF.cbam_tail(y, *args, **kw, residual=r)
         eager = spec(y, r)
         ref64 = copy.deepcopy(spec).double()(y.double(), r.double())
-    assert len(launches) == 3
+    assert [lc.name for lc in launches] == ["channel_pool_mlp", *(["channel_map"] if mc_launch == "always" else []),
+                                            "spatial_pool", "gate_conv"]
+    assert all(lc.meta.get("AFFINE") for lc in launches if lc.name != "channel_map")
     assert ours.is_contiguous(memory_format=torch.channels_last) == (layouts[0] == "channels_last")
     assert_grad_close(ours, eager, ref64, "tail")
 
