@@ -325,3 +325,29 @@ def test_compiled_block_fullgraph_and_export_records_standard_ops():
     assert not any("cbam_triton" in t for t in targets), targets
     with torch.no_grad():
         torch.testing.assert_close(program.module()(x), orig(x), rtol=1e-5, atol=1e-5)
+
+
+# ------------------------------------------------------------------------------------------ explain
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+def test_explain_models_the_tail_at_3x_plus_small_traffic(layout):
+    """At the four ResNet-50 stage shapes, batch 32 fp16, planned for an H100 (a model): the tail moves
+    y once, the residual once and the output once (3·|x|) plus the plain forward's small traffic and
+    at most 0.02·|x| more (the norm's vectors), in launches whose longest programs keep the
+    per-program bounds. The small traffic stays within 0.4·|x| except at 2048×7², where the plain
+    forward's own (its MLP weights: 1 MiB in fp16, Mc written and read) is 0.41·|x| by itself."""
+    from cbam_triton.explain import explain_module, format_plan
+
+    for c, hw in ((256, 56), (512, 28), (1024, 14), (2048, 7)):
+        plan = explain_module((32, c, hw, hw), "fp16", layout, tail=True, residual_layout="nchw")
+        plain = explain_module((32, c, hw, hw), "fp16", layout)
+        assert plan["path"] == "fused tail" and plan["tail"] == {"affine": True, "residual": True, "act": "relu"}
+        assert plan["streamed_floor_bytes"] == 3 * plan["x_bytes"]
+        assert plan["dram_model_bytes"] == plan["streamed_floor_bytes"] + plan["small_bytes"]
+        plain_small = plain["dram_model_x"] - 2
+        assert 0 < plan["small_x"] <= plain_small + 0.02, (c, hw, plan["small_x"], plain_small)
+        assert plan["small_x"] <= 0.4 or hw == 7, (c, hw, plan["small_x"])
+        assert len(plan["launches"]) == len(plain["launches"])
+        for row in plan["launches"]:
+            assert row["longest"]["other_loads"] <= 32 and row["longest"]["other_bytes"] <= 128 * 1024, (c, row)
+        assert "small traffic" in format_plan(plan)
+        assert plain["path"] == "fused" and "tail" not in plain

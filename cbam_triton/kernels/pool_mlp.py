@@ -83,9 +83,9 @@ def channel_pool_mlp_kernel(
     if AFFINE:
         scale, shift = affine_coefficients(offs_c, mask_c, aff_mean_ptr, aff_var_ptr, aff_w_ptr, aff_b_ptr, aff_eps,
                                            AFF_W, AFF_B, ACC_FP64)
-        first = mask_c & (n == 0) & (split == 0)
-        tl.store(aff_out_ptr + offs_c, scale, mask=first)
-        tl.store(aff_out_ptr + C + offs_c, shift, mask=first)
+        owner = mask_c & (n == 0) & (split == 0)
+        tl.store(aff_out_ptr + offs_c, scale, mask=owner)
+        tl.store(aff_out_ptr + C + offs_c, shift, mask=owner)
     vsum, vmax, _ = pool_partials(x_ptr, n, offs_c, mask_c, p_start, tl.minimum(p_start + p_per_split, P),
                                   stride_xn, stride_xc, stride_xp, scale, shift, False, HINTS, AFFINE,
                                   BLOCK_C, BLOCK_P, ACC_FP64, UNROLL)
