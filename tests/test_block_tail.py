@@ -86,8 +86,8 @@ def test_block_eval_matches_the_original(kind, dtype, layout):
     _check_eval(orig, conv, _input(False, dtype, layout))
 
 
-@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
+@pytest.mark.parametrize("dtype,layout", [(torch.float32, "nchw"), (torch.float16, "channels_last"),
+                                          (torch.bfloat16, "nchw")], ids=["fp32-nchw", "fp16-cl", "bf16-nchw"])
 @pytest.mark.parametrize("kind", KINDS)
 def test_block_with_downsample_matches_the_original(kind, dtype, layout):
     orig, conv = _pair(kind, True, dtype, layout, seed=1)
@@ -158,6 +158,33 @@ def test_whole_timm_resnet_with_cbam(name, capsys):
     assert len(launches) == 3 * blocks
     scale = expected.abs().max()
     torch.testing.assert_close(got / scale, expected / scale, rtol=0, atol=1e-5)
+
+
+def test_copies_and_saved_models_keep_the_fused_tail():
+    import io
+
+    orig, conv = _pair("timm-basic", False)
+    buf = io.BytesIO()
+    torch.save(conv, buf)
+    buf.seek(0)
+    for other in (copy.deepcopy(conv), torch.load(buf, weights_only=False)):
+        assert type(other) is FusedTailBlock and other.source_type is timm_resnet.BasicBlock
+        _check_eval(orig, other, _input(False, torch.float32, "nchw"))
+
+
+def test_a_cbam_without_spatial_branch_gets_a_composed_tail():
+    """The kernels fuse the tail into a CBAM with both branches; the official no_spatial CBAM's tail
+    is the channel gate's fused launches between a PyTorch norm and a PyTorch epilogue."""
+    orig = _block("official-basic", False)
+    orig.cbam.no_spatial = True
+    del orig.cbam.SpatialGate
+    orig = randomize(orig, seed=6).eval()
+    conv = cbam_triton.convert(copy.deepcopy(orig), backend="triton", fuse_block_tail=True)
+    assert type(conv) is FusedTailBlock
+    x = _input(False, torch.float32, "nchw")
+    with torch.no_grad(), cbam_triton.record_launches() as launches:
+        torch.testing.assert_close(conv(x), orig(x), rtol=1e-5, atol=1e-5)
+    assert [lc.name for lc in launches] == ["channel_pool_mlp", "gate"]
 
 
 def test_off_by_default_and_non_cbam_blocks_are_left_alone():
