@@ -114,7 +114,8 @@ def plan_gate_conv(x: torch.Tensor, mc: torch.Tensor | None, pooled: torch.Tenso
                   SPATIAL_INPUT=SPATIAL_INPUTS[conv.input], KSIZE=conv.ksize,
                   TAPS=taps, KP=kp, HINTS=hints,
                   BLOCK_C=block_c, BLOCK_P=block_p, ACC_FP64=acc_is_fp64(x),
-                  UNROLL=2 if -(-min(per_split, c) // block_c) >= 2 and rows_16b(x, sc, sp) else 1),
+                  UNROLL=2 if -(-min(per_split, c) // block_c) >= 2 and rows_16b(x, sc, sp)
+                  and (residual is None or _same_rows(sc, sp, rc, rp) and rows_16b(residual, rc, rp)) else 1),
         name="gate_conv",
         num_warps=warps,
         bytes_read=nbytes(x, residual, tail_affine, *small),
@@ -138,6 +139,12 @@ def plan_gate_conv(x: torch.Tensor, mc: torch.Tensor | None, pooled: torch.Tenso
     if residual is not None:
         launch.streamed = (residual,)
     return launch, out
+
+
+def _same_rows(sc: int, sp: int, rc: int, rp: int) -> bool:
+    """Whether the residual's unit-stride axis is y's (its tiles then load as y's: 128-bit where
+    aligned); a residual in another layout is loaded element by element and gets no second tile."""
+    return (sp == 1) == (rp == 1) and (sc == 1) == (rc == 1)
 
 
 def _warps(ksize: int, block_p: int, x: torch.Tensor) -> int:
