@@ -26,7 +26,11 @@ def _check(shape, dtype, layout, device, **ref_kwargs):
         # eval mode: the fused forward (MLP and conv + BN + sigmoid inside the kernels)
         expect = ["channel_pool_mlp", "spatial_pool", "gate_conv"] if not ref.training else \
             ["channel_pool", "spatial_pool", "gate"]
-        assert [launch.name for launch in launches] == expect
+        names = [launch.name for launch in launches]
+        if "channel_map" in names:  # Mc in its own launch where the weight-traffic model says it pays
+            assert not ref.training and names.index("channel_map") == 1
+            names.remove("channel_map")
+        assert names == expect
     assert y.is_contiguous(memory_format=torch.channels_last) == expected_channels_last(x) or \
         y.is_contiguous(), "output memory format differs from the input's"
     if expected_channels_last(x):

@@ -89,3 +89,53 @@ def test_weights_read_once_per_chunk_at_the_worst_resnet_shape():
     assert launches[1].weight_bytes == w2 and launches[2].weight_bytes == 0
     assert launches[2].meta["MC_MODE"] == 1 and launches[1].longest.other_loads <= 32
     assert launches[1].longest.other_bytes <= 128 * 1024
+
+
+@pytest.mark.parametrize("group", [2, 3])
+def test_layer1_per_sample_group_matches(group, monkeypatch):
+    """Layer 1 per group of samples (W1 read once per group, tl.dot on the group's MLP inputs); a last
+    group with fewer samples (5 samples in groups of 2 or 3); every pool mode's rows kept apart."""
+    monkeypatch.setenv("CBAM_TRITON_MC_LAUNCH", "always")
+    monkeypatch.setenv("CBAM_TRITON_L1_GROUP", str(group))
+    for pools, act, bias in (("avg+max", "relu", True), ("max", "identity", False)):
+        mlp, conv = _parts(40, 6, pools, act, bias, True)
+        x = torch.randn(5, 40, 5, 4)
+        with torch.no_grad(), cbam_triton.record_launches() as launches:
+            out = fused_forward(x, mlp, conv, plan_schedule(5, 0, "stream", None))
+        assert launches[0].meta["L1G"] and launches[0].args[-1] == group
+        torch.testing.assert_close(out, _expected(x, mlp, conv), rtol=1e-5, atol=1e-5)
+
+
+def test_layer1_groups_two_level_combine_within_the_program_bounds(monkeypatch):
+    """C = 2048 in groups of 3 samples: the group's partials of 32 channel blocks are summed in two
+    levels, and no program exceeds the serial-tail bounds (observed and modelled)."""
+    from cbam_triton.tools.program_work import program_work
+
+    monkeypatch.setenv("CBAM_TRITON_MC_LAUNCH", "always")
+    monkeypatch.setenv("CBAM_TRITON_L1_GROUP", "3")
+    monkeypatch.setenv("CBAM_TRITON_TARGET_PROGRAMS", "528")
+    mlp, conv = _parts(2048, 128, "avg+max", "relu", True, True)
+    x = torch.randn(3, 2048, 7, 7)
+    with torch.no_grad(), program_work() as work, cbam_triton.record_launches() as launches:
+        out = fused_forward(x, mlp, conv, plan_schedule(3, 0, "stream", None))
+    assert launches[0].meta["L1G"] and launches[0].args[-1] == 3 and launches[0].meta["TREE"]
+    for lw, launch in zip(work.launches, launches):
+        assert lw.max_other_loads() <= min(32, launch.longest.other_loads), (lw.name, lw.worst())
+        assert lw.max_other_bytes() <= min(128 * 1024, launch.longest.other_bytes), (lw.name, lw.worst())
+    torch.testing.assert_close(out, _expected(x, mlp, conv), rtol=1e-4, atol=1e-5)
+
+
+def test_weight_traffic_model_at_the_worst_resnet_shape():
+    """2048x7x7 batch 32 fp16: 33 MiB of modelled weight traffic with both layers per sample; with
+    layer 1 per group of samples and the channel-map launch it is a few reads of each layer."""
+    n, c = 32, 2048
+    x = torch.empty((n, c, 7, 7), dtype=torch.float16, device="meta")
+    mlp, conv = _parts(c, c // 16, "avg+max", "relu", True, True, torch.float16)
+    mlp = ChannelMLP(*(t.to("meta") for t in mlp[:4]), mlp.pools, mlp.act)
+    launches = plan_chunk(x, torch.empty_like(x), mlp, SpatialConv(conv.weight.to("meta"), None), hints=True)
+    w1 = c * (c // 16) * 2 + (c // 16) * 2
+    gs = launches[0].args[-1]
+    assert launches[0].meta["L1G"] and gs >= 8 and launches[0].weight_bytes == -(-n // gs) * w1
+    total = sum(launch.weight_bytes for launch in launches)
+    weights = w1 + c * (c // 16) * 2 + c * 2
+    assert total <= 3 * weights  # (both layers per sample: 32 reads of the weights)

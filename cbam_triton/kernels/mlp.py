@@ -176,3 +176,77 @@ def channel_map_tile(n, cc, mask_c, C, K, vec_ptr, w_ptr, b_ptr, s_wc, s_wk, z,
         if POOLS == POOLS_AVG_MAX:
             logit += _activate(acc_m + b, ACT)
     return sigmoid(logit)
+
+
+@triton.jit
+def group_layer1(pin_ptr, n0, gs, c0, cw, C, HID, w1_ptr, s_w1h, s_w1c, dst_ptr,
+                 NPOOL: tl.constexpr, GR: tl.constexpr, WB: tl.constexpr, HB: tl.constexpr, acc_t: tl.constexpr):
+    """Layer 1 of a group of ``gs`` samples on channels ``[c0, c0 + cw)``: ``dst[r, h] = sum_c W1[h, c] *
+    pin[n0 + r // NPOOL, r % NPOOL, c]`` for the group's ``gs * NPOOL`` rows (r = sample * NPOOL + pool).
+    The MLP inputs (N, NPOOL, C) as ``[GR, WB]`` tiles (``.cg``: stored by other programs), W1 as
+    ``[WB, HB]`` tiles, each read once for the whole group, multiplied with ``tl.dot`` (fp32: tensor
+    cores in ``tf32x3``, three tf32 products, about fp32's accuracy and far fewer registers than an
+    FMA dot whose operands every thread holds in part; fp64: IEEE FMA), in a fixed order:
+    deterministic; ``2 * cdiv(HID, HB) * cdiv(cw, WB)`` loads. The launcher keeps the tiles small
+    (``[32, 32]`` weight tiles): the tail's registers count for the whole streaming kernel."""
+    r = tl.arange(0, GR)
+    mr = r < gs * NPOOL
+    rows = (n0 + r // NPOOL).to(tl.int64) * NPOOL + r % NPOOL
+    offs_w = tl.arange(0, WB)
+    offs_h = tl.arange(0, HB)
+    for h0 in range(0, HID, HB):
+        hh = h0 + offs_h
+        mh = hh < HID
+        out = tl.zeros([GR, HB], dtype=acc_t)
+        for w0 in range(0, cw, WB):
+            cc = c0 + w0 + offs_w
+            mc = (w0 + offs_w) < cw
+            a = tl.load(pin_ptr + rows[:, None] * C + cc[None, :], mask=mr[:, None] & mc[None, :], other=0.0,
+                        cache_modifier=".cg").to(acc_t)
+            w = tl.load(w1_ptr + hh[None, :] * s_w1h + cc[:, None] * s_w1c, mask=mc[:, None] & mh[None, :],
+                        other=0.0).to(acc_t)
+            if acc_t == tl.float64:
+                out = tl.dot(a, w, out, input_precision="ieee")
+            else:  # tensor cores at about fp32 accuracy (three tf32 products), operands not replicated per thread
+                out = tl.dot(a, w, out, input_precision="tf32x3")
+        tl.store(dst_ptr + r[:, None] * HID + hh[None, :], out, mask=mr[:, None] & mh[None, :])
+
+
+@triton.jit
+def group_combine(src_ptr, rows, row_stride, gs, HID, b1_ptr, dst_ptr,
+                  POOLS: tl.constexpr, ACT: tl.constexpr, HAS_B1: tl.constexpr, FINAL: tl.constexpr,
+                  CBB: tl.constexpr, ZC: tl.constexpr, acc_t: tl.constexpr):
+    """Sum ``rows`` rows of a sample group's layer-1 partials (each ``(gs * NPOOL, HID)``, ``row_stride``
+    apart) as ``[CBB, ZC]`` tiles over the group's ``gs * HID`` (sample, hidden) columns per pool, in
+    row order (``.cg``: written by other programs). FINAL: ``z[n0 + j, h] = sum over pools of act(sum
+    + b1[h])`` to ``dst`` (the group's rows of z (N, HID)); else the raw sums, one ``(gs * NPOOL, HID)``
+    row of the next level."""
+    NPOOL: tl.constexpr = 1 + (POOLS == POOLS_AVG_MAX)
+    offs_b = tl.arange(0, CBB)
+    offs_q = tl.arange(0, ZC)
+    for q0 in range(0, gs * HID, ZC):
+        q = q0 + offs_q
+        mq = q < gs * HID
+        col = (q // HID) * NPOOL * HID + q % HID
+        acc_a = tl.zeros([ZC], dtype=acc_t)
+        acc_m = tl.zeros([ZC], dtype=acc_t)
+        for b0 in range(0, rows, CBB):
+            bb = b0 + offs_b
+            m = (bb < rows)[:, None] & mq[None, :]
+            ptrs = src_ptr + bb.to(tl.int64)[:, None] * row_stride + col[None, :]
+            acc_a += tl.sum(tl.load(ptrs, mask=m, other=0.0, cache_modifier=".cg"), axis=0)
+            if POOLS == POOLS_AVG_MAX:
+                acc_m += tl.sum(tl.load(ptrs + HID, mask=m, other=0.0, cache_modifier=".cg"), axis=0)
+        if FINAL:
+            if HAS_B1:
+                b1 = tl.load(b1_ptr + q % HID, mask=mq, other=0.0).to(acc_t)
+                acc_a += b1
+                acc_m += b1
+            z = _activate(acc_a, ACT)
+            if POOLS == POOLS_AVG_MAX:
+                z += _activate(acc_m, ACT)
+            tl.store(dst_ptr + q, z, mask=mq)
+        else:
+            tl.store(dst_ptr + col, acc_a, mask=mq)
+            if POOLS == POOLS_AVG_MAX:
+                tl.store(dst_ptr + col + HID, acc_m, mask=mq)

@@ -6,7 +6,14 @@ import triton
 import triton.language as tl
 
 from cbam_triton.kernels._common import affine_coefficients, last_arrival, reset_counter
-from cbam_triton.kernels.mlp import POOLS_AVG_MAX, hidden_combine, hidden_partial, pool_inputs
+from cbam_triton.kernels.mlp import (
+    POOLS_AVG_MAX,
+    group_combine,
+    group_layer1,
+    hidden_combine,
+    hidden_partial,
+    pool_inputs,
+)
 from cbam_triton.kernels.pool import pool_partials
 
 
@@ -36,12 +43,13 @@ def channel_pool_mlp_kernel(
     x_ptr, sum_ptr, max_ptr, counter_ptr, sample_counter_ptr, group_counter_ptr, part_ptr,
     group_ptr, z_ptr, w1_ptr, b1_ptr,
     C, P, HID, p_per_split, group,
-    stride_xn, stride_xc, stride_xp, s_w1h, s_w1c,
+    stride_xn, stride_xc, stride_xp, s_w1h, s_w1c, pin_ptr, l1_counter_ptr, GS,
     aff_mean_ptr, aff_var_ptr, aff_w_ptr, aff_b_ptr, aff_eps, aff_out_ptr,
     POOLS: tl.constexpr, ACT: tl.constexpr, HAS_B1: tl.constexpr, Z_COMBINE: tl.constexpr, TREE: tl.constexpr,
     SPLIT: tl.constexpr, HINTS: tl.constexpr, AFFINE: tl.constexpr, AFF_W: tl.constexpr, AFF_B: tl.constexpr,
     BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr, SB: tl.constexpr, HB: tl.constexpr,
     CBB: tl.constexpr, ZB: tl.constexpr, ACC_FP64: tl.constexpr, UNROLL: tl.constexpr,
+    L1G: tl.constexpr, GR: tl.constexpr, WB: tl.constexpr, HB1: tl.constexpr,
 ):
     # Reads x[n, c-block, p-range] exactly once (HINTS: evict_last, so that x stays in L2 for
     # stages 2 and 3 of the L2-resident schedule). Grid (N * cdiv(C, BLOCK_C), SPLIT), tile
@@ -57,7 +65,12 @@ def channel_pool_mlp_kernel(
     # TREE (blocks * HID large): two levels instead; the last block of each group of ``group``
     # blocks (group_counter[n, g]) sums the group's partials into group_ptr (N, groups, pools, HID),
     # the last group (sample_counter[n]) sums those into z.
-    # Layer 2 (or a one-layer MLP's column sums) runs in stage 2, spread over its programs.
+    # L1G (W1 read per sample would exceed the weight-traffic bound): layer 1 per group of GS
+    # samples instead (_group_tail): the block's MLP inputs go to pin (N, pools, C), the last of the
+    # group's programs of the block (l1_counter[g, block]) multiplies the group's inputs by the
+    # block's W1 slice (tl.dot), W1 is read once per group; the group's partials are summed as above.
+    # Layer 2 (or a one-layer MLP's column sums) runs in stage 2, spread over its programs, or in the
+    # channel-map launch (kernels/channel_map.py) for the whole chunk.
     # Big-tensor traffic: |x| read, nothing written.
     # Longest program: the last of a sample: its x tiles, <= 2 * cdiv(SPLIT, SB) partial tiles,
     # HID / HB weight tiles (the launcher keeps BLOCK_C * HID small) and 2 * HID / ZB *
@@ -102,28 +115,96 @@ def channel_pool_mlp_kernel(
     if final:
         avg = vsum / P
         va, vm = pool_inputs(avg, vmax, POOLS)
-        hidden_partial(n, cb, num_cblocks, offs_c, mask_c, tl.where(mask_c, va, 0.0), tl.where(mask_c, vm, 0.0),
-                       HID, w1_ptr, s_w1h, s_w1c, part_ptr, POOLS, HB, acc_t)
-        NPOOL: tl.constexpr = 1 + (POOLS == POOLS_AVG_MAX)
-        parts_n = part_ptr + n.to(tl.int64) * num_cblocks * NPOOL * HID
-        z_n = z_ptr + n.to(tl.int64) * HID
-        if Z_COMBINE:
-            if TREE:
-                num_groups = tl.cdiv(num_cblocks, group)
-                g = cb // group
-                first = g * group
-                rows = tl.minimum(group, num_cblocks - first)
-                gcount = group_counter_ptr + n * num_groups + g
-                if last_arrival(gcount, rows):
-                    groups_n = group_ptr + n.to(tl.int64) * num_groups * NPOOL * HID
-                    hidden_combine(parts_n + first.to(tl.int64) * NPOOL * HID, rows, HID, b1_ptr,
-                                   groups_n + g.to(tl.int64) * NPOOL * HID, POOLS, ACT, HAS_B1, False, CBB, ZB, acc_t)
-                    reset_counter(gcount)
-                    if last_arrival(sample_counter_ptr + n, num_groups):
-                        hidden_combine(groups_n, num_groups, HID, b1_ptr, z_n, POOLS, ACT, HAS_B1, True, CBB, ZB,
-                                       acc_t)
-                        reset_counter(sample_counter_ptr + n)
-            else:
-                if last_arrival(sample_counter_ptr + n, num_cblocks):
-                    hidden_combine(parts_n, num_cblocks, HID, b1_ptr, z_n, POOLS, ACT, HAS_B1, True, CBB, ZB, acc_t)
+        if L1G:
+            _group_tail(n, cb, num_cblocks, offs_c, mask_c, va, vm, C, HID, GS, group, pin_ptr, l1_counter_ptr,
+                        sample_counter_ptr, group_counter_ptr, part_ptr, group_ptr, z_ptr, w1_ptr, b1_ptr, s_w1h,
+                        s_w1c, POOLS, ACT, HAS_B1, TREE, BLOCK_C, CBB, ZB, GR, WB, HB1, acc_t)
+        else:
+            _sample_tail(n, cb, num_cblocks, offs_c, mask_c, va, vm, HID, group, sample_counter_ptr,
+                         group_counter_ptr, part_ptr, group_ptr, z_ptr, w1_ptr, b1_ptr, s_w1h, s_w1c,
+                         POOLS, ACT, HAS_B1, Z_COMBINE, TREE, HB, CBB, ZB, acc_t)
+
+
+@triton.jit
+def _sample_tail(n, cb, num_cblocks, offs_c, mask_c, va, vm, HID, group, sample_counter_ptr, group_counter_ptr,
+                 part_ptr, group_ptr, z_ptr, w1_ptr, b1_ptr, s_w1h, s_w1c,
+                 POOLS: tl.constexpr, ACT: tl.constexpr, HAS_B1: tl.constexpr, Z_COMBINE: tl.constexpr,
+                 TREE: tl.constexpr, HB: tl.constexpr, CBB: tl.constexpr, ZB: tl.constexpr, acc_t: tl.constexpr):
+    """Layer 1 per (sample, channel block): the block's partial W1[:, block] @ pool[block], then
+    (two layers) the sample's z from its blocks' partials (one level, or TREE: two)."""
+    hidden_partial(n, cb, num_cblocks, offs_c, mask_c, tl.where(mask_c, va, 0.0), tl.where(mask_c, vm, 0.0),
+                   HID, w1_ptr, s_w1h, s_w1c, part_ptr, POOLS, HB, acc_t)
+    NPOOL: tl.constexpr = 1 + (POOLS == POOLS_AVG_MAX)
+    parts_n = part_ptr + n.to(tl.int64) * num_cblocks * NPOOL * HID
+    z_n = z_ptr + n.to(tl.int64) * HID
+    if Z_COMBINE:
+        if TREE:
+            num_groups = tl.cdiv(num_cblocks, group)
+            g = cb // group
+            first = g * group
+            rows = tl.minimum(group, num_cblocks - first)
+            gcount = group_counter_ptr + n * num_groups + g
+            if last_arrival(gcount, rows):
+                groups_n = group_ptr + n.to(tl.int64) * num_groups * NPOOL * HID
+                hidden_combine(parts_n + first.to(tl.int64) * NPOOL * HID, rows, HID, b1_ptr,
+                               groups_n + g.to(tl.int64) * NPOOL * HID, POOLS, ACT, HAS_B1, False, CBB, ZB, acc_t)
+                reset_counter(gcount)
+                if last_arrival(sample_counter_ptr + n, num_groups):
+                    hidden_combine(groups_n, num_groups, HID, b1_ptr, z_n, POOLS, ACT, HAS_B1, True, CBB, ZB,
+                                   acc_t)
                     reset_counter(sample_counter_ptr + n)
+        else:
+            if last_arrival(sample_counter_ptr + n, num_cblocks):
+                hidden_combine(parts_n, num_cblocks, HID, b1_ptr, z_n, POOLS, ACT, HAS_B1, True, CBB, ZB, acc_t)
+                reset_counter(sample_counter_ptr + n)
+
+
+@triton.jit
+def _group_tail(n, cb, num_cblocks, offs_c, mask_c, va, vm, C, HID, GS, group, pin_ptr, l1_counter_ptr,
+                sample_counter_ptr, group_counter_ptr, part_ptr, group_ptr, z_ptr, w1_ptr, b1_ptr, s_w1h, s_w1c,
+                POOLS: tl.constexpr, ACT: tl.constexpr, HAS_B1: tl.constexpr, TREE: tl.constexpr,
+                BLOCK_C: tl.constexpr, CBB: tl.constexpr, ZB: tl.constexpr, GR: tl.constexpr, WB: tl.constexpr,
+                HB1: tl.constexpr, acc_t: tl.constexpr):
+    """Layer 1 per (group of GS samples, channel block), so that W1 is read once per group, not once per
+    sample: the block's MLP inputs go to pin (N, pools, C); the last of the group's programs of the
+    block (l1_counter[g, block]) computes the group's partials (group_layer1) into part (groups,
+    blocks, GR, HID); the last block of the group (sample_counter[g]; TREE: two levels through
+    group_counter and group_ptr) sums them into the group's rows of z (N, HID)."""
+    NPOOL: tl.constexpr = 1 + (POOLS == POOLS_AVG_MAX)
+    pin_n = pin_ptr + n.to(tl.int64) * NPOOL * C
+    tl.store(pin_n + offs_c, va, mask=mask_c)
+    if POOLS == POOLS_AVG_MAX:
+        tl.store(pin_n + C + offs_c, vm, mask=mask_c)
+    num_n = tl.num_programs(0) // num_cblocks
+    g = n // GS
+    n0 = g * GS
+    gs = tl.minimum(GS, num_n - n0)
+    l1c = l1_counter_ptr + g * num_cblocks + cb
+    if last_arrival(l1c, gs):
+        row = GR * HID
+        gparts = part_ptr + g.to(tl.int64) * num_cblocks * row
+        c0 = cb * BLOCK_C
+        group_layer1(pin_ptr, n0, gs, c0, tl.minimum(BLOCK_C, C - c0), C, HID, w1_ptr, s_w1h, s_w1c,
+                     gparts + cb.to(tl.int64) * row, NPOOL, GR, WB, HB1, acc_t)
+        reset_counter(l1c)
+        z_g = z_ptr + n0.to(tl.int64) * HID
+        if TREE:
+            num_groups = tl.cdiv(num_cblocks, group)
+            tg = cb // group
+            first = tg * group
+            rows = tl.minimum(group, num_cblocks - first)
+            gcount = group_counter_ptr + g * num_groups + tg
+            if last_arrival(gcount, rows):
+                groups_g = group_ptr + g.to(tl.int64) * num_groups * row
+                group_combine(gparts + first.to(tl.int64) * row, rows, row, gs, HID, b1_ptr,
+                              groups_g + tg.to(tl.int64) * row, POOLS, ACT, HAS_B1, False, CBB, ZB, acc_t)
+                reset_counter(gcount)
+                if last_arrival(sample_counter_ptr + g, num_groups):
+                    group_combine(groups_g, num_groups, row, gs, HID, b1_ptr, z_g, POOLS, ACT, HAS_B1, True,
+                                  CBB, ZB, acc_t)
+                    reset_counter(sample_counter_ptr + g)
+        else:
+            if last_arrival(sample_counter_ptr + g, num_cblocks):
+                group_combine(gparts, num_cblocks, row, gs, HID, b1_ptr, z_g, POOLS, ACT, HAS_B1, True, CBB, ZB,
+                              acc_t)
+                reset_counter(sample_counter_ptr + g)

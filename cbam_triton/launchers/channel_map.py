@@ -11,7 +11,7 @@ import torch
 from cbam_triton.fusion import ACTIVATIONS, POOL_MODES
 from cbam_triton.kernels.channel_map import channel_map_kernel
 from cbam_triton.launchers._common import Launch, ProgramModel, acc_is_fp64, nbytes, next_pow2
-from cbam_triton.launchers.pool_mlp import MC_FC2, MC_PART, ChannelState, pool_rows
+from cbam_triton.launchers.pool_mlp import MC_FC2, MC_PART, ChannelState, pool_rows, weight_bound_bytes
 
 #: elements of the [BLOCK_N, BLOCK_C, KB] product one program forms per k-chunk (64 fp32 registers a
 #: thread at 4 warps; half for fp64)
@@ -34,7 +34,8 @@ def mlp_weight_bytes(state: ChannelState) -> int:
 def weight_bound(x: torch.Tensor, state: ChannelState) -> int:
     """The modelled MLP weight traffic a chunk may cost: max(|x| / 4, 2 × the weights' size) (the
     streaming target: the weights read O(1) times per chunk, or a small fraction of the stream)."""
-    return max(nbytes(x) // 4, 2 * mlp_weight_bytes(state))
+    return weight_bound_bytes(x, state.mlp)
+
 
 
 def map_launch_pays(x: torch.Tensor, state: ChannelState, in_stream_bytes: int) -> bool:

@@ -144,7 +144,7 @@ class PlanCache:
     """
 
     SIZE = 64
-    ENV = ("CBAM_TRITON_CONV_TAPS", "CBAM_TRITON_TARGET_PROGRAMS", "CBAM_TRITON_MC_LAUNCH")
+    ENV = ("CBAM_TRITON_CONV_TAPS", "CBAM_TRITON_TARGET_PROGRAMS", "CBAM_TRITON_MC_LAUNCH", "CBAM_TRITON_L1_GROUP")
 
     def __init__(self) -> None:
         #: key -> (how to make each tensor argument, [(launch without tensors, its arguments with _Refs)])

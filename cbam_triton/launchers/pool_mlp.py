@@ -4,6 +4,7 @@ and the arguments with which the later stages compute Mc from the MLP's last lay
 from __future__ import annotations
 
 import math
+import os
 from typing import Any, NamedTuple
 
 import torch
@@ -147,6 +148,10 @@ def plan_channel_pool_mlp(x: torch.Tensor, mlp: ChannelMLP, hints: bool = False,
     row = hidden * npool * (8 if acc_is_fp64(x) else 4)  # bytes of one block's partials
     lo, hi = _layer1_blocks(c, hidden * wsize, row, two)
     ws_lo = -(-c * row * WORKSPACE_FRACTION // max(1, c * p * x.element_size()))
+    if two and _layer1_group(x, mlp, 1, 0) > 1:  # grouped layer 1: few [WB, HB1] W1 tiles per block
+        h_tiles = -(-hidden // min(max(16, next_pow2(hidden)), GROUP_HB))
+        cap = max(GROUP_WB, 1 << ((GROUP_L1_LOADS * GROUP_WB // (2 * h_tiles)).bit_length() - 1))
+        lo, hi = min(lo, cap), min(hi, cap)
     block_c_range = (min(max(lo, ws_lo), hi), hi)
     plan = plan_fused(n, c, p, sc, sp, x.element_size(), "p", x.device, split, block_c_range=block_c_range,
                       kernel="channel_pool_mlp")
@@ -156,19 +161,32 @@ def plan_channel_pool_mlp(x: torch.Tensor, mlp: ChannelMLP, hints: bool = False,
     acc = compute_dtype(x)
     sums = torch.empty((n, num_splits, c), dtype=acc, device=x.device) if num_splits > 1 else None
     maxs = torch.empty((n, num_splits, c), dtype=acc, device=x.device) if num_splits > 1 else None
-    parts = torch.empty((n, num_cblocks, npool, hidden), dtype=acc, device=x.device)
     z = torch.empty((n, hidden), dtype=acc, device=x.device) if two else None
-    tree = two and _use_tree(num_cblocks, row)
+    gs = _layer1_group(x, mlp, num_cblocks, row) if two else 1
+    if gs > 1:  # layer 1 per group of gs samples: W1 read once per group
+        num_g = -(-n // gs)
+        gr = max(16, next_pow2(gs * npool))
+        tree = _use_tree(num_cblocks, gs * row)
+        pin = torch.empty((n, npool, c), dtype=acc, device=x.device)
+        parts = torch.empty((num_g, num_cblocks, gr, hidden), dtype=acc, device=x.device)
+    else:
+        num_g, gr, tree, pin = n, 1, two and _use_tree(num_cblocks, row), None
+        parts = torch.empty((n, num_cblocks, npool, hidden), dtype=acc, device=x.device)
     group = _isqrt_up(num_cblocks) if tree else num_cblocks
     num_groups = -(-num_cblocks // group)
-    groups = torch.empty((n, num_groups, npool, hidden), dtype=acc, device=x.device) if tree else None
+    groups = torch.empty((num_g, num_groups, *parts.shape[2:]), dtype=acc, device=x.device) if tree else None
+    n_l1 = num_g * num_cblocks if gs > 1 else 0
     if counters is None:
-        counters = counter_buffer(x.device, n * num_cblocks + n + n * num_groups)
-    split_counters, sample_counters = counters[: n * num_cblocks], counters[n * num_cblocks: n * num_cblocks + n]
-    group_counters = counters[n * num_cblocks + n: n * num_cblocks + n + n * num_groups]
+        counters = counter_buffer(x.device, n * num_cblocks + num_g + num_g * num_groups + n_l1)
+    split_counters, sample_counters = counters[: n * num_cblocks], counters[n * num_cblocks: n * num_cblocks + num_g]
+    at = n * num_cblocks + num_g
+    group_counters = counters[at: at + num_g * num_groups]
+    l1_counters = counters[at + num_g * num_groups: at + num_g * num_groups + n_l1] if gs > 1 else sample_counters
     hb = small_tile_rows(block_c, hidden)
-    zb = min(next_pow2(hidden), 128)
+    zb = min(next_pow2(hidden if gs == 1 else gs * hidden), 128 if gs == 1 else 1024)
     cbb = max(1, min(next_pow2(max(group, num_groups) if tree else num_cblocks), SMALL_TILE // zb))
+    hb1 = min(max(16, next_pow2(hidden)), GROUP_HB)
+    wb = GROUP_WB
     aff = torch.empty((2, c), dtype=acc, device=x.device) if affine is not None else None
     aff_in = (affine.mean, affine.var, affine.weight, affine.bias) if affine is not None else ()
     aff_args = ((affine.mean, affine.var, affine.weight if affine.weight is not None else affine.mean,
@@ -181,25 +199,28 @@ def plan_channel_pool_mlp(x: torch.Tensor, mlp: ChannelMLP, hints: bool = False,
               sample_counters, group_counters if tree else sample_counters, parts,
               groups if groups is not None else parts, z if two else parts,
               w1, mlp.fc1_bias if mlp.fc1_bias is not None else w1,
-              c, p, hidden, per_split, group if tree else 1, sn, sc, sp, *_matrix_strides(w1), *aff_args),
+              c, p, hidden, per_split, group if tree else 1, sn, sc, sp, *_matrix_strides(w1),
+              pin if pin is not None else parts, l1_counters, gs, *aff_args),
         meta=dict(POOLS=POOL_MODES[mlp.pools], ACT=ACTIVATIONS[mlp.act], HAS_B1=mlp.fc1_bias is not None,
                   Z_COMBINE=two, TREE=tree, SPLIT=num_splits > 1, HINTS=hints, AFFINE=affine is not None,
                   AFF_W=affine is not None and affine.weight is not None,
                   AFF_B=affine is not None and affine.bias is not None, BLOCK_C=block_c, BLOCK_P=block_p,
                   SB=small_tile_rows(block_c, num_splits), HB=hb, CBB=cbb, ZB=zb, ACC_FP64=acc_is_fp64(x),
-                  UNROLL=2 if -(-min(per_split, p) // block_p) >= 2 and rows_16b(x, sc, sp) else 1),
+                  UNROLL=2 if -(-min(per_split, p) // block_p) >= 2 and rows_16b(x, sc, sp) else 1,
+                  L1G=gs > 1, GR=gr, WB=wb, HB1=hb1),
         name="channel_pool_mlp",
         bytes_read=nbytes(x, w1, mlp.fc1_bias if two else None, *aff_in),
-        bytes_written=nbytes(sums, maxs, parts, groups, z, aff),
+        bytes_written=nbytes(sums, maxs, parts, groups, z, pin, aff),
     )
     combined = (group, num_groups) if tree else (num_cblocks,)
-    launch.longest = _stage1_longest(launch, x, p, hidden, num_splits, per_split, combined, two, wsize)
+    launch.longest = _stage1_longest(launch, x, p, hidden, num_splits, per_split, combined, two, wsize, gs)
     if affine is not None:  # the norm's statistics and parameters of the program's channel block
         loaded = [t for t in aff_in if t is not None]
         lp = launch.longest
         launch.longest = ProgramModel(lp.x_loads, lp.x_bytes, lp.other_loads + len(loaded),
                                       lp.other_bytes + sum(min(block_c, c) * t.element_size() for t in loaded))
-    launch.weight_bytes = n * nbytes(w1, mlp.fc1_bias if two else None)  # W1 slice per (sample, block)
+    # W1: a slice per (sample, block), or per (group of gs samples, block)
+    launch.weight_bytes = -(-n // gs) * nbytes(w1, mlp.fc1_bias if two else None)
     launch.x_in_flight = in_flight(min(block_c, c) * min(per_split, p) * x.element_size(),
                                    -(-min(per_split, p) // block_p), launch.meta.get("UNROLL", 1))
     return launch, ChannelState(mlp, z, None if two else parts, aff)
@@ -210,6 +231,12 @@ def _isqrt_up(v: int) -> int:
     g = math.isqrt(max(1, v))
     return g if g * g >= v else g + 1
 
+
+#: Grouped layer 1 (stage 1): the [GROUP_WB, GROUP_HB] W1 tiles and [GR, GROUP_WB] input tiles of
+#: ``tl.dot`` (their registers count for the whole streaming kernel: sm_90, triton 3.8, 96 registers
+#: at 32 x 32 at 2048x7^2 and 1024x14^2, as without the group tail; 106-128 at 16 x 64 or 64 x 16,
+#: 167-255 at 32 x 64 or wider), and the most such tile loads per channel block
+GROUP_WB, GROUP_HB, GROUP_L1_LOADS = 32, 32, 16
 
 #: Fused forward, stage 1: bytes of weights and partials the last block of a sample may read (its
 #: slice of W1 and the layer-1 partials it sums), leaving room for its split combine
@@ -248,11 +275,40 @@ def _layer1_blocks(c: int, w1_column: int, row: int, two: bool) -> tuple[int, in
     return min(fit), max(fit)
 
 
+def weight_bound_bytes(x: torch.Tensor, mlp: ChannelMLP) -> int:
+    """The modelled MLP weight traffic a chunk (x) may cost: max(|x| / 4, 2 × the weights' size) (the
+    streaming target: the weights read O(1) times per chunk, or a small fraction of the stream)."""
+    return max(nbytes(x) // 4, 2 * nbytes(*(t for t in mlp[:4] if t is not None)))
+
+
+def _layer1_group(x: torch.Tensor, mlp: ChannelMLP, blocks: int, row: int) -> int:
+    """Samples per layer-1 group (1: layer 1 per sample). W1 is read once per group: the group grows
+    until stage 1's W1 traffic, ``cdiv(N, group) * |W1|``, fits what :func:`weight_bound` leaves after
+    one read of W2 (the channel-map launch), and no further than one program's combine of the group's
+    partials (``row`` bytes per sample and block; one or two levels) fits STAGE1_SMALL_BYTES.
+    ``CBAM_TRITON_L1_GROUP=<samples>`` asks for a group size (tests; the combine bound still holds)."""
+    n = x.shape[0]
+    forced = os.environ.get("CBAM_TRITON_L1_GROUP")
+    w1 = nbytes(mlp.fc1_weight, mlp.fc1_bias)
+    budget = weight_bound_bytes(x, mlp) - nbytes(mlp.fc2_weight, mlp.fc2_bias)
+    if forced:
+        gs = min(int(forced), n, 32)
+    elif n < 2 or n * w1 <= budget or acc_is_fp64(x):  # (fp64 layer 1 has no tensor-core path)
+        return 1
+    else:
+        gs = min(-(-n // max(1, budget // max(1, w1))), 32)
+    while gs > 1 and _combine_bytes(blocks, gs * row) > STAGE1_SMALL_BYTES:
+        gs -= 1
+    return gs
+
+
 def _stage1_longest(launch: Launch, x: torch.Tensor, p: int, hidden: int, splits: int, per_split: int,
-                    combined: tuple[int, ...], two: bool, wsize: int) -> ProgramModel:
+                    combined: tuple[int, ...], two: bool, wsize: int, gs: int = 1) -> ProgramModel:
     """Stage 1's longest program: the last of a sample (its x tiles, the split combine, its W1
     slice and, for two layers, the rows of layer-1 partials it sums: ``combined`` = (blocks,), or
-    (its group's blocks, the groups) for a two-level combine)."""
+    (its group's blocks, the groups) for a two-level combine). ``gs`` > 1 (layer 1 per group of
+    samples): the group's MLP inputs and W1 slice as [GR, WB] and [WB, HB1] tiles, and the
+    group's partials summed as [CBB, ZB] tiles."""
     m = launch.meta
     bc, bp, acc = m["BLOCK_C"], m["BLOCK_P"], 8 if m["ACC_FP64"] else 4
     span = min(per_split, p)
@@ -260,10 +316,21 @@ def _stage1_longest(launch: Launch, x: torch.Tensor, p: int, hidden: int, splits
     if splits > 1:
         loads += 2 * -(-splits // m["SB"])
         nbytes_ += 2 * splits * bc * acc
+    pools = pool_rows(m["POOLS"])
+    if gs > 1:
+        chunks = -(-hidden // m["HB1"]) * -(-bc // m["WB"])
+        loads += 2 * chunks
+        nbytes_ += -(-hidden // m["HB1"]) * m["GR"] * bc * acc + hidden * bc * wsize
+        cols = -(-gs * hidden // m["ZB"])
+        loads += pools * cols * sum(-(-rows // m["CBB"]) for rows in combined)
+        nbytes_ += pools * sum(combined) * gs * hidden * acc
+        if m["HAS_B1"]:
+            loads += cols
+            nbytes_ += gs * hidden * wsize
+        return ProgramModel(-(-span // bp), bc * span * x.element_size(), loads, nbytes_)
     loads += -(-hidden // m["HB"])
     nbytes_ += hidden * bc * wsize
     if two:
-        pools = pool_rows(m["POOLS"])
         loads += pools * -(-hidden // m["ZB"]) * sum(-(-rows // m["CBB"]) for rows in combined)
         nbytes_ += pools * sum(combined) * hidden * acc
         if m["HAS_B1"]:

@@ -114,7 +114,8 @@ def model(programs: int, sms: int, ctas: int, in_flight_per_cta: int) -> Residen
 #: including the static part) per (kernel, warps). sm_90, triton 3.8.0, about the highest of
 #: fp16/bf16/fp32 on the ResNet-50 shapes (docs/streaming_report.md); re-measure after kernel changes.
 FALLBACK_RESOURCES: dict[tuple[str, int], tuple[int, int]] = {
-    ("channel_pool_mlp", 4): (104, 5120),
+    ("channel_pool_mlp", 4): (104, 16384),
+    ("channel_map", 4): (72, 3072),
     ("spatial_pool", 4): (128, 5120),
     ("spatial_pool", 8): (112, 5120),
     ("gate_conv", 4): (128, 1280),

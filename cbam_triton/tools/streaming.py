@@ -185,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dtypes", nargs="+", default=["fp16", "bf16", "fp32"])
     p.add_argument("--json", help="write every plan here")
     args = p.parse_args(argv)
-    plans, misses = [], 0
+    plans, misses, weights = [], 0, []
     print("| shape | layout | dtype | launch | grid | warps | regs | CTAs/SM | waves | eff | KiB in flight/SM | "
           "x ld bits | out st bits |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
@@ -198,11 +198,17 @@ def main(argv: list[str] | None = None) -> int:
                     plan["misses"] = targets(plan, args.sms)
                     misses += bool(plan["misses"])
                     plans.append(plan)
-                    for r in plan["launches"][:3]:
+                    weights.append((n, c, hw, layout, dtype, plan["weight_bytes_total"],
+                                    max(0.25 * plan["x_bytes"], 2 * plan["chunks"] * plan["mlp_weight_size_bytes"])))
+                    for r in plan["launches"][: len(plan["launches"]) // plan["chunks"]]:  # the first chunk
                         print(f"| {n}×{c}×{hw}² | {layout} | {dtype} | {r['name']} | {tuple(r['grid'])} | "
                               f"{r['num_warps']} | {r['registers']} | {r['ctas_per_sm']} | {r['waves']} | "
                               f"{r['wave_efficiency']:.2f} | {r['x_bytes_in_flight_per_sm'] / 1024:.1f} | "
                               f"{r['x_load_bits']} | {r['out_store_bits']} |")
+    print("\n| shape | layout | dtype | modelled MLP weight traffic (MiB) | bound max(0.25·|x|, 2·chunks·weights) |")
+    print("|---|---|---|---|---|")
+    for n, c, hw, layout, dtype, got, bound in weights:
+        print(f"| {n}×{c}×{hw}² | {layout} | {dtype} | {got / 2**20:.2f} | {bound / 2**20:.2f} |")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(plans, f, indent=1)
