@@ -155,9 +155,10 @@ STEPS = (
     # and plain PyTorch (never ultralytics: the GPU machine has none); no torch.compile of a whole network
     # (a minute or more); CBAM_GPU_CHECK_MODELS_ARGS replaces the arguments
     BenchStep("models", "OPTIONAL (issue 19): the whole network resnet50-cbam at batch 32, fp16: eager, triton "
-              "(converted), triton-cudagraph, with the CBAM blocks' share",
+              "(converted), triton-tail (converted with the fused block tail), triton-cudagraph, with the CBAM "
+              "blocks' share",
               ("--models", "resnet50-cbam", "--batch", "32", "--dtypes", "fp16", "--layouts", "channels_last",
-               "--providers", "eager", "triton", "triton-cudagraph"),
+               "--providers", "eager", "triton", "triton-tail", "triton-cudagraph"),
               ("--cpu", "--models", "resnet18-cbam", "--batch", "1", "--dtypes", "fp32", "--layouts", "channels_last",
                "--providers", "eager", "triton", "--no-shares"), 30),
     BenchStep("nchw", "NCHW at batch 32: eager and the Triton providers",

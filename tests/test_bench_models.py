@@ -125,6 +125,8 @@ def test_goals_judge_resnet50_fp16_batch32_rows():
     doc = {"env": {"device_type": "cuda"},
            "results": [row("triton+compile", speedup_vs_compile=1.2), row("triton", speedup_vs_eager=1.1,
                                                                            cbam_vs_floor=1.05)]}
-    assert [v["status"] for v in models.evaluate_goals(doc)] == ["met", "missed", "met"]
+    assert [v["status"] for v in models.evaluate_goals(doc)] == ["met", "missed", "met", "not measured"]
+    tail = [dict(row("triton-tail+compile", speedup_vs_compile=1.1))]
+    assert models.evaluate_goals({"env": {"device_type": "cuda"}, "results": tail})[3]["status"] == "missed"
     doc["results"] = [dict(r, batch=8) for r in doc["results"]]
     assert {v["status"] for v in models.evaluate_goals(doc)} == {"not measured"}
