@@ -349,7 +349,10 @@ def cbam_tail(
     Returns a tensor of y's shape, dtype and memory format.
     """
     be = prepare(y, fc1_weight.shape[1] if fc1_weight.dim() == 2 else None,
-                 {"norm_weight": norm_weight, "norm_bias": norm_bias, "norm_running_mean": norm_running_mean,
+                 {"fc1_weight": fc1_weight, "fc1_bias": fc1_bias, "fc2_weight": fc2_weight, "fc2_bias": fc2_bias,
+                  "conv_weight": conv_weight, "conv_bias": conv_bias, "bn_weight": bn_weight, "bn_bias": bn_bias,
+                  "bn_running_mean": bn_running_mean, "bn_running_var": bn_running_var, "norm_weight": norm_weight,
+                  "norm_bias": norm_bias, "norm_running_mean": norm_running_mean,
                   "norm_running_var": norm_running_var}, backend)
     validate_tail(y, residual, activation)
     c = y.shape[1]
