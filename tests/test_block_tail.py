@@ -383,3 +383,13 @@ def test_explain_models_the_tail_at_3x_plus_small_traffic(layout):
                 assert lp["other_loads"] <= 32 and lp["other_bytes"] <= 128 * 1024, (c, hw, row["name"], lp)
         assert "small traffic" in format_plan(plan)
         assert plain["path"] == "fused" and "tail" not in plain
+
+
+def test_explain_command_line_prints_the_tail(capsys):
+    from cbam_triton.explain import main
+
+    assert main(["--shape", "8", "256", "28", "28", "--tail", "--residual-layout", "channels_last"]) == 0
+    out = capsys.readouterr().out
+    assert "block tail act(CBAM(norm(y)) + residual)" in out and "streamed floor 3.00*|x|" in out
+    assert main(["--shape", "8", "256", "28", "28", "--tail", "--tail-act", "identity", "--json"]) == 0
+    assert '"act": "identity"' in capsys.readouterr().out
