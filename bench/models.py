@@ -41,7 +41,9 @@ provider at a size Triton's interpreter can't run (more than INTERPRETER_MAX_ELE
 elements) gets a ``modelled`` row: its launches are planned and counted, not run, so its traffic
 uses the kernels' traffic model (outputs are verified at small sizes). ``cbam_vs_floor``: the
 blocks' bytes over their floor Σ 2·|x_i| (read each block's input, write its output once); for
-``triton`` from the DRAM model (bytes the L2 schedule expects L2 to serve subtracted).
+``triton`` from the DRAM model (bytes the L2 schedule expects L2 to serve subtracted). For the
+fused-tail providers the marginal cost also takes off the norm, addition and ReLU that the tail
+absorbs (they stay in the CBAM-free baseline), so it can be negative.
 """
 
 from __future__ import annotations
