@@ -288,6 +288,12 @@ class FusedPlan:
     per_split: int
 
 
+def fused_tile_elems(itemsize: int) -> int:
+    """Elements of a fused kernel's x tile: TILE_ELEMS, doubled for 2-byte dtypes (8 KiB a tile, as
+    fp32's): the bytes one load keeps in flight are what the tile is sized for."""
+    return TILE_ELEMS * (2 if itemsize == 2 else 1)
+
+
 def _fill(extent: int, block: int) -> float:
     return extent / (-(-extent // block) * block)
 
@@ -337,10 +343,11 @@ def plan_fused(n: int, c: int, p: int, stride_c: int, stride_p: int, itemsize: i
     target = cap_programs or target_programs(device)
     sample_bytes = c * p * itemsize
     rows = []
+    tile = fused_tile_elems(itemsize)
     for long in FUSED_LONG_BLOCKS:
         if long > max(top, 16):
             continue
-        block_c, block_p = (TILE_ELEMS // long, long) if long_axis == "p" else (long, TILE_ELEMS // long)
+        block_c, block_p = (tile // long, long) if long_axis == "p" else (long, tile // long)
         lo, hi = block_c_range
         if long_axis == "p" and block_c > hi:  # the short channel axis shrinks (a smaller tile) to fit
             block_c = max(1, 1 << (hi.bit_length() - 1))
