@@ -73,11 +73,14 @@ def plan_gate_conv(x: torch.Tensor, mc: torch.Tensor | None, pooled: torch.Tenso
                           max_walk_tiles=MAX_WALK_TILES if mc is not None else None, kernel="gate_conv",
                           num_warps=warps)
 
+    # the block tail's residual tiles next to y's on rows Triton can't vectorise (16-bit loads: a
+    # register per element) take 8 warps, as the plain gate's 4 do without them
+    heavy = residual is not None and not rows_16b(x, sc, sp)
     plan = fused(NUM_WARPS)
-    warps = _warps(conv.ksize, plan.block_p, x)
+    warps = 8 if heavy else _warps(conv.ksize, plan.block_p, x)
     if warps != NUM_WARPS:  # the grid is sized for the warps the tile runs with
         plan = fused(warps)
-        warps = _warps(conv.ksize, plan.block_p, x)
+        warps = 8 if heavy else _warps(conv.ksize, plan.block_p, x)
     block_c, block_p, base = plan.block_c, plan.block_p, plan.base
     num_splits, per_split = plan.num_splits, plan.per_split
     acc = compute_dtype(x)

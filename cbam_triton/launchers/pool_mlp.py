@@ -12,6 +12,7 @@ import torch
 from cbam_triton.fusion import ACTIVATIONS, POOL_MODES, ChannelAffine, ChannelMLP
 from cbam_triton.kernels.pool_mlp import channel_pool_mlp_kernel
 from cbam_triton.launchers._common import (
+    NUM_WARPS,
     PROGRAM_SMALL_BYTES,
     SMALL_TILE,
     WORKSPACE_FRACTION,
@@ -153,8 +154,11 @@ def plan_channel_pool_mlp(x: torch.Tensor, mlp: ChannelMLP, hints: bool = False,
         cap = max(GROUP_WB, 1 << ((GROUP_L1_LOADS * GROUP_WB // (2 * h_tiles)).bit_length() - 1))
         lo, hi = min(lo, cap), min(hi, cap)
     block_c_range = (min(max(lo, ws_lo), hi), hi)
+    # the block tail's affine on rows Triton can't vectorise: 8 warps (a register per element of the
+    # tile and of its scale/shift columns)
+    warps = 8 if affine is not None and not rows_16b(x, sc, sp) else NUM_WARPS
     plan = plan_fused(n, c, p, sc, sp, x.element_size(), "p", x.device, split, block_c_range=block_c_range,
-                      kernel="channel_pool_mlp")
+                      kernel="channel_pool_mlp", num_warps=warps)
     block_c, block_p, base = plan.block_c, plan.block_p, plan.base
     num_splits, per_split = plan.num_splits, plan.per_split
     num_cblocks = -(-c // block_c)
@@ -209,6 +213,7 @@ def plan_channel_pool_mlp(x: torch.Tensor, mlp: ChannelMLP, hints: bool = False,
                   UNROLL=2 if -(-min(per_split, p) // block_p) >= 2 and rows_16b(x, sc, sp) else 1,
                   L1G=gs > 1, GR=gr, WB=wb, HB1=hb1),
         name="channel_pool_mlp",
+        num_warps=warps,
         bytes_read=nbytes(x, w1, mlp.fc1_bias if two else None, *aff_in),
         bytes_written=nbytes(sums, maxs, parts, groups, z, pin, aff),
     )

@@ -54,6 +54,14 @@ def plan_spatial_pool(x: torch.Tensor, mc: torch.Tensor | None, split: int | Non
     n, c, h, w = x.shape
     p = h * w
     x, (sn, sc, sp) = as_ncp(x)
+    if affine is None and channel is not None:
+        affine = channel.affine
+
+    def warps_for(block_c: int) -> int:
+        """8 warps for a large Mc weight tile, and for the block tail's affine on rows Triton can't
+        vectorise (a register per element of the tile and of its (scale, shift) columns)."""
+        return 8 if affine is not None and not rows_16b(x, sc, sp) else _warps(channel, block_c)
+
     if combine:  # the fused forward's tile rule
         # Mc from the MLP's last layer: few pixel blocks per sample when its weights are large, and
         # enough channel splits that each program's slice of them stays small
@@ -67,8 +75,8 @@ def plan_spatial_pool(x: torch.Tensor, mc: torch.Tensor | None, split: int | Non
                               kernel="spatial_pool", num_warps=warps)
 
         plan = fused(NUM_WARPS)
-        if _warps(channel, plan.block_c) != NUM_WARPS:  # the grid is sized for the warps the tile runs with
-            plan = fused(_warps(channel, plan.block_c))
+        if warps_for(plan.block_c) != NUM_WARPS:  # the grid is sized for the warps the tile runs with
+            plan = fused(warps_for(plan.block_c))
         block_c, block_p, base, num_splits, per_split = (plan.block_c, plan.block_p, plan.base, plan.num_splits,
                                                          plan.per_split)
     else:
@@ -86,8 +94,6 @@ def plan_spatial_pool(x: torch.Tensor, mc: torch.Tensor | None, split: int | Non
     final = torch.empty((n, 2, h, w), dtype=acc, device=x.device) if combine else out
     counters = counter_buffer(x.device, base) if combine else out
     (mcw, mcb, vec), (k, s_wc, s_wk), mc_meta = channel_map_args(channel, mc, block_c, out)
-    if affine is None and channel is not None:
-        affine = channel.affine
     launch = Launch(
         kernel=spatial_pool_kernel,
         grid=(base, num_splits),
@@ -99,7 +105,7 @@ def plan_spatial_pool(x: torch.Tensor, mc: torch.Tensor | None, split: int | Non
                   SB=small_tile_rows(block_p, num_splits), BLOCK_C=block_c, BLOCK_P=block_p, ACC_FP64=acc_is_fp64(x),
                   UNROLL=2 if combine_unroll(mc_meta, per_split, c, block_c, x, sc, sp) else 1),
         name="spatial_pool",
-        num_warps=_warps(channel, block_c),
+        num_warps=warps_for(block_c),
         bytes_read=nbytes(x, mc, affine) + (channel.map_total_bytes if channel is not None else 0),
         bytes_written=nbytes(out, cnts, mc_out) + (nbytes(final) if combine else 0),
     )
