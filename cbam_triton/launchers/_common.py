@@ -288,10 +288,12 @@ class FusedPlan:
     per_split: int
 
 
-def fused_tile_elems(itemsize: int) -> int:
+def fused_tile_elems(itemsize: int, aligned: bool) -> int:
     """Elements of a fused kernel's x tile: TILE_ELEMS, doubled for 2-byte dtypes (8 KiB a tile, as
-    fp32's): the bytes one load keeps in flight are what the tile is sized for."""
-    return TILE_ELEMS * (2 if itemsize == 2 else 1)
+    fp32's: the bytes one load keeps in flight are what the tile is sized for) where the rows along
+    the unit-stride axis are 16-element aligned (128-bit loads); an unaligned NCHW map's 16-bit loads
+    take a register per element (sm_90: 226-235 registers at 2048x7² with 4096-element tiles)."""
+    return TILE_ELEMS * (2 if itemsize == 2 and aligned else 1)
 
 
 def _fill(extent: int, block: int) -> float:
@@ -343,7 +345,8 @@ def plan_fused(n: int, c: int, p: int, stride_c: int, stride_p: int, itemsize: i
     target = cap_programs or target_programs(device)
     sample_bytes = c * p * itemsize
     rows = []
-    tile = fused_tile_elems(itemsize)
+    other, along = (stride_c, p) if long_axis == "p" else (stride_p, c)
+    tile = fused_tile_elems(itemsize, other % 16 == 0 and along % 16 == 0)
     for long in FUSED_LONG_BLOCKS:
         if long > max(top, 16):
             continue
