@@ -133,21 +133,22 @@ def format_plan(plan: dict[str, Any]) -> str:
              f"{len(plan['launches'])} launches"]
     if "tail" in plan:
         t = plan["tail"]
-        lines.insert(0, "block tail act(CBAM(norm(y)) + residual) in the three launches: "
+        lines.insert(0, "block tail act(CBAM(norm(y)) + residual) in the fused forward's launches: "
                         + ("norm folded into every stage's loads, " if t["affine"] else "no norm, ")
                         + ("residual added and " if t["residual"] else "no residual, ")
                         + f"{t['act']} in the gate's store")
         lines.append(f"  streamed floor {plan['streamed_floor_bytes'] / plan['x_bytes']:.2f}*|x| (y and residual read "
                      f"once, output written once) + small traffic {plan['small_x']:.2f}*|x| "
                      "(weights, maps, Mc, partials) [model]")
-    for r in plan["launches"][:3]:
+    per_chunk = max(1, len(plan["launches"]) // max(1, s["num_chunks"]))
+    for r in plan["launches"][:per_chunk]:
         lines.append(f"  {r['name']:<17} grid {str(tuple(r['grid'])):<12} tile {r['tile'][0]}x{r['tile'][1]:<5} "
                      f"{','.join(f for f in r['flags'] if f in ('HINTS', 'COMBINE', 'SPLIT'))}")
         lp = r.get("longest")
         if lp:  # the critical path: what one program does one load after another
             lines.append(f"    longest program: streams {lp['x_loads']} x tiles ({lp['x_bytes'] / 1024:.1f} KiB); "
                          f"other loads {lp['other_loads']} ({lp['other_bytes'] / 1024:.1f} KiB) [model]")
-    if len(plan["launches"]) > 3:
+    if len(plan["launches"]) > per_chunk:
         lines.append(f"  ... the same for each of the {s['num_chunks']} chunks")
     return "\n".join(lines)
 

@@ -166,7 +166,8 @@ def plan_channel_pool_mlp(x: torch.Tensor, mlp: ChannelMLP, hints: bool = False,
     sums = torch.empty((n, num_splits, c), dtype=acc, device=x.device) if num_splits > 1 else None
     maxs = torch.empty((n, num_splits, c), dtype=acc, device=x.device) if num_splits > 1 else None
     z = torch.empty((n, hidden), dtype=acc, device=x.device) if two else None
-    gs = _layer1_group(x, mlp, num_cblocks, row) if two else 1
+    split_bytes = 2 * num_splits * block_c * (8 if acc_is_fp64(x) else 4) if num_splits > 1 else 0
+    gs = _layer1_group(x, mlp, num_cblocks, row, block_c, split_bytes) if two else 1
     if gs > 1:  # layer 1 per group of gs samples: W1 read once per group
         num_g = -(-n // gs)
         gr = max(16, next_pow2(gs * npool))
@@ -243,6 +244,9 @@ def _isqrt_up(v: int) -> int:
 #: 167-255 at 32 x 64 or wider), and the most such tile loads per channel block
 GROUP_WB, GROUP_HB, GROUP_L1_LOADS = 32, 32, 16
 
+#: The serial-tail bound of every fused program: bytes of small data (not x) one program may read
+PROGRAM_MAX_BYTES = 128 * 1024
+
 #: Fused forward, stage 1: bytes of weights and partials the last block of a sample may read (its
 #: slice of W1 and the layer-1 partials it sums), leaving room for its split combine
 STAGE1_SMALL_BYTES = 96 * 1024
@@ -286,11 +290,24 @@ def weight_bound_bytes(x: torch.Tensor, mlp: ChannelMLP) -> int:
     return max(nbytes(x) // 4, 2 * nbytes(*(t for t in mlp[:4] if t is not None)))
 
 
-def _layer1_group(x: torch.Tensor, mlp: ChannelMLP, blocks: int, row: int) -> int:
+def _group_tail_bytes(gs: int, blocks: int, row: int, block_c: int, hidden: int, npool: int, acc: int,
+                      wsize: int) -> int:
+    """Bytes the grouped layer-1 tail of one program may read: the group's inputs once per h-tile
+    ([GR, WB] tiles), its W1 slice, the group's partials (one or two levels) and b1."""
+    gr = max(16, next_pow2(gs * npool))
+    h_tiles = -(-hidden // min(max(16, next_pow2(hidden)), GROUP_HB))
+    return h_tiles * gr * block_c * acc + hidden * block_c * wsize + _combine_bytes(blocks, gs * row) \
+        + gs * hidden * wsize
+
+
+def _layer1_group(x: torch.Tensor, mlp: ChannelMLP, blocks: int, row: int, block_c: int = 0,
+                  split_bytes: int = 0) -> int:
     """Samples per layer-1 group (1: layer 1 per sample). W1 is read once per group: the group grows
     until stage 1's W1 traffic, ``cdiv(N, group) * |W1|``, fits what :func:`weight_bound` leaves after
     one read of W2 (the channel-map launch), and no further than one program's combine of the group's
-    partials (``row`` bytes per sample and block; one or two levels) fits STAGE1_SMALL_BYTES.
+    partials (``row`` bytes per sample and block; one or two levels) fits STAGE1_SMALL_BYTES and the
+    whole tail of the program that runs every level (``split_bytes`` of split combine, the group's
+    layer 1 on its ``block_c`` channels, the combine) fits PROGRAM_MAX_BYTES.
     ``CBAM_TRITON_L1_GROUP=<samples>`` asks for a group size (tests; the combine bound still holds)."""
     n = x.shape[0]
     forced = os.environ.get("CBAM_TRITON_L1_GROUP")
@@ -302,7 +319,10 @@ def _layer1_group(x: torch.Tensor, mlp: ChannelMLP, blocks: int, row: int) -> in
         return 1
     else:
         gs = min(-(-n // max(1, budget // max(1, w1))), 32)
-    while gs > 1 and _combine_bytes(blocks, gs * row) > STAGE1_SMALL_BYTES:
+    npool = pool_rows(POOL_MODES[mlp.pools])
+    acc, wsize = (8 if acc_is_fp64(x) else 4), mlp.fc1_weight.element_size()
+    while gs > 1 and (_combine_bytes(blocks, gs * row) > STAGE1_SMALL_BYTES or split_bytes + _group_tail_bytes(
+            gs, blocks, row, block_c, mlp.hidden, npool, acc, wsize) > PROGRAM_MAX_BYTES):
         gs -= 1
     return gs
 

@@ -71,7 +71,8 @@ def plan_spatial_pool(x: torch.Tensor, mc: torch.Tensor | None, split: int | Non
                               weight_bytes=channel.map_weight_bytes if channel is not None else 0,
                               block_c_range=(1, channel.channels_per_slice(c) if channel is not None else 1 << 30),
                               min_split=map_split_min(channel, c),
-                              max_walk_tiles=MAX_WALK_TILES if channel is not None or affine is not None else None,
+                              max_walk_tiles=MAX_WALK_TILES if channel is not None or mc is not None
+                              or affine is not None else None,
                               kernel="spatial_pool", num_warps=warps)
 
         plan = fused(NUM_WARPS)
