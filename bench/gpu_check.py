@@ -105,8 +105,8 @@ STEPS = (
               similar_calls=True),
     # timm's and plain PyTorch networks only, no compile of a whole network; CBAM_GPU_CHECK_MODELS_ARGS replaces args
     BenchStep("models", "--models resnet50-cbam --batch 32 --dtypes fp16 --layouts channels_last --providers eager "
-              "triton triton-cudagraph", "--cpu --models resnet18-cbam --batch 1 --dtypes fp32 --layouts channels_last "
-              "--providers eager triton --no-shares", 30),
+              "triton triton-tail triton-cudagraph", "--cpu --models resnet18-cbam --batch 1 --dtypes fp32 "
+              "--layouts channels_last --providers eager triton --no-shares", 30),
     BenchStep("nchw", f"--shapes {R50} --batch 32 --dtypes fp16 --modes forward --layouts nchw --providers {_TRITON}",
               None, 20),
 )

@@ -83,6 +83,8 @@ class Provider:
     schedule: str | None = None
     #: a compiled graph holding our kernels as one opaque operator: its bytes come from the kernels' model
     opaque_ours: bool = False
+    #: converts with ``fuse_block_tail=True`` (networks with ResNet blocks carrying CBAM only)
+    block_tail: bool = False
     #: a further check, once the required modules are there: ``probe(device)`` -> why not, or None
     probe: Callable[[str], str | None] | None = None
 
@@ -346,28 +348,33 @@ def warnings_as_errors() -> Iterator[None]:
         yield
 
 
-def convert_network(model: nn.Module) -> nn.Module:
-    """``cbam_triton.convert`` of a copy of ``model``; raises if it replaced no CBAM or left one."""
+def convert_network(model: nn.Module, fuse_block_tail: bool = False) -> nn.Module:
+    """``cbam_triton.convert`` of a copy of ``model``; raises if it replaced no CBAM or left one (and,
+    with ``fuse_block_tail``, if no ResNet block's tail was fused)."""
     import cbam_triton
 
     with warnings_as_errors():
-        converted, done = cbam_triton.convert_with_report(model, inplace=False)
+        converted, done = cbam_triton.convert_with_report(model, inplace=False, fuse_block_tail=fuse_block_tail)
     if not done:
         raise RuntimeError("cbam_triton.convert replaced no CBAM in this network")
+    if fuse_block_tail and not any(r.dialect.startswith("tail: ") for r in done):
+        raise RuntimeError("no ResNet block with CBAM in this network: nothing for the fused tail")
     return converted
 
 
-def _triton_network(graph: bool = False) -> BlockFn:
+def _triton_network(graph: bool = False, tail: bool = False) -> BlockFn:
     def build(model: nn.Module, x: torch.Tensor) -> Built:
-        converted = convert_network(model)
+        converted = convert_network(model, tail)
         fn = _inference(converted, x)
         return Built(cudagraph(fn).fn if graph else fn, module=converted)
     return build
 
 
-def _triton_compile_network(model: nn.Module, x: torch.Tensor) -> Built:
-    """Converted, then ``torch.compile(fullgraph=True)``: a graph break raises, so a built provider has none."""
-    return compile_module(convert_network(model), x, fullgraph=True)
+def _triton_compile_network(tail: bool = False) -> BlockFn:
+    def build(model: nn.Module, x: torch.Tensor) -> Built:
+        """Converted, then ``torch.compile(fullgraph=True)``: a graph break raises, so a built provider has none."""
+        return compile_module(convert_network(model, tail), x, fullgraph=True)
+    return build
 
 
 # ------------------------------------------------------------------------------------ ONNX Runtime
@@ -549,8 +556,14 @@ REGISTRY: dict[str, Provider] = {p.name: p for p in (
     Provider("eager-cudagraph", "eager", "eager PyTorch captured in a CUDA graph, timed by replay",
              _eager_cudagraph, devices=("cuda",), defaults=("study",), counted_as="eager", cuda_graph=True),
     Provider("triton+compile", "inductor", "cbam_triton.convert, then torch.compile(fullgraph=True): the CBAM "
-             "kernels one opaque operator", None, _triton_compile_network, defaults=("network",),
+             "kernels one opaque operator", None, _triton_compile_network(), defaults=("network",),
              counts="inductor", interpreted_on_cpu=True, base_family="compile", opaque_ours=True),
+    Provider("triton-tail", "triton", "cbam_triton.convert(fuse_block_tail=True): each ResNet block's "
+             "relu(CBAM(bn(y)) + shortcut) in the fused launches", None, _triton_network(tail=True),
+             defaults=("network",), interpreted_on_cpu=True, base_family="eager", block_tail=True),
+    Provider("triton-tail+compile", "inductor", "convert(fuse_block_tail=True), then torch.compile(fullgraph=True)",
+             None, _triton_compile_network(tail=True), defaults=("network",), counts="inductor",
+             interpreted_on_cpu=True, base_family="compile", opaque_ours=True, block_tail=True),
     Provider("onnxruntime", "onnxruntime", "torch.onnx.export, then ONNX Runtime (CPU execution provider, torch's "
              "thread count, no spinning; on a GPU the CUDA provider with I/O binding)", _onnxruntime,
              defaults=("study",), requires=("onnxruntime", "onnxscript", "onnx"), counts="graph",

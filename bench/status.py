@@ -21,12 +21,14 @@ from typing import Any
 
 #: 2: rows carry ``status`` (pass / fail_accuracy / fail_to_run / skipped) and ``timing`` (timed /
 #: verified / not_measured); 1: ``status`` ok / verified / mismatch / error / skipped (still read)
-STATUSES = ("pass", "fail_accuracy", "fail_to_run", "skipped")
+#: ``modelled``: a Triton network row too large for the CPU interpreter, its traffic from the kernels' model
+#: (launches planned, not run; the output is not checked there, never timed)
+STATUSES = ("pass", "fail_accuracy", "fail_to_run", "skipped", "modelled")
 TIMINGS = ("timed", "verified", "not_measured")
 #: schema 1's statuses and what they are in schema 2's terms
 LEGACY_STATUSES = {"ok": ("pass", "timed"), "verified": ("pass", "verified"),
                    "mismatch": ("fail_accuracy", "not_measured"), "error": ("fail_to_run", "not_measured"),
-                   "skipped": ("skipped", "not_measured")}
+                   "skipped": ("skipped", "not_measured"), "modelled": ("modelled", "not_measured")}
 
 
 def row_state(row: dict[str, Any]) -> tuple[str | None, str | None]:

@@ -4,6 +4,8 @@ Public API:
 
 * :class:`CBAM`, :class:`ChannelGate`, :class:`SpatialGate`: same constructors and state_dict
   keys as :mod:`reference`; ``CBAM.from_reference(module)`` / ``CBAM.to_reference()``.
+* :func:`convert` (``fuse_block_tail=True``: ResNet blocks with CBAM become :class:`FusedTailBlock`,
+  their eval tail ``relu(CBAM(bn(y)) + shortcut)`` one fused operator).
 * :mod:`cbam_triton.functional`: ``cbam(x, ...)`` with explicit weights, and the stages.
 * :func:`record_launches`: a context manager listing the Triton launches of the code inside it.
 * Deployment (:mod:`cbam_triton.deploy`): ONNX export, ``torch.jit.trace`` and ``torch.export``
@@ -18,6 +20,7 @@ from cbam_triton.converter import UnsupportedCBAM, convert, convert_with_report,
 from cbam_triton.deploy import keep_custom_ops
 from cbam_triton.modules import CBAM, ChannelGate, SpatialGate
 from cbam_triton.ops import decompositions
+from cbam_triton.tail_block import FusedTailBlock
 
 __version__ = "0.1.0"
 
@@ -40,7 +43,8 @@ def to_reference(module: "CBAM") -> "object":
 
 
 __all__ = [
-    "CBAM", "ChannelGate", "ConvertedCBAM", "DialectSpec", "SpatialGate", "UnsupportedCBAM", "convert",
+    "CBAM", "ChannelGate", "ConvertedCBAM", "DialectSpec", "FusedTailBlock", "SpatialGate", "UnsupportedCBAM",
+    "convert",
     "convert_with_report", "decompositions", "from_module", "functional", "keep_custom_ops", "load_state_dict_from",
     "to_reference",
     "to_reference_state_dict", "interpreter_active", "record_launches",

@@ -35,3 +35,18 @@ def gate(x: torch.Tensor, mc: torch.Tensor | None = None, ms: torch.Tensor | Non
     if ms is not None:
         v = v * ms.to(v.dtype).reshape(n, 1, h, w)
     return v.to(x.dtype)
+
+
+def channel_affine(y: torch.Tensor, mean: torch.Tensor, var: torch.Tensor, weight: torch.Tensor | None,
+                   bias: torch.Tensor | None, eps: float) -> torch.Tensor:
+    """A residual block's last BatchNorm in eval mode, in y's dtype: what ``nn.BatchNorm2d`` in
+    eval computes (``F.batch_norm`` with the running statistics)."""
+    return torch.nn.functional.batch_norm(y, mean, var, weight, bias, False, 0.0, eps)
+
+
+def tail_epilogue(out: torch.Tensor, residual: torch.Tensor | None, act: str) -> torch.Tensor:
+    """``act(out + residual)`` in out's dtype, as the blocks compute it (``x += shortcut;
+    relu(x)``): the composed block tail's last two ops, in place on ``out``."""
+    if residual is not None:
+        out = out.add_(residual)
+    return out.relu_() if act == "relu" else out

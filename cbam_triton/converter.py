@@ -19,9 +19,11 @@ from torch import nn
 
 from cbam_triton import norms
 from cbam_triton.converted import ConvertedCBAM, DialectSpec
+from cbam_triton.fusion import tail_activation_name
 from cbam_triton.modules import CBAM
 from cbam_triton.reference import CBAM as ReferenceCBAM
 from cbam_triton.schedule import validate_schedule
+from cbam_triton.tail_block import FusedTailBlock, TailSpec
 
 log = logging.getLogger("cbam_triton.converter")
 
@@ -222,6 +224,54 @@ def from_module(m: nn.Module, *, backend: str | None = None, schedule: str = "au
     raise _NotACBAM(f"{type(m).__name__} is not a recognised CBAM dialect")
 
 
+# ------------------------------------------------------------------------------ residual blocks
+#: dialect prefix of a block whose tail :func:`convert` fused (``fuse_block_tail=True``)
+TAIL = "tail: "
+
+
+def block_spec(m: nn.Module) -> TailSpec | None:
+    """Where the parts of a ResNet block with attention are, if ``m`` is one of the supported kinds:
+    timm's ``BasicBlock``/``Bottleneck`` (by type) and the official Jongchan/attention-module
+    ``BasicBlock``/``Bottleneck`` (by name and structure: exactly its children, a ``cbam`` child).
+    Whether the attention is a CBAM is checked by the caller."""
+    mod = sys.modules.get("timm.models.resnet")
+    if mod is not None and type(m) is getattr(mod, "Bottleneck", None):
+        prelude = ("conv1", "bn1", "act1", "conv2", "bn2", "drop_block", "act2", "aa", "conv3")
+        return TailSpec("timm Bottleneck", prelude, "bn3", "se", "drop_path", "downsample", "act3")
+    if mod is not None and type(m) is getattr(mod, "BasicBlock", None):
+        return TailSpec("timm BasicBlock", ("conv1", "bn1", "drop_block", "act1", "aa", "conv2"), "bn2", "se",
+                        "drop_path", "downsample", "act2")
+    names = {n for n, c in m._modules.items() if c is not None}
+    if type(m).__name__ == "BasicBlock" and names - {"downsample"} == {"conv1", "bn1", "relu", "conv2", "bn2", "cbam"}:
+        return TailSpec("official BasicBlock", ("conv1", "bn1", "relu", "conv2"), "bn2", "cbam", None, "downsample",
+                        "relu")
+    if type(m).__name__ == "Bottleneck" and names - {"downsample"} == {"conv1", "bn1", "conv2", "bn2", "conv3", "bn3",
+                                                                         "relu", "cbam"}:
+        return TailSpec("official Bottleneck", ("conv1", "bn1", "relu", "conv2", "bn2", "relu", "conv3"), "bn3",
+                        "cbam", None, "downsample", "relu")
+    return None
+
+
+def _tail_refusal(m: nn.Module, spec: TailSpec) -> str | None:
+    """Why the fused tail can never reproduce block ``m`` (left unfused), or None."""
+    act = getattr(m, spec.act, None)
+    if tail_activation_name(act) is None:
+        return f"its activation {type(act).__name__} after the addition (the fused tail applies ReLU or identity)"
+    norm = getattr(m, spec.norm, None)
+    channels = norms.num_features(norm) if norm is not None else None
+    if norm is not None and channels is None:
+        return f"its last norm {type(norm).__name__} is not a BatchNorm (the fused tail folds an eval-mode BatchNorm)"
+    drop = getattr(m, spec.drop_path, None) if spec.drop_path else None
+    if drop is not None and not isinstance(drop, nn.Identity) and not (
+            type(drop).__name__ == "DropPath" and type(drop).__module__.startswith("timm.layers")):
+        return f"its drop-path {type(drop).__name__} is not timm's DropPath"
+    conv = getattr(m, spec.prelude[-1], None)
+    out_channels = getattr(conv, "out_channels", None)
+    if channels is not None and out_channels is not None and out_channels != channels:
+        return f"its last conv has {out_channels} channels but its last norm {channels}"
+    return None
+
+
 def _summary(done: list[Replacement]) -> dict[str, int]:
     counts: dict[str, int] = {}
     for r in done:
@@ -229,8 +279,8 @@ def _summary(done: list[Replacement]) -> dict[str, int]:
     return counts
 
 
-def convert_with_report(model: nn.Module, *, inplace: bool = True,
-                        backend: str | None = None, schedule: str = "auto") -> tuple[nn.Module, list[Replacement]]:
+def convert_with_report(model: nn.Module, *, inplace: bool = True, backend: str | None = None,
+                        schedule: str = "auto", fuse_block_tail: bool = False) -> tuple[nn.Module, list[Replacement]]:
     """Like :func:`convert`, returning ``(model, replacements)``."""
     if not inplace:
         model = copy.deepcopy(model)
@@ -239,11 +289,50 @@ def convert_with_report(model: nn.Module, *, inplace: bool = True,
     def visit(parent: nn.Module, prefix: str) -> None:
         for name, child in list(parent.named_children()):
             full = f"{prefix}{name}"
+            if fuse_block_tail:
+                block, handled = _try_block(child, full)
+                if block is not None:
+                    setattr(parent, name, block)
+                if handled:
+                    continue
             new = _try(child, full)
             if new is not None:
                 setattr(parent, name, new)
             else:
                 visit(child, full + ".")
+
+    def _try_block(m: nn.Module, name: str) -> tuple[nn.Module | None, bool]:
+        """(the block with its tail fused or None, whether the block has been dealt with)."""
+        spec = block_spec(m)
+        attn = getattr(m, spec.attn, None) if spec is not None else None
+        if spec is None or attn is None:
+            return None, False
+        if not isinstance(attn, (CBAM, ConvertedCBAM)):
+            try:
+                from_module(attn, backend=backend)
+            except Exception:  # noqa: BLE001 - not a CBAM (SE, ECA, ...), or one convert leaves alone (and says why)
+                return None, False
+        reason = _tail_refusal(m, spec)
+        if reason is not None:
+            warnings.warn(f"cbam_triton.convert: left the tail of {name or type(m).__name__} ({type(m).__name__}) "
+                          f"unfused: {reason}", stacklevel=4)
+            return None, False
+        new_attn = _try(attn, f"{name}.{spec.attn}")
+        if new_attn is not None:
+            setattr(m, spec.attn, new_attn)
+        visit_others = [n for n in m._modules if n != spec.attn]
+        for child_name in visit_others:  # CBAMs elsewhere in the block (none in the supported kinds)
+            child = m._modules[child_name]
+            if child is not None:
+                visit(child, f"{name}.{child_name}.")
+        try:
+            block = FusedTailBlock(m, spec, backend=backend, schedule=schedule)
+        except Exception as exc:  # noqa: BLE001 - one block never fails the whole convert
+            warnings.warn(f"cbam_triton.convert: left the tail of {name or type(m).__name__} ({type(m).__name__}) "
+                          f"unfused: {type(exc).__name__}: {exc}", stacklevel=4)
+            return None, True
+        done.append(Replacement(name, TAIL + spec.kind, f"{type(m).__module__}.{type(m).__qualname__}"))
+        return block, True
 
     def _try(m: nn.Module, name: str) -> nn.Module | None:
         try:
@@ -263,17 +352,18 @@ def convert_with_report(model: nn.Module, *, inplace: bool = True,
         done.append(Replacement(name, dialect, f"{type(m).__module__}.{type(m).__qualname__}"))
         return new
 
-    top = _try(model, "")
+    block, handled = _try_block(model, "") if fuse_block_tail else (None, False)
+    top = block if handled else _try(model, "")
     if top is not None:
         model = top
-    else:
+    elif not handled:
         visit(model, "")
     log.info("cbam_triton.convert: replaced %d CBAM module(s): %s", len(done), _summary(done))
     return model, done
 
 
 def convert(model: nn.Module, *, inplace: bool = True, backend: str | None = None,
-            schedule: str = "auto", verbose: bool = False) -> nn.Module:
+            schedule: str = "auto", verbose: bool = False, fuse_block_tail: bool = False) -> nn.Module:
     """Replace every recognised CBAM module in ``model`` by its fused cbam-triton equivalent.
 
     Returns the model (a deep copy when ``inplace=False``; the new module when ``model`` itself is a
@@ -283,11 +373,25 @@ def convert(model: nn.Module, *, inplace: bool = True, backend: str | None = Non
     :func:`convert_with_report` for the list. CBAM-like modules that can't be reproduced exactly
     are left alone with a warning. ``schedule``: the fused forward's schedule of every converted
     module (``"auto"``, ``"l2"``, ``"stream"``; see :mod:`cbam_triton.schedule`).
+
+    ``fuse_block_tail=True`` (off by default) also replaces every ResNet block with CBAM that ends in
+    ``act(cbam(norm(y)) + shortcut)`` — timm's ``BasicBlock``/``Bottleneck`` with
+    ``attn_layer="cbam"``, the official Jongchan/attention-module ``BasicBlock``/``Bottleneck`` — by a
+    :class:`~cbam_triton.tail_block.FusedTailBlock`: same children and ``state_dict``, its eval forward
+    runs the block's last norm, the CBAM, the residual addition and the activation as one fused
+    operator (:func:`cbam_triton.functional.cbam_tail`); ``train()`` runs the original block's
+    forward. A block whose tail can't be reproduced exactly (another activation, a norm that is not
+    a BatchNorm) keeps its own forward, with a warning naming why (its CBAM is still converted).
     """
     validate_schedule(schedule)
-    model, done = convert_with_report(model, inplace=inplace, backend=backend, schedule=schedule)
+    model, done = convert_with_report(model, inplace=inplace, backend=backend, schedule=schedule,
+                                      fuse_block_tail=fuse_block_tail)
     if verbose:
-        counts = _summary(done)
-        print(f"cbam_triton.convert: replaced {len(done)} CBAM module(s)"
-              + (": " + ", ".join(f"{k} x{v}" for k, v in counts.items()) if counts else ""))
+        cbams = [r for r in done if not r.dialect.startswith(TAIL)]
+        tails = [r for r in done if r.dialect.startswith(TAIL)]
+        counts = _summary(cbams)
+        print(f"cbam_triton.convert: replaced {len(cbams)} CBAM module(s)"
+              + (": " + ", ".join(f"{k} x{v}" for k, v in counts.items()) if counts else "")
+              + (f"; fused the tail of {len(tails)} block(s): "
+                 + ", ".join(f"{k[len(TAIL):]} x{v}" for k, v in _summary(tails).items()) if tails else ""))
     return model

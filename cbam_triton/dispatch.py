@@ -31,10 +31,10 @@ from torch import nn
 from cbam_triton import compiled, fastpath, ops, stages, training
 from cbam_triton._backend import resolve_backend
 from cbam_triton.deploy import fx_leaf_call, quiet_shape_checks
-from cbam_triton.fusion import ChannelMLP, SpatialConv
+from cbam_triton.fusion import BlockTail, ChannelAffine, ChannelMLP, SpatialConv
 from cbam_triton.validation import check_devices, validate_input
 
-__all__ = ["FusedParts", "fused", "module_forward", "needs_grad", "prepare", "run"]
+__all__ = ["FusedParts", "fused", "fused_tail", "module_forward", "needs_grad", "prepare", "run"]
 
 _is_compiling = torch.compiler.is_compiling
 
@@ -100,6 +100,21 @@ def fused(x: torch.Tensor, mlp: ChannelMLP | None, conv: SpatialConv | None, sch
     # a plain eager call runs the op's implementation directly: the dispatcher would do only that
     call = ops.fused_forward_impl if ops.direct_call_ok(*args) else torch.ops.cbam_triton.fused_forward
     return call(*args, float(sc.bn_eps), fc.pools, fc.act, sc.input, schedule, l2_budget_bytes)
+
+
+def fused_tail(y: torch.Tensor, mlp: ChannelMLP, conv: SpatialConv | None, tail: BlockTail, schedule: str = "auto",
+               l2_budget_bytes: int | None = None) -> torch.Tensor:
+    """A residual block's fused inference tail ``act(CBAM(affine(y)) + residual)`` (one custom
+    operator, ``torch.ops.cbam_triton.fused_tail``; see :func:`cbam_triton.launchers.forward.fused_tail`)."""
+    sc = conv if conv is not None else SpatialConv(None, None)  # type: ignore[arg-type]
+    aff = tail.affine if tail.affine is not None else ChannelAffine(None, None)  # type: ignore[arg-type]
+    args = (y, mlp.fc1_weight, mlp.fc1_bias, mlp.fc2_weight, mlp.fc2_bias, sc.weight, sc.bias, sc.bn_mean, sc.bn_var,
+            sc.bn_weight, sc.bn_bias)
+    more = (aff.mean, aff.var, aff.weight, aff.bias)
+    call = ops.fused_tail_impl if ops.direct_call_ok(*args, *more, tail.residual) \
+        else torch.ops.cbam_triton.fused_tail
+    return call(*args, float(sc.bn_eps), *more, float(aff.eps), tail.residual, mlp.pools, mlp.act, sc.input,
+                tail.act, schedule, l2_budget_bytes)
 
 
 def run(x: torch.Tensor, backend: str,

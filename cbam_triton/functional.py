@@ -15,13 +15,13 @@ import torch.nn.functional as F
 
 from cbam_triton import dispatch, stages
 from cbam_triton._backend import resolve_backend
-from cbam_triton.fusion import ChannelMLP, SpatialConv
+from cbam_triton.fusion import TAIL_ACTIVATIONS, BlockTail, ChannelAffine, ChannelMLP, SpatialConv
 from cbam_triton.schedule import validate_budget, validate_schedule
 from cbam_triton.validation import check_devices, validate_input
 
 __all__ = [
-    "apply_gates", "cbam", "channel_attention", "channel_pool", "spatial_attention", "spatial_pool",
-    "validate_input",
+    "apply_gates", "cbam", "cbam_tail", "channel_attention", "channel_pool", "spatial_attention",
+    "spatial_pool", "validate_input", "validate_tail",
 ]
 
 def channel_pool(x: torch.Tensor, *, backend: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -237,3 +237,121 @@ def cbam(
                                 bn_weight if affine else None, bn_bias if affine else None, float(bn_eps))
 
     return dispatch.run(x, be, channel_map, spatial_map, weights.values(), fused_parts, schedule, l2_budget_bytes)
+
+
+def validate_tail(y: torch.Tensor, residual: object, activation: str) -> None:
+    """Check a block tail's residual (a tensor of y's shape, dtype and device; any strides) and
+    activation (a key of :data:`cbam_triton.fusion.TAIL_ACTIVATIONS`): ``TypeError`` for a
+    non-tensor or another dtype, ``ValueError`` otherwise."""
+    if activation not in TAIL_ACTIVATIONS:
+        raise ValueError(f"activation must be one of {tuple(TAIL_ACTIVATIONS)}, got {activation!r}")
+    if residual is None:
+        return
+    if not isinstance(residual, torch.Tensor):
+        raise TypeError(f"residual must be a torch.Tensor or None, got {type(residual).__name__}")
+    if residual.dtype != y.dtype:
+        raise TypeError(f"residual must have y's dtype {y.dtype} (the fused tail adds it in the gate's store "
+                        f"without a cast), got {residual.dtype}; cast it first")
+    if tuple(residual.shape) != tuple(y.shape):
+        raise ValueError(f"residual must have y's shape {tuple(y.shape)} (no broadcasting), got "
+                         f"{tuple(residual.shape)}")
+    if residual.device != y.device:
+        raise ValueError(f"residual is on {residual.device} but y is on {y.device}")
+
+
+def cbam_tail(
+    y: torch.Tensor,
+    fc1_weight: torch.Tensor,
+    fc1_bias: torch.Tensor | None,
+    fc2_weight: torch.Tensor,
+    fc2_bias: torch.Tensor | None,
+    conv_weight: torch.Tensor,
+    conv_bias: torch.Tensor | None = None,
+    *,
+    pool_types: Sequence[str] = ("avg", "max"),
+    bn_weight: torch.Tensor | None = None,
+    bn_bias: torch.Tensor | None = None,
+    bn_running_mean: torch.Tensor | None = None,
+    bn_running_var: torch.Tensor | None = None,
+    bn_eps: float = 1e-5,
+    use_bn: bool | None = None,
+    norm_weight: torch.Tensor | None = None,
+    norm_bias: torch.Tensor | None = None,
+    norm_running_mean: torch.Tensor | None = None,
+    norm_running_var: torch.Tensor | None = None,
+    norm_eps: float = 1e-5,
+    residual: torch.Tensor | None = None,
+    activation: str = "relu",
+    backend: str | None = None,
+    schedule: str = "auto",
+    l2_budget_bytes: int | None = None,
+) -> torch.Tensor:
+    """A ResNet block's inference tail: ``activation(cbam(norm(y)) + residual)``.
+
+    ``norm`` is the block's last BatchNorm in eval mode (``norm_running_mean``/``_var`` (C,), optional
+    ``norm_weight``/``norm_bias``; none of them: no norm); the CBAM arguments are :func:`cbam`'s (its
+    spatial BatchNorm in eval mode); ``residual`` (y's shape and dtype, any strides, None: no
+    addition) and ``activation`` (``"relu"`` or ``"identity"``) follow. On the Triton backend in
+    inference this is one custom operator (``torch.ops.cbam_triton.fused_tail``, three launches per
+    chunk: y and the residual read once, the output written once where the kernels do the tail
+    themselves, see :func:`cbam_triton.launchers.forward.fused_tail`). When autograd records, while
+    exporting, and on the torch backend it is composed of standard ops and :func:`cbam` (same values).
+
+    Returns a tensor of y's shape, dtype and memory format.
+    """
+    be = dispatch.prepare(y, fc1_weight.shape[1] if fc1_weight.dim() == 2 else None,
+                 {"fc1_weight": fc1_weight, "fc1_bias": fc1_bias, "fc2_weight": fc2_weight, "fc2_bias": fc2_bias,
+                  "conv_weight": conv_weight, "conv_bias": conv_bias, "bn_weight": bn_weight, "bn_bias": bn_bias,
+                  "bn_running_mean": bn_running_mean, "bn_running_var": bn_running_var, "norm_weight": norm_weight,
+                  "norm_bias": norm_bias, "norm_running_mean": norm_running_mean,
+                  "norm_running_var": norm_running_var}, backend)
+    validate_tail(y, residual, activation)
+    c = y.shape[1]
+    if (norm_running_mean is None) != (norm_running_var is None):
+        raise ValueError("norm_running_mean and norm_running_var go together (the block's last BatchNorm in eval)")
+    if norm_running_mean is None and (norm_weight is not None or norm_bias is not None):
+        raise ValueError("norm_weight/norm_bias need norm_running_mean and norm_running_var (eval-mode BatchNorm)")
+    for name, t in (("norm_weight", norm_weight), ("norm_bias", norm_bias), ("norm_running_mean", norm_running_mean),
+                    ("norm_running_var", norm_running_var)):
+        if t is not None and tuple(t.shape) != (c,):
+            raise ValueError(f"{name} must have shape (C,) = ({c},), got {tuple(t.shape)}")
+    spatial_stats = bn_running_mean is not None and bn_running_var is not None
+    if use_bn is None:
+        use_bn = bn_running_var is not None or bn_weight is not None
+
+    def composed() -> torch.Tensor:
+        z = y if norm_running_mean is None else F.batch_norm(y, norm_running_mean, norm_running_var, norm_weight,
+                                                              norm_bias, False, 0.0, norm_eps)
+        out = cbam(z, fc1_weight, fc1_bias, fc2_weight, fc2_bias, conv_weight, conv_bias, pool_types=pool_types,
+                   bn_weight=bn_weight, bn_bias=bn_bias, bn_running_mean=bn_running_mean,
+                   bn_running_var=bn_running_var, bn_eps=bn_eps, use_bn=use_bn, backend=be, schedule=schedule,
+                   l2_budget_bytes=l2_budget_bytes)
+        if residual is not None:
+            out = out + residual
+        return torch.relu(out) if activation == "relu" else out
+
+    params = (fc1_weight, fc1_bias, fc2_weight, fc2_bias, conv_weight, conv_bias, bn_weight, bn_bias,
+              norm_weight, norm_bias)
+    if be != "triton" or y.shape[0] == 0 or dispatch.needs_grad(y, params) or (residual is not None
+                                                                             and dispatch.needs_grad(residual, ())) \
+            or (use_bn and not spatial_stats) or (bn_weight is None) != (bn_bias is None):
+        return composed()
+    pools = (pool_types,) if isinstance(pool_types, str) else tuple(pool_types)
+    if not pools or any(p not in ("avg", "max") for p in pools) or len(set(pools)) != len(pools):
+        raise ValueError(f"pool_types must be a non-empty subset of ('avg', 'max'), got {pool_types!r}")
+    hidden = fc1_weight.shape[0]
+    if fc1_weight.shape != (hidden, c) or fc2_weight.shape != (c, hidden):
+        raise ValueError(f"MLP weights must be (hidden, C) and (C, hidden) with C = {c}; got "
+                         f"{tuple(fc1_weight.shape)} and {tuple(fc2_weight.shape)}")
+    if conv_weight.dim() != 4 or conv_weight.shape[:2] != (1, 2) or conv_weight.shape[2] != conv_weight.shape[3] \
+            or conv_weight.shape[2] % 2 == 0:
+        raise ValueError(f"conv_weight must be (1, 2, k, k) with odd k, got {tuple(conv_weight.shape)}")
+    validate_schedule(schedule)
+    validate_budget(l2_budget_bytes)
+    mlp = ChannelMLP(fc1_weight, fc1_bias, fc2_weight, fc2_bias, "avg+max" if len(pools) == 2 else pools[0], "relu")
+    conv = SpatialConv(conv_weight, conv_bias, "max,mean", bn_running_mean if use_bn else None,
+                       bn_running_var if use_bn else None, bn_weight if use_bn else None,
+                       bn_bias if use_bn else None, float(bn_eps))
+    affine = (ChannelAffine(norm_running_mean, norm_running_var, norm_weight, norm_bias, float(norm_eps))
+              if norm_running_mean is not None else None)
+    return dispatch.fused_tail(y, mlp, conv, BlockTail(affine, residual, activation), schedule, l2_budget_bytes)

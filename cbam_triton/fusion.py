@@ -22,6 +22,8 @@ POOL_MODES = {"avg+max": 0, "avg": 1, "max": 2, "light": 3}
 ACTIVATIONS = {"identity": 0, "relu": 1}
 #: what the spatial convolution reads: [max, mean], [mean, max], or one channel 0.5*mean + 0.5*max
 SPATIAL_INPUTS = {"max,mean": 0, "mean,max": 1, "light": 2}
+#: activations of the fused block tail, applied after the residual addition
+TAIL_ACTIVATIONS = {"identity": 0, "relu": 1}
 
 
 class ChannelMLP(NamedTuple):
@@ -82,3 +84,44 @@ def spatial_conv(conv: nn.Conv2d, bn: nn.Module | None, spatial_input: str = "ma
     if reason is not None:
         return reason
     return SpatialConv(conv.weight, conv.bias, spatial_input, **fused_fields(bn))
+
+
+class ChannelAffine(NamedTuple):
+    """A residual block's last BatchNorm in eval mode, per channel:
+    ``(y - mean) * rsqrt(var + eps) * weight + bias`` (weight and bias optional), read in place."""
+
+    mean: torch.Tensor                  #: (C,) running mean
+    var: torch.Tensor                   #: (C,) running variance
+    weight: torch.Tensor | None = None
+    bias: torch.Tensor | None = None
+    eps: float = 1e-5
+
+
+class BlockTail(NamedTuple):
+    """What the fused block tail adds around CBAM: ``act(cbam(affine(y)) + residual)``."""
+
+    affine: ChannelAffine | None        #: None: y enters CBAM as it is
+    residual: torch.Tensor | None       #: y's shape and dtype, any strides; None: no addition
+    act: str = "relu"                   #: a key of TAIL_ACTIVATIONS
+
+
+def channel_affine(bn: nn.Module | None) -> ChannelAffine | None | str:
+    """A block's last norm as the fused tail computes it (None: no norm), or why it can't (a norm
+    that is not folded runs as the module it is: see :mod:`cbam_triton.norms`)."""
+    if bn is None:
+        return None
+    reason = foldable(bn, "last norm")
+    if reason is not None:
+        return reason
+    f = fused_fields(bn)
+    return ChannelAffine(f["bn_mean"], f["bn_var"], f["bn_weight"], f["bn_bias"], f["bn_eps"])
+
+
+def tail_activation_name(act: nn.Module | None) -> str | None:
+    """``"relu"`` / ``"identity"`` for the activations the fused tail applies after the addition
+    (``nn.ReLU``, in place or not; ``nn.Identity`` or None), else None."""
+    if act is None or type(act) is nn.Identity:
+        return "identity"
+    if type(act) is nn.ReLU:
+        return "relu"
+    return None

@@ -83,16 +83,18 @@ def check(bn: nn.Module | None, where: str = "spatial norm") -> None:
                         f"FrozenBatchNorm2d(1) or a subclass), got {bn!r}")
 
 
-def foldable(bn: nn.Module | None) -> str | None:
+def foldable(bn: nn.Module | None, what: str = "spatial norm") -> str | None:
     """None when the fused kernels compute ``bn`` exactly (an eval-mode affine of the map, or no
-    norm); otherwise why it runs as the module it is."""
+    norm); otherwise why it runs as the module it is. ``what`` names the norm in the reason (the
+    spatial norm of a CBAM, or a residual block's last norm, which the fused block tail folds the
+    same way per channel)."""
     if bn is None or is_frozen(bn):
         return None
     if not is_plain_batchnorm(bn):
-        return (f"its spatial norm is a {type(bn).__name__} with behaviour of its own (a forward, hooks or, "
-                "for SyncBatchNorm, training mode): the module itself runs between the kernels")
+        return (f"its {what} is a {type(bn).__name__} with behaviour of its own (a forward, hooks or, "
+                "for SyncBatchNorm, training mode): the module itself runs")
     if bn.training or bn.running_mean is None or bn.running_var is None:
-        return "its BatchNorm normalises with batch statistics (training mode or no running statistics)"
+        return f"its {what} normalises with batch statistics (training mode or no running statistics)"
     return None
 
 

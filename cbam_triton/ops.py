@@ -186,6 +186,40 @@ def _(x: Tensor, *args: object) -> Tensor:
     return empty_output(x)[0]
 
 
+# ------------------------------------------------------------------------------------ fused_tail
+def fused_tail_impl(y: Tensor, fc1_weight: Tensor, fc1_bias: Tensor | None, fc2_weight: Tensor | None,
+                     fc2_bias: Tensor | None, conv_weight: Tensor | None, conv_bias: Tensor | None,
+                     bn_mean: Tensor | None, bn_var: Tensor | None, bn_weight: Tensor | None,
+                     bn_bias: Tensor | None, bn_eps: float, norm_mean: Tensor | None, norm_var: Tensor | None,
+                     norm_weight: Tensor | None, norm_bias: Tensor | None, norm_eps: float, residual: Tensor | None,
+                     pools: str, act: str, spatial_input: str, tail_act: str, schedule: str,
+                     l2_budget_bytes: int | None) -> Tensor:
+    """A residual block's inference tail ``tail_act(CBAM(norm(y)) + residual)`` (see
+    :func:`cbam_triton.launchers.forward.fused_tail`): ``norm_mean`` None: no norm (else the block's
+    last BatchNorm in eval mode, ``norm_*`` its running statistics, affine parameters and eps);
+    ``residual`` None: no addition. The CBAM arguments are :func:`fused_forward`'s."""
+    from cbam_triton.fusion import BlockTail, ChannelAffine, ChannelMLP, SpatialConv
+    from cbam_triton.launchers.forward import fused_tail
+    from cbam_triton.schedule import l2_budget, plan_schedule
+
+    mlp = ChannelMLP(fc1_weight, fc1_bias, fc2_weight, fc2_bias, pools, act)
+    conv = (SpatialConv(conv_weight, conv_bias, spatial_input, bn_mean, bn_var, bn_weight, bn_bias, bn_eps)
+            if conv_weight is not None else None)
+    affine = ChannelAffine(norm_mean, norm_var, norm_weight, norm_bias, norm_eps) if norm_mean is not None else None
+    n, c, h, w = y.shape
+    plan = plan_schedule(n, c * h * w * y.element_size(), schedule, l2_budget(y.device, l2_budget_bytes),
+                         device_type=y.device.type)
+    return fused_tail(y, mlp, conv, BlockTail(affine, residual, tail_act), plan)
+
+
+fused_tail = define_op("fused_tail")(fused_tail_impl)
+
+
+@fused_tail.register_fake
+def _(y: Tensor, *args: object) -> Tensor:
+    return empty_output(y)[0]
+
+
 # -------------------------------------------------------------------------------------- autograd
 def _recompute(fn: Callable[..., object], inputs: tuple[Tensor | None, ...], needs: tuple[bool, ...],
                grads: tuple[Tensor | None, ...]) -> tuple[Tensor | None, ...]:

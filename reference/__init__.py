@@ -11,5 +11,6 @@ reduction and propagates NaN like ``torch.amax``), and ``lp``/``lse`` pools are 
 """
 
 from cbam_triton.reference import CBAM, ChannelGate, SpatialGate, validate_config
+from reference.tail import ResidualTail
 
-__all__ = ["CBAM", "ChannelGate", "SpatialGate", "validate_config"]
+__all__ = ["CBAM", "ChannelGate", "ResidualTail", "SpatialGate", "validate_config"]

@@ -1,7 +1,8 @@
 """Fixture modules following the structure and math of CBAM code that is copied, not packaged.
 
 * official: Jongchan/attention-module (``ChannelGate``/``SpatialGate``/``BasicConv``/``ChannelPool``),
-  including its ``lp``/``lse`` pools (unsupported by cbam-triton: must be left alone).
+  including its ``lp``/``lse`` pools (unsupported by cbam-triton: must be left alone), and its
+  ResNet blocks ``BasicBlock``/``Bottleneck`` with ``use_cbam=True`` (model_resnet.py).
 * luuuyi: luuuyi/CBAM.PyTorch ``ChannelAttention``/``SpatialAttention`` maps multiplied by the block.
 * mmyolo: mmyolo ``CBAM`` (``ConvModule``s with bias and no norm; sigmoid as the conv's activation).
 """
@@ -112,6 +113,79 @@ class OfficialBasicBlock(nn.Module):
         out = self.bn2(self.conv2(out))
         out = self.cbam(out)
         return self.relu(out + residual)
+
+
+def conv3x3(in_planes, out_planes, stride=1):
+    return nn.Conv2d(in_planes, out_planes, kernel_size=3, stride=stride, padding=1, bias=False)
+
+
+class BasicBlock(nn.Module):
+    """attention-module's model_resnet.py ``BasicBlock`` (class name and children as there)."""
+
+    expansion = 1
+
+    def __init__(self, inplanes, planes, stride=1, downsample=None, use_cbam=False):
+        super().__init__()
+        self.conv1 = conv3x3(inplanes, planes, stride)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = conv3x3(planes, planes)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.downsample = downsample
+        self.stride = stride
+        self.cbam = OfficialCBAM(planes, 16) if use_cbam else None
+
+    def forward(self, x):
+        residual = x
+        out = self.conv1(x)
+        out = self.bn1(out)
+        out = self.relu(out)
+        out = self.conv2(out)
+        out = self.bn2(out)
+        if self.downsample is not None:
+            residual = self.downsample(x)
+        if self.cbam is not None:
+            out = self.cbam(out)
+        out += residual
+        out = self.relu(out)
+        return out
+
+
+class Bottleneck(nn.Module):
+    """attention-module's model_resnet.py ``Bottleneck`` (class name and children as there)."""
+
+    expansion = 4
+
+    def __init__(self, inplanes, planes, stride=1, downsample=None, use_cbam=False):
+        super().__init__()
+        self.conv1 = nn.Conv2d(inplanes, planes, kernel_size=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, kernel_size=3, stride=stride, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv3 = nn.Conv2d(planes, planes * 4, kernel_size=1, bias=False)
+        self.bn3 = nn.BatchNorm2d(planes * 4)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = downsample
+        self.stride = stride
+        self.cbam = OfficialCBAM(planes * 4, 16) if use_cbam else None
+
+    def forward(self, x):
+        residual = x
+        out = self.conv1(x)
+        out = self.bn1(out)
+        out = self.relu(out)
+        out = self.conv2(out)
+        out = self.bn2(out)
+        out = self.relu(out)
+        out = self.conv3(out)
+        out = self.bn3(out)
+        if self.downsample is not None:
+            residual = self.downsample(x)
+        if self.cbam is not None:
+            out = self.cbam(out)
+        out += residual
+        out = self.relu(out)
+        return out
 
 
 class OfficialResNet(nn.Module):

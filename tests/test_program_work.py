@@ -11,6 +11,7 @@ from helpers import make_reference
 from tolerance import assert_close_to_reference
 
 import cbam_triton
+import reference
 from cbam_triton.tools.program_work import program_work
 
 #: the limits: per program, loads that are not x (besides its loads of x) and their bytes
@@ -111,3 +112,37 @@ def test_one_layer_mlp_reads_its_weights_once_per_sample(monkeypatch):
     assert launches[0].bytes_read == x.numel() * 4 + 512 * 512 * 4  # x and W1, once
     with torch.no_grad():
         torch.testing.assert_close(out, src(x), rtol=1e-5, atol=1e-5)
+
+
+class _Tail(torch.nn.Module):
+    """A residual block's fused tail around a converted CBAM (the functional op)."""
+
+    def __init__(self, cbam: torch.nn.Module, norm: torch.nn.BatchNorm2d, residual: torch.Tensor):
+        super().__init__()
+        self.cbam, self.norm, self.residual = cbam, norm, residual
+
+    def forward(self, y):
+        g, s, n = self.cbam.channel_gate.mlp, self.cbam.spatial_gate, self.norm
+        return cbam_triton.functional.cbam_tail(
+            y, g[0].weight, g[0].bias, g[2].weight, g[2].bias, s.conv.weight, s.conv.bias, bn_weight=s.bn.weight,
+            bn_bias=s.bn.bias, bn_running_mean=s.bn.running_mean, bn_running_var=s.bn.running_var, bn_eps=s.bn.eps,
+            norm_weight=n.weight, norm_bias=n.bias, norm_running_mean=n.running_mean, norm_running_var=n.running_var,
+            norm_eps=n.eps, residual=self.residual, backend="triton")
+
+
+def test_block_tail_keeps_the_bounds(monkeypatch):
+    """The fused block tail adds the norm's vectors (stage 1: 4 per program; stage 2: 2 per channel
+    tile; stage 3: one more per tile) and streams the residual (counted with x): still within the bounds."""
+    torch.manual_seed(0)
+    ref = make_reference(2048, reduction_ratio=16)
+    norm = torch.nn.BatchNorm2d(2048).eval()
+    with torch.no_grad():
+        norm.weight.uniform_(-1.5, 1.5)
+        norm.running_var.uniform_(0.5, 2.0)
+    x = torch.randn(1, 2048, 7, 7)
+    residual = torch.randn(1, 2048, 7, 7).to(memory_format=torch.channels_last)  # other strides than x
+    tail = _Tail(cbam_triton.CBAM.from_reference(ref, backend="triton").eval(), norm, residual)
+    out, launches = _check(tail, x, monkeypatch, FUSED)
+    assert launches[0].meta["AFFINE"] and launches[1].meta["AFFINE"] and launches[2].meta["RESIDUAL"]
+    with torch.no_grad():
+        torch.testing.assert_close(out, reference.ResidualTail(norm, ref)(x, residual), rtol=1e-5, atol=1e-5)

@@ -51,7 +51,7 @@ def _bound(r: torch.Tensor, dtype: torch.dtype, eager_err: torch.Tensor | None) 
     bound = LOWP_FACTOR * eager_err + LOWP_ULPS * ulp(r, dtype)
     if dtype == torch.bfloat16 and os.environ.get("TRITON_INTERPRET") == "1":
         tiny = torch.finfo(dtype).smallest_normal
-        bound = torch.where(r.abs() < tiny, torch.full_like(bound, tiny), bound)
+        bound = torch.where(r.abs() < tiny, bound.clamp_min(tiny), bound)  # (never tighter than the rule)
     return bound
 
 

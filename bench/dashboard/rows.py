@@ -17,6 +17,7 @@ TIMINGS = ("timed", "verified", "not_measured")
 LEGACY = {
     "ok": ("pass", "timed"),
     "verified": ("pass", "verified"),
+    "modelled": ("skipped", "not_measured"),  # a traffic model only (too large for the CPU interpreter)
     "mismatch": ("fail_accuracy", "not_measured"),
     "error": ("fail_to_run", "not_measured"),
     "skipped": ("skipped", "not_measured"),

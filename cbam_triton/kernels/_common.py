@@ -93,6 +93,33 @@ def relu(v):
 
 
 @triton.jit
+def affine_coefficients(offs_c, mask_c, mean_ptr, var_ptr, w_ptr, b_ptr, eps,
+                        HAS_W: tl.constexpr, HAS_B: tl.constexpr, ACC_FP64: tl.constexpr):
+    """``(scale, shift)`` per channel of an eval-mode BatchNorm, ``y * scale + shift`` =
+    ``(y - mean) / sqrt(var + eps) * weight + bias`` (what ``nn.BatchNorm2d`` in eval computes:
+    ``scale = weight / sqrt(var + eps)``, ``shift = bias - mean * scale``, IEEE-rounded sqrt)."""
+    acc_t: tl.constexpr = tl.float64 if ACC_FP64 else tl.float32
+    var_eps = tl.load(var_ptr + offs_c, mask=mask_c, other=1.0).to(acc_t) + eps
+    if ACC_FP64:
+        scale = 1.0 / tl.sqrt(var_eps)
+    else:
+        scale = 1.0 / tl.sqrt_rn(var_eps)
+    if HAS_W:
+        scale = scale * tl.load(w_ptr + offs_c, mask=mask_c, other=0.0).to(acc_t)
+    shift = -tl.load(mean_ptr + offs_c, mask=mask_c, other=0.0).to(acc_t) * scale
+    if HAS_B:
+        shift = tl.load(b_ptr + offs_c, mask=mask_c, other=0.0).to(acc_t) + shift
+    return scale, shift
+
+
+@triton.jit
+def tile_row(tile, rows, k):
+    """Row ``k`` of a small ``[R, B]`` tile (``rows = tl.arange(0, R)``) as a ``[B]`` vector: one
+    tile load for several per-channel vectors, picked apart in registers."""
+    return tl.sum(tl.where(rows[:, None] == k, tile, 0.0), axis=0)
+
+
+@triton.jit
 def last_arrival(counter_ptr, expected):
     """Whether this program is the last of ``expected`` programs to reach ``counter_ptr``.
 

@@ -4,7 +4,7 @@ map) and the final gating ``out = x * Mc * Ms``, in one launch."""
 import triton
 import triton.language as tl
 
-from cbam_triton.kernels._common import sigmoid
+from cbam_triton.kernels._common import relu, sigmoid, tile_row
 
 #: what the convolution reads (``SPATIAL_INPUT``); must match :data:`cbam_triton.fusion.SPATIAL_INPUTS`
 INPUT_MAX_MEAN = tl.constexpr(0)   # 2 channels [max, mean]
@@ -107,6 +107,8 @@ def gate_conv_kernel(
     C, P, H, W, c_per_split, s_cw_c, s_cw_h, s_cw_w,
     stride_xn, stride_xc, stride_xp,
     stride_on, stride_oc, stride_op,
+    res_ptr, stride_rn, stride_rc, stride_rp, aff_ptr,
+    AFFINE: tl.constexpr, RESIDUAL: tl.constexpr, TAIL_ACT: tl.constexpr,
     HAS_MC: tl.constexpr, HAS_CONV_BIAS: tl.constexpr, HAS_BN: tl.constexpr, HAS_BN_AFFINE: tl.constexpr,
     SPATIAL_INPUT: tl.constexpr, KSIZE: tl.constexpr, TAPS: tl.constexpr, KP: tl.constexpr, HINTS: tl.constexpr,
     BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr, ACC_FP64: tl.constexpr, UNROLL: tl.constexpr,
@@ -122,6 +124,11 @@ def gate_conv_kernel(
     # spatial_logits), 5 scalars, then one mc tile per x tile of its c-range (the launcher bounds
     # the c-range's tiles). HINTS (last stage of the L2-resident
     # schedule): x loads evict_first and output stores .cs, so they don't evict the next chunk.
+    # The fused block tail: AFFINE (x is a residual block's pre-norm output y, gated as
+    # (y * scale[c] + shift[c]) * Mc * Ms; Mc and stage 1's (scale, shift) come as one [4, BLOCK_C]
+    # tile load per x tile, as Mc alone does), RESIDUAL (res[n, c, p]: y's shape and dtype in its
+    # own strides, read once per element next to the x tile: streamed data, added after the
+    # gating), TAIL_ACT (1: ReLU, NaN kept); all in fp32 (fp64) registers, stored once.
     acc_t: tl.constexpr = tl.float64 if ACC_FP64 else tl.float32
     pid_np = tl.program_id(0)
     split = tl.program_id(1)
@@ -152,6 +159,12 @@ def gate_conv_kernel(
               + offs_p.to(tl.int64)[None, :] * stride_xp)
     o_ptrs = (out_ptr + n * stride_on + (c_start + offs_c).to(tl.int64)[:, None] * stride_oc
               + offs_p.to(tl.int64)[None, :] * stride_op)
+    r_ptrs = x_ptrs
+    r_step = tl.full([], BLOCK_C, tl.int64) * stride_xc
+    if RESIDUAL:
+        r_ptrs = (res_ptr + n * stride_rn + (c_start + offs_c).to(tl.int64)[:, None] * stride_rc
+                  + offs_p.to(tl.int64)[None, :] * stride_rp)
+        r_step = tl.full([], BLOCK_C, tl.int64) * stride_rc
     x_step = tl.full([], BLOCK_C, tl.int64) * stride_xc
     o_step = tl.full([], BLOCK_C, tl.int64) * stride_oc
     # UNROLL == 2: the next tile's x loads are issued with this one's, before either is used (Triton
@@ -159,15 +172,23 @@ def gate_conv_kernel(
     for c0 in range(c_start, c_end, BLOCK_C * UNROLL):
         mask_c = (c0 + offs_c) < c_end
         v = _load_x(x_ptrs, mask_c[:, None] & mask_p[None, :], HINTS)
+        r = v
+        if RESIDUAL:
+            r = _load_x(r_ptrs, mask_c[:, None] & mask_p[None, :], HINTS)
         if UNROLL == 2:
             mask_c2 = (c0 + BLOCK_C + offs_c) < c_end
             v2 = _load_x(x_ptrs + x_step, mask_c2[:, None] & mask_p[None, :], HINTS)
-        _gate_tile(v, c0, offs_c, mask_c, mask_p, ms, mc_ptr, n, C, o_ptrs, out_ptr, HAS_MC, HINTS, acc_t)
+            r2 = v2
+            if RESIDUAL:
+                r2 = _load_x(r_ptrs + r_step, mask_c2[:, None] & mask_p[None, :], HINTS)
+        _gate_tile(v, r, c0, offs_c, mask_c, mask_p, ms, mc_ptr, aff_ptr, n, C, o_ptrs, out_ptr, HAS_MC, HINTS,
+                   AFFINE, RESIDUAL, TAIL_ACT, acc_t)
         if UNROLL == 2:
-            _gate_tile(v2, c0 + BLOCK_C, offs_c, mask_c2, mask_p, ms, mc_ptr, n, C, o_ptrs + o_step, out_ptr,
-                       HAS_MC, HINTS, acc_t)
+            _gate_tile(v2, r2, c0 + BLOCK_C, offs_c, mask_c2, mask_p, ms, mc_ptr, aff_ptr, n, C, o_ptrs + o_step,
+                       out_ptr, HAS_MC, HINTS, AFFINE, RESIDUAL, TAIL_ACT, acc_t)
         x_ptrs += x_step * UNROLL
         o_ptrs += o_step * UNROLL
+        r_ptrs += r_step * UNROLL
 
 
 @triton.jit
@@ -181,15 +202,28 @@ def _load_x(ptrs, mask, HINTS: tl.constexpr):
 
 
 @triton.jit
-def _gate_tile(v, c0, offs_c, mask_c, mask_p, ms, mc_ptr, n, C, o_ptrs, out_ptr,
-               HAS_MC: tl.constexpr, HINTS: tl.constexpr, acc_t: tl.constexpr):
-    """``out = x * Mc * Ms`` of one loaded tile, stored in out's dtype (HINTS: ``.cs`` streaming stores)."""
+def _gate_tile(v, r, c0, offs_c, mask_c, mask_p, ms, mc_ptr, aff_ptr, n, C, o_ptrs, out_ptr,
+               HAS_MC: tl.constexpr, HINTS: tl.constexpr, AFFINE: tl.constexpr, RESIDUAL: tl.constexpr,
+               TAIL_ACT: tl.constexpr, acc_t: tl.constexpr):
+    """``out = x * Mc * Ms`` of one loaded tile (the block tail: ``act((y * scale + shift) * Mc * Ms +
+    r)``), stored in out's dtype (HINTS: ``.cs`` streaming stores)."""
     mask = mask_c[:, None] & mask_p[None, :]
     v = v.to(acc_t)
-    if HAS_MC:
+    if AFFINE:  # rows [Mc[n, c], scale[c], shift[c], -] of the channel tile in one load
+        rows = tl.arange(0, 4)
+        cc = c0 + offs_c
+        ptrs = tl.where(rows[:, None] == 0, mc_ptr + n * C + cc[None, :], aff_ptr + (rows[:, None] - 1) * C
+                        + cc[None, :])
+        t = tl.load(ptrs, mask=(rows < 3)[:, None] & mask_c[None, :], other=0.0).to(acc_t)
+        v = (v * tile_row(t, rows, 1)[:, None] + tile_row(t, rows, 2)[:, None]) * tile_row(t, rows, 0)[:, None]
+    elif HAS_MC:
         g = tl.load(mc_ptr + n * C + c0 + offs_c, mask=mask_c, other=0.0).to(acc_t)
         v = v * g[:, None]
     v = v * ms[None, :]
+    if RESIDUAL:
+        v = v + r.to(acc_t)
+    if TAIL_ACT == 1:
+        v = relu(v)
     if HINTS:
         tl.store(o_ptrs, v.to(out_ptr.dtype.element_ty), mask=mask, cache_modifier=".cs")
     else:

@@ -7,8 +7,8 @@ from cbam_triton.kernels._common import count_at_max, max_propagate_nan, track_m
 
 
 @triton.jit
-def pool_partials(x_ptr, n, offs_c, mask_c, p_start, p_end, stride_xn, stride_xc, stride_xp,
-                  COUNT: tl.constexpr, HINTS: tl.constexpr,
+def pool_partials(x_ptr, n, offs_c, mask_c, p_start, p_end, stride_xn, stride_xc, stride_xp, scale, shift,
+                  COUNT: tl.constexpr, HINTS: tl.constexpr, AFFINE: tl.constexpr,
                   BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr, ACC_FP64: tl.constexpr, UNROLL: tl.constexpr = 1):
     """Sum, max (and, with COUNT, the number of elements equal to the max) over p in
     ``[p_start, p_end)`` of ``x[n, offs_c, p]``: three ``[BLOCK_C]`` vectors. Elementwise
@@ -16,7 +16,8 @@ def pool_partials(x_ptr, n, offs_c, mask_c, p_start, p_end, stride_xn, stride_xc
     to keep x (``evict_last``), for the stages of the L2-resident schedule that read it again.
     ``UNROLL`` == 2: the next tile's loads are issued with this one's, before either is reduced
     (Triton does not pipeline loads that feed no ``tl.dot``): twice the bytes in flight; the tiles are
-    accumulated in the same order, so the result is the same bit for bit."""
+    accumulated in the same order, so the result is the same bit for bit. ``AFFINE`` (the fused block
+    tail): each element is ``x * scale[c] + shift[c]`` as it is loaded (masked lanes stay 0)."""
     acc_t: tl.constexpr = tl.float64 if ACC_FP64 else tl.float32
     offs_p = tl.arange(0, BLOCK_P)
     ptrs = (x_ptr + n.to(tl.int64) * stride_xn
@@ -32,9 +33,11 @@ def pool_partials(x_ptr, n, offs_c, mask_c, p_start, p_end, stride_xn, stride_xc
         if UNROLL == 2:
             mask2 = mask_c[:, None] & ((p0 + BLOCK_P + offs_p) < p_end)[None, :]
             v2 = _load_x(ptrs + step, mask2, HINTS)
-        acc_sum, acc_max, acc_cnt = _pool_tile(v.to(acc_t), mask, acc_sum, acc_max, acc_cnt, COUNT)
+        acc_sum, acc_max, acc_cnt = _pool_tile(_affine(v.to(acc_t), mask, scale, shift, AFFINE), mask, acc_sum,
+                                               acc_max, acc_cnt, COUNT)
         if UNROLL == 2:
-            acc_sum, acc_max, acc_cnt = _pool_tile(v2.to(acc_t), mask2, acc_sum, acc_max, acc_cnt, COUNT)
+            acc_sum, acc_max, acc_cnt = _pool_tile(_affine(v2.to(acc_t), mask2, scale, shift, AFFINE), mask2,
+                                                   acc_sum, acc_max, acc_cnt, COUNT)
         ptrs += step * UNROLL
     vmax = max_propagate_nan(acc_max, 1)
     cnt = tl.zeros([BLOCK_C], dtype=tl.int32)
@@ -50,6 +53,14 @@ def _load_x(ptrs, mask, HINTS: tl.constexpr):
         v = tl.load(ptrs, mask=mask, other=0.0, eviction_policy="evict_last")
     else:
         v = tl.load(ptrs, mask=mask, other=0.0)
+    return v
+
+
+@triton.jit
+def _affine(v, mask, scale, shift, AFFINE: tl.constexpr):
+    """``v * scale[c] + shift[c]`` (masked lanes 0) with AFFINE, else v."""
+    if AFFINE:
+        v = tl.where(mask, v * scale[:, None] + shift[:, None], 0.0)
     return v
 
 
@@ -87,8 +98,10 @@ def channel_pool_kernel(
     offs_c = (pid_nc % num_cblocks) * BLOCK_C + tl.arange(0, BLOCK_C)
     mask_c = offs_c < C
     p_start = split * p_per_split
+    none = tl.zeros([BLOCK_C], dtype=tl.float32)
     vsum, vmax, cnt = pool_partials(x_ptr, n, offs_c, mask_c, p_start, tl.minimum(p_start + p_per_split, P),
-                                    stride_xn, stride_xc, stride_xp, COUNT, False, BLOCK_C, BLOCK_P, ACC_FP64)
+                                    stride_xn, stride_xc, stride_xp, none, none, COUNT, False, False,
+                                    BLOCK_C, BLOCK_P, ACC_FP64)
     out = (n * tl.num_programs(1) + split).to(tl.int64) * C + offs_c
     tl.store(sum_ptr + out, vsum, mask=mask_c)
     tl.store(max_ptr + out, vmax, mask=mask_c)

@@ -5,7 +5,7 @@ stage 2, see :mod:`cbam_triton.kernels.mlp`)."""
 import triton
 import triton.language as tl
 
-from cbam_triton.kernels._common import last_arrival, reset_counter
+from cbam_triton.kernels._common import affine_coefficients, last_arrival, reset_counter
 from cbam_triton.kernels.mlp import (
     POOLS_AVG_MAX,
     group_combine,
@@ -43,9 +43,10 @@ def channel_pool_mlp_kernel(
     x_ptr, sum_ptr, max_ptr, counter_ptr, sample_counter_ptr, group_counter_ptr, part_ptr,
     group_ptr, z_ptr, w1_ptr, b1_ptr,
     C, P, HID, p_per_split, group,
-    stride_xn, stride_xc, stride_xp, s_w1h, s_w1c, pin_ptr, l1_counter_ptr, GS,
+    stride_xn, stride_xc, stride_xp, s_w1h, s_w1c,
+    aff_mean_ptr, aff_var_ptr, aff_w_ptr, aff_b_ptr, aff_eps, aff_out_ptr, pin_ptr, l1_counter_ptr, GS,
     POOLS: tl.constexpr, ACT: tl.constexpr, HAS_B1: tl.constexpr, Z_COMBINE: tl.constexpr, TREE: tl.constexpr,
-    SPLIT: tl.constexpr, HINTS: tl.constexpr,
+    SPLIT: tl.constexpr, HINTS: tl.constexpr, AFFINE: tl.constexpr, AFF_W: tl.constexpr, AFF_B: tl.constexpr,
     BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr, SB: tl.constexpr, HB: tl.constexpr,
     CBB: tl.constexpr, ZB: tl.constexpr, ACC_FP64: tl.constexpr, UNROLL: tl.constexpr,
     L1G: tl.constexpr, GR: tl.constexpr, WB: tl.constexpr, HB1: tl.constexpr,
@@ -76,6 +77,10 @@ def channel_pool_mlp_kernel(
     # cdiv(blocks, CBB) tiles of partials (TREE: group + groups rows instead of blocks): a few
     # tens of independent loads, never C * HID.
     # Deterministic: integer atomics only, every combine in a fixed order.
+    # AFFINE (the fused block tail): x is a residual block's pre-norm output y; each element is
+    # y * scale[c] + shift[c] (the block's last BatchNorm in eval, from its running statistics and
+    # affine parameters: 4 small loads per program) as it is loaded, and the programs of sample 0,
+    # split 0 store (scale, shift) to aff_out (2, C) for stage 2.
     acc_t: tl.constexpr = tl.float64 if ACC_FP64 else tl.float32
     pid_nc = tl.program_id(0)
     split = tl.program_id(1)
@@ -86,8 +91,17 @@ def channel_pool_mlp_kernel(
     offs_c = cb * BLOCK_C + tl.arange(0, BLOCK_C)
     mask_c = offs_c < C
     p_start = split * p_per_split
+    scale = tl.zeros([BLOCK_C], dtype=acc_t)
+    shift = tl.zeros([BLOCK_C], dtype=acc_t)
+    if AFFINE:
+        scale, shift = affine_coefficients(offs_c, mask_c, aff_mean_ptr, aff_var_ptr, aff_w_ptr, aff_b_ptr, aff_eps,
+                                           AFF_W, AFF_B, ACC_FP64)
+        owner = mask_c & (n == 0) & (split == 0)
+        tl.store(aff_out_ptr + offs_c, scale, mask=owner)
+        tl.store(aff_out_ptr + C + offs_c, shift, mask=owner)
     vsum, vmax, _ = pool_partials(x_ptr, n, offs_c, mask_c, p_start, tl.minimum(p_start + p_per_split, P),
-                                  stride_xn, stride_xc, stride_xp, False, HINTS, BLOCK_C, BLOCK_P, ACC_FP64, UNROLL)
+                                  stride_xn, stride_xc, stride_xp, scale, shift, False, HINTS, AFFINE,
+                                  BLOCK_C, BLOCK_P, ACC_FP64, UNROLL)
     final = True
     if SPLIT:
         out = (n * num_splits + split).to(tl.int64) * C + offs_c

@@ -3,7 +3,14 @@
 import triton
 import triton.language as tl
 
-from cbam_triton.kernels._common import count_at_max, last_arrival, max_propagate_nan, reset_counter, track_max_count
+from cbam_triton.kernels._common import (
+    count_at_max,
+    last_arrival,
+    max_propagate_nan,
+    reset_counter,
+    tile_row,
+    track_max_count,
+)
 from cbam_triton.kernels.mlp import MC_FC2, MC_LOAD, MC_NONE, channel_map_tile, load_hidden
 
 
@@ -31,7 +38,8 @@ def spatial_pool_kernel(
     x_ptr, mc_ptr, out_ptr, cnt_ptr, counter_ptr, final_ptr,
     mcw_ptr, mcb_ptr, vec_ptr, mc_out_ptr,
     C, P, K, c_per_split,
-    stride_xn, stride_xc, stride_xp, s_mcw_c, s_mcw_k,
+    stride_xn, stride_xc, stride_xp, s_mcw_c, s_mcw_k, aff_ptr,
+    AFFINE: tl.constexpr,
     MC_MODE: tl.constexpr, POOLS: tl.constexpr, ACT: tl.constexpr, HAS_MCB: tl.constexpr, KB: tl.constexpr,
     Z_ONCE: tl.constexpr, FINALIZE: tl.constexpr, COUNT: tl.constexpr, HINTS: tl.constexpr, COMBINE: tl.constexpr,
     SB: tl.constexpr,
@@ -52,8 +60,11 @@ def spatial_pool_kernel(
     # > 1): the last of the SPLIT programs of a (n, p-block), found with one integer atomic on
     # counter[n, p-block], combines the partials as [SB, BLOCK_P] tiles in split order into
     # final[n] (N, 2, H, W). Deterministic; no PyTorch op runs between the stages.
-    # Longest program: its x tiles, one Mc tile (a few weight tiles) per x tile, and the combine's
-    # 2 * cdiv(SPLIT, SB) tiles.
+    # AFFINE (the fused block tail): x is a residual block's pre-norm output y, each element
+    # y * scale[c] + shift[c] as it is loaded (aff (2, C) from stage 1: one [2, BLOCK_C] load per
+    # channel tile).
+    # Longest program: its x tiles, one Mc tile (a few weight tiles; AFFINE: + 1) per x tile, and
+    # the combine's 2 * cdiv(SPLIT, SB) tiles.
     acc_t: tl.constexpr = tl.float64 if ACC_FP64 else tl.float32
     pid_np = tl.program_id(0)
     split = tl.program_id(1)
@@ -90,13 +101,14 @@ def spatial_pool_kernel(
             mask_cc2 = cc2 < c_end
             v2 = _load_x(ptrs + step, mask_cc2[:, None] & mask_p[None, :], HINTS)
         acc_sum, acc_max, acc_cnt = _gated_tile(v, n, cc, mask_cc, mask_p, pb, C, K, vec_ptr, mcw_ptr, mcb_ptr,
-                                                s_mcw_c, s_mcw_k, z, mc_ptr, mc_out_ptr, acc_sum, acc_max, acc_cnt,
-                                                MC_MODE, POOLS, ACT, HAS_MCB, KB, Z_ONCE, COUNT, acc_t)
+                                                s_mcw_c, s_mcw_k, z, mc_ptr, mc_out_ptr, aff_ptr, acc_sum, acc_max,
+                                                acc_cnt, AFFINE, MC_MODE, POOLS, ACT, HAS_MCB, KB, Z_ONCE, COUNT,
+                                                acc_t)
         if UNROLL == 2:
             acc_sum, acc_max, acc_cnt = _gated_tile(v2, n, cc2, mask_cc2, mask_p, pb, C, K, vec_ptr, mcw_ptr,
-                                                    mcb_ptr, s_mcw_c, s_mcw_k, z, mc_ptr, mc_out_ptr, acc_sum,
-                                                    acc_max, acc_cnt, MC_MODE, POOLS, ACT, HAS_MCB, KB, Z_ONCE,
-                                                    COUNT, acc_t)
+                                                    mcb_ptr, s_mcw_c, s_mcw_k, z, mc_ptr, mc_out_ptr, aff_ptr, acc_sum,
+                                                    acc_max, acc_cnt, AFFINE, MC_MODE, POOLS, ACT, HAS_MCB, KB,
+                                                    Z_ONCE, COUNT, acc_t)
         ptrs += step * UNROLL
 
     vmax = max_propagate_nan(acc_max, 0)
@@ -131,14 +143,18 @@ def _load_x(ptrs, mask, HINTS: tl.constexpr):
 
 @triton.jit
 def _gated_tile(v, n, cc, mask_cc, mask_p, pb, C, K, vec_ptr, mcw_ptr, mcb_ptr, s_mcw_c, s_mcw_k, z, mc_ptr,
-                mc_out_ptr, acc_sum, acc_max, acc_cnt,
+                mc_out_ptr, aff_ptr, acc_sum, acc_max, acc_cnt, AFFINE: tl.constexpr,
                 MC_MODE: tl.constexpr, POOLS: tl.constexpr, ACT: tl.constexpr, HAS_MCB: tl.constexpr,
                 KB: tl.constexpr, Z_ONCE: tl.constexpr, COUNT: tl.constexpr, acc_t: tl.constexpr):
     """One loaded tile of channels ``cc`` times its Mc into the elementwise (sum, max, count at max)
     accumulators; Mc none, loaded, or computed from the MLP's last layer (stored to mc_out by the
-    programs of pixel block 0)."""
+    programs of pixel block 0). AFFINE: ``x * scale[c] + shift[c]`` first (one [2, len(cc)] load)."""
     mask = mask_cc[:, None] & mask_p[None, :]
     v = v.to(acc_t)
+    if AFFINE:
+        rows2 = tl.arange(0, 2)
+        ss = tl.load(aff_ptr + rows2[:, None] * C + cc[None, :], mask=mask_cc[None, :], other=0.0)
+        v = v * tile_row(ss, rows2, 0)[:, None] + tile_row(ss, rows2, 1)[:, None]
     if MC_MODE != MC_NONE:
         if MC_MODE == MC_LOAD:
             g = tl.load(mc_ptr + n.to(tl.int64) * C + cc, mask=mask_cc, other=0.0).to(acc_t)

@@ -66,6 +66,8 @@ class Launch:
     x_in_flight: int = 0
     #: modelled bytes of MLP weights the launch reads (every program's slices, all samples)
     weight_bytes: int = 0
+    #: tensors streamed besides x (the fused block tail's residual): their loads count as x's
+    streamed: tuple[Any, ...] = ()
 
     @property
     def dram_bytes(self) -> int:
@@ -78,7 +80,7 @@ class Launch:
         to launch again without Triton's per-call argument binding."""
         for hook in LAUNCH_HOOKS:
             hook(self)
-        if min(self.grid) == 0:
+        if min(self.grid) == 0 or _PLAN_ONLY[0]:
             return None
         if type(self.kernel).__name__ == "InterpretedFunction":
             return interpret(self.kernel, self.grid, self.args, {**self.meta, "num_warps": self.num_warps})
@@ -115,6 +117,19 @@ _PRE_DISPATCH_MODES: Callable[[], int] = getattr(torch._ops, "_len_torch_dispatc
 
 
 LAUNCH_HOOKS: list[Callable[[Launch], None]] = []
+_PLAN_ONLY = [0]  # nesting depth of plan_only()
+
+
+@contextlib.contextmanager
+def plan_only() -> Iterator[None]:
+    """Inside this context every :class:`Launch` is planned and recorded (:func:`record_launches`)
+    but not launched: outputs are left unwritten. For traffic models at sizes Triton's interpreter
+    cannot run in reasonable time (the benchmark's whole networks on a CPU); never for results."""
+    _PLAN_ONLY[0] += 1
+    try:
+        yield
+    finally:
+        _PLAN_ONLY[0] -= 1
 
 
 @contextlib.contextmanager

@@ -26,7 +26,8 @@ from typing import Any
 
 import torch
 
-from cbam_triton.fusion import ChannelMLP, SpatialConv
+from cbam_triton import _torch_stages
+from cbam_triton.fusion import TAIL_ACTIVATIONS, BlockTail, ChannelMLP, SpatialConv
 from cbam_triton.launchers._common import (
     Launch,
     as_ncp,
@@ -45,19 +46,26 @@ from cbam_triton.schedule import Schedule
 
 
 def plan_chunk(x: torch.Tensor, out: torch.Tensor, mlp: ChannelMLP | None, conv: SpatialConv | None,
-               hints: bool) -> list[Launch]:
-    """The launches of one chunk (x and out: the chunk's slices), in order.
+               hints: bool, tail: BlockTail | None = None) -> list[Launch]:
+    """The launches of one chunk (x and out: the chunk's slices; ``tail``: the block tail, its
+    residual the chunk's slice), in order.
 
     Stage 1 pools and runs the MLP's first layer, spread over its channel blocks; stage 2 computes
     Mc per channel tile from the last layer as it streams (and stores it for stage 3), or, where
     that reads the weights too often, the channel-map launch computes the chunk's Mc first and
-    stage 2 loads it; a lone channel gate computes it per tile in the gating kernel."""
+    stage 2 loads it; a lone channel gate computes it per tile in the gating kernel. The block tail
+    (both branches needed, :func:`tail_unfused_reason`): every stage applies the affine to x as it
+    loads it (stage 1 leaves the (scale, shift) vectors for the others), and stage 3 adds the
+    residual and applies the activation before its store."""
     if mlp is None and conv is None:
         raise ValueError("the fused forward needs a channel MLP, a spatial conv, or both")
+    if tail is not None and (reason := tail_unfused_reason(mlp, conv, tail)) is not None:
+        raise ValueError(f"plan_chunk: {reason}")
+    affine = tail.affine if tail is not None else None
     launches: list[Launch] = []
     channel = None
     if mlp is not None:
-        launch, channel = plan_channel_pool_mlp(x, mlp, hints=hints)
+        launch, channel = plan_channel_pool_mlp(x, mlp, hints=hints, affine=affine)
         launches.append(launch)
     if conv is None:
         launch, _ = plan_gate(x, None, None, hints=hints, out=out, channel=channel)
@@ -69,9 +77,12 @@ def plan_chunk(x: torch.Tensor, out: torch.Tensor, mlp: ChannelMLP | None, conv:
                 map_launch_pays(x, channel, launches[0].weight_bytes + launch.weight_bytes):
             # the MLP's last layer off the stream: Mc of the whole chunk in one small launch
             launches.append(plan_channel_map(x, channel, mc))
-            launch, pooled, _ = plan_spatial_pool(x, mc, hints=hints, combine=True)
+            launch, pooled, _ = plan_spatial_pool(x, mc, hints=hints, combine=True, affine=channel.affine)
         launches.append(launch)
-        launch, _ = plan_gate_conv(x, mc, pooled, conv, hints=hints, out=out)
+        launch, _ = plan_gate_conv(x, mc, pooled, conv, hints=hints, out=out,
+                                   tail_affine=channel.affine if channel is not None else None,
+                                   residual=tail.residual if tail is not None else None,
+                                   act=tail.act if tail is not None else "identity")
         launches.append(launch)
     if hints:  # x re-read by the later stages: served by L2 (the schedule's premise)
         for launch in launches[1:]:
@@ -81,24 +92,36 @@ def plan_chunk(x: torch.Tensor, out: torch.Tensor, mlp: ChannelMLP | None, conv:
 
 
 def plan_fused_forward(x: torch.Tensor, mlp: ChannelMLP | None, conv: SpatialConv | None,
-                       schedule: Schedule) -> tuple[list[Launch], torch.Tensor]:
-    """Every launch of the fused forward of x under ``schedule``, and the output they fill."""
+                       schedule: Schedule, tail: BlockTail | None = None) -> tuple[list[Launch], torch.Tensor]:
+    """Every launch of the fused forward of x under ``schedule`` (with ``tail``: a residual block's
+    fused tail, see :func:`fused_tail`), and the output they fill."""
     x, _ = as_ncp(x)  # a view whose H and W don't merge is copied once, not once per chunk
+    if tail is not None and tail.residual is not None:
+        tail = tail._replace(residual=as_ncp(tail.residual)[0])
     out, _ = empty_output(x)
     launches: list[Launch] = []
     n = x.shape[0]
     for start, end in schedule.chunks(n):
         whole = (start, end) == (0, n)  # one chunk: no slicing (and no dispatch of view ops)
+        part = tail
+        if tail is not None and tail.residual is not None and not whole:
+            part = tail._replace(residual=tail.residual[start:end])
         launches += plan_chunk(x if whole else x[start:end], out if whole else out[start:end], mlp, conv,
-                               schedule.hints)
+                               schedule.hints, part)
     return launches, out
 
 
-def _params(mlp: ChannelMLP | None, conv: SpatialConv | None) -> list[torch.Tensor | None]:
-    """The weight tensors the kernels read, in a fixed order (None where absent)."""
+def _params(mlp: ChannelMLP | None, conv: SpatialConv | None,
+            tail: BlockTail | None = None) -> list[torch.Tensor | None]:
+    """The weight tensors the kernels read, in a fixed order (None where absent); with a block tail
+    also its norm's tensors and the residual."""
     fields: list[torch.Tensor | None] = list(mlp[:4]) if mlp is not None else [None] * 4
     fields += [conv.weight, conv.bias, conv.bn_mean, conv.bn_var, conv.bn_weight, conv.bn_bias] if conv is not None \
         else [None] * 6
+    if tail is not None:
+        a = tail.affine
+        fields += [a.mean, a.var, a.weight, a.bias] if a is not None else [None] * 4
+        fields.append(tail.residual)
     return fields
 
 
@@ -140,10 +163,12 @@ class PlanCache:
 
     @classmethod
     def key(cls, x: torch.Tensor, mlp: ChannelMLP | None, conv: SpatialConv | None,
-            params: list[torch.Tensor | None], schedule: Schedule) -> tuple[Any, ...]:
-        """What the plan depends on (``params``: :func:`_params` of mlp and conv)."""
+            params: list[torch.Tensor | None], schedule: Schedule, tail: BlockTail | None = None) -> tuple[Any, ...]:
+        """What the plan depends on (``params``: :func:`_params` of mlp, conv and tail)."""
         dialect = (mlp.pools, mlp.act) if mlp is not None else None
         spatial = (conv.input, float(conv.bn_eps)) if conv is not None else None
+        if tail is not None:
+            spatial = (spatial, tail.act, float(tail.affine.eps) if tail.affine is not None else None)
         stream = torch.cuda.current_stream(x.device).stream_id if x.device.type == "cuda" else 0
         return (_sig(x), tuple(_sig(t) for t in params), dialect, spatial, schedule.kind,
                 schedule.chunk, stream, tuple(os.environ.get(k) for k in cls.ENV))
@@ -275,19 +300,22 @@ PLANS = PlanCache()
 
 
 def fused_forward(x: torch.Tensor, mlp: ChannelMLP | None, conv: SpatialConv | None,
-                  schedule: Schedule) -> torch.Tensor:
+                  schedule: Schedule, tail: BlockTail | None = None) -> torch.Tensor:
     """``x * Mc * Ms`` with the small parts inside the kernels: 3 (or 4) launches per chunk
-    (planned once per configuration, see :class:`PlanCache`)."""
+    (planned once per configuration, see :class:`PlanCache`); with ``tail`` the block tail
+    ``act(CBAM(affine(x)) + residual)`` in the same launches (:func:`fused_tail`)."""
     capturing = x.device.type == "cuda" and torch.cuda.is_current_stream_capturing()
     x, _ = as_ncp(x)  # the same copy decision for every call with these strides: before the lookup
-    params = _params(mlp, conv)
-    key = None if capturing else PLANS.key(x, mlp, conv, params, schedule)
+    if tail is not None and tail.residual is not None:
+        tail = tail._replace(residual=as_ncp(tail.residual)[0])
+    params = _params(mlp, conv, tail)
+    key = None if capturing else PLANS.key(x, mlp, conv, params, schedule, tail)
     got = PLANS.rebind(key, x, params) if key is not None else None
     if got is not None:
         PLANS.hits += 1
         launches, out = got
     else:
-        launches, out = plan_fused_forward(x, mlp, conv, schedule)
+        launches, out = plan_fused_forward(x, mlp, conv, schedule, tail)
         if key is not None:
             PLANS.misses += 1
             PLANS.store(key, launches, x, out, params)
@@ -301,6 +329,34 @@ def fused_forward(x: torch.Tensor, mlp: ChannelMLP | None, conv: SpatialConv | N
         for sink in sinks:
             sink.append((x, out, launches, results))
     return out
+
+
+def tail_unfused_reason(mlp: ChannelMLP | None, conv: SpatialConv | None, tail: BlockTail) -> str | None:
+    """None when the three launches compute the block tail themselves; otherwise why the tail is
+    composed (the fused CBAM between a PyTorch norm and a PyTorch epilogue): the kernels fuse the
+    tail into a CBAM with both branches (the spatial gate's kernel adds the residual)."""
+    if mlp is None or conv is None:
+        return "the fused tail needs both CBAM branches (a lone gate's tail is composed)"
+    if tail.act not in TAIL_ACTIVATIONS:
+        return f"activation {tail.act!r} (the kernels apply {', '.join(TAIL_ACTIVATIONS)})"
+    return None
+
+
+def fused_tail(y: torch.Tensor, mlp: ChannelMLP | None, conv: SpatialConv | None, tail: BlockTail,
+               schedule: Schedule) -> torch.Tensor:
+    """A residual block's inference tail ``act(CBAM(affine(y)) + residual)``.
+
+    Where :func:`tail_unfused_reason` allows, the three launches of the fused forward do it all: the
+    affine is applied to every element of y as it is loaded, the residual added and the activation
+    applied in the gate's store: y and the residual read once, the output written once. Otherwise
+    composed: the affine in PyTorch (what ``nn.BatchNorm2d`` in eval computes), the fused CBAM
+    forward, then ``out += residual; act(out)`` in place, as the blocks do."""
+    if tail_unfused_reason(mlp, conv, tail) is None:
+        return fused_forward(y, mlp, conv, schedule, tail)
+    a = tail.affine
+    z = _torch_stages.channel_affine(y, a.mean, a.var, a.weight, a.bias, a.eps) if a is not None else y
+    out = fused_forward(z, mlp, conv, schedule)
+    return _torch_stages.tail_epilogue(out, tail.residual, tail.act)
 
 
 _RECORDING = threading.local()

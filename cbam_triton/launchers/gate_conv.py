@@ -6,7 +6,7 @@ import os
 
 import torch
 
-from cbam_triton.fusion import SPATIAL_INPUTS, SpatialConv
+from cbam_triton.fusion import SPATIAL_INPUTS, TAIL_ACTIVATIONS, SpatialConv
 from cbam_triton.kernels.gate_conv import gate_conv_kernel
 from cbam_triton.launchers._common import (
     MAX_WALK_TILES,
@@ -48,12 +48,17 @@ def conv_taps(ksize: int, block_p: int, device: torch.device | None = None) -> i
 
 def plan_gate_conv(x: torch.Tensor, mc: torch.Tensor | None, pooled: torch.Tensor, conv: SpatialConv,
                    hints: bool = False, out: torch.Tensor | None = None,
-                   split: int | None = None) -> tuple[Launch, torch.Tensor]:
+                   split: int | None = None, *, tail_affine: torch.Tensor | None = None,
+                   residual: torch.Tensor | None = None, act: str = "identity") -> tuple[Launch, torch.Tensor]:
     """Plan the fused spatial map + gating: ``out = x * mc * sigmoid(bn(conv(pooled)))``.
 
     ``pooled`` is the (N, 2, H, W) [max, mean] map of stage 2 (contiguous, x's compute dtype);
     ``mc`` the (N, C) channel map or None. Same walk as stage 2: a program owns a pixel block and
     walks a c-range (split to fill the GPU). Returns the launch and the output (or ``out``).
+
+    The fused block tail: ``tail_affine`` (stage 1's (2, C) ``(scale, shift)``: ``out = (x * scale +
+    shift) * Mc * Ms``), ``residual`` (x's shape and dtype, any mergeable strides: added
+    after the gating) and ``act`` (a key of TAIL_ACTIVATIONS, after the addition).
     """
     n, c, h, w = x.shape
     p = h * w
@@ -68,16 +73,27 @@ def plan_gate_conv(x: torch.Tensor, mc: torch.Tensor | None, pooled: torch.Tenso
                           max_walk_tiles=MAX_WALK_TILES if mc is not None else None, kernel="gate_conv",
                           num_warps=warps)
 
+    # the block tail's residual tiles next to y's on rows Triton can't vectorise (16-bit loads: a
+    # register per element) take 8 warps, as the plain gate's 4 do without them
+    heavy = residual is not None and not rows_16b(x, sc, sp)
     plan = fused(NUM_WARPS)
-    warps = _warps(conv.ksize, plan.block_p, x)
+    warps = 8 if heavy else _warps(conv.ksize, plan.block_p, x)
     if warps != NUM_WARPS:  # the grid is sized for the warps the tile runs with
         plan = fused(warps)
-        warps = _warps(conv.ksize, plan.block_p, x)
+        warps = 8 if heavy else _warps(conv.ksize, plan.block_p, x)
     block_c, block_p, base = plan.block_c, plan.block_p, plan.base
     num_splits, per_split = plan.num_splits, plan.per_split
     acc = compute_dtype(x)
     if mc is not None:
         mc = mc.to(acc).contiguous()
+    if tail_affine is not None and mc is None:
+        raise ValueError("plan_gate_conv: tail_affine needs the channel map mc")
+    rn = rc = rp = 0
+    if residual is not None:
+        if residual.shape != x.shape or residual.dtype != x.dtype:
+            raise ValueError(f"residual must have x's shape {tuple(x.shape)} and dtype {x.dtype}, got "
+                             f"{tuple(residual.shape)} {residual.dtype}")
+        residual, (rn, rc, rp) = as_ncp(residual)
     pooled = pooled.to(acc).contiguous()
     # the weight is read in place through its strides (a channels_last copy would be a tensor that
     # no guard sees: an in-place edit of the weight would miss a replayed launch)
@@ -94,15 +110,18 @@ def plan_gate_conv(x: torch.Tensor, mc: torch.Tensor | None, pooled: torch.Tenso
               conv.bias if conv.bias is not None else weight,
               conv.bn_mean if has_bn else weight, conv.bn_var if has_bn else weight,
               conv.bn_weight if affine else weight, conv.bn_bias if affine else weight, float(conv.bn_eps),
-              c, p, h, w, per_split, s_wc, s_wh, s_ww, sn, sc, sp, on, oc, op),
-        meta=dict(HAS_MC=mc is not None, HAS_CONV_BIAS=conv.bias is not None, HAS_BN=has_bn, HAS_BN_AFFINE=affine,
+              c, p, h, w, per_split, s_wc, s_wh, s_ww, sn, sc, sp, on, oc, op,
+              residual if residual is not None else x, rn, rc, rp, tail_affine if tail_affine is not None else pooled),
+        meta=dict(AFFINE=tail_affine is not None, RESIDUAL=residual is not None, TAIL_ACT=TAIL_ACTIVATIONS[act],
+                  HAS_MC=mc is not None, HAS_CONV_BIAS=conv.bias is not None, HAS_BN=has_bn, HAS_BN_AFFINE=affine,
                   SPATIAL_INPUT=SPATIAL_INPUTS[conv.input], KSIZE=conv.ksize,
                   TAPS=taps, KP=kp, HINTS=hints,
                   BLOCK_C=block_c, BLOCK_P=block_p, ACC_FP64=acc_is_fp64(x),
-                  UNROLL=2 if -(-min(per_split, c) // block_c) >= 2 and rows_16b(x, sc, sp) else 1),
+                  UNROLL=2 if -(-min(per_split, c) // block_c) >= 2 and rows_16b(x, sc, sp)
+                  and (residual is None or _same_rows(sc, sp, rc, rp) and rows_16b(residual, rc, rp)) else 1),
         name="gate_conv",
         num_warps=warps,
-        bytes_read=nbytes(x, *small),
+        bytes_read=nbytes(x, residual, tail_affine, *small),
         bytes_written=nbytes(out),
     )
     acc_size = pooled.element_size()
@@ -113,12 +132,22 @@ def plan_gate_conv(x: torch.Tensor, mc: torch.Tensor | None, pooled: torch.Tenso
     else:
         loads, nb = 2 * k + 2, k * 2 * kp * block_p * acc_size + 2 * kp * kp * weight.element_size()
     scalars = sum(t is not None for t in small[3:]) if has_bn else int(conv.bias is not None)
+    per_tile = (3 if tail_affine is not None else 1) if mc is not None else 0  # Mc (+ scale, shift): one load
     loads += scalars + (tiles if mc is not None else 0)
-    nb += scalars * weight.element_size() + (tiles * block_c * acc_size if mc is not None else 0)
-    launch.longest = ProgramModel(tiles, min(per_split, c) * block_p * x.element_size(), loads, nb)
-    launch.x_in_flight = in_flight(min(per_split, c) * min(block_p, p) * x.element_size(), tiles,
-                                   launch.meta.get("UNROLL", 1))
+    nb += scalars * weight.element_size() + per_tile * tiles * block_c * acc_size
+    streams = 2 if residual is not None else 1  # the residual's tiles are streamed like x's
+    launch.longest = ProgramModel(streams * tiles, streams * min(per_split, c) * block_p * x.element_size(), loads, nb)
+    launch.x_in_flight = streams * in_flight(min(per_split, c) * min(block_p, p) * x.element_size(), tiles,
+                                             launch.meta.get("UNROLL", 1))
+    if residual is not None:
+        launch.streamed = (residual,)
     return launch, out
+
+
+def _same_rows(sc: int, sp: int, rc: int, rp: int) -> bool:
+    """Whether the residual's unit-stride axis is y's (its tiles then load as y's: 128-bit where
+    aligned); a residual in another layout is loaded element by element and gets no second tile."""
+    return (sp == 1) == (rp == 1) and (sc == 1) == (rc == 1)
 
 
 def _warps(ksize: int, block_p: int, x: torch.Tensor) -> int:

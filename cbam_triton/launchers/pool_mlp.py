@@ -9,9 +9,10 @@ from typing import Any, NamedTuple
 
 import torch
 
-from cbam_triton.fusion import ACTIVATIONS, POOL_MODES, ChannelMLP
+from cbam_triton.fusion import ACTIVATIONS, POOL_MODES, ChannelAffine, ChannelMLP
 from cbam_triton.kernels.pool_mlp import channel_pool_mlp_kernel
 from cbam_triton.launchers._common import (
+    NUM_WARPS,
     PROGRAM_SMALL_BYTES,
     SMALL_TILE,
     WORKSPACE_FRACTION,
@@ -46,6 +47,8 @@ class ChannelState(NamedTuple):
     mlp: ChannelMLP
     z: torch.Tensor | None
     parts: torch.Tensor | None = None
+    #: the fused block tail: (scale, shift) per channel, (2, C), of the block's last norm
+    affine: torch.Tensor | None = None
 
     @property
     def map_weight_bytes(self) -> int:
@@ -124,10 +127,12 @@ def map_split_min(state: ChannelState | None, c: int) -> int:
 
 
 def plan_channel_pool_mlp(x: torch.Tensor, mlp: ChannelMLP, hints: bool = False, split: int | None = None,
-                          counters: torch.Tensor | None = None) -> tuple[Launch, ChannelState]:
+                          counters: torch.Tensor | None = None,
+                          affine: ChannelAffine | None = None) -> tuple[Launch, ChannelState]:
     """Plan stage 1 (pooling, split combine, MLP layer 1); returns the launch and the
     :class:`ChannelState` the later stages compute Mc from (fp32, fp64 for fp64 x).
-    ``hints``: evict_last loads (the L2-resident schedule)."""
+    ``hints``: evict_last loads (the L2-resident schedule). ``affine`` (the fused block tail): x is
+    pooled as ``affine(x)``, and the (2, C) ``(scale, shift)`` of it is left for stage 2."""
     n, c, h, w = x.shape
     p = h * w
     x, (sn, sc, sp) = as_ncp(x)
@@ -149,8 +154,11 @@ def plan_channel_pool_mlp(x: torch.Tensor, mlp: ChannelMLP, hints: bool = False,
         cap = max(GROUP_WB, 1 << ((GROUP_L1_LOADS * GROUP_WB // (2 * h_tiles)).bit_length() - 1))
         lo, hi = min(lo, cap), min(hi, cap)
     block_c_range = (min(max(lo, ws_lo), hi), hi)
+    # the block tail's affine on rows Triton can't vectorise: 8 warps (a register per element of the
+    # tile and of its scale/shift columns)
+    warps = 8 if affine is not None and not rows_16b(x, sc, sp) else NUM_WARPS
     plan = plan_fused(n, c, p, sc, sp, x.element_size(), "p", x.device, split, block_c_range=block_c_range,
-                      kernel="channel_pool_mlp")
+                      kernel="channel_pool_mlp", num_warps=warps)
     block_c, block_p, base = plan.block_c, plan.block_p, plan.base
     num_splits, per_split = plan.num_splits, plan.per_split
     num_cblocks = -(-c // block_c)
@@ -184,6 +192,11 @@ def plan_channel_pool_mlp(x: torch.Tensor, mlp: ChannelMLP, hints: bool = False,
     cbb = max(1, min(next_pow2(max(group, num_groups) if tree else num_cblocks), SMALL_TILE // zb))
     hb1 = min(max(16, next_pow2(hidden)), GROUP_HB)
     wb = GROUP_WB
+    aff = torch.empty((2, c), dtype=acc, device=x.device) if affine is not None else None
+    aff_in = (affine.mean, affine.var, affine.weight, affine.bias) if affine is not None else ()
+    aff_args = ((affine.mean, affine.var, affine.weight if affine.weight is not None else affine.mean,
+                 affine.bias if affine.bias is not None else affine.mean, float(affine.eps), aff)
+                if affine is not None else (parts, parts, parts, parts, 0.0, parts))
     launch = Launch(
         kernel=channel_pool_mlp_kernel,
         grid=(base, num_splits),
@@ -191,24 +204,32 @@ def plan_channel_pool_mlp(x: torch.Tensor, mlp: ChannelMLP, hints: bool = False,
               sample_counters, group_counters if tree else sample_counters, parts,
               groups if groups is not None else parts, z if two else parts,
               w1, mlp.fc1_bias if mlp.fc1_bias is not None else w1,
-              c, p, hidden, per_split, group if tree else 1, sn, sc, sp, *_matrix_strides(w1),
+              c, p, hidden, per_split, group if tree else 1, sn, sc, sp, *_matrix_strides(w1), *aff_args,
               pin if pin is not None else parts, l1_counters, gs),
         meta=dict(POOLS=POOL_MODES[mlp.pools], ACT=ACTIVATIONS[mlp.act], HAS_B1=mlp.fc1_bias is not None,
-                  Z_COMBINE=two, TREE=tree, SPLIT=num_splits > 1, HINTS=hints, BLOCK_C=block_c, BLOCK_P=block_p,
+                  Z_COMBINE=two, TREE=tree, SPLIT=num_splits > 1, HINTS=hints, AFFINE=affine is not None,
+                  AFF_W=affine is not None and affine.weight is not None,
+                  AFF_B=affine is not None and affine.bias is not None, BLOCK_C=block_c, BLOCK_P=block_p,
                   SB=small_tile_rows(block_c, num_splits), HB=hb, CBB=cbb, ZB=zb, ACC_FP64=acc_is_fp64(x),
                   UNROLL=2 if -(-min(per_split, p) // block_p) >= 2 and rows_16b(x, sc, sp) else 1,
                   L1G=gs > 1, GR=gr, WB=wb, HB1=hb1),
         name="channel_pool_mlp",
-        bytes_read=nbytes(x, w1, mlp.fc1_bias if two else None),
-        bytes_written=nbytes(sums, maxs, parts, groups, z, pin),
+        num_warps=warps,
+        bytes_read=nbytes(x, w1, mlp.fc1_bias if two else None, *aff_in),
+        bytes_written=nbytes(sums, maxs, parts, groups, z, pin, aff),
     )
     combined = (group, num_groups) if tree else (num_cblocks,)
     launch.longest = _stage1_longest(launch, x, p, hidden, num_splits, per_split, combined, two, wsize, gs)
+    if affine is not None:  # the norm's statistics and parameters of the program's channel block
+        loaded = [t for t in aff_in if t is not None]
+        lp = launch.longest
+        launch.longest = ProgramModel(lp.x_loads, lp.x_bytes, lp.other_loads + len(loaded),
+                                      lp.other_bytes + sum(min(block_c, c) * t.element_size() for t in loaded))
     # W1: a slice per (sample, block), or per (group of gs samples, block)
     launch.weight_bytes = -(-n // gs) * nbytes(w1, mlp.fc1_bias if two else None)
     launch.x_in_flight = in_flight(min(block_c, c) * min(per_split, p) * x.element_size(),
                                    -(-min(per_split, p) // block_p), launch.meta.get("UNROLL", 1))
-    return launch, ChannelState(mlp, z, None if two else parts)
+    return launch, ChannelState(mlp, z, None if two else parts, aff)
 
 
 def _isqrt_up(v: int) -> int:

@@ -40,7 +40,7 @@ from cbam_triton.launchers.pool_mlp import (
 def plan_spatial_pool(x: torch.Tensor, mc: torch.Tensor | None, split: int | None = None,
                       count: bool = False, hints: bool = False, combine: bool = False,
                       channel: ChannelState | None = None, mc_out: torch.Tensor | None = None,
-                      ) -> tuple[Launch, torch.Tensor, torch.Tensor | None]:
+                      affine: torch.Tensor | None = None) -> tuple[Launch, torch.Tensor, torch.Tensor | None]:
     """Plan stage 2; returns the launch, its (N, SPLIT, 2, H, W) output (max, sum-or-mean) and,
     with ``count``, the int32 (N, SPLIT, H*W) counts of channels equal to each max.
 
@@ -48,10 +48,20 @@ def plan_spatial_pool(x: torch.Tensor, mc: torch.Tensor | None, split: int | Non
     then the final (N, 2, H, W) map [max, mean] whatever the split); ``hints``: evict_last loads;
     ``channel`` (stage 1's :class:`ChannelState`, instead of ``mc``): Mc is computed in-kernel per
     channel tile from the MLP's last layer and stored to ``mc_out`` (N, C) for stage 3.
+    ``affine`` (the fused block tail; default: ``channel.affine``): stage 1's (2, C) ``(scale, shift)``,
+    applied to x as it is loaded.
     """
     n, c, h, w = x.shape
     p = h * w
     x, (sn, sc, sp) = as_ncp(x)
+    if affine is None and channel is not None:
+        affine = channel.affine
+
+    def warps_for(block_c: int) -> int:
+        """8 warps for a large Mc weight tile, and for the block tail's affine on rows Triton can't
+        vectorise (a register per element of the tile and of its (scale, shift) columns)."""
+        return 8 if affine is not None and not rows_16b(x, sc, sp) else _warps(channel, block_c)
+
     if combine:  # the fused forward's tile rule
         # Mc from the MLP's last layer: few pixel blocks per sample when its weights are large, and
         # enough channel splits that each program's slice of them stays small
@@ -61,12 +71,13 @@ def plan_spatial_pool(x: torch.Tensor, mc: torch.Tensor | None, split: int | Non
                               weight_bytes=channel.map_weight_bytes if channel is not None else 0,
                               block_c_range=(1, channel.channels_per_slice(c) if channel is not None else 1 << 30),
                               min_split=map_split_min(channel, c),
-                              max_walk_tiles=MAX_WALK_TILES if channel is not None or mc is not None else None,
+                              max_walk_tiles=MAX_WALK_TILES if channel is not None or mc is not None
+                              or affine is not None else None,
                               kernel="spatial_pool", num_warps=warps)
 
         plan = fused(NUM_WARPS)
-        if _warps(channel, plan.block_c) != NUM_WARPS:  # the grid is sized for the warps the tile runs with
-            plan = fused(_warps(channel, plan.block_c))
+        if warps_for(plan.block_c) != NUM_WARPS:  # the grid is sized for the warps the tile runs with
+            plan = fused(warps_for(plan.block_c))
         block_c, block_p, base, num_splits, per_split = (plan.block_c, plan.block_p, plan.base, plan.num_splits,
                                                          plan.per_split)
     else:
@@ -89,19 +100,22 @@ def plan_spatial_pool(x: torch.Tensor, mc: torch.Tensor | None, split: int | Non
         grid=(base, num_splits),
         args=(x, mc if mc is not None else out, out, cnts if count else out, counters, final,
               mcw, mcb, vec, mc_out if mc_out is not None else out,
-              c, p, k, per_split, sn, sc, sp, s_wc, s_wk),
-        meta=dict(**mc_meta, FINALIZE=num_splits == 1, COUNT=count, HINTS=hints, COMBINE=combine,
+              c, p, k, per_split, sn, sc, sp, s_wc, s_wk, affine if affine is not None else out),
+        meta=dict(**mc_meta, AFFINE=affine is not None, FINALIZE=num_splits == 1, COUNT=count, HINTS=hints,
+                  COMBINE=combine,
                   SB=small_tile_rows(block_p, num_splits), BLOCK_C=block_c, BLOCK_P=block_p, ACC_FP64=acc_is_fp64(x),
                   UNROLL=2 if combine_unroll(mc_meta, per_split, c, block_c, x, sc, sp) else 1),
         name="spatial_pool",
-        num_warps=_warps(channel, block_c),
-        bytes_read=nbytes(x, mc) + (channel.map_total_bytes if channel is not None else 0),
+        num_warps=warps_for(block_c),
+        bytes_read=nbytes(x, mc, affine) + (channel.map_total_bytes if channel is not None else 0),
         bytes_written=nbytes(out, cnts, mc_out) + (nbytes(final) if combine else 0),
     )
     tiles = -(-min(per_split, c) // block_c)
     acc_size = out.element_size()
     loads, nb = map_tile_loads(mc_meta, block_c, k, mcw.element_size(), acc_size)
     loads, nb = tiles * loads, tiles * nb
+    if affine is not None:  # (scale, shift) of each channel tile: one [2, BLOCK_C] load
+        loads, nb = loads + tiles, nb + 2 * tiles * block_c * acc_size
     if mc_meta.get("Z_ONCE"):
         loads, nb = loads + 1, nb + mc_meta["KB"] * acc_size
     if combine:

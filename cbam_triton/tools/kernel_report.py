@@ -234,12 +234,17 @@ def _spatial_plans(x: torch.Tensor, xs: torch.Tensor, main: bool, rare: bool) ->
 #: The ResNet-50 CBAM shapes at batch 1 and 32, planned for an H100/H200 (528 programs): the fused
 #: tile rule's choices there (stage-2 tiles kept short for the MLP weights, 128x16 stage-1 tiles, ...)
 RESNET_SHAPES = ((256, 56), (512, 28), (1024, 14), (2048, 7))
+#: of those, where the fused block tail's variants are compiled too (16-element aligned rows, and the
+#: shape with the largest register counts)
+TAIL_SHAPES = ((256, 56), (2048, 7))
 
 
 def _resnet_plans(dtype: torch.dtype, layout: str) -> list[Any]:
-    """Every launch of the fused forward (both schedules) on :data:`RESNET_SHAPES`."""
+    """Every launch of the fused forward (both schedules) on :data:`RESNET_SHAPES`, and the fused
+    block tail's on :data:`TAIL_SHAPES`."""
     import os
 
+    from cbam_triton.fusion import BlockTail, ChannelAffine
     from cbam_triton.launchers.forward import plan_chunk
 
     old = os.environ.get("CBAM_TRITON_TARGET_PROGRAMS")
@@ -254,6 +259,11 @@ def _resnet_plans(dtype: torch.dtype, layout: str) -> list[Any]:
                                                                                 "fc2_bias")})
                 for hints in (True, False):
                     plans += plan_chunk(x, torch.empty_like(x), mlp, _conv(), hints)
+                if n == 32 and (c, hw) in TAIL_SHAPES:  # a residual block's fused tail (norm, residual, ReLU)
+                    v = torch.empty(c, dtype=dtype, device="meta")
+                    tail = BlockTail(ChannelAffine(v, v, v, v, 1e-5), torch.empty_like(x), "relu")
+                    plans += [launch for launch in plan_chunk(x, torch.empty_like(x), mlp, _conv(), True, tail)
+                              if launch.name != "channel_map"]
         # a wide MLP (r = 4: two-level layer-1 combine) and a one-layer C -> C MLP (ultralytics)
         for (c, hw), mlp in (((2048, 7), _mlp(2048, hidden=512)),
                              ((512, 28), _mlp(512, pools="avg", fc2=False, act="identity"))):

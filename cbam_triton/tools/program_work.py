@@ -10,8 +10,9 @@ launch moves in total. This module measures it where no GPU is needed::
     for row in work.worst():            # one row per launch: its busiest program
         print(row)
 
-x is the launch's first tensor argument (``x_ptr`` of every streaming kernel); a load counts as a
-load of x when all its active lanes fall in x's storage. A load with no active lane counts as
+x is the launch's first tensor argument (``x_ptr`` of every streaming kernel) and any tensor in its
+``streamed`` (the fused block tail's residual); a load counts as a load of x when all its active
+lanes fall in the storage of one of them. A load with no active lane counts as
 nothing (it moves no data). Atomics are counted apart (one round trip each).
 """
 
@@ -104,11 +105,11 @@ def program_work() -> Iterator[WorkLog]:
 
     def on_launch(launch: Launch) -> None:
         x = launch.args[0] if launch.args and isinstance(launch.args[0], torch.Tensor) else None
-        lo = x.untyped_storage().data_ptr() if x is not None else 0
-        hi = lo + (x.untyped_storage().nbytes() if x is not None else 0)
+        ranges = [(t.untyped_storage().data_ptr(), t.untyped_storage().data_ptr() + t.untyped_storage().nbytes())
+                  for t in (x, *launch.streamed) if isinstance(t, torch.Tensor)]
         lw = LaunchWork(launch.name, tuple(launch.grid))
         log.launches.append(lw)
-        current.update(launch=lw, lo=lo, hi=hi)
+        current.update(launch=lw, ranges=ranges or [(0, 0)])
 
     orig_load = builder.create_masked_load
     orig_rmw = builder.create_atomic_rmw
@@ -129,8 +130,7 @@ def program_work() -> Iterator[WorkLog]:
             active = addrs[np.broadcast_to(np.asarray(mask.data), np.asarray(ptrs.data).shape).reshape(-1)]
             if active.size:
                 nbytes = int(active.size) * ret.data.dtype.itemsize
-                lo, hi = current["lo"], current["hi"]
-                if ((active >= lo) & (active < hi)).all():
+                if any(((active >= lo) & (active < hi)).all() for lo, hi in current["ranges"]):
                     w.x_loads += 1
                     w.x_bytes += nbytes
                 else:
