@@ -18,7 +18,7 @@ from torch import nn
 
 from cbam_triton import compiled, dispatch
 from cbam_triton.functional import spatial_attention
-from cbam_triton.fusion import ChannelMLP, SpatialConv, activation_name, is_sigmoid, spatial_conv
+from cbam_triton.fused_parts import ChannelMLP, SpatialConv, activation_name, is_sigmoid, spatial_conv
 from cbam_triton.modules import Scheduled
 from cbam_triton.norms import bn_state
 

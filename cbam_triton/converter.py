@@ -19,7 +19,7 @@ from torch import nn
 
 from cbam_triton import norms
 from cbam_triton.converted import ConvertedCBAM, DialectSpec
-from cbam_triton.fusion import tail_activation_name
+from cbam_triton.fused_parts import tail_activation_name
 from cbam_triton.modules import CBAM
 from cbam_triton.reference import CBAM as ReferenceCBAM
 from cbam_triton.schedule import validate_schedule

@@ -31,7 +31,7 @@ from torch import nn
 from cbam_triton import compiled, fastpath, ops, stages, training
 from cbam_triton._backend import resolve_backend
 from cbam_triton.deploy import fx_leaf_call, quiet_shape_checks
-from cbam_triton.fusion import BlockTail, ChannelAffine, ChannelMLP, SpatialConv
+from cbam_triton.fused_parts import BlockTail, ChannelAffine, ChannelMLP, SpatialConv
 from cbam_triton.validation import check_devices, validate_input
 
 __all__ = ["FusedParts", "fused", "fused_tail", "module_forward", "needs_grad", "prepare", "run"]

@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from cbam_triton.fusion import BlockTail, channel_affine
+from cbam_triton.fused_parts import BlockTail, channel_affine
 from cbam_triton.launchers.forward import tail_unfused_reason
 from cbam_triton.schedule import l2_budget, plan_schedule
 
@@ -59,7 +59,7 @@ def explain(module: torch.nn.Module, x: torch.Tensor, *, l2_cache_bytes: int | N
     Top level: ``chunks``, ``mlp_weight_size_bytes`` (W1, W2 and biases) and ``weight_bytes_total``
     (modelled MLP weight traffic of the whole forward).
 
-    ``tail`` (a :class:`~cbam_triton.fusion.BlockTail`; its residual may be a ``meta`` tensor): the
+    ``tail`` (a :class:`~cbam_triton.fused_parts.BlockTail`; its residual may be a ``meta`` tensor): the
     plan of a residual block's fused tail ``act(CBAM(affine(x)) + residual)`` instead (``path``
     ``"fused tail"``, or ``"composed tail"`` with ``reason``), with ``tail`` (what is fused),
     ``streamed_floor_bytes`` (x read once, the residual read once, the output written once) and

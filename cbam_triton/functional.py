@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from cbam_triton import dispatch, stages
 from cbam_triton._backend import resolve_backend
-from cbam_triton.fusion import TAIL_ACTIVATIONS, BlockTail, ChannelAffine, ChannelMLP, SpatialConv
+from cbam_triton.fused_parts import TAIL_ACTIVATIONS, BlockTail, ChannelAffine, ChannelMLP, SpatialConv
 from cbam_triton.schedule import validate_budget, validate_schedule
 from cbam_triton.validation import check_devices, validate_input
 
@@ -241,7 +241,7 @@ def cbam(
 
 def validate_tail(y: torch.Tensor, residual: object, activation: str) -> None:
     """Check a block tail's residual (a tensor of y's shape, dtype and device; any strides) and
-    activation (a key of :data:`cbam_triton.fusion.TAIL_ACTIVATIONS`): ``TypeError`` for a
+    activation (a key of :data:`cbam_triton.fused_parts.TAIL_ACTIVATIONS`): ``TypeError`` for a
     non-tensor or another dtype, ``ValueError`` otherwise."""
     if activation not in TAIL_ACTIVATIONS:
         raise ValueError(f"activation must be one of {tuple(TAIL_ACTIVATIONS)}, got {activation!r}")

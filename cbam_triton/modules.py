@@ -18,7 +18,7 @@ from torch import nn
 from cbam_triton import compiled, dispatch
 from cbam_triton.deploy import script_error
 from cbam_triton.functional import channel_attention, spatial_attention
-from cbam_triton.fusion import ChannelMLP, SpatialConv, spatial_conv
+from cbam_triton.fused_parts import ChannelMLP, SpatialConv, spatial_conv
 from cbam_triton.norms import bn_state, check, copy_for
 from cbam_triton.reference import CBAM as ReferenceCBAM
 from cbam_triton.reference import validate_config  # the spec's own config rules

@@ -99,7 +99,7 @@ def foldable(bn: nn.Module | None, what: str = "spatial norm") -> str | None:
 
 
 def fused_fields(bn: nn.Module | None) -> dict[str, Any]:
-    """The :class:`~cbam_triton.fusion.SpatialConv` BatchNorm fields of a :func:`foldable` norm
+    """The :class:`~cbam_triton.fused_parts.SpatialConv` BatchNorm fields of a :func:`foldable` norm
     (``{}`` for no norm): its running statistics, affine parameters and eps, read in place."""
     if bn is None:
         return {}

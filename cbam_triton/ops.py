@@ -140,7 +140,7 @@ def fused_forward_impl(x: Tensor, fc1_weight: Tensor | None, fc1_bias: Tensor | 
     """The whole inference forward (small parts inside the kernels; see
     :mod:`cbam_triton.launchers.forward`). ``fc1_weight`` None: no channel branch; ``conv_weight``
     None: no spatial branch. ``schedule``/``l2_budget_bytes``: see :mod:`cbam_triton.schedule`."""
-    from cbam_triton.fusion import ChannelMLP, SpatialConv
+    from cbam_triton.fused_parts import ChannelMLP, SpatialConv
     from cbam_triton.launchers.forward import fused_forward
     from cbam_triton.schedule import l2_budget, plan_schedule
 
@@ -198,7 +198,7 @@ def fused_tail_impl(y: Tensor, fc1_weight: Tensor, fc1_bias: Tensor | None, fc2_
     :func:`cbam_triton.launchers.forward.fused_tail`): ``norm_mean`` None: no norm (else the block's
     last BatchNorm in eval mode, ``norm_*`` its running statistics, affine parameters and eps);
     ``residual`` None: no addition. The CBAM arguments are :func:`fused_forward`'s."""
-    from cbam_triton.fusion import BlockTail, ChannelAffine, ChannelMLP, SpatialConv
+    from cbam_triton.fused_parts import BlockTail, ChannelAffine, ChannelMLP, SpatialConv
     from cbam_triton.launchers.forward import fused_tail
     from cbam_triton.schedule import l2_budget, plan_schedule
 

@@ -32,7 +32,14 @@ from torch import nn
 from cbam_triton import dispatch
 from cbam_triton._backend import resolve_backend
 from cbam_triton.deploy import fx_leaf_call
-from cbam_triton.fusion import BlockTail, ChannelAffine, ChannelMLP, SpatialConv, channel_affine, tail_activation_name
+from cbam_triton.fused_parts import (
+    BlockTail,
+    ChannelAffine,
+    ChannelMLP,
+    SpatialConv,
+    channel_affine,
+    tail_activation_name,
+)
 from cbam_triton.modules import Scheduled
 
 #: what :meth:`FusedTailBlock.tail_parts` gives when the fused tail can run

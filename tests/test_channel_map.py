@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import cbam_triton
-from cbam_triton.fusion import ChannelMLP, SpatialConv
+from cbam_triton.fused_parts import ChannelMLP, SpatialConv
 from cbam_triton.launchers.forward import fused_forward, plan_chunk
 from cbam_triton.schedule import plan_schedule
 

@@ -6,7 +6,7 @@ import triton.language as tl
 
 from cbam_triton.kernels._common import relu, sigmoid, tile_row
 
-#: what the convolution reads (``SPATIAL_INPUT``); must match :data:`cbam_triton.fusion.SPATIAL_INPUTS`
+#: what the convolution reads (``SPATIAL_INPUT``); must match :data:`cbam_triton.fused_parts.SPATIAL_INPUTS`
 INPUT_MAX_MEAN = tl.constexpr(0)   # 2 channels [max, mean]
 INPUT_MEAN_MAX = tl.constexpr(1)   # 2 channels [mean, max]
 INPUT_LIGHT = tl.constexpr(2)      # 1 channel 0.5 * mean + 0.5 * max

@@ -27,12 +27,12 @@ import triton.language as tl
 
 from cbam_triton.kernels._common import relu, sigmoid
 
-#: channel-branch input modes (``POOLS``); must match :data:`cbam_triton.fusion.POOL_MODES`
+#: channel-branch input modes (``POOLS``); must match :data:`cbam_triton.fused_parts.POOL_MODES`
 POOLS_AVG_MAX = tl.constexpr(0)   # mlp(avg) + mlp(max)
 POOLS_AVG = tl.constexpr(1)       # mlp(avg)
 POOLS_MAX = tl.constexpr(2)       # mlp(max)
 POOLS_LIGHT = tl.constexpr(3)     # mlp(0.5 * avg + 0.5 * max)
-#: hidden activations (``ACT``); must match :data:`cbam_triton.fusion.ACTIVATIONS`
+#: hidden activations (``ACT``); must match :data:`cbam_triton.fused_parts.ACTIVATIONS`
 ACT_IDENTITY = tl.constexpr(0)
 ACT_RELU = tl.constexpr(1)
 #: where a streaming kernel's channel map comes from (``MC_MODE``)

@@ -8,7 +8,7 @@ import os
 
 import torch
 
-from cbam_triton.fusion import ACTIVATIONS, POOL_MODES
+from cbam_triton.fused_parts import ACTIVATIONS, POOL_MODES
 from cbam_triton.kernels.channel_map import channel_map_kernel
 from cbam_triton.launchers._common import Launch, ProgramModel, acc_is_fp64, nbytes, next_pow2
 from cbam_triton.launchers.pool_mlp import MC_FC2, MC_PART, ChannelState, pool_rows, weight_bound_bytes

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 from cbam_triton import _torch_stages
-from cbam_triton.fusion import TAIL_ACTIVATIONS, BlockTail, ChannelMLP, SpatialConv
+from cbam_triton.fused_parts import TAIL_ACTIVATIONS, BlockTail, ChannelMLP, SpatialConv
 from cbam_triton.launchers._common import (
     Launch,
     as_ncp,

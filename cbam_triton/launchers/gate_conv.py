@@ -6,7 +6,7 @@ import os
 
 import torch
 
-from cbam_triton.fusion import SPATIAL_INPUTS, TAIL_ACTIVATIONS, SpatialConv
+from cbam_triton.fused_parts import SPATIAL_INPUTS, TAIL_ACTIVATIONS, SpatialConv
 from cbam_triton.kernels.gate_conv import gate_conv_kernel
 from cbam_triton.launchers._common import (
     MAX_WALK_TILES,

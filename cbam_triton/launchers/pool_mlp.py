@@ -9,7 +9,7 @@ from typing import Any, NamedTuple
 
 import torch
 
-from cbam_triton.fusion import ACTIVATIONS, POOL_MODES, ChannelAffine, ChannelMLP
+from cbam_triton.fused_parts import ACTIVATIONS, POOL_MODES, ChannelAffine, ChannelMLP
 from cbam_triton.kernels.pool_mlp import channel_pool_mlp_kernel
 from cbam_triton.launchers._common import (
     NUM_WARPS,

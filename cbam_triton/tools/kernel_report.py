@@ -156,7 +156,7 @@ def _rows_aligned(x: torch.Tensor) -> bool:
 
 def _mlp(c: int, hidden: int = 4, pools: str = "avg+max", act: str = "relu", bias: bool = True,
          fc2: bool = True) -> Any:
-    from cbam_triton.fusion import ChannelMLP
+    from cbam_triton.fused_parts import ChannelMLP
 
     def m(*shape: int) -> torch.Tensor:
         return torch.empty(shape, device="meta")
@@ -168,7 +168,7 @@ def _mlp(c: int, hidden: int = 4, pools: str = "avg+max", act: str = "relu", bia
 
 def _conv(k: int = 7, spatial_input: str = "max,mean", bias: bool = False, bn: bool = True,
           affine: bool = True) -> Any:
-    from cbam_triton.fusion import SpatialConv
+    from cbam_triton.fused_parts import SpatialConv
 
     one = torch.empty(1, device="meta")
     return SpatialConv(torch.empty(1, 1 if spatial_input == "light" else 2, k, k, device="meta"),
@@ -244,7 +244,7 @@ def _resnet_plans(dtype: torch.dtype, layout: str) -> list[Any]:
     block tail's on :data:`TAIL_SHAPES`."""
     import os
 
-    from cbam_triton.fusion import BlockTail, ChannelAffine
+    from cbam_triton.fused_parts import BlockTail, ChannelAffine
     from cbam_triton.launchers.forward import plan_chunk
 
     old = os.environ.get("CBAM_TRITON_TARGET_PROGRAMS")
