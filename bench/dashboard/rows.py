@@ -11,13 +11,13 @@ from __future__ import annotations
 import math
 from typing import Any
 
-STATUSES = ("pass", "fail_accuracy", "fail_to_run", "skipped")
+STATUSES = ("pass", "fail_accuracy", "fail_to_run", "skipped", "modelled")
 TIMINGS = ("timed", "verified", "not_measured")
 #: older row statuses -> (status, timing)
 LEGACY = {
     "ok": ("pass", "timed"),
     "verified": ("pass", "verified"),
-    "modelled": ("skipped", "not_measured"),  # a traffic model only (too large for the CPU interpreter)
+    "modelled": ("modelled", "not_measured"),  # a traffic model only (too large for the CPU interpreter)
     "mismatch": ("fail_accuracy", "not_measured"),
     "error": ("fail_to_run", "not_measured"),
     "skipped": ("skipped", "not_measured"),

@@ -69,6 +69,7 @@
     if (isNum(r[key])) return {text: fmt(key, r[key]), cls: '', value: r[key]};
     if (failed(r)) return {text: r.status.replace(/_/g, ' '), cls: 's-fail', value: null};
     if (r.status === 'skipped') return {text: 'skipped', cls: 't-not_measured', value: null};
+    if (r.status === 'modelled') return {text: 'modelled', cls: 't-not_measured', value: null};
     if (TIMED[key] && r.timing === 'verified') return {text: 'verified', cls: 't-verified', value: null};
     return {text: 'not measured', cls: 't-not_measured', value: null};
   }
