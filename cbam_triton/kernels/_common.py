@@ -139,3 +139,14 @@ def last_arrival(counter_ptr, expected):
 def reset_counter(counter_ptr):
     """Put a :func:`last_arrival` counter back to 0 (by its last program: nobody else touches it)."""
     tl.store(counter_ptr, 0)
+
+
+@triton.jit
+def load_x_kept(ptrs, mask, HINTS: tl.constexpr):
+    """A tile of x in its own dtype; HINTS (the L2 schedule's first stages): ``evict_last``, so that the
+    next stage reads it again from L2."""
+    if HINTS:
+        v = tl.load(ptrs, mask=mask, other=0.0, eviction_policy="evict_last")
+    else:
+        v = tl.load(ptrs, mask=mask, other=0.0)
+    return v

@@ -3,7 +3,7 @@
 import triton
 import triton.language as tl
 
-from cbam_triton.kernels._common import count_at_max, max_propagate_nan, track_max_count
+from cbam_triton.kernels._common import count_at_max, load_x_kept, max_propagate_nan, track_max_count
 
 
 @triton.jit
@@ -29,10 +29,10 @@ def pool_partials(x_ptr, n, offs_c, mask_c, p_start, p_end, stride_xn, stride_xc
     acc_cnt = tl.zeros([BLOCK_C, BLOCK_P], dtype=tl.int32)
     for p0 in range(p_start, p_end, BLOCK_P * UNROLL):
         mask = mask_c[:, None] & ((p0 + offs_p) < p_end)[None, :]
-        v = _load_x(ptrs, mask, HINTS)
+        v = load_x_kept(ptrs, mask, HINTS)
         if UNROLL == 2:
             mask2 = mask_c[:, None] & ((p0 + BLOCK_P + offs_p) < p_end)[None, :]
-            v2 = _load_x(ptrs + step, mask2, HINTS)
+            v2 = load_x_kept(ptrs + step, mask2, HINTS)
         acc_sum, acc_max, acc_cnt = _pool_tile(_affine(v.to(acc_t), mask, scale, shift, AFFINE), mask, acc_sum,
                                                acc_max, acc_cnt, COUNT)
         if UNROLL == 2:
@@ -44,16 +44,6 @@ def pool_partials(x_ptr, n, offs_c, mask_c, p_start, p_end, stride_xn, stride_xc
     if COUNT:
         cnt = count_at_max(acc_max, acc_cnt, vmax, 1)
     return tl.sum(acc_sum, axis=1), vmax, cnt
-
-
-@triton.jit
-def _load_x(ptrs, mask, HINTS: tl.constexpr):
-    """A tile of x in its own dtype (HINTS: evict_last, stages 2 and 3 read it again from L2)."""
-    if HINTS:
-        v = tl.load(ptrs, mask=mask, other=0.0, eviction_policy="evict_last")
-    else:
-        v = tl.load(ptrs, mask=mask, other=0.0)
-    return v
 
 
 @triton.jit

@@ -6,6 +6,7 @@ import triton.language as tl
 from cbam_triton.kernels._common import (
     count_at_max,
     last_arrival,
+    load_x_kept,
     max_propagate_nan,
     reset_counter,
     tile_row,
@@ -95,11 +96,11 @@ def spatial_pool_kernel(
     for c0 in range(c_start, c_end, BLOCK_C * UNROLL):
         cc = c0 + offs_c
         mask_cc = cc < c_end
-        v = _load_x(ptrs, mask_cc[:, None] & mask_p[None, :], HINTS)
+        v = load_x_kept(ptrs, mask_cc[:, None] & mask_p[None, :], HINTS)
         if UNROLL == 2:
             cc2 = cc + BLOCK_C
             mask_cc2 = cc2 < c_end
-            v2 = _load_x(ptrs + step, mask_cc2[:, None] & mask_p[None, :], HINTS)
+            v2 = load_x_kept(ptrs + step, mask_cc2[:, None] & mask_p[None, :], HINTS)
         acc_sum, acc_max, acc_cnt = _gated_tile(v, n, cc, mask_cc, mask_p, pb, C, K, vec_ptr, mcw_ptr, mcb_ptr,
                                                 s_mcw_c, s_mcw_k, z, mc_ptr, mc_out_ptr, aff_ptr, acc_sum, acc_max,
                                                 acc_cnt, AFFINE, MC_MODE, POOLS, ACT, HAS_MCB, KB, Z_ONCE, COUNT,
@@ -129,16 +130,6 @@ def spatial_pool_kernel(
             tl.store(dst, pmax, mask=mask_p)
             tl.store(dst + P, psum / C, mask=mask_p)
             reset_counter(counter_ptr + pid_np)
-
-
-@triton.jit
-def _load_x(ptrs, mask, HINTS: tl.constexpr):
-    """A tile of x in its own dtype (HINTS: evict_last, stage 3 reads it again from L2)."""
-    if HINTS:
-        v = tl.load(ptrs, mask=mask, other=0.0, eviction_policy="evict_last")
-    else:
-        v = tl.load(ptrs, mask=mask, other=0.0)
-    return v
 
 
 @triton.jit
