@@ -99,7 +99,8 @@ def test_summary_is_a_geomean_of_passing_timed_rows_only():
 def test_registry_keeps_the_benchmark_defaults_and_says_why_a_provider_cannot_run():
     assert registry.names("block", "cpu", default="block") == ("eager", "compile", "compile-max-autotune", "triton",
                                                                "triton-l2")
-    assert registry.names("network", "cpu", default="network") == ("eager", "compile", "triton", "triton+compile")
+    assert registry.names("network", "cpu", default="network") == ("eager", "compile", "triton", "triton+compile",
+                                                                   "triton-tail", "triton-tail+compile")
     assert set(registry.names("block", "cuda", default="block")) == {
         "eager", "compile", "compile-max-autotune", "triton", "triton-l2", "triton-stream", "triton-cudagraph",
         "compile-cudagraphs"}
