@@ -41,7 +41,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-#: the shapes of the acceptance measurement (issue 16)
+#: the shapes of the host-time measurement
 SHAPES = ((1, 256, 56, 56), (1, 2048, 7, 7), (1, 64, 128, 128))
 #: the four ResNet-50 stage shapes (``--device cuda``)
 GPU_SHAPES = ((1, 256, 56, 56), (1, 512, 28, 28), (1, 1024, 14, 14), (1, 2048, 7, 7))

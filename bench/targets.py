@@ -1,4 +1,4 @@
-"""The speed targets of the fused forward (issue #7), checked against a result document.
+"""The speed targets of the fused forward, checked against a result document.
 
     python -m bench targets bench/results/<run>/results.json [more.json ...]
 

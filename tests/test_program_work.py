@@ -41,7 +41,7 @@ FUSED = ["channel_pool_mlp", "spatial_pool", "gate_conv"]
 WITH_MAP = ["channel_pool_mlp", "channel_map", "spatial_pool", "gate_conv"]
 
 
-# the three shapes (772, 226 and 429 loads that were not x in one program before)
+# the three measured shapes (772, 226 and 429 loads that were not x in one program before)
 @pytest.mark.parametrize("shape,layout,names", [((2, 2048, 7, 7), "nchw", FUSED), ((1, 1024, 14, 14), "nchw", FUSED),
                                                 ((1, 256, 56, 56), "channels_last", WITH_MAP)],
                          ids=["2048x7x7", "1024x14x14", "256x56x56-cl"])

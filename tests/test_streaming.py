@@ -18,7 +18,7 @@ import torch
 
 from cbam_triton.launchers import residency
 
-#: the issue's sm_90 limits, written out independently of cbam_triton.launchers.residency
+#: sm_90's limits, written out independently of cbam_triton.launchers.residency
 SM90 = dict(regs=65536, threads=2048, ctas=32, smem=228 * 1024, reserved=1024)
 SM80 = dict(regs=65536, threads=2048, ctas=32, smem=164 * 1024, reserved=1024)
 
