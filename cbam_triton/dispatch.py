@@ -68,9 +68,7 @@ def prepare(x: object, channels: int | None, tensors: dict[str, torch.Tensor | N
     return resolve_backend(x, backend)
 
 
-def _exporting() -> bool:
-    is_exporting = getattr(torch.compiler, "is_exporting", None)
-    return bool(is_exporting is not None and is_exporting())
+_exporting = torch.compiler.is_exporting  # (torch >= 2.11 has it, as cbam_triton.deploy assumes)
 
 
 def needs_grad(x: torch.Tensor, params: Iterable[torch.Tensor | None]) -> bool:

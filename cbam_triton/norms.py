@@ -66,7 +66,7 @@ def num_features(bn: nn.Module) -> int | None:
     """The number of channels a norm module normalises (None: not a BatchNorm-like module)."""
     if isinstance(bn, nn.modules.batchnorm._NormBase):
         return bn.num_features
-    if is_frozen(bn) or type(bn).__name__ == "FrozenBatchNorm2d":
+    if type(bn).__name__ == "FrozenBatchNorm2d":  # torchvision's (is_frozen) and look-alikes
         w = getattr(bn, "weight", None)
         return int(w.numel()) if w is not None else None
     return None
