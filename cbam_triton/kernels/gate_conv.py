@@ -112,6 +112,7 @@ def gate_conv_kernel(
     HAS_MC: tl.constexpr, HAS_CONV_BIAS: tl.constexpr, HAS_BN: tl.constexpr, HAS_BN_AFFINE: tl.constexpr,
     SPATIAL_INPUT: tl.constexpr, KSIZE: tl.constexpr, TAPS: tl.constexpr, KP: tl.constexpr, HINTS: tl.constexpr,
     BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr, ACC_FP64: tl.constexpr, UNROLL: tl.constexpr,
+    WIN: tl.constexpr = 0,
 ):
     # Grid (N * cdiv(P, BLOCK_P), SPLIT), the walk of stage 2: a program owns a block of BLOCK_P
     # pixels of sample n. It first computes Ms for them from the small (N, 2, H, W) pooled map
@@ -129,6 +130,10 @@ def gate_conv_kernel(
     # tile load per x tile, as Mc alone does), RESIDUAL (res[n, c, p]: y's shape and dtype in its
     # own strides, read once per element next to the x tile: streamed data, added after the
     # gating), TAIL_ACT (1: ReLU, NaN kept); all in fp32 (fp64) registers, stored once.
+    # WIN (contiguous NCHW, channel rows not 16-byte aligned, one pixel block per sample; not with the
+    # block tail): the 16-byte chunks of a sample are shared out among its channel rows, row c owning
+    # those that start inside it (the last one may run into channel c + 1), so that every load and
+    # store is a whole 128-bit chunk (_gate_windows).
     acc_t: tl.constexpr = tl.float64 if ACC_FP64 else tl.float32
     pid_np = tl.program_id(0)
     split = tl.program_id(1)
@@ -155,6 +160,22 @@ def gate_conv_kernel(
     offs_c = tl.arange(0, BLOCK_C)
     c_start = split * c_per_split
     c_end = tl.minimum(c_start + c_per_split, C)
+    if WIN > 0:
+        _gate_windows(x_ptr, mc_ptr, out_ptr, ms, n, C, P, c_start, c_end, stride_xn, stride_xc, offs_p,
+                      HAS_MC, HINTS, BLOCK_C, BLOCK_P, UNROLL, WIN, acc_t)
+    else:
+        _gate_rows(x_ptr, mc_ptr, out_ptr, res_ptr, aff_ptr, ms, n, C, offs_c, offs_p, mask_p, c_start, c_end,
+                   stride_xn, stride_xc, stride_xp, stride_on, stride_oc, stride_op, stride_rn, stride_rc, stride_rp,
+                   AFFINE, RESIDUAL, TAIL_ACT, HAS_MC, HINTS, BLOCK_C, UNROLL, acc_t)
+
+
+@triton.jit
+def _gate_rows(x_ptr, mc_ptr, out_ptr, res_ptr, aff_ptr, ms, n, C, offs_c, offs_p, mask_p, c_start, c_end,
+               stride_xn, stride_xc, stride_xp, stride_on, stride_oc, stride_op, stride_rn, stride_rc, stride_rp,
+               AFFINE: tl.constexpr, RESIDUAL: tl.constexpr, TAIL_ACT: tl.constexpr, HAS_MC: tl.constexpr,
+               HINTS: tl.constexpr, BLOCK_C: tl.constexpr, UNROLL: tl.constexpr, acc_t: tl.constexpr):
+    """The gating walk of a pixel block over channels ``[c_start, c_end)`` in ``[BLOCK_C, BLOCK_P]``
+    tiles (x, out and the residual in their own strides)."""
     x_ptrs = (x_ptr + n * stride_xn + (c_start + offs_c).to(tl.int64)[:, None] * stride_xc
               + offs_p.to(tl.int64)[None, :] * stride_xp)
     o_ptrs = (out_ptr + n * stride_on + (c_start + offs_c).to(tl.int64)[:, None] * stride_oc
@@ -189,6 +210,67 @@ def gate_conv_kernel(
         x_ptrs += x_step * UNROLL
         o_ptrs += o_step * UNROLL
         r_ptrs += r_step * UNROLL
+
+
+@triton.jit
+def _gate_windows(x_ptr, mc_ptr, out_ptr, ms, n, C, P, c_start, c_end, stride_xn, stride_xc, offs_p,
+                  HAS_MC: tl.constexpr, HINTS: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
+                  UNROLL: tl.constexpr, WIN: tl.constexpr, acc_t: tl.constexpr):
+    """The gating walk on the window path (x and out contiguous NCHW alike, H*W >= WIN): row c owns
+    the flat elements ``[st(c), st(c + 1))``, st(c) = its first element rounded up to WIN (16 bytes),
+    so a sample's 16-byte chunks are each loaded and stored once, whole (128-bit). An owned element
+    at column j of row c is pixel ``j + sh(c)`` of channel c, or, past the row's end, pixel
+    ``j + sh(c) - H*W`` of channel c + 1 (sh = st - first element < WIN <= H*W: at most one such
+    wrap). sh repeats every WIN channels, so the per-lane Ms and "wrapped" tables are built once per
+    program for the WIN classes (tl.gather from the program's Ms) and broadcast to the tile."""
+    offs_c = tl.arange(0, BLOCK_C)
+    a = n.to(tl.int64) * stride_xn + (c_start + offs_c).to(tl.int64) * stride_xc
+    st = ((a + WIN - 1) // WIN) * WIN
+    own = (((a + P + WIN - 1) // WIN) * WIN - st).to(tl.int32)
+    own_p = offs_p[None, :] < own[:, None]
+    r = tl.arange(0, WIN)
+    a_r = n.to(tl.int64) * stride_xn + (c_start + r).to(tl.int64) * stride_xc
+    q = offs_p[None, :] + ((WIN - a_r % WIN) % WIN).to(tl.int32)[:, None]
+    wrap_r = q >= P
+    q = tl.minimum(tl.where(wrap_r, q - P, q), BLOCK_P - 1)
+    ms_r = tl.gather(tl.broadcast_to(ms[None, :], [WIN, BLOCK_P]), q, 1)
+    ms_rows = tl.reshape(tl.broadcast_to(ms_r[None, :, :], [BLOCK_C // WIN, WIN, BLOCK_P]), [BLOCK_C, BLOCK_P])
+    wrap = tl.reshape(tl.broadcast_to(wrap_r[None, :, :], [BLOCK_C // WIN, WIN, BLOCK_P]), [BLOCK_C, BLOCK_P])
+    x_ptrs = x_ptr + st[:, None] + offs_p[None, :]
+    o_ptrs = out_ptr + st[:, None] + offs_p[None, :]
+    step = tl.full([], BLOCK_C, tl.int64) * stride_xc
+    for c0 in range(c_start, c_end, BLOCK_C * UNROLL):
+        cc = c0 + offs_c
+        m = (cc < c_end)[:, None] & own_p
+        v = _load_x(x_ptrs, m, HINTS)
+        if UNROLL == 2:
+            cc2 = cc + BLOCK_C
+            m2 = (cc2 < c_end)[:, None] & own_p
+            v2 = _load_x(x_ptrs + step, m2, HINTS)
+        _gate_window_tile(v, cc, m, wrap, ms_rows, mc_ptr, n, C, o_ptrs, out_ptr, HAS_MC, HINTS, acc_t)
+        if UNROLL == 2:
+            _gate_window_tile(v2, cc2, m2, wrap, ms_rows, mc_ptr, n, C, o_ptrs + step, out_ptr, HAS_MC, HINTS,
+                              acc_t)
+        x_ptrs += step * UNROLL
+        o_ptrs += step * UNROLL
+
+
+@triton.jit
+def _gate_window_tile(v, cc, m, wrap, ms_rows, mc_ptr, n, C, o_ptrs, out_ptr, HAS_MC: tl.constexpr,
+                      HINTS: tl.constexpr, acc_t: tl.constexpr):
+    """``out = x * Mc * Ms`` of one window-path tile: Mc of the row's channel, or of the next one on
+    its wrapped lanes."""
+    v = v.to(acc_t)
+    if HAS_MC:
+        row = mc_ptr + n.to(tl.int64) * C + cc
+        g = tl.load(row, mask=cc < C, other=0.0).to(acc_t)
+        g1 = tl.load(row + 1, mask=cc + 1 < C, other=0.0).to(acc_t)
+        v = v * tl.where(wrap, g1[:, None], g[:, None])
+    v = v * ms_rows
+    if HINTS:
+        tl.store(o_ptrs, v.to(out_ptr.dtype.element_ty), mask=m, cache_modifier=".cs")
+    else:
+        tl.store(o_ptrs, v.to(out_ptr.dtype.element_ty), mask=m)
 
 
 @triton.jit

@@ -9,7 +9,8 @@ from cbam_triton.kernels._common import count_at_max, load_x_kept, max_propagate
 @triton.jit
 def pool_partials(x_ptr, n, offs_c, mask_c, p_start, p_end, stride_xn, stride_xc, stride_xp, scale, shift,
                   COUNT: tl.constexpr, HINTS: tl.constexpr, AFFINE: tl.constexpr,
-                  BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr, ACC_FP64: tl.constexpr, UNROLL: tl.constexpr = 1):
+                  BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr, ACC_FP64: tl.constexpr, UNROLL: tl.constexpr = 1,
+                  WIN: tl.constexpr = 0):
     """Sum, max (and, with COUNT, the number of elements equal to the max) over p in
     ``[p_start, p_end)`` of ``x[n, offs_c, p]``: three ``[BLOCK_C]`` vectors. Elementwise
     accumulators over the walk, one cross-lane reduction at the end. ``HINTS``: the loads ask L2
@@ -17,7 +18,12 @@ def pool_partials(x_ptr, n, offs_c, mask_c, p_start, p_end, stride_xn, stride_xc
     ``UNROLL`` == 2: the next tile's loads are issued with this one's, before either is reduced
     (Triton does not pipeline loads that feed no ``tl.dot``): twice the bytes in flight; the tiles are
     accumulated in the same order, so the result is the same bit for bit. ``AFFINE`` (the fused block
-    tail): each element is ``x * scale[c] + shift[c]`` as it is loaded (masked lanes stay 0)."""
+    tail): each element is ``x * scale[c] + shift[c]`` as it is loaded (masked lanes stay 0).
+    ``WIN`` > 0 (contiguous NCHW whose channel rows are not 16-byte aligned: 7², 14², odd maps; WIN =
+    elements per 16 bytes): see :func:`_window_partials`."""
+    if WIN > 0:
+        return _window_partials(x_ptr, n, offs_c, mask_c, p_start, p_end, stride_xn, stride_xc, scale, shift,
+                                HINTS, AFFINE, BLOCK_C, BLOCK_P, ACC_FP64, UNROLL, WIN)
     acc_t: tl.constexpr = tl.float64 if ACC_FP64 else tl.float32
     offs_p = tl.arange(0, BLOCK_P)
     ptrs = (x_ptr + n.to(tl.int64) * stride_xn
@@ -44,6 +50,47 @@ def pool_partials(x_ptr, n, offs_c, mask_c, p_start, p_end, stride_xn, stride_xc
     if COUNT:
         cnt = count_at_max(acc_max, acc_cnt, vmax, 1)
     return tl.sum(acc_sum, axis=1), vmax, cnt
+
+
+@triton.jit
+def _window_partials(x_ptr, n, offs_c, mask_c, p_start, p_end, stride_xn, stride_xc, scale, shift,
+                     HINTS: tl.constexpr, AFFINE: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
+                     ACC_FP64: tl.constexpr, UNROLL: tl.constexpr, WIN: tl.constexpr):
+    """:func:`pool_partials` (no COUNT) on rows that start anywhere: row c's range ``[a, b)`` of flat
+    elements is walked through the 16-byte-aligned window ``[align_down(a), align_up(b))`` around it
+    (WIN elements per 16 bytes), so every load is a 128-bit vector; the elements of the neighbouring
+    rows that share its first and last 16 bytes are loaded too (from L1: DRAM traffic unchanged)
+    and masked out. The window stays inside the sample (the launcher checks that samples are
+    contiguous and a multiple of 16 bytes)."""
+    acc_t: tl.constexpr = tl.float64 if ACC_FP64 else tl.float32
+    offs_p = tl.arange(0, BLOCK_P)
+    a = n.to(tl.int64) * stride_xn + offs_c.to(tl.int64) * stride_xc + p_start
+    w0 = (a // WIN) * WIN
+    lo = (a - w0).to(tl.int32)                                     # the row's first element in the window
+    hi = lo + (p_end - p_start)                                    # one past its last
+    lim = (((a + (p_end - p_start) + WIN - 1) // WIN) * WIN - w0).to(tl.int32)  # window length: WIN-multiple
+    ptrs = x_ptr + w0[:, None] + offs_p[None, :]
+    acc_sum = tl.zeros([BLOCK_C, BLOCK_P], dtype=acc_t)
+    acc_max = tl.full([BLOCK_C, BLOCK_P], float("-inf"), dtype=acc_t)
+    acc_cnt = tl.zeros([BLOCK_C, BLOCK_P], dtype=tl.int32)
+    for j0 in range(0, p_end - p_start + 2 * WIN - 2, BLOCK_P * UNROLL):
+        j = j0 + offs_p
+        load = mask_c[:, None] & (offs_p[None, :] < (lim - j0)[:, None])
+        keep = load & (j[None, :] >= lo[:, None]) & (j[None, :] < hi[:, None])
+        v = load_x_kept(ptrs, load, HINTS)
+        if UNROLL == 2:
+            load2 = mask_c[:, None] & (offs_p[None, :] < (lim - j0 - BLOCK_P)[:, None])
+            keep2 = load2 & ((j + BLOCK_P)[None, :] >= lo[:, None]) & ((j + BLOCK_P)[None, :] < hi[:, None])
+            v2 = load_x_kept(ptrs + BLOCK_P, load2, HINTS)
+        v = tl.where(keep, v.to(acc_t), 0.0)
+        acc_sum, acc_max, acc_cnt = _pool_tile(_affine(v, keep, scale, shift, AFFINE), keep, acc_sum, acc_max,
+                                               acc_cnt, False)
+        if UNROLL == 2:
+            v2 = tl.where(keep2, v2.to(acc_t), 0.0)
+            acc_sum, acc_max, acc_cnt = _pool_tile(_affine(v2, keep2, scale, shift, AFFINE), keep2, acc_sum,
+                                                   acc_max, acc_cnt, False)
+        ptrs += BLOCK_P * UNROLL
+    return tl.sum(acc_sum, axis=1), max_propagate_nan(acc_max, 1), tl.zeros([BLOCK_C], dtype=tl.int32)
 
 
 @triton.jit

@@ -49,12 +49,14 @@ def channel_pool_mlp_kernel(
     SPLIT: tl.constexpr, HINTS: tl.constexpr, AFFINE: tl.constexpr, AFF_W: tl.constexpr, AFF_B: tl.constexpr,
     BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr, SB: tl.constexpr, HB: tl.constexpr,
     CBB: tl.constexpr, ZB: tl.constexpr, ACC_FP64: tl.constexpr, UNROLL: tl.constexpr,
-    L1G: tl.constexpr, GR: tl.constexpr, WB: tl.constexpr, HB1: tl.constexpr,
+    L1G: tl.constexpr, GR: tl.constexpr, WB: tl.constexpr, HB1: tl.constexpr, WIN: tl.constexpr = 0,
 ):
     # Reads x[n, c-block, p-range] exactly once (HINTS: evict_last, so that x stays in L2 for
     # stages 2 and 3 of the L2-resident schedule). Grid (N * cdiv(C, BLOCK_C), SPLIT), tile
     # [BLOCK_C, BLOCK_P] walking the p-range (the tile rule of plan_fused); UNROLL == 2: two tiles
-    # in flight per loop iteration (pool_partials).
+    # in flight per loop iteration (pool_partials). WIN (contiguous NCHW, channel rows not 16-byte
+    # aligned: 7², 14², odd maps): each row is read through the 16-byte-aligned window around it,
+    # 128-bit loads, the neighbours' elements masked out (pool._window_partials).
     # SPLIT (more than one p-range): the program stores its (sum, max) partials to (N, SPLIT, C)
     # and the last of the block's SPLIT programs (one integer atomic each on counter[n, block])
     # combines them as [SB, BLOCK_C] tiles. The block's pooled values are then final (they never
@@ -101,7 +103,7 @@ def channel_pool_mlp_kernel(
         tl.store(aff_out_ptr + C + offs_c, shift, mask=owner)
     vsum, vmax, _ = pool_partials(x_ptr, n, offs_c, mask_c, p_start, tl.minimum(p_start + p_per_split, P),
                                   stride_xn, stride_xc, stride_xp, scale, shift, False, HINTS, AFFINE,
-                                  BLOCK_C, BLOCK_P, ACC_FP64, UNROLL)
+                                  BLOCK_C, BLOCK_P, ACC_FP64, UNROLL, WIN)
     final = True
     if SPLIT:
         out = (n * num_splits + split).to(tl.int64) * C + offs_c

@@ -45,6 +45,7 @@ def spatial_pool_kernel(
     Z_ONCE: tl.constexpr, FINALIZE: tl.constexpr, COUNT: tl.constexpr, HINTS: tl.constexpr, COMBINE: tl.constexpr,
     SB: tl.constexpr,
     BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr, ACC_FP64: tl.constexpr, UNROLL: tl.constexpr,
+    WIN: tl.constexpr = 0,
 ):
     # Reads x[n, c-range, p-block] once; x * Mc lives only in registers, never in memory. Writes
     # out[n, split, 0, p] = max_c and out[n, split, 1, p] = sum_c over the c-range (FINALIZE, i.e.
@@ -64,6 +65,12 @@ def spatial_pool_kernel(
     # AFFINE (the fused block tail): x is a residual block's pre-norm output y, each element
     # y * scale[c] + shift[c] as it is loaded (aff (2, C) from stage 1: one [2, BLOCK_C] load per
     # channel tile).
+    # WIN (contiguous NCHW, channel rows not 16-byte aligned: 7², 14², odd maps; one pixel block
+    # per sample, BLOCK_P >= H*W + 2 * (WIN - 1)): row c is read through the 16-byte-aligned window
+    # around it (128-bit loads), its own elements kept. A row's pixel p then sits at column
+    # p + off(c), off(c) = (its first element) % WIN, which repeats every WIN channels: the
+    # accumulators of the rows of one class are reduced together at the end and each class's row is
+    # shifted back by its off (tl.gather) before the classes are combined (_window_maps).
     # Longest program: its x tiles, one Mc tile (a few weight tiles; AFFINE: + 1) per x tile, and
     # the combine's 2 * cdiv(SPLIT, SB) tiles.
     acc_t: tl.constexpr = tl.float64 if ACC_FP64 else tl.float32
@@ -80,9 +87,20 @@ def spatial_pool_kernel(
     c_start = split * c_per_split
     c_end = tl.minimum(c_start + c_per_split, C)
 
-    ptrs = (x_ptr + n.to(tl.int64) * stride_xn
-            + (c_start + offs_c).to(tl.int64)[:, None] * stride_xc
-            + offs_p.to(tl.int64)[None, :] * stride_xp)
+    if WIN > 0:  # each row's aligned window (its neighbours' lanes are accumulated too, but into
+        # columns that _window_maps never reads: rows of one class share their window offset)
+        a = n.to(tl.int64) * stride_xn + (c_start + offs_c).to(tl.int64) * stride_xc
+        w0 = (a // WIN) * WIN
+        lim = (((a + P + WIN - 1) // WIN) * WIN - w0).to(tl.int32)
+        ptrs = x_ptr + w0[:, None] + offs_p[None, :]
+        load_p = offs_p[None, :] < lim[:, None]
+        keep_p = load_p
+    else:
+        ptrs = (x_ptr + n.to(tl.int64) * stride_xn
+                + (c_start + offs_c).to(tl.int64)[:, None] * stride_xc
+                + offs_p.to(tl.int64)[None, :] * stride_xp)
+        load_p = mask_p[None, :]
+        keep_p = load_p
     step = tl.full([], BLOCK_C, tl.int64) * stride_xc  # int64: no overflow for huge strides
     acc_sum = tl.zeros([BLOCK_C, BLOCK_P], dtype=acc_t)
     acc_max = tl.full([BLOCK_C, BLOCK_P], float("-inf"), dtype=acc_t)
@@ -96,24 +114,27 @@ def spatial_pool_kernel(
     for c0 in range(c_start, c_end, BLOCK_C * UNROLL):
         cc = c0 + offs_c
         mask_cc = cc < c_end
-        v = load_x_kept(ptrs, mask_cc[:, None] & mask_p[None, :], HINTS)
+        v = load_x_kept(ptrs, mask_cc[:, None] & load_p, HINTS)
         if UNROLL == 2:
             cc2 = cc + BLOCK_C
             mask_cc2 = cc2 < c_end
-            v2 = load_x_kept(ptrs + step, mask_cc2[:, None] & mask_p[None, :], HINTS)
-        acc_sum, acc_max, acc_cnt = _gated_tile(v, n, cc, mask_cc, mask_p, pb, C, K, vec_ptr, mcw_ptr, mcb_ptr,
+            v2 = load_x_kept(ptrs + step, mask_cc2[:, None] & load_p, HINTS)
+        acc_sum, acc_max, acc_cnt = _gated_tile(v, n, cc, mask_cc, keep_p, pb, C, K, vec_ptr, mcw_ptr, mcb_ptr,
                                                 s_mcw_c, s_mcw_k, z, mc_ptr, mc_out_ptr, aff_ptr, acc_sum, acc_max,
                                                 acc_cnt, AFFINE, MC_MODE, POOLS, ACT, HAS_MCB, KB, Z_ONCE, COUNT,
                                                 acc_t)
         if UNROLL == 2:
-            acc_sum, acc_max, acc_cnt = _gated_tile(v2, n, cc2, mask_cc2, mask_p, pb, C, K, vec_ptr, mcw_ptr,
+            acc_sum, acc_max, acc_cnt = _gated_tile(v2, n, cc2, mask_cc2, keep_p, pb, C, K, vec_ptr, mcw_ptr,
                                                     mcb_ptr, s_mcw_c, s_mcw_k, z, mc_ptr, mc_out_ptr, aff_ptr, acc_sum,
                                                     acc_max, acc_cnt, AFFINE, MC_MODE, POOLS, ACT, HAS_MCB, KB,
                                                     Z_ONCE, COUNT, acc_t)
         ptrs += step * UNROLL
 
-    vmax = max_propagate_nan(acc_max, 0)
-    vsum = tl.sum(acc_sum, axis=0)
+    if WIN > 0:
+        vmax, vsum = _window_maps(acc_max, acc_sum, n, c_start, stride_xn, stride_xc, offs_p, BLOCK_C, BLOCK_P, WIN)
+    else:
+        vmax = max_propagate_nan(acc_max, 0)
+        vsum = tl.sum(acc_sum, axis=0)
     if FINALIZE:
         vsum = vsum / C
     base = out_ptr + (n * num_splits + split).to(tl.int64) * 2 * P
@@ -133,14 +154,31 @@ def spatial_pool_kernel(
 
 
 @triton.jit
+def _window_maps(acc_max, acc_sum, n, c_start, stride_xn, stride_xc, offs_p,
+                 BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr, WIN: tl.constexpr):
+    """(max, sum) over the channels per pixel from the window path's ``[BLOCK_C, BLOCK_P]``
+    accumulators: the rows of channel ``c_start + q * WIN + r`` share their window offset off_r, so
+    they are reduced together into a ``[WIN, BLOCK_P]`` tile, whose row r is read at columns
+    ``p + off_r`` (tl.gather: a shift, once per program) before the WIN rows are combined."""
+    r = tl.arange(0, WIN)
+    off = ((n.to(tl.int64) * stride_xn + (c_start + r).to(tl.int64) * stride_xc) % WIN).to(tl.int32)
+    cols = tl.minimum(offs_p[None, :] + off[:, None], BLOCK_P - 1)
+    mx = max_propagate_nan(tl.reshape(acc_max, [BLOCK_C // WIN, WIN, BLOCK_P]), 0)
+    sm = tl.sum(tl.reshape(acc_sum, [BLOCK_C // WIN, WIN, BLOCK_P]), axis=0)
+    return max_propagate_nan(tl.gather(mx, cols, 1), 0), tl.sum(tl.gather(sm, cols, 1), axis=0)
+
+
+@triton.jit
 def _gated_tile(v, n, cc, mask_cc, mask_p, pb, C, K, vec_ptr, mcw_ptr, mcb_ptr, s_mcw_c, s_mcw_k, z, mc_ptr,
                 mc_out_ptr, aff_ptr, acc_sum, acc_max, acc_cnt, AFFINE: tl.constexpr,
                 MC_MODE: tl.constexpr, POOLS: tl.constexpr, ACT: tl.constexpr, HAS_MCB: tl.constexpr,
                 KB: tl.constexpr, Z_ONCE: tl.constexpr, COUNT: tl.constexpr, acc_t: tl.constexpr):
     """One loaded tile of channels ``cc`` times its Mc into the elementwise (sum, max, count at max)
     accumulators; Mc none, loaded, or computed from the MLP's last layer (stored to mc_out by the
-    programs of pixel block 0). AFFINE: ``x * scale[c] + shift[c]`` first (one [2, len(cc)] load)."""
-    mask = mask_cc[:, None] & mask_p[None, :]
+    programs of pixel block 0). AFFINE: ``x * scale[c] + shift[c]`` first (one [2, len(cc)] load).
+    ``mask_p``: the lanes of each row that hold its pixels (``[1, BLOCK_P]``, or ``[BLOCK_C, BLOCK_P]``
+    on the window path)."""
+    mask = mask_cc[:, None] & mask_p
     v = v.to(acc_t)
     if AFFINE:
         rows2 = tl.arange(0, 2)

@@ -270,6 +270,31 @@ def rows_16b(x: torch.Tensor, sc: int, sp: int) -> bool:
     return other % 16 == 0 and extent % 16 == 0  # what Triton's divisibility specialisation sees
 
 
+#: The window path of stages 2 and 3 covers a whole channel row in one window of at most this many
+#: elements (one pixel block per sample)
+MAX_WINDOW = 1024
+
+
+def window_elems(x: torch.Tensor, sn: int, sc: int, sp: int) -> int:
+    """WIN of the fused kernels: elements per 16 bytes where x is contiguous NCHW (samples a multiple of
+    16 bytes) with channel rows that Triton does not see as 16-byte aligned (7², 14² in fp16/bf16, 7²
+    and 14² in fp32, odd maps), else 0. The kernels then read each row through the 16-byte-aligned
+    window around it (128-bit accesses) instead of element by element (docs/kernels.md, "Windows")."""
+    n, c, h, w = x.shape
+    p = h * w
+    v = 16 // x.element_size()
+    if sp != 1 or p <= 1 or v < 2 or sc != p or sn != c * p or sn % v or rows_16b(x, sc, sp):
+        return 0
+    return v
+
+
+def row_window(p: int, win: int) -> int:
+    """BLOCK_P of the window path of stages 2 and 3: the power of two that holds any channel row's
+    aligned window (``p + 2 * (win - 1)`` elements at most); 0 where it would exceed MAX_WINDOW."""
+    block = next_pow2(p + 2 * (win - 1))
+    return block if win and block <= MAX_WINDOW else 0
+
+
 def small_tile_rows(cols: int, rows: int) -> int:
     """Rows of a ``[rows, cols]`` small tile: a power of two, at most ``next_pow2(rows)``, with
     ``rows * cols <= SMALL_TILE`` (at least 1)."""
@@ -310,7 +335,7 @@ def plan_fused(n: int, c: int, p: int, stride_c: int, stride_p: int, itemsize: i
                device: torch.device, split: int | None = None, *, weight_bytes: int = 0,
                block_c_range: tuple[int, int] = (1, 1 << 30), max_long_p: int | None = None,
                min_split: int = 1, max_walk_tiles: int | None = None, kernel: str = "",
-               num_warps: int = NUM_WARPS) -> FusedPlan:
+               num_warps: int = NUM_WARPS, window: int = 0) -> FusedPlan:
     """The tile rule of the fused forward's kernels (documented in docs/kernels.md).
 
     ``reduce`` is the axis a program walks: ``"p"`` (stage 1: pool over H*W, the free axis is C) or
@@ -335,6 +360,10 @@ def plan_fused(n: int, c: int, p: int, stride_c: int, stride_p: int, itemsize: i
     GPU's capacity for ``kernel`` (SMs × resident CTAs per SM from its registers, warps and shared
     memory: :mod:`~cbam_triton.launchers.residency`), and a grid of more than one wave is then sized
     to whole waves (wave efficiency >= 0.9) by its split count where the bounds allow.
+
+    ``window`` (the NCHW window path, :func:`window_elems`): the tile is sized as for aligned rows
+    (128-bit loads); walking the channels (``"c"``), a program's pixel block is the whole row's window
+    (:func:`row_window`), with at least ``window`` channels a tile.
     """
     from cbam_triton.launchers import residency
 
@@ -346,14 +375,19 @@ def plan_fused(n: int, c: int, p: int, stride_c: int, stride_p: int, itemsize: i
     sample_bytes = c * p * itemsize
     rows = []
     other, along = (stride_c, p) if long_axis == "p" else (stride_p, c)
-    tile = fused_tile_elems(itemsize, other % 16 == 0 and along % 16 == 0)
-    for long in FUSED_LONG_BLOCKS:
-        if long > max(top, 16):
+    # the window path: TILE_ELEMS whatever the dtype (its masks, per-row offsets and class tables cost
+    # registers a doubled fp16 tile would not leave: sm_90, 4 warps, [16, 256] fp16 255 registers, [8, 256] 105)
+    tile = TILE_ELEMS if window else fused_tile_elems(itemsize, other % 16 == 0 and along % 16 == 0)
+    win_p = row_window(p, window) if reduce == "c" else 0
+    for long in (win_p,) if win_p else FUSED_LONG_BLOCKS:
+        if long > max(top, 16) and not win_p:
             continue
         block_c, block_p = (tile // long, long) if long_axis == "p" else (long, tile // long)
+        if win_p:
+            block_c = max(window, block_c)
         lo, hi = block_c_range
         if long_axis == "p" and block_c > hi:  # the short channel axis shrinks (a smaller tile) to fit
-            block_c = max(1, 1 << (hi.bit_length() - 1))
+            block_c = max(window if win_p else 1, 1 << (hi.bit_length() - 1))
         free = -(-c // block_c) if reduce == "p" else -(-p // block_p)
         hard = 0.0  # how far a hard limit is exceeded (0: within every limit)
         if block_c > hi:

@@ -22,7 +22,9 @@ from cbam_triton.launchers._common import (
     next_pow2,
     output_for,
     plan_fused,
+    row_window,
     rows_16b,
+    window_elems,
 )
 
 #: the conv's taps are vectorised as a [TAPS, BLOCK_P] tile when it holds at most this many elements
@@ -65,13 +67,19 @@ def plan_gate_conv(x: torch.Tensor, mc: torch.Tensor | None, pooled: torch.Tenso
     x, (sn, sc, sp) = as_ncp(x)
     out, (on, oc, op) = output_for(x, out)
     kp = next_pow2(conv.ksize)
+    # unaligned NCHW rows (the plain gate; out laid out as x): 16-byte chunks shared out among the
+    # rows, one pixel block per sample
+    win = window_elems(x, sn, sc, sp)
+    if not (win and p >= win and row_window(p, win) and (on, oc, op) == (sn, sc, sp) and residual is None
+            and tail_affine is None):
+        win = 0
     # the conv re-reads the map k*k times a pixel (from L1): pixel blocks of at most 2048 / (2 * KP)
     # keep that (and the row path's [KP, BLOCK_P] tiles) small
     def fused(warps: int) -> FusedPlan:
         return plan_fused(n, c, p, sc, sp, x.element_size(), "c", x.device, split,
                           max_long_p=max(16, TAPS_TILE // (2 * kp)),
                           max_walk_tiles=MAX_WALK_TILES if mc is not None else None, kernel="gate_conv",
-                          num_warps=warps)
+                          num_warps=warps, window=win)
 
     # the block tail's residual tiles next to y's on rows Triton can't vectorise (16-bit loads: a
     # register per element) take 8 warps, as the plain gate's 4 do without them
@@ -117,8 +125,9 @@ def plan_gate_conv(x: torch.Tensor, mc: torch.Tensor | None, pooled: torch.Tenso
                   SPATIAL_INPUT=SPATIAL_INPUTS[conv.input], KSIZE=conv.ksize,
                   TAPS=taps, KP=kp, HINTS=hints,
                   BLOCK_C=block_c, BLOCK_P=block_p, ACC_FP64=acc_is_fp64(x),
-                  UNROLL=2 if -(-min(per_split, c) // block_c) >= 2 and rows_16b(x, sc, sp)
-                  and (residual is None or _same_rows(sc, sp, rc, rp) and rows_16b(residual, rc, rp)) else 1),
+                  UNROLL=2 if -(-min(per_split, c) // block_c) >= 2 and (rows_16b(x, sc, sp) or win)
+                  and (residual is None or _same_rows(sc, sp, rc, rp) and rows_16b(residual, rc, rp)) else 1,
+                  WIN=win),
         name="gate_conv",
         num_warps=warps,
         bytes_read=nbytes(x, residual, tail_affine, *small),
@@ -132,11 +141,13 @@ def plan_gate_conv(x: torch.Tensor, mc: torch.Tensor | None, pooled: torch.Tenso
     else:
         loads, nb = 2 * k + 2, k * 2 * kp * block_p * acc_size + 2 * kp * kp * weight.element_size()
     scalars = sum(t is not None for t in small[3:]) if has_bn else int(conv.bias is not None)
-    per_tile = (3 if tail_affine is not None else 1) if mc is not None else 0  # Mc (+ scale, shift): one load
-    loads += scalars + (tiles if mc is not None else 0)
+    # Mc (+ scale, shift): one load a tile; the window path loads the next channel's Mc too (wrapped lanes)
+    per_tile = (3 if tail_affine is not None else 2 if win else 1) if mc is not None else 0
+    loads += scalars + (tiles * (2 if win else 1) if mc is not None else 0)
     nb += scalars * weight.element_size() + per_tile * tiles * block_c * acc_size
     streams = 2 if residual is not None else 1  # the residual's tiles are streamed like x's
-    launch.longest = ProgramModel(streams * tiles, streams * min(per_split, c) * block_p * x.element_size(), loads, nb)
+    launch.longest = ProgramModel(streams * tiles, streams * min(per_split, c) * min(block_p, p) * x.element_size(),
+                                  loads, nb)
     launch.x_in_flight = streams * in_flight(min(per_split, c) * min(block_p, p) * x.element_size(), tiles,
                                              launch.meta.get("UNROLL", 1))
     if residual is not None:

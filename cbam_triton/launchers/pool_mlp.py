@@ -28,6 +28,7 @@ from cbam_triton.launchers._common import (
     plan_fused,
     rows_16b,
     small_tile_rows,
+    window_elems,
 )
 
 #: ``MC_MODE`` of the streaming kernels (must match :mod:`cbam_triton.kernels.mlp`)
@@ -156,9 +157,10 @@ def plan_channel_pool_mlp(x: torch.Tensor, mlp: ChannelMLP, hints: bool = False,
     block_c_range = (min(max(lo, ws_lo), hi), hi)
     # the block tail's affine on rows Triton can't vectorise: 8 warps (a register per element of the
     # tile and of its scale/shift columns)
-    warps = 8 if affine is not None and not rows_16b(x, sc, sp) else NUM_WARPS
+    win = window_elems(x, sn, sc, sp)  # unaligned NCHW rows: read through aligned windows
+    warps = 8 if affine is not None and not (rows_16b(x, sc, sp) or win) else NUM_WARPS
     plan = plan_fused(n, c, p, sc, sp, x.element_size(), "p", x.device, split, block_c_range=block_c_range,
-                      kernel="channel_pool_mlp", num_warps=warps)
+                      kernel="channel_pool_mlp", num_warps=warps, window=win)
     block_c, block_p, base = plan.block_c, plan.block_p, plan.base
     num_splits, per_split = plan.num_splits, plan.per_split
     num_cblocks = -(-c // block_c)
@@ -211,8 +213,8 @@ def plan_channel_pool_mlp(x: torch.Tensor, mlp: ChannelMLP, hints: bool = False,
                   AFF_W=affine is not None and affine.weight is not None,
                   AFF_B=affine is not None and affine.bias is not None, BLOCK_C=block_c, BLOCK_P=block_p,
                   SB=small_tile_rows(block_c, num_splits), HB=hb, CBB=cbb, ZB=zb, ACC_FP64=acc_is_fp64(x),
-                  UNROLL=2 if -(-min(per_split, p) // block_p) >= 2 and rows_16b(x, sc, sp) else 1,
-                  L1G=gs > 1, GR=gr, WB=wb, HB1=hb1),
+                  UNROLL=2 if -(-min(per_split, p) // block_p) >= 2 and (rows_16b(x, sc, sp) or win) else 1,
+                  L1G=gs > 1, GR=gr, WB=wb, HB1=hb1, WIN=win),
         name="channel_pool_mlp",
         num_warps=warps,
         bytes_read=nbytes(x, w1, mlp.fc1_bias if two else None, *aff_in),

@@ -21,11 +21,13 @@ from cbam_triton.launchers._common import (
     in_flight,
     nbytes,
     plan_fused,
+    row_window,
     rows_16b,
     small_tile_rows,
     target_programs,
     tile_for,
     unit_axis,
+    window_elems,
 )
 from cbam_triton.launchers.pool_mlp import (
     MC_LOAD,
@@ -57,10 +59,15 @@ def plan_spatial_pool(x: torch.Tensor, mc: torch.Tensor | None, split: int | Non
     if affine is None and channel is not None:
         affine = channel.affine
 
+    # unaligned NCHW rows (fused forward): read through aligned windows, one pixel block per sample
+    win = window_elems(x, sn, sc, sp) if combine and not count and row_window(p, window_elems(x, sn, sc, sp)) else 0
+    if win and channel is not None and channel.channels_per_slice(c) < win:
+        win = 0  # (a channel tile must hold a whole class of rows)
+
     def warps_for(block_c: int) -> int:
         """8 warps for a large Mc weight tile, and for the block tail's affine on rows Triton can't
         vectorise (a register per element of the tile and of its (scale, shift) columns)."""
-        return 8 if affine is not None and not rows_16b(x, sc, sp) else _warps(channel, block_c)
+        return 8 if affine is not None and not (rows_16b(x, sc, sp) or win) else _warps(channel, block_c)
 
     if combine:  # the fused forward's tile rule
         # Mc from the MLP's last layer: few pixel blocks per sample when its weights are large, and
@@ -73,7 +80,7 @@ def plan_spatial_pool(x: torch.Tensor, mc: torch.Tensor | None, split: int | Non
                               min_split=map_split_min(channel, c),
                               max_walk_tiles=MAX_WALK_TILES if channel is not None or mc is not None
                               or affine is not None else None,
-                              kernel="spatial_pool", num_warps=warps)
+                              kernel="spatial_pool", num_warps=warps, window=win)
 
         plan = fused(NUM_WARPS)
         if warps_for(plan.block_c) != NUM_WARPS:  # the grid is sized for the warps the tile runs with
@@ -104,7 +111,7 @@ def plan_spatial_pool(x: torch.Tensor, mc: torch.Tensor | None, split: int | Non
         meta=dict(**mc_meta, AFFINE=affine is not None, FINALIZE=num_splits == 1, COUNT=count, HINTS=hints,
                   COMBINE=combine,
                   SB=small_tile_rows(block_p, num_splits), BLOCK_C=block_c, BLOCK_P=block_p, ACC_FP64=acc_is_fp64(x),
-                  UNROLL=2 if combine_unroll(mc_meta, per_split, c, block_c, x, sc, sp) else 1),
+                  UNROLL=2 if combine_unroll(mc_meta, per_split, c, block_c, x, sc, sp, win) else 1, WIN=win),
         name="spatial_pool",
         num_warps=warps_for(block_c),
         bytes_read=nbytes(x, mc, affine) + (channel.map_total_bytes if channel is not None else 0),
@@ -131,11 +138,13 @@ def plan_spatial_pool(x: torch.Tensor, mc: torch.Tensor | None, split: int | Non
     return launch, final if combine else out, cnts
 
 
-def combine_unroll(mc_meta: dict, per_split: int, c: int, block_c: int, x: torch.Tensor, sc: int, sp: int) -> bool:
+def combine_unroll(mc_meta: dict, per_split: int, c: int, block_c: int, x: torch.Tensor, sc: int, sp: int,
+                   win: int = 0) -> bool:
     """Two x tiles in flight per iteration: where a program walks at least two tiles, Mc is loaded or
-    absent (a weight tile per x tile would double too), and x's rows are 16-element aligned (128-bit
-    loads; see :func:`~cbam_triton.launchers._common.rows_16b`)."""
-    return -(-min(per_split, c) // block_c) >= 2 and mc_meta["MC_MODE"] in (MC_NONE, MC_LOAD) and rows_16b(x, sc, sp)
+    absent (a weight tile per x tile would double too), and x's rows are 16-element aligned or read
+    through aligned windows (128-bit loads; see :func:`~cbam_triton.launchers._common.rows_16b`)."""
+    return (-(-min(per_split, c) // block_c) >= 2 and mc_meta["MC_MODE"] in (MC_NONE, MC_LOAD)
+            and (rows_16b(x, sc, sp) or bool(win)))
 
 
 def _warps(channel: ChannelState | None, block_c: int) -> int:

@@ -1,0 +1,108 @@
+"""The fused forward's window path (contiguous NCHW whose channel rows are not 16-byte aligned: 7², 14²,
+odd maps): each stage reads x (and stage 3 writes out) through 16-byte-aligned windows, so every access
+is 128-bit on a GPU. Here: the path is taken where it should be and nowhere else, and it matches the
+reference at row offsets of every class, with channel splits, NaN/Inf next to a row boundary, both
+schedules and the fused block tail (whose stage 3 keeps the row path)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from dialects import randomize
+from helpers import make_input, make_reference
+from tolerance import assert_close_to_reference
+from torch import nn
+
+import cbam_triton
+import reference
+from cbam_triton import functional as CF
+from cbam_triton.launchers._common import row_window, window_elems
+
+
+def _forward(ours, x, schedule="stream", chunk_samples=None):
+    budget = chunk_samples * x[0].numel() * x.element_size() if chunk_samples else None
+    ours.set_schedule(schedule, budget)
+    with torch.no_grad(), cbam_triton.record_launches() as launches:
+        out = ours(x)
+    return out, {launch.name: launch for launch in launches}
+
+
+# (shape, dtype): fp32 rows of 49 and 35 elements (4 per 16 bytes: offsets 0-3), fp16 rows of 49
+# (8 per 16 bytes: every offset 0-7), 196 (offsets 0, 4) and 9 (a row barely longer than a chunk)
+CASES = [((3, 24, 7, 7), torch.float32), ((2, 20, 5, 7), torch.float32), ((2, 40, 7, 7), torch.float16),
+         ((2, 16, 14, 14), torch.float16), ((2, 24, 3, 3), torch.float16)]
+
+
+@pytest.mark.parametrize("shape,dtype", CASES, ids=lambda v: "x".join(map(str, v)) if isinstance(v, tuple) else
+                         str(v).removeprefix("torch."))
+def test_window_path_matches_reference(shape, dtype, device, monkeypatch):
+    monkeypatch.setenv("CBAM_TRITON_TARGET_PROGRAMS", "64")  # channel splits: rows of every class start a split
+    ref = make_reference(shape[1], reduction_ratio=4, device=device, dtype=dtype)
+    ours = cbam_triton.CBAM.from_reference(ref, backend="triton")
+    x = make_input(shape, dtype, "nchw", device)
+    for schedule, chunk in (("stream", None), ("l2", 1)):
+        out, launches = _forward(ours, x, schedule, chunk)
+        v = 16 // x.element_size()
+        assert [launches[k].meta["WIN"] for k in ("channel_pool_mlp", "spatial_pool", "gate_conv")] == [v] * 3
+        assert launches["spatial_pool"].meta["BLOCK_P"] == row_window(shape[2] * shape[3], v)
+        assert_close_to_reference(out, ref, x)
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")], ids=["nan", "inf", "-inf"])
+def test_window_path_non_finite_stays_in_its_channel(value, device):
+    """A non-finite value in the last pixel of one channel and the first of another shares a 16-byte
+    chunk with the neighbouring row: it must reach only its own channel's pooling and pixel."""
+    ref = make_reference(16, reduction_ratio=4, device=device)
+    ours = cbam_triton.CBAM.from_reference(ref, backend="triton")
+    x = make_input((2, 16, 7, 7), torch.float32, "nchw", device)
+    x[0, 5, 6, 6] = value
+    x[1, 10, 0, 0] = value
+    out, launches = _forward(ours, x, "l2", 1)
+    assert launches["gate_conv"].meta["WIN"] == 4
+    assert_close_to_reference(out, ref, x)
+
+
+@pytest.mark.parametrize("layout", ["channels_last", "sliced_c", "offset"])
+def test_window_path_only_for_contiguous_unaligned_nchw(layout, device):
+    ref = make_reference(16, reduction_ratio=4, device=device)
+    ours = cbam_triton.CBAM.from_reference(ref, backend="triton")
+    x = make_input((2, 16, 7, 7), torch.float32, layout, device)
+    out, launches = _forward(ours, x)
+    assert all(launch.meta.get("WIN", 0) == 0 for launch in launches.values())
+    assert_close_to_reference(out, ref, x)
+    aligned = make_input((2, 16, 8, 8), torch.float32, "nchw", device)  # rows already 16-byte aligned
+    assert window_elems(aligned, 16 * 64, 64, 1) == 0
+    assert window_elems(make_input((2, 16, 7, 7), torch.float32, "nchw", device), 16 * 49, 49, 1) == 4
+    assert window_elems(make_input((2, 15, 7, 7), torch.float32, "nchw", device), 15 * 49, 49, 1) == 0  # odd sample
+    assert row_window(49, 8) == 64 and row_window(1010, 8) == 1024 and row_window(1011, 8) == 0
+
+
+def test_window_path_tiny_rows_and_block_tail(device):
+    """Rows shorter than a chunk (2x2 fp16): stages 1 and 2 take windows, stage 3 (whose chunks would
+    span more than two channels) the row path. The fused
+    block tail: stages 1 and 2 take windows, stage 3 (residual, affine) keeps the row path."""
+    ref = make_reference(32, reduction_ratio=4, device=device, dtype=torch.float16)
+    ours = cbam_triton.CBAM.from_reference(ref, backend="triton")
+    x = make_input((2, 32, 2, 2), torch.float16, "nchw", device)
+    out, launches = _forward(ours, x)
+    assert launches["channel_pool_mlp"].meta["WIN"] == 8 and launches["spatial_pool"].meta["WIN"] == 8
+    assert launches["gate_conv"].meta["WIN"] == 0
+    assert_close_to_reference(out, ref, x)
+
+    cb = randomize(reference.CBAM(24, 4), seed=4).eval().to(device)
+    norm = randomize(nn.BatchNorm2d(24), seed=5).eval().to(device)
+    spec = reference.ResidualTail(norm, cb)
+    g, sg = cb.channel_gate.mlp, cb.spatial_gate
+    args = (g[0].weight, g[0].bias, g[2].weight, g[2].bias, sg.conv.weight, sg.conv.bias)
+    kw = dict(bn_weight=sg.bn.weight, bn_bias=sg.bn.bias, bn_running_mean=sg.bn.running_mean,
+              bn_running_var=sg.bn.running_var, bn_eps=sg.bn.eps, norm_weight=norm.weight, norm_bias=norm.bias,
+              norm_running_mean=norm.running_mean, norm_running_var=norm.running_var, norm_eps=norm.eps)
+    y = make_input((2, 24, 7, 7), torch.float32, "nchw", device)
+    r = make_input((2, 24, 7, 7), torch.float32, "nchw", device)
+    with torch.no_grad(), cbam_triton.record_launches() as rec:
+        got = CF.cbam_tail(y, *args, **kw, residual=r)
+        want = spec(y, r)
+    meta = {launch.name: launch.meta for launch in rec}
+    assert meta["channel_pool_mlp"]["WIN"] == 4 and meta["spatial_pool"]["WIN"] == 4
+    assert meta["gate_conv"]["WIN"] == 0
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
