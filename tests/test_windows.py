@@ -37,6 +37,7 @@ CASES = [((3, 24, 7, 7), torch.float32), ((2, 20, 5, 7), torch.float32), ((2, 40
                          str(v).removeprefix("torch."))
 def test_window_path_matches_reference(shape, dtype, device, monkeypatch):
     monkeypatch.setenv("CBAM_TRITON_TARGET_PROGRAMS", "64")  # channel splits: rows of every class start a split
+    monkeypatch.setenv("CBAM_TRITON_CONV_TAPS", "loop")  # the conv by rows (rolled at 14²: 8 x 256 taps a row)
     ref = make_reference(shape[1], reduction_ratio=4, device=device, dtype=dtype)
     ours = cbam_triton.CBAM.from_reference(ref, backend="triton")
     x = make_input(shape, dtype, "nchw", device)

@@ -88,16 +88,28 @@ def _logits_rows(base, hh, ww, mask_p, P, H, W, cw_ptr, s_cw_c, s_cw_h, s_cw_w,
     x = ww[None, :] + (j - KSIZE // 2)[:, None]
     ok_x = (j < KSIZE)[:, None] & mask_p[None, :] & (x >= 0) & (x < W)
     acc = tl.zeros(hh.shape, dtype=acc_t)
-    for i in tl.static_range(KSIZE):
-        y = hh + (i - KSIZE // 2)
-        ok = ok_x & ((y >= 0) & (y < H))[None, :]
-        q = y[None, :] * W + x
-        vmax = tl.load(base + q, mask=ok, other=0.0)
-        vmean = tl.load(base + P + q, mask=ok, other=0.0)
-        w0 = tl.sum(tl.where(rows[:, None] == i, wtile0, 0.0), axis=0)
-        w1 = tl.sum(tl.where(rows[:, None] == i, wtile1, 0.0), axis=0)
-        acc += tl.sum(tl.where(ok, _taps(w0[:, None], w1[:, None], vmax, vmean, SPATIAL_INPUT), 0.0), axis=0)
+    if KP * hh.shape[0] > 1024:  # long pixel blocks (the window path's whole rows): a rolled loop, or the
+        # unrolled rows' loads, all issued first, would hold k [KP, BLOCK_P] tiles (sm_90: 213 registers at 256)
+        for i in range(KSIZE):
+            acc += _logits_row(i, base, hh, x, ok_x, rows, wtile0, wtile1, P, H, W, SPATIAL_INPUT, KSIZE)
+    else:
+        for i in tl.static_range(KSIZE):
+            acc += _logits_row(i, base, hh, x, ok_x, rows, wtile0, wtile1, P, H, W, SPATIAL_INPUT, KSIZE)
     return acc
+
+
+@triton.jit
+def _logits_row(i, base, hh, x, ok_x, rows, wtile0, wtile1, P, H, W, SPATIAL_INPUT: tl.constexpr,
+                KSIZE: tl.constexpr):
+    """Row i of the k x k taps at every pixel: a ``[KP, BLOCK_P]`` tile per map channel."""
+    y = hh + (i - KSIZE // 2)
+    ok = ok_x & ((y >= 0) & (y < H))[None, :]
+    q = y[None, :] * W + x
+    vmax = tl.load(base + q, mask=ok, other=0.0)
+    vmean = tl.load(base + P + q, mask=ok, other=0.0)
+    w0 = tl.sum(tl.where(rows[:, None] == i, wtile0, 0.0), axis=0)
+    w1 = tl.sum(tl.where(rows[:, None] == i, wtile1, 0.0), axis=0)
+    return tl.sum(tl.where(ok, _taps(w0[:, None], w1[:, None], vmax, vmean, SPATIAL_INPUT), 0.0), axis=0)
 
 
 @triton.jit

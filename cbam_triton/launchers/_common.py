@@ -410,16 +410,36 @@ def plan_fused(n: int, c: int, p: int, stride_c: int, stride_p: int, itemsize: i
             rows = ok
             break
     chosen = next((r for r in rows if r[5] >= target), None) or max(rows, key=lambda r: r[5])
+
+    def splits(row: tuple) -> tuple[int, int]:
+        """(num_splits, per_split) of a tile row: the split rule (3.), then whole waves."""
+        _, _, _, bc, bp, base_ = row
+        walked, block, other = (p, bp, bc) if reduce == "p" else (c, bc, bp)
+        cap = min(walked * itemsize // (8 * WORKSPACE_FRACTION), PROGRAM_SMALL_BYTES // (8 * other))
+        least = max(min_split, -(-walked // (block * max_walk_tiles))) if max_walk_tiles else min_split
+        ns, ps = choose_split(base_, walked, block, target, split, max_split=cap, min_split=least)
+        if cap_programs and split is None:
+            ns, ps = _full_waves(base_, walked, block, ns, ps, max(least, 1), max(cap, least), cap_programs)
+        return ns, ps
+
+    num_splits, per_split = splits(chosen)
+    if cap_programs and split is None and not _waves_ok(chosen[5] * num_splits, cap_programs):
+        # no split count fills the last wave: another long block of the same standing whose grid does
+        # (the nearest in length first; the tile keeps its elements, so its bytes in flight)
+        for row in sorted(rows, key=lambda r: (abs(r[2].bit_length() - chosen[2].bit_length()), -r[2])):
+            ns, ps = splits(row)
+            if row is not chosen and _waves_ok(row[5] * ns, cap_programs):
+                chosen, num_splits, per_split = row, ns, ps
+                break
     _, _, _, block_c, block_p, base = chosen
-    walked, block, other = (p, block_p, block_c) if reduce == "p" else (c, block_c, block_p)
-    cap = min(walked * itemsize // (8 * WORKSPACE_FRACTION), PROGRAM_SMALL_BYTES // (8 * other))
-    if max_walk_tiles:
-        min_split = max(min_split, -(-walked // (block * max_walk_tiles)))
-    num_splits, per_split = choose_split(base, walked, block, target, split, max_split=cap, min_split=min_split)
-    if cap_programs and split is None:
-        num_splits, per_split = _full_waves(base, walked, block, num_splits, per_split, max(min_split, 1),
-                                            max(cap, min_split), cap_programs)
     return FusedPlan(block_c, block_p, base, num_splits, per_split)
+
+
+def _waves_ok(programs: int, capacity: int) -> bool:
+    """Whether a grid of ``programs`` fills its last wave (one wave or less always does)."""
+    from cbam_triton.launchers.residency import MIN_WAVE_EFFICIENCY, wave_efficiency
+
+    return programs <= capacity or wave_efficiency(programs, capacity) >= MIN_WAVE_EFFICIENCY
 
 
 def _full_waves(base: int, walked: int, block: int, num_splits: int, per_split: int, lo: int, hi: int,

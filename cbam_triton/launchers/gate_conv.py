@@ -85,7 +85,8 @@ def plan_gate_conv(x: torch.Tensor, mc: torch.Tensor | None, pooled: torch.Tenso
     # register per element) take 8 warps, as the plain gate's 4 do without them
     heavy = residual is not None and not rows_16b(x, sc, sp)
     plan = fused(NUM_WARPS)
-    warps = 8 if heavy else _warps(conv.ksize, plan.block_p, x)
+    # (the window path's conv runs its rows in a rolled loop: 4 warps, sm_90 118-168 registers at 14²)
+    warps = 8 if heavy else NUM_WARPS if win else _warps(conv.ksize, plan.block_p, x)
     if warps != NUM_WARPS:  # the grid is sized for the warps the tile runs with
         plan = fused(warps)
         warps = 8 if heavy else _warps(conv.ksize, plan.block_p, x)

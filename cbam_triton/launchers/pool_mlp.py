@@ -218,7 +218,7 @@ def plan_channel_pool_mlp(x: torch.Tensor, mlp: ChannelMLP, hints: bool = False,
         name="channel_pool_mlp",
         num_warps=warps,
         bytes_read=nbytes(x, w1, mlp.fc1_bias if two else None, *aff_in),
-        bytes_written=nbytes(sums, maxs, parts, groups, z, pin, aff),
+        bytes_written=nbytes(sums, maxs, z, pin, aff) + _valid_rows_bytes(parts, groups, gs * npool if gs > 1 else 0),
     )
     combined = (group, num_groups) if tree else (num_cblocks,)
     launch.longest = _stage1_longest(launch, x, p, hidden, num_splits, per_split, combined, two, wsize, gs)
@@ -232,6 +232,15 @@ def plan_channel_pool_mlp(x: torch.Tensor, mlp: ChannelMLP, hints: bool = False,
     launch.x_in_flight = in_flight(min(block_c, c) * min(per_split, p) * x.element_size(),
                                    -(-min(per_split, p) // block_p), launch.meta.get("UNROLL", 1))
     return launch, ChannelState(mlp, z, None if two else parts, aff)
+
+
+def _valid_rows_bytes(parts: torch.Tensor, groups: torch.Tensor | None, rows: int) -> int:
+    """Bytes of layer-1 partials stage 1 stores: with grouped layer 1 (``rows`` = the group's samples ×
+    pools) only the valid rows of each ``GR``-row block (padded to 16 for ``tl.dot``) are stored."""
+    if not rows:
+        return nbytes(parts, groups)
+    return sum(t.numel() // t.shape[-2] * min(rows, t.shape[-2]) * t.element_size()
+               for t in (parts, groups) if t is not None)
 
 
 def _isqrt_up(v: int) -> int:
