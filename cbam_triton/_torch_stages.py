@@ -49,4 +49,6 @@ def tail_epilogue(out: torch.Tensor, residual: torch.Tensor | None, act: str) ->
     relu(x)``): the composed block tail's last two ops, in place on ``out``."""
     if residual is not None:
         out = out.add_(residual)
-    return out.relu_() if act == "relu" else out
+    if act == "relu":
+        return out.relu_()
+    return torch.nn.functional.silu(out, inplace=True) if act == "silu" else out

@@ -19,7 +19,7 @@ from torch import nn
 
 from cbam_triton import norms
 from cbam_triton.converted import ConvertedCBAM, DialectSpec
-from cbam_triton.fused_parts import tail_activation_name
+from cbam_triton.fused_parts import TAIL_ACTIVATIONS_TEXT, tail_activation_name
 from cbam_triton.modules import CBAM
 from cbam_triton.reference import CBAM as ReferenceCBAM
 from cbam_triton.schedule import validate_schedule
@@ -256,7 +256,8 @@ def _tail_refusal(m: nn.Module, spec: TailSpec) -> str | None:
     """Why the fused tail can never reproduce block ``m`` (left unfused), or None."""
     act = getattr(m, spec.act, None)
     if tail_activation_name(act) is None:
-        return f"its activation {type(act).__name__} after the addition (the fused tail applies ReLU or identity)"
+        return (f"its activation {type(act).__name__} after the addition (the fused tail applies "
+                f"{TAIL_ACTIVATIONS_TEXT})")
     norm = getattr(m, spec.norm, None)
     channels = norms.num_features(norm) if norm is not None else None
     if norm is not None and channels is None:

@@ -169,7 +169,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="plan a residual block's fused tail act(CBAM(norm(y)) + residual) (norm, residual, ReLU)")
     p.add_argument("--residual-layout", default=None, choices=["nchw", "channels_last"],
                    help="the residual's layout with --tail (default: y's)")
-    p.add_argument("--tail-act", default="relu", choices=["relu", "identity"], help="activation after the addition")
+    p.add_argument("--tail-act", default="relu", choices=["relu", "silu", "identity"],
+                   help="activation after the addition")
     args = p.parse_args(argv)
     if args.arch is not None and os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
         print("explain --arch: unset TRITON_INTERPRET (ahead-of-time compilation needs the real compiler)",

@@ -291,7 +291,7 @@ def cbam_tail(
     ``norm`` is the block's last BatchNorm in eval mode (``norm_running_mean``/``_var`` (C,), optional
     ``norm_weight``/``norm_bias``; none of them: no norm); the CBAM arguments are :func:`cbam`'s (its
     spatial BatchNorm in eval mode); ``residual`` (y's shape and dtype, any strides, None: no
-    addition) and ``activation`` (``"relu"`` or ``"identity"``) follow. On the Triton backend in
+    addition) and ``activation`` (``"relu"``, ``"silu"`` or ``"identity"``) follow. On the Triton backend in
     inference this is one custom operator (``torch.ops.cbam_triton.fused_tail``, three launches per
     chunk: y and the residual read once, the output written once where the kernels do the tail
     themselves, see :func:`cbam_triton.launchers.forward.fused_tail`). When autograd records, while
@@ -328,7 +328,9 @@ def cbam_tail(
                    l2_budget_bytes=l2_budget_bytes)
         if residual is not None:
             out = out + residual
-        return torch.relu(out) if activation == "relu" else out
+        if activation == "relu":
+            return torch.relu(out)
+        return F.silu(out) if activation == "silu" else out
 
     params = (fc1_weight, fc1_bias, fc2_weight, fc2_bias, conv_weight, conv_bias, bn_weight, bn_bias,
               norm_weight, norm_bias)

@@ -23,7 +23,11 @@ ACTIVATIONS = {"identity": 0, "relu": 1}
 #: what the spatial convolution reads: [max, mean], [mean, max], or one channel 0.5*mean + 0.5*max
 SPATIAL_INPUTS = {"max,mean": 0, "mean,max": 1, "light": 2}
 #: activations of the fused block tail, applied after the residual addition
-TAIL_ACTIVATIONS = {"identity": 0, "relu": 1}
+TAIL_ACTIVATIONS = {"identity": 0, "relu": 1, "silu": 2}
+#: the modules the fused block tail applies as its activation (in place or not), by TAIL_ACTIVATIONS key
+TAIL_ACTIVATION_MODULES = {nn.ReLU: "relu", nn.SiLU: "silu", nn.Identity: "identity"}
+#: how messages name what the fused tail applies
+TAIL_ACTIVATIONS_TEXT = "ReLU, SiLU or identity"
 
 
 class ChannelMLP(NamedTuple):
@@ -118,10 +122,9 @@ def channel_affine(bn: nn.Module | None) -> ChannelAffine | None | str:
 
 
 def tail_activation_name(act: nn.Module | None) -> str | None:
-    """``"relu"`` / ``"identity"`` for the activations the fused tail applies after the addition
-    (``nn.ReLU``, in place or not; ``nn.Identity`` or None), else None."""
-    if act is None or type(act) is nn.Identity:
+    """``"relu"`` / ``"silu"`` / ``"identity"`` for the activations the fused tail applies after the
+    addition (``nn.ReLU``, ``nn.SiLU``, in place or not; ``nn.Identity`` or None), else None (a subclass
+    may compute something else: not recognised)."""
+    if act is None:
         return "identity"
-    if type(act) is nn.ReLU:
-        return "relu"
-    return None
+    return TAIL_ACTIVATION_MODULES.get(type(act))

@@ -33,6 +33,7 @@ from cbam_triton import dispatch
 from cbam_triton._backend import resolve_backend
 from cbam_triton.deploy import fx_leaf_call
 from cbam_triton.fused_parts import (
+    TAIL_ACTIVATIONS_TEXT,
     BlockTail,
     ChannelAffine,
     ChannelMLP,
@@ -138,7 +139,7 @@ class FusedTailBlock(Scheduled, nn.Module):
             return affine
         act_name = tail_activation_name(act)
         if act_name is None:
-            return f"activation {type(act).__name__} (the fused tail applies ReLU or identity)"
+            return f"activation {type(act).__name__} (the fused tail applies {TAIL_ACTIVATIONS_TEXT})"
         return mlp, conv, affine, act_name
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -198,8 +198,8 @@ def test_off_by_default_and_non_cbam_blocks_are_left_alone():
 
 
 def test_a_tail_that_cannot_be_reproduced_is_left_alone_with_a_warning():
-    orig = randomize(_block("timm-basic", False, act_layer=nn.SiLU), seed=2).eval()
-    with pytest.warns(UserWarning, match=r"left the tail of .*unfused: its activation SiLU"):
+    orig = randomize(_block("timm-basic", False, act_layer=nn.Hardswish), seed=2).eval()
+    with pytest.warns(UserWarning, match=r"unfused: its activation Hardswish .*ReLU, SiLU or identity"):
         conv = cbam_triton.convert(copy.deepcopy(orig), backend="triton", fuse_block_tail=True)
     assert type(conv) is timm_resnet.BasicBlock and isinstance(conv.se, cbam_triton.ConvertedCBAM)
 
@@ -278,6 +278,32 @@ def test_functional_tail_nan_and_inf_propagate_like_the_reference():
     assert torch.equal(torch.isinf(ours), torch.isinf(ref))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
+def test_silu_blocks_fuse_their_tail(dtype):
+    """timm blocks built with ``act_layer=nn.SiLU`` end ``silu(CBAM(bn(y)) + shortcut)``: the gate's store
+    applies SiLU (torch's formula, NaN at -inf as torch gives), in eval; train mode is the original's."""
+    orig = randomize(_block("timm-bottleneck", True, act_layer=nn.SiLU), seed=3).eval().to(dtype)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        conv = cbam_triton.convert(copy.deepcopy(orig), inplace=False, backend="triton", fuse_block_tail=True)
+    assert type(conv) is FusedTailBlock
+    x = _input(True, dtype, "nchw")
+    with torch.no_grad(), cbam_triton.record_launches() as launches:
+        ours = conv(x)
+        eager = orig(x)
+        ref64 = copy.deepcopy(orig).double()(x.double())
+    assert any(lc.name == "gate_conv" and lc.meta["TAIL_ACT"] == 2 for lc in launches)
+    assert_grad_close(ours, eager, ref64, "silu tail")
+    spec, args, kw = _tail_args()
+    spec.act = nn.SiLU()
+    y, r = torch.randn(2, 24, 5, 7), torch.randn(2, 24, 5, 7)
+    r[1, 2, 3, 4], r[0, 5, 0, 0] = float("-inf"), float("inf")  # SiLU(-inf) is NaN in torch, SiLU(inf) inf
+    with torch.no_grad():
+        got = CF.cbam_tail(y, *args, **kw, residual=r, activation="silu")
+        torch.testing.assert_close(got, spec(y, r), rtol=1e-5, atol=1e-5, equal_nan=True)
+    assert got[1, 2, 3, 4].isnan() and got[0, 5, 0, 0] == float("inf")
+
+
 def test_functional_tail_without_norm_residual_or_activation():
     spec, args, kw = _tail_args()
     for k in ("norm_weight", "norm_bias", "norm_running_mean", "norm_running_var"):
@@ -298,7 +324,7 @@ def test_functional_tail_errors():
     with pytest.raises(TypeError, match="residual must be a torch.Tensor"):
         CF.cbam_tail(y, *args, **kw, residual=3.0)
     with pytest.raises(ValueError, match="activation must be one of"):
-        CF.cbam_tail(y, *args, **kw, activation="silu")
+        CF.cbam_tail(y, *args, **kw, activation="gelu")
     bad = dict(kw, norm_running_var=None)
     with pytest.raises(ValueError, match="go together"):
         CF.cbam_tail(y, *args, **bad)

@@ -141,7 +141,7 @@ def gate_conv_kernel(
     # (y * scale[c] + shift[c]) * Mc * Ms; Mc and stage 1's (scale, shift) come as one [4, BLOCK_C]
     # tile load per x tile, as Mc alone does), RESIDUAL (res[n, c, p]: y's shape and dtype in its
     # own strides, read once per element next to the x tile: streamed data, added after the
-    # gating), TAIL_ACT (1: ReLU, NaN kept); all in fp32 (fp64) registers, stored once.
+    # gating), TAIL_ACT (1: ReLU, NaN kept; 2: SiLU); all in fp32 (fp64) registers, stored once.
     # WIN (contiguous NCHW, channel rows not 16-byte aligned, one pixel block per sample; not with the
     # block tail): the 16-byte chunks of a sample are shared out among its channel rows, row c owning
     # those that start inside it (the last one may run into channel c + 1), so that every load and
@@ -318,6 +318,8 @@ def _gate_tile(v, r, c0, offs_c, mask_c, mask_p, ms, mc_ptr, aff_ptr, n, C, o_pt
         v = v + r.to(acc_t)
     if TAIL_ACT == 1:
         v = relu(v)
+    elif TAIL_ACT == 2:  # SiLU as torch computes it: v / (1 + exp(-v)) (NaN at -inf, like torch)
+        v = v / (1.0 + tl.exp(-v))
     if HINTS:
         tl.store(o_ptrs, v.to(out_ptr.dtype.element_ty), mask=mask, cache_modifier=".cs")
     else:
