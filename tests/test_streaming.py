@@ -145,6 +145,8 @@ def test_explain_json_from_the_sm90_compile(shape, layout):
             assert r["wave_efficiency"] >= 0.9, r
         if r["name"] == "channel_map":
             assert r["x_load_bits"] is None and r["out_store_bits"] is None and r["x_bytes_in_flight_per_cta"] == 0
-        elif layout == "channels_last":  # whole 16-byte rows: every x load and output store is 128-bit
+        else:  # channels_last: whole 16-byte rows; NCHW 7²: rows of 98 bytes read through aligned windows
             assert r["x_load_bits"] == 128
             assert r["out_store_bits"] == (128 if r["name"] == "gate_conv" else None)
+            if layout == "nchw":  # 1.5 MiB of x: all of it in flight at once
+                assert r["x_bytes_in_flight_per_sm"] + 0.1 >= min(32 * 1024, r["x_bytes"] / 132), r
