@@ -24,6 +24,8 @@ CBAM_AOT_ARCHS=90 CBAM_AOT_OPTIONS="--quick --dtypes fp16" "$VENV/bin/python" -m
 "$VENV/bin/python" -m pytest -n "${CBAM_TEST_WORKERS:-2}" tests/test_backward.py -k "launchers or every_layout or ties" "$@"
 # the fused forward's kernels (arrival counters, in-kernel combines, both conv paths) on triton 3.6
 "$VENV/bin/python" -m pytest -n "${CBAM_TEST_WORKERS:-2}" tests/test_fused_forward.py -k "three_launches or conv_sizes or lone or interrupted" "$@"
+# the NCHW window path (tl.gather, aligned windows) on triton 3.6
+"$VENV/bin/python" -m pytest tests/test_windows.py "$@"
 # no program of the fused forward has a serial tail (loads observed per program in this interpreter)
 "$VENV/bin/python" -m pytest tests/test_program_work.py "$@"
 # the fast path's direct launches pass exactly what this Triton's own binder binds (tests/test_fast_path.py)
