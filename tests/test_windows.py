@@ -107,3 +107,55 @@ def test_window_path_tiny_rows_and_block_tail(device):
     assert meta["channel_pool_mlp"]["WIN"] == 4 and meta["spatial_pool"]["WIN"] == 4
     assert meta["gate_conv"]["WIN"] == 0
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("activation", ["relu", "silu"])
+def test_tail_with_only_an_activation_keeps_stage_3_on_rows(activation, device):
+    """The block tail without norm or residual still applies its activation in stage 3's store: that
+    stage leaves the window path (which is the plain gate's) to the row path."""
+    cb = randomize(reference.CBAM(24, 4), seed=4).eval().to(device)
+    g, sg = cb.channel_gate.mlp, cb.spatial_gate
+    args = (g[0].weight, g[0].bias, g[2].weight, g[2].bias, sg.conv.weight, sg.conv.bias)
+    kw = dict(bn_weight=sg.bn.weight, bn_bias=sg.bn.bias, bn_running_mean=sg.bn.running_mean,
+              bn_running_var=sg.bn.running_var, bn_eps=sg.bn.eps)
+    y = make_input((2, 24, 7, 7), torch.float32, "nchw", device)
+    with torch.no_grad(), cbam_triton.record_launches() as rec:
+        got = CF.cbam_tail(y, *args, **kw, activation=activation, backend="triton")
+        want = getattr(torch.nn.functional, activation)(cb(y))
+    gate = next(launch for launch in rec if launch.name == "gate_conv")
+    assert gate.meta["WIN"] == 0 and gate.meta["TAIL_ACT"] == {"relu": 1, "silu": 2}[activation]
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")], ids=["nan", "inf", "-inf"])
+def test_stages_2_and_3_keep_a_non_finite_value_in_its_pixel(value, device):
+    """Stage by stage (a fixed Mc and pooled map, so that nothing else spreads it): a non-finite value
+    at a row boundary, in a 16-byte chunk shared with the neighbouring row, reaches only its own pixel
+    of the map (stage 2) and only its own element of the output (stage 3)."""
+    from cbam_triton.fused_parts import SpatialConv
+    from cbam_triton.launchers.gate_conv import plan_gate_conv
+    from cbam_triton.launchers.spatial_pool import plan_spatial_pool
+
+    x = make_input((2, 64, 7, 7), torch.float32, "nchw", device)  # two 32-channel tiles: two splits
+    x[0, 5, 6, 6] = value   # the last element of channel 5: shares its chunk with channel 6
+    x[1, 10, 0, 0] = value  # the first of channel 10: shares its chunk with channel 9
+    mc = torch.rand(2, 64, device=device) + 0.5
+    launch, pooled, _ = plan_spatial_pool(x, mc, split=2, combine=True, hints=True)
+    assert launch.meta["WIN"] == 4 and launch.meta["COMBINE"]
+    launch()
+    gated = x * mc[:, :, None, None]
+    want = torch.stack([gated.amax(dim=1), gated.mean(dim=1)], dim=1)
+    torch.testing.assert_close(pooled, want, rtol=1e-6, atol=1e-6, equal_nan=True)
+    own = torch.zeros_like(want, dtype=torch.bool)
+    own[0, :, 6, 6] = own[1, :, 0, 0] = True
+    bad = ~torch.isfinite(pooled)
+    assert bad[own].any() and not bad[~own].any()  # (-inf: only the means; NaN, +inf: means and maxima)
+
+    finite = torch.rand(2, 2, 7, 7, device=device)
+    conv = SpatialConv(torch.randn(1, 2, 7, 7, device=device) * 0.2, None)
+    launch, out = plan_gate_conv(x, mc, finite, conv, split=2)
+    assert launch.meta["WIN"] == 4
+    launch()
+    ms = torch.sigmoid(torch.nn.functional.conv2d(finite, conv.weight, padding=3))
+    torch.testing.assert_close(out, gated * ms, rtol=1e-6, atol=1e-6, equal_nan=True)
+    assert (~torch.isfinite(out)).sum() == 2

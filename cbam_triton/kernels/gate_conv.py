@@ -173,6 +173,8 @@ def gate_conv_kernel(
     c_start = split * c_per_split
     c_end = tl.minimum(c_start + c_per_split, C)
     if WIN > 0:
+        tl.static_assert(not (AFFINE or RESIDUAL or TAIL_ACT != 0), "the window path is the plain gate's")
+        tl.static_assert(BLOCK_C % WIN == 0, "a channel tile holds whole classes of rows")
         _gate_windows(x_ptr, mc_ptr, out_ptr, ms, n, C, P, c_start, c_end, stride_xn, stride_xc, offs_p,
                       HAS_MC, HINTS, BLOCK_C, BLOCK_P, UNROLL, WIN, acc_t)
     else:

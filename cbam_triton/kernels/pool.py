@@ -22,6 +22,7 @@ def pool_partials(x_ptr, n, offs_c, mask_c, p_start, p_end, stride_xn, stride_xc
     ``WIN`` > 0 (contiguous NCHW whose channel rows are not 16-byte aligned: 7², 14², odd maps; WIN =
     elements per 16 bytes): see :func:`_window_partials`."""
     if WIN > 0:
+        tl.static_assert(not COUNT, "the window path has no tie counts (the training forward's)")
         return _window_partials(x_ptr, n, offs_c, mask_c, p_start, p_end, stride_xn, stride_xc, scale, shift,
                                 HINTS, AFFINE, BLOCK_C, BLOCK_P, ACC_FP64, UNROLL, WIN)
     acc_t: tl.constexpr = tl.float64 if ACC_FP64 else tl.float32

@@ -131,6 +131,7 @@ def spatial_pool_kernel(
         ptrs += step * UNROLL
 
     if WIN > 0:
+        tl.static_assert(not COUNT and BLOCK_C % WIN == 0, "window path: no counts, whole classes of rows a tile")
         vmax, vsum = _window_maps(acc_max, acc_sum, n, c_start, stride_xn, stride_xc, offs_p, BLOCK_C, BLOCK_P, WIN)
     else:
         vmax = max_propagate_nan(acc_max, 0)

@@ -67,11 +67,11 @@ def plan_gate_conv(x: torch.Tensor, mc: torch.Tensor | None, pooled: torch.Tenso
     x, (sn, sc, sp) = as_ncp(x)
     out, (on, oc, op) = output_for(x, out)
     kp = next_pow2(conv.ksize)
-    # unaligned NCHW rows (the plain gate; out laid out as x): 16-byte chunks shared out among the
-    # rows, one pixel block per sample
+    # unaligned NCHW rows (the plain gate: no affine, residual or activation of the block tail; out laid
+    # out as x): 16-byte chunks shared out among the rows, one pixel block per sample
     win = window_elems(x, sn, sc, sp)
     if not (win and p >= win and row_window(p, win) and (on, oc, op) == (sn, sc, sp) and residual is None
-            and tail_affine is None):
+            and tail_affine is None and TAIL_ACTIVATIONS[act] == 0):
         win = 0
     # the conv re-reads the map k*k times a pixel (from L1): pixel blocks of at most 2048 / (2 * KP)
     # keep that (and the row path's [KP, BLOCK_P] tiles) small
