@@ -22,6 +22,7 @@ from torch import Tensor
 
 from cbam_triton import _torch_stages
 from cbam_triton._layout import compute_dtype, empty_output
+from cbam_triton.fused_parts import TAIL_ACTIVATIONS
 
 #: op overload -> the plain Python implementation (lets a TorchDispatchMode look inside the ops)
 IMPLEMENTATIONS: dict[object, Callable[..., object]] = {}
@@ -197,7 +198,34 @@ def fused_tail_impl(y: Tensor, fc1_weight: Tensor, fc1_bias: Tensor | None, fc2_
     """A residual block's inference tail ``tail_act(CBAM(norm(y)) + residual)`` (see
     :func:`cbam_triton.launchers.forward.fused_tail`): ``norm_mean`` None: no norm (else the block's
     last BatchNorm in eval mode, ``norm_*`` its running statistics, affine parameters and eps);
-    ``residual`` None: no addition. The CBAM arguments are :func:`fused_forward`'s."""
+    ``residual`` None: no addition. The CBAM arguments are :func:`fused_forward`'s.
+
+    Through the ops' host path (:mod:`cbam_triton.launchers.replay`): a configuration seen before
+    (y's, the residual's and every weight's shape, strides, dtype and alignment, the scalars)
+    replays its bound launches with this call's y, residual and weights — an eager converted block
+    and a compiled graph alike pay no planning per call. (A tail the kernels do not fuse, composed of
+    PyTorch ops around the fused CBAM — no spatial branch — is not replayed: its launches are only part
+    of it.)"""
+    params = (fc1_weight, fc1_bias, fc2_weight, fc2_bias, conv_weight, conv_bias, bn_mean, bn_var, bn_weight, bn_bias,
+              norm_mean, norm_var, norm_weight, norm_bias, residual)
+    scalars = (bn_eps, norm_eps, pools, act, spatial_input, tail_act, schedule, l2_budget_bytes)
+    if conv_weight is None or tail_act not in TAIL_ACTIVATIONS:  # composed (launchers.forward.tail_unfused_reason)
+        return _tail_full(y, *params, *scalars)
+    if not _HOST_PATH:
+        from cbam_triton.launchers.replay import fused_forward as host_path
+
+        _HOST_PATH.append(host_path)
+    return _HOST_PATH[0](y, params, scalars, _tail_full)
+
+
+def _tail_full(y: Tensor, fc1_weight: Tensor, fc1_bias: Tensor | None, fc2_weight: Tensor | None,
+               fc2_bias: Tensor | None, conv_weight: Tensor | None, conv_bias: Tensor | None, bn_mean: Tensor | None,
+               bn_var: Tensor | None, bn_weight: Tensor | None, bn_bias: Tensor | None, norm_mean: Tensor | None,
+               norm_var: Tensor | None, norm_weight: Tensor | None, norm_bias: Tensor | None,
+               residual: Tensor | None, bn_eps: float, norm_eps: float, pools: str, act: str, spatial_input: str,
+               tail_act: str, schedule: str, l2_budget_bytes: int | None) -> Tensor:
+    """:func:`fused_tail_impl` planned (or rebound from the plan cache) and launched: the host path's
+    full path, its arguments in the host path's order (y, the tensors, the scalars)."""
     from cbam_triton.fused_parts import BlockTail, ChannelAffine, ChannelMLP, SpatialConv
     from cbam_triton.launchers.forward import fused_tail
     from cbam_triton.schedule import l2_budget, plan_schedule

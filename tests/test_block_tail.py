@@ -181,10 +181,40 @@ def test_a_cbam_without_spatial_branch_gets_a_composed_tail():
     orig = randomize(orig, seed=6).eval()
     conv = cbam_triton.convert(copy.deepcopy(orig), backend="triton", fuse_block_tail=True)
     assert type(conv) is FusedTailBlock
-    x = _input(False, torch.float32, "nchw")
-    with torch.no_grad(), cbam_triton.record_launches() as launches:
-        torch.testing.assert_close(conv(x), orig(x), rtol=1e-5, atol=1e-5)
-    assert [lc.name for lc in launches] == ["channel_pool_mlp", "gate"]
+    for _ in range(2):  # (a composed tail is never replayed: its launches are only part of it)
+        x = _input(False, torch.float32, "nchw")
+        with torch.no_grad(), cbam_triton.record_launches() as launches:
+            torch.testing.assert_close(conv(x), orig(x), rtol=1e-5, atol=1e-5)
+        assert [lc.name for lc in launches] == ["channel_pool_mlp", "gate"]
+
+
+def test_eager_block_replays_its_tail_with_each_calls_tensors():
+    """The tail op's host path: the first call of a configuration records, later calls (new y and
+    shortcut, the norm's statistics updated in place) replay the bound launches with this call's
+    tensors, bitwise what a call planned from scratch gives."""
+    from cbam_triton.launchers import forward as fwd
+    from cbam_triton.launchers import replay
+
+    orig, conv = _pair("timm-bottleneck", True)
+    replay.clear()
+    xs = [_input(True, torch.float32, "nchw") for _ in range(3)]
+    with torch.no_grad():
+        conv(xs[0])
+        recorded, plans = replay.info()["recorded"], (fwd.PLANS.hits, fwd.PLANS.misses)
+        conv.bn3.running_mean.add_(0.25)  # read in place by the replay
+        orig.bn3.running_mean.add_(0.25)
+        got = [conv(x) for x in xs]
+        assert replay.info()["recorded"] == recorded and (fwd.PLANS.hits, fwd.PLANS.misses) == plans
+        saved, replay.ENABLED = replay.ENABLED, False
+        try:
+            fwd.PLANS.clear()
+            fresh = [conv(x) for x in xs]
+        finally:
+            replay.ENABLED = saved
+    for a, b in zip(got, fresh):
+        assert torch.equal(a, b)
+    with torch.no_grad():
+        torch.testing.assert_close(got[2], orig(xs[2]), rtol=1e-4, atol=1e-4)
 
 
 def test_off_by_default_and_non_cbam_blocks_are_left_alone():
@@ -414,3 +444,20 @@ def test_explain_command_line_prints_the_tail(capsys):
     assert "block tail act(CBAM(norm(y)) + residual)" in out and "streamed floor 3.00*|x|" in out
     assert main(["--shape", "8", "256", "28", "28", "--tail", "--tail-act", "identity", "--json"]) == 0
     assert '"act": "identity"' in capsys.readouterr().out
+
+
+def test_a_composed_tail_is_never_replayed():
+    """The tail op without a spatial branch (and without a norm, so that y itself is the CBAM's input)
+    is composed: the fused channel gate, then ``relu(out + residual)`` in PyTorch. Its launches are only
+    part of it, so a second call must not replay them (it would skip the addition)."""
+    from cbam_triton import ops
+
+    w1, b1, w2, b2 = torch.randn(4, 16) * 0.3, torch.randn(4) * 0.1, torch.randn(16, 4) * 0.3, torch.randn(16) * 0.1
+    for _ in range(2):
+        y, r = torch.randn(2, 16, 5, 6), torch.randn(2, 16, 5, 6)
+        with torch.no_grad():
+            got = ops.fused_tail_impl(y, w1, b1, w2, b2, None, None, None, None, None, None, 1e-5, None, None, None,
+                                      None, 1e-5, r, "avg+max", "relu", "max,mean", "relu", "auto", None)
+        mlp = lambda v: torch.relu(v @ w1.T + b1) @ w2.T + b2  # noqa: E731
+        mc = torch.sigmoid(mlp(y.mean(dim=(2, 3))) + mlp(y.amax(dim=(2, 3))))
+        torch.testing.assert_close(got, torch.relu(y * mc[:, :, None, None] + r), rtol=1e-5, atol=1e-5)
