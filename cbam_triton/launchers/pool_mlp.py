@@ -213,7 +213,7 @@ def plan_channel_pool_mlp(x: torch.Tensor, mlp: ChannelMLP, hints: bool = False,
                   AFF_W=affine is not None and affine.weight is not None,
                   AFF_B=affine is not None and affine.bias is not None, BLOCK_C=block_c, BLOCK_P=block_p,
                   SB=small_tile_rows(block_c, num_splits), HB=hb, CBB=cbb, ZB=zb, ACC_FP64=acc_is_fp64(x),
-                  UNROLL=2 if -(-min(per_split, p) // block_p) >= 2 and (rows_16b(x, sc, sp) or win) else 1,
+                  UNROLL=2 if _walk_tiles(per_split, p, block_p, win) >= 2 and (rows_16b(x, sc, sp) or win) else 1,
                   L1G=gs > 1, GR=gr, WB=wb, HB1=hb1, WIN=win),
         name="channel_pool_mlp",
         num_warps=warps,
@@ -230,7 +230,7 @@ def plan_channel_pool_mlp(x: torch.Tensor, mlp: ChannelMLP, hints: bool = False,
     # W1: a slice per (sample, block), or per (group of gs samples, block)
     launch.weight_bytes = -(-n // gs) * nbytes(w1, mlp.fc1_bias if two else None)
     launch.x_in_flight = in_flight(min(block_c, c) * min(per_split, p) * x.element_size(),
-                                   -(-min(per_split, p) // block_p), launch.meta.get("UNROLL", 1))
+                                   _walk_tiles(per_split, p, block_p, win), launch.meta.get("UNROLL", 1))
     return launch, ChannelState(mlp, z, None if two else parts, aff)
 
 
@@ -241,6 +241,12 @@ def _valid_rows_bytes(parts: torch.Tensor, groups: torch.Tensor | None, rows: in
         return nbytes(parts, groups)
     return sum(t.numel() // t.shape[-2] * min(rows, t.shape[-2]) * t.element_size()
                for t in (parts, groups) if t is not None)
+
+
+def _walk_tiles(per_split: int, p: int, block_p: int, win: int) -> int:
+    """Tiles a stage-1 program walks along H*W: its range, plus, on the window path, the up to
+    2 * (WIN - 1) lanes its rows' aligned windows add (pool._window_partials' loop)."""
+    return -(-(min(per_split, p) + (2 * (win - 1) if win else 0)) // block_p)
 
 
 def _isqrt_up(v: int) -> int:
@@ -363,7 +369,7 @@ def _stage1_longest(launch: Launch, x: torch.Tensor, p: int, hidden: int, splits
         if m["HAS_B1"]:
             loads += cols
             nbytes_ += gs * hidden * wsize
-        return ProgramModel(-(-span // bp), bc * span * x.element_size(), loads, nbytes_)
+        return ProgramModel(_walk_tiles(span, span, bp, m.get("WIN", 0)), bc * span * x.element_size(), loads, nbytes_)
     loads += -(-hidden // m["HB"])
     nbytes_ += hidden * bc * wsize
     if two:
@@ -372,4 +378,4 @@ def _stage1_longest(launch: Launch, x: torch.Tensor, p: int, hidden: int, splits
         if m["HAS_B1"]:
             loads += -(-hidden // m["ZB"])
             nbytes_ += hidden * wsize
-    return ProgramModel(-(-span // bp), bc * span * x.element_size(), loads, nbytes_)
+    return ProgramModel(_walk_tiles(span, span, bp, m.get("WIN", 0)), bc * span * x.element_size(), loads, nbytes_)
