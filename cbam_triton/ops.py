@@ -158,6 +158,15 @@ _grad_enabled = torch._C.is_grad_enabled
 _HOST_PATH: list[Callable[..., Tensor]] = []  # cbam_triton.launchers.replay.fused_forward, imported on first use
 
 
+def _host_path() -> Callable[..., Tensor]:
+    """The ops' host path (:func:`cbam_triton.launchers.replay.fused_forward`), imported on first use."""
+    if not _HOST_PATH:
+        from cbam_triton.launchers.replay import fused_forward as host_path
+
+        _HOST_PATH.append(host_path)
+    return _HOST_PATH[0]
+
+
 def _fused_forward_op(x: Tensor, fc1_weight: Tensor | None, fc1_bias: Tensor | None, fc2_weight: Tensor | None,
                       fc2_bias: Tensor | None, conv_weight: Tensor | None, conv_bias: Tensor | None,
                       bn_mean: Tensor | None, bn_var: Tensor | None, bn_weight: Tensor | None,
@@ -171,12 +180,7 @@ def _fused_forward_op(x: Tensor, fc1_weight: Tensor | None, fc1_bias: Tensor | N
         raise RuntimeError("cbam_triton::fused_forward is an inference op (no autograd formula): call it under "
                            "torch.no_grad() or with inputs that don't require grad (the modules differentiate "
                            "the block through their training path)")
-    if not _HOST_PATH:
-        from cbam_triton.launchers.replay import fused_forward as host_path
-
-        _HOST_PATH.append(host_path)
-    return _HOST_PATH[0](x, params, (bn_eps, pools, act, spatial_input, schedule, l2_budget_bytes),
-                         fused_forward_impl)
+    return _host_path()(x, params, (bn_eps, pools, act, spatial_input, schedule, l2_budget_bytes), fused_forward_impl)
 
 
 fused_forward = define_inference_op("fused_forward")(_fused_forward_op)
@@ -211,11 +215,7 @@ def fused_tail_impl(y: Tensor, fc1_weight: Tensor, fc1_bias: Tensor | None, fc2_
     scalars = (bn_eps, norm_eps, pools, act, spatial_input, tail_act, schedule, l2_budget_bytes)
     if conv_weight is None or tail_act not in TAIL_ACTIVATIONS:  # composed (launchers.forward.tail_unfused_reason)
         return _tail_full(y, *params, *scalars)
-    if not _HOST_PATH:
-        from cbam_triton.launchers.replay import fused_forward as host_path
-
-        _HOST_PATH.append(host_path)
-    return _HOST_PATH[0](y, params, scalars, _tail_full)
+    return _host_path()(y, params, scalars, _tail_full)
 
 
 def _tail_full(y: Tensor, fc1_weight: Tensor, fc1_bias: Tensor | None, fc2_weight: Tensor | None,

@@ -32,6 +32,19 @@ def track_max_count(acc_max, acc_cnt, v, mask):
 
 
 @triton.jit
+def accumulate_tile(v, mask, acc_sum, acc_max, acc_cnt, COUNT: tl.constexpr):
+    """One loaded tile into the elementwise (sum, max, and with COUNT count at max) accumulators;
+    ``v`` must already be 0 where ``mask`` is false (its max ignores those lanes)."""
+    acc_sum += v
+    vm = tl.where(mask, v, float("-inf"))
+    if COUNT:
+        acc_max, acc_cnt = track_max_count(acc_max, acc_cnt, vm, mask)
+    else:
+        acc_max = tl.maximum(acc_max, vm, propagate_nan=tl.PropagateNan.ALL)
+    return acc_sum, acc_max, acc_cnt
+
+
+@triton.jit
 def count_at_max(acc_max, acc_cnt, total_max, axis: tl.constexpr):
     """Elements equal to the reduced maximum: the lane counts of the lanes that reached it."""
     if axis == 0:

@@ -3,7 +3,7 @@
 import triton
 import triton.language as tl
 
-from cbam_triton.kernels._common import count_at_max, load_x_kept, max_propagate_nan, track_max_count
+from cbam_triton.kernels._common import accumulate_tile, count_at_max, load_x_kept, max_propagate_nan
 
 
 @triton.jit
@@ -40,10 +40,10 @@ def pool_partials(x_ptr, n, offs_c, mask_c, p_start, p_end, stride_xn, stride_xc
         if UNROLL == 2:
             mask2 = mask_c[:, None] & ((p0 + BLOCK_P + offs_p) < p_end)[None, :]
             v2 = load_x_kept(ptrs + step, mask2, HINTS)
-        acc_sum, acc_max, acc_cnt = _pool_tile(_affine(v.to(acc_t), mask, scale, shift, AFFINE), mask, acc_sum,
+        acc_sum, acc_max, acc_cnt = accumulate_tile(_affine(v.to(acc_t), mask, scale, shift, AFFINE), mask, acc_sum,
                                                acc_max, acc_cnt, COUNT)
         if UNROLL == 2:
-            acc_sum, acc_max, acc_cnt = _pool_tile(_affine(v2.to(acc_t), mask2, scale, shift, AFFINE), mask2,
+            acc_sum, acc_max, acc_cnt = accumulate_tile(_affine(v2.to(acc_t), mask2, scale, shift, AFFINE), mask2,
                                                    acc_sum, acc_max, acc_cnt, COUNT)
         ptrs += step * UNROLL
     vmax = max_propagate_nan(acc_max, 1)
@@ -84,11 +84,11 @@ def _window_partials(x_ptr, n, offs_c, mask_c, p_start, p_end, stride_xn, stride
             keep2 = load2 & ((j + BLOCK_P)[None, :] >= lo[:, None]) & ((j + BLOCK_P)[None, :] < hi[:, None])
             v2 = load_x_kept(ptrs + BLOCK_P, load2, HINTS)
         v = tl.where(keep, v.to(acc_t), 0.0)
-        acc_sum, acc_max, acc_cnt = _pool_tile(_affine(v, keep, scale, shift, AFFINE), keep, acc_sum, acc_max,
+        acc_sum, acc_max, acc_cnt = accumulate_tile(_affine(v, keep, scale, shift, AFFINE), keep, acc_sum, acc_max,
                                                acc_cnt, False)
         if UNROLL == 2:
             v2 = tl.where(keep2, v2.to(acc_t), 0.0)
-            acc_sum, acc_max, acc_cnt = _pool_tile(_affine(v2, keep2, scale, shift, AFFINE), keep2, acc_sum,
+            acc_sum, acc_max, acc_cnt = accumulate_tile(_affine(v2, keep2, scale, shift, AFFINE), keep2, acc_sum,
                                                    acc_max, acc_cnt, False)
         ptrs += BLOCK_P * UNROLL
     return tl.sum(acc_sum, axis=1), max_propagate_nan(acc_max, 1), tl.zeros([BLOCK_C], dtype=tl.int32)
@@ -100,18 +100,6 @@ def _affine(v, mask, scale, shift, AFFINE: tl.constexpr):
     if AFFINE:
         v = tl.where(mask, v * scale[:, None] + shift[:, None], 0.0)
     return v
-
-
-@triton.jit
-def _pool_tile(v, mask, acc_sum, acc_max, acc_cnt, COUNT: tl.constexpr):
-    """One loaded tile into the elementwise (sum, max, count at max) accumulators."""
-    acc_sum += v
-    vm = tl.where(mask, v, float("-inf"))
-    if COUNT:
-        acc_max, acc_cnt = track_max_count(acc_max, acc_cnt, vm, mask)
-    else:
-        acc_max = tl.maximum(acc_max, vm, propagate_nan=tl.PropagateNan.ALL)
-    return acc_sum, acc_max, acc_cnt
 
 
 @triton.jit

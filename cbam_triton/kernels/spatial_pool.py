@@ -4,13 +4,13 @@ import triton
 import triton.language as tl
 
 from cbam_triton.kernels._common import (
+    accumulate_tile,
     count_at_max,
     last_arrival,
     load_x_kept,
     max_propagate_nan,
     reset_counter,
     tile_row,
-    track_max_count,
 )
 from cbam_triton.kernels.mlp import MC_FC2, MC_LOAD, MC_NONE, channel_map_tile, load_hidden
 
@@ -94,13 +94,11 @@ def spatial_pool_kernel(
         lim = (((a + P + WIN - 1) // WIN) * WIN - w0).to(tl.int32)
         ptrs = x_ptr + w0[:, None] + offs_p[None, :]
         load_p = offs_p[None, :] < lim[:, None]
-        keep_p = load_p
     else:
         ptrs = (x_ptr + n.to(tl.int64) * stride_xn
                 + (c_start + offs_c).to(tl.int64)[:, None] * stride_xc
                 + offs_p.to(tl.int64)[None, :] * stride_xp)
         load_p = mask_p[None, :]
-        keep_p = load_p
     step = tl.full([], BLOCK_C, tl.int64) * stride_xc  # int64: no overflow for huge strides
     acc_sum = tl.zeros([BLOCK_C, BLOCK_P], dtype=acc_t)
     acc_max = tl.full([BLOCK_C, BLOCK_P], float("-inf"), dtype=acc_t)
@@ -119,12 +117,12 @@ def spatial_pool_kernel(
             cc2 = cc + BLOCK_C
             mask_cc2 = cc2 < c_end
             v2 = load_x_kept(ptrs + step, mask_cc2[:, None] & load_p, HINTS)
-        acc_sum, acc_max, acc_cnt = _gated_tile(v, n, cc, mask_cc, keep_p, pb, C, K, vec_ptr, mcw_ptr, mcb_ptr,
+        acc_sum, acc_max, acc_cnt = _gated_tile(v, n, cc, mask_cc, load_p, pb, C, K, vec_ptr, mcw_ptr, mcb_ptr,
                                                 s_mcw_c, s_mcw_k, z, mc_ptr, mc_out_ptr, aff_ptr, acc_sum, acc_max,
                                                 acc_cnt, AFFINE, MC_MODE, POOLS, ACT, HAS_MCB, KB, Z_ONCE, COUNT,
                                                 acc_t)
         if UNROLL == 2:
-            acc_sum, acc_max, acc_cnt = _gated_tile(v2, n, cc2, mask_cc2, keep_p, pb, C, K, vec_ptr, mcw_ptr,
+            acc_sum, acc_max, acc_cnt = _gated_tile(v2, n, cc2, mask_cc2, load_p, pb, C, K, vec_ptr, mcw_ptr,
                                                     mcb_ptr, s_mcw_c, s_mcw_k, z, mc_ptr, mc_out_ptr, aff_ptr, acc_sum,
                                                     acc_max, acc_cnt, AFFINE, MC_MODE, POOLS, ACT, HAS_MCB, KB,
                                                     Z_ONCE, COUNT, acc_t)
@@ -193,10 +191,4 @@ def _gated_tile(v, n, cc, mask_cc, mask_p, pb, C, K, vec_ptr, mcw_ptr, mcb_ptr, 
                                  MC_MODE, POOLS, ACT, HAS_MCB, KB, Z_ONCE, acc_t)
             tl.store(mc_out_ptr + n.to(tl.int64) * C + cc, g, mask=mask_cc & (pb == 0))
         v = v * g[:, None]
-    acc_sum += tl.where(mask, v, 0.0)
-    vm = tl.where(mask, v, float("-inf"))
-    if COUNT:
-        acc_max, acc_cnt = track_max_count(acc_max, acc_cnt, vm, mask)
-    else:
-        acc_max = tl.maximum(acc_max, vm, propagate_nan=tl.PropagateNan.ALL)
-    return acc_sum, acc_max, acc_cnt
+    return accumulate_tile(tl.where(mask, v, 0.0), mask, acc_sum, acc_max, acc_cnt, COUNT)

@@ -60,9 +60,10 @@ def plan_spatial_pool(x: torch.Tensor, mc: torch.Tensor | None, split: int | Non
         affine = channel.affine
 
     # unaligned NCHW rows (fused forward): read through aligned windows, one pixel block per sample
-    win = window_elems(x, sn, sc, sp) if combine and not count and row_window(p, window_elems(x, sn, sc, sp)) else 0
-    if win and channel is not None and channel.channels_per_slice(c) < win:
-        win = 0  # (a channel tile must hold a whole class of rows)
+    # (a channel tile must hold a whole class of rows)
+    win = window_elems(x, sn, sc, sp) if combine and not count else 0
+    if win and (not row_window(p, win) or channel is not None and channel.channels_per_slice(c) < win):
+        win = 0
 
     def warps_for(block_c: int) -> int:
         """8 warps for a large Mc weight tile, and for the block tail's affine on rows Triton can't
