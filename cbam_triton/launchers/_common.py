@@ -335,7 +335,9 @@ def plan_fused(n: int, c: int, p: int, stride_c: int, stride_p: int, itemsize: i
                device: torch.device, split: int | None = None, *, weight_bytes: int = 0,
                block_c_range: tuple[int, int] = (1, 1 << 30), max_long_p: int | None = None,
                min_split: int = 1, max_walk_tiles: int | None = None, kernel: str = "",
-               num_warps: int = NUM_WARPS, window: int = 0) -> FusedPlan:
+               num_warps: int | Callable[[int, int], int] = NUM_WARPS, window: int = 0,
+               unroll: Callable[[int, int, int], int] | None = None,
+               walk_tiles: Callable[[int, int, int], int] | None = None) -> FusedPlan:
     """The tile rule of the fused forward's kernels (documented in docs/kernels.md).
 
     ``reduce`` is the axis a program walks: ``"p"`` (stage 1: pool over H*W, the free axis is C) or
@@ -356,10 +358,19 @@ def plan_fused(n: int, c: int, p: int, stride_c: int, stride_p: int, itemsize: i
        :data:`PROGRAM_SMALL_BYTES`; ``min_split`` splits at least, and with ``max_walk_tiles``
        (kernels that load small data per tile they walk) enough that no program walks more tiles.
 
-    On a GPU (or planning for one, :func:`cbam_triton.launchers.residency.assume`) the target is the
-    GPU's capacity for ``kernel`` (SMs × resident CTAs per SM from its registers, warps and shared
-    memory: :mod:`~cbam_triton.launchers.residency`), and a grid of more than one wave is then sized
-    to whole waves (wave efficiency >= 0.9) by its split count where the bounds allow.
+    On a GPU (or planning for one, :func:`cbam_triton.launchers.residency.assume`) 2. and 3. only
+    bound the choice: every tile row that passes 2. and every split count within 3.'s bounds is a
+    candidate, and the one the streaming model (:func:`stream_score`) judges best is planned — the
+    targets first (a grid of more than one wave fills its last one, enough bytes in flight per SM),
+    then the modelled time. A candidate's capacity is the GPU's for ``kernel`` (SMs × resident CTAs
+    per SM from its registers, warps and shared memory: :mod:`~cbam_triton.launchers.residency`).
+
+    The capacity is that of the kernel variant each candidate compiles to: ``unroll(block_c, block_p,
+    per_split)`` is the ``UNROLL`` the launcher gives it, and ``(block_c, block_p, unroll)`` the
+    variant whose compiled registers :func:`~cbam_triton.launchers.residency.resources` looks up (a
+    kernel's registers change with its tile and its tiles in flight, so one figure per kernel would
+    size some grids for the wrong residency); ``num_warps`` may likewise be the launcher's rule
+    ``(block_c, block_p) -> warps``.
 
     ``window`` (the NCHW window path, :func:`window_elems`): the tile is sized as for aligned rows
     (128-bit loads); walking the channels (``"c"``), a program's pixel block is the whole row's window
@@ -370,8 +381,17 @@ def plan_fused(n: int, c: int, p: int, stride_c: int, stride_p: int, itemsize: i
     long_axis = unit_axis(stride_c, stride_p, c, p)
     extent = p if long_axis == "p" else c
     top = long_block(extent)
-    cap_programs = residency.capacity(kernel, num_warps, device) if kernel else None
-    target = cap_programs or target_programs(device)
+    walked_all = p if reduce == "p" else c
+
+    def cap_of(bc: int, bp: int, per_split: int) -> int | None:
+        """Resident programs of the candidate's kernel variant on the target GPU (None: no GPU)."""
+        if not kernel:
+            return None
+        variant = (bc, bp, unroll(bc, bp, per_split)) if unroll is not None else None
+        warps = num_warps(bc, bp) if callable(num_warps) else num_warps
+        return residency.capacity(kernel, warps, device, variant, (bc, bp, per_split))
+
+    fallback_target = target_programs(device)
     sample_bytes = c * p * itemsize
     rows = []
     other, along = (stride_c, p) if long_axis == "p" else (stride_p, c)
@@ -402,6 +422,11 @@ def plan_fused(n: int, c: int, p: int, stride_c: int, stride_p: int, itemsize: i
         unfit = _fill(c, block_c) * _fill(p, block_p) < MIN_TILE_FILL or last < 0.25
         soft = (long < MIN_FUSED_LONG and long < top, unfit)
         rows.append((hard, soft, long, block_c, block_p, n * free))
+    pinned = residency.forced(kernel) if kernel else None
+    if pinned is not None:  # a candidate compiled to measure its variant (tools.streaming.plan_compiled)
+        row = next((r for r in rows if (r[3], r[4]) == pinned[:2]), None)
+        if row is not None:
+            return FusedPlan(row[3], row[4], row[5], -(-walked_all // pinned[2]), pinned[2])
     least = min(r[0] for r in rows)
     rows = [r for r in rows if r[0] == least]
     for relax in ((False, False), (False, True), (True, True)):
@@ -409,58 +434,84 @@ def plan_fused(n: int, c: int, p: int, stride_c: int, stride_p: int, itemsize: i
         if ok:
             rows = ok
             break
-    chosen = next((r for r in rows if r[5] >= target), None) or max(rows, key=lambda r: r[5])
+    # each row's program target: the resident programs of its unsplit variant (GPU), else a fixed count
+    rows = [(*r, cap_of(r[3], r[4], walked_all) or fallback_target) for r in rows]
+    chosen = next((r for r in rows if r[5] >= r[6]), None) or max(rows, key=lambda r: r[5])
+    on_gpu = bool(kernel) and split is None and cap_of(chosen[3], chosen[4], walked_all) is not None
 
-    def splits(row: tuple) -> tuple[int, int]:
-        """(num_splits, per_split) of a tile row: the split rule (3.), then whole waves."""
-        _, _, _, bc, bp, base_ = row
+    def split_range(row: tuple) -> tuple[int, int, int]:
+        """(least, most, rule's target) splits of a tile row (3.)."""
+        _, _, _, bc, bp, _, target = row
         walked, block, other = (p, bp, bc) if reduce == "p" else (c, bc, bp)
         cap = min(walked * itemsize // (8 * WORKSPACE_FRACTION), PROGRAM_SMALL_BYTES // (8 * other))
         least = max(min_split, -(-walked // (block * max_walk_tiles))) if max_walk_tiles else min_split
-        ns, ps = choose_split(base_, walked, block, target, split, max_split=cap, min_split=least)
-        if cap_programs and split is None:
-            ns, ps = _full_waves(base_, walked, block, ns, ps, max(least, 1), max(cap, least), cap_programs)
-        return ns, ps
+        return least, cap, target
 
-    num_splits, per_split = splits(chosen)
-    if cap_programs and split is None and not _waves_ok(chosen[5] * num_splits, cap_programs):
-        # no split count fills the last wave: another long block of the same standing whose grid does
-        # (the nearest in length first; the tile keeps its elements, so its bytes in flight)
-        for row in sorted(rows, key=lambda r: (abs(r[2].bit_length() - chosen[2].bit_length()), -r[2])):
-            ns, ps = splits(row)
-            if row is not chosen and _waves_ok(row[5] * ns, cap_programs):
-                chosen, num_splits, per_split = row, ns, ps
-                break
-    _, _, _, block_c, block_p, base = chosen
-    return FusedPlan(block_c, block_p, base, num_splits, per_split)
+    if not on_gpu:
+        least_, cap_, target_ = split_range(chosen)
+        block = chosen[4] if reduce == "p" else chosen[3]
+        num_splits, per_split = choose_split(chosen[5], walked_all, block, target_, split, max_split=cap_,
+                                             min_split=least_)
+        return FusedPlan(chosen[3], chosen[4], chosen[5], num_splits, per_split)
+    # a GPU: every tile row and split count within the bounds, judged by the streaming model
+    sms = residency.planning_target(device)[0]  # type: ignore[index]
+    x_bytes = n * c * p * itemsize
+
+    def program(row: tuple, ps: int) -> tuple[int, int]:
+        """(x bytes, loop iterations) of a program of ``row`` walking ``ps`` elements."""
+        bc, bp = row[3], row[4]
+        other = min(bc, c) if reduce == "p" else min(bp, p)
+        block = bp if reduce == "p" else bc
+        tiles = walk_tiles(bc, bp, ps) if walk_tiles is not None else -(-min(ps, walked_all) // block)
+        turns = -(-tiles // (unroll(bc, bp, ps) if unroll is not None else 1))
+        return min(ps, walked_all) * other * itemsize, max(1, turns)
+
+    best: tuple | None = None
+    for row in rows:
+        least_, cap_, target_ = split_range(row)
+        block = row[4] if reduce == "p" else row[3]
+        options = {choose_split(row[5], walked_all, block, target_, None, max_split=cap_, min_split=least_)}
+        for want in range(max(1, least_), min(max(cap_, least_), MAX_SPLIT) + 1):
+            options.add(choose_split(row[5], walked_all, block, 0, forced=want))
+        for ns, ps in options:
+            if ns < least_ and ns < -(-walked_all // block):
+                continue
+            cap = cap_of(row[3], row[4], ps) or row[6]
+            score = stream_score(row[5] * ns, cap, *program(row, ps), sms, x_bytes)
+            if best is None or score < best[0]:
+                best = (score, row, ns, ps)
+    assert best is not None
+    _, row, num_splits, per_split = best
+    return FusedPlan(row[3], row[4], row[5], num_splits, per_split)
 
 
-def _waves_ok(programs: int, capacity: int) -> bool:
-    """Whether a grid of ``programs`` fills its last wave (one wave or less always does)."""
-    from cbam_triton.launchers.residency import MIN_WAVE_EFFICIENCY, wave_efficiency
-
-    return programs <= capacity or wave_efficiency(programs, capacity) >= MIN_WAVE_EFFICIENCY
+#: Bytes of x in flight per SM that hide DRAM latency (Little's law on an H200: ~4.3 TB/s × ~0.8 µs
+#: loaded latency ÷ 132 SMs ≈ 26 KiB, rounded up); the streaming model's unit of work
+IN_FLIGHT_PER_SM = 32 * 1024
 
 
-def _full_waves(base: int, walked: int, block: int, num_splits: int, per_split: int, lo: int, hi: int,
-                capacity: int) -> tuple[int, int]:
-    """The split count nearest the tile rule's whose grid (``base`` × splits) fills its last wave
-    (efficiency >= MIN_WAVE_EFFICIENCY), within ``[lo, hi]`` splits; the rule's own if it already does
-    or none does (then the most efficient)."""
-    from cbam_triton.launchers.residency import MIN_WAVE_EFFICIENCY, wave_efficiency
+def stream_score(programs: int, capacity: int, program_bytes: int, turns: int, sms: int,
+                 x_bytes: int) -> tuple[int, float, int]:
+    """How a GPU grid streams (lower is better): ``(targets missed, modelled time, programs)``.
 
-    if base * num_splits <= capacity or wave_efficiency(base * num_splits, capacity) >= MIN_WAVE_EFFICIENCY:
-        return num_splits, per_split
-    iters = max(1, -(-walked // block))
-    found = {(num_splits, per_split)}
-    for want in range(max(1, lo), min(hi, iters, MAX_SPLIT) + 1):
-        ns, ps = choose_split(base, walked, block, 0, forced=want)
-        if ns >= lo:
-            found.add((ns, ps))
-    good = [f for f in found if wave_efficiency(base * f[0], capacity) >= MIN_WAVE_EFFICIENCY]
-    if good:
-        return min(good, key=lambda f: (abs(f[0] - num_splits), f[0]))
-    return max(found, key=lambda f: (wave_efficiency(base * f[0], capacity), -f[0]))
+    Time is counted in DRAM round trips: a wave of ``P`` programs moving ``program_bytes`` each in
+    ``turns`` loop iterations takes ``max(P × program_bytes ÷ (SMs × IN_FLIGHT_PER_SM), turns)`` of
+    them (bandwidth-bound when enough bytes are in flight, else one round trip per iteration), plus
+    one for the wave's start (the program's small loads before its first tile). The targets: a grid
+    of more than one wave fills its last one (efficiency >= MIN_WAVE_EFFICIENCY) and the resident
+    programs keep ``min(IN_FLIGHT_PER_SM, x_bytes ÷ SMs)`` bytes in flight per SM."""
+    from cbam_triton.launchers.residency import MIN_WAVE_EFFICIENCY
+
+    capacity = max(1, capacity)
+    waves = -(-programs // capacity)
+    time = 0.0
+    for w in range(waves):
+        resident = min(capacity, programs - w * capacity)
+        time += 1 + max(resident * program_bytes / (sms * IN_FLIGHT_PER_SM), turns)
+    per_sm = min(programs, capacity) * (program_bytes / turns) / sms
+    missed = int(waves > 1 and programs / (waves * capacity) < MIN_WAVE_EFFICIENCY) + \
+        int(per_sm < min(IN_FLIGHT_PER_SM, x_bytes / sms) - 0.5)
+    return missed, round(time, 6), programs
 
 
 def combine_max_counts(maxs: torch.Tensor, cnts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -11,7 +11,6 @@ from cbam_triton.kernels.gate_conv import gate_conv_kernel
 from cbam_triton.launchers._common import (
     MAX_WALK_TILES,
     NUM_WARPS,
-    FusedPlan,
     Launch,
     ProgramModel,
     acc_is_fp64,
@@ -67,29 +66,41 @@ def plan_gate_conv(x: torch.Tensor, mc: torch.Tensor | None, pooled: torch.Tenso
     x, (sn, sc, sp) = as_ncp(x)
     out, (on, oc, op) = output_for(x, out)
     kp = next_pow2(conv.ksize)
+    rn = rc = rp = 0
+    if residual is not None:
+        if residual.shape != x.shape or residual.dtype != x.dtype:
+            raise ValueError(f"residual must have x's shape {tuple(x.shape)} and dtype {x.dtype}, got "
+                             f"{tuple(residual.shape)} {residual.dtype}")
+        residual, (rn, rc, rp) = as_ncp(residual)
     # unaligned NCHW rows (the plain gate: no affine, residual or activation of the block tail; out laid
     # out as x): 16-byte chunks shared out among the rows, one pixel block per sample
     win = window_elems(x, sn, sc, sp)
     if not (win and p >= win and row_window(p, win) and (on, oc, op) == (sn, sc, sp) and residual is None
             and tail_affine is None and TAIL_ACTIVATIONS[act] == 0):
         win = 0
-    # the conv re-reads the map k*k times a pixel (from L1): pixel blocks of at most 2048 / (2 * KP)
-    # keep that (and the row path's [KP, BLOCK_P] tiles) small
-    def fused(warps: int) -> FusedPlan:
-        return plan_fused(n, c, p, sc, sp, x.element_size(), "c", x.device, split,
-                          max_long_p=max(16, TAPS_TILE // (2 * kp)),
-                          max_walk_tiles=MAX_WALK_TILES if mc is not None else None, kernel="gate_conv",
-                          num_warps=warps, window=win)
+    # two x tiles in flight per iteration where a program walks two or more and its loads are 128-bit
+    # (a residual in y's layout and also aligned)
+    wide = bool(rows_16b(x, sc, sp) or win) and (
+        residual is None or _same_rows(sc, sp, rc, rp) and rows_16b(residual, rc, rp))
+
+    def unroll(block_c: int, block_p: int, per_split: int) -> int:
+        return 2 if wide and -(-min(per_split, c) // block_c) >= 2 else 1
 
     # the block tail's residual tiles next to y's on rows Triton can't vectorise (16-bit loads: a
-    # register per element) take 8 warps, as the plain gate's 4 do without them
+    # register per element) take 8 warps, as the plain gate's 4 do without them; the window path's
+    # conv runs its rows in a rolled loop: 4 warps (sm_90 118-168 registers at 14²)
     heavy = residual is not None and not rows_16b(x, sc, sp)
-    plan = fused(NUM_WARPS)
-    # (the window path's conv runs its rows in a rolled loop: 4 warps, sm_90 118-168 registers at 14²)
-    warps = 8 if heavy else NUM_WARPS if win else _warps(conv.ksize, plan.block_p, x)
-    if warps != NUM_WARPS:  # the grid is sized for the warps the tile runs with
-        plan = fused(warps)
-        warps = 8 if heavy else _warps(conv.ksize, plan.block_p, x)
+
+    def warps_of(block_c: int, block_p: int) -> int:
+        return 8 if heavy else NUM_WARPS if win else _warps(conv.ksize, block_p, x)
+
+    # the conv re-reads the map k*k times a pixel (from L1): pixel blocks of at most 2048 / (2 * KP)
+    # keep that (and the row path's [KP, BLOCK_P] tiles) small
+    plan = plan_fused(n, c, p, sc, sp, x.element_size(), "c", x.device, split,
+                      max_long_p=max(16, TAPS_TILE // (2 * kp)),
+                      max_walk_tiles=MAX_WALK_TILES if mc is not None else None, kernel="gate_conv",
+                      num_warps=warps_of, window=win, unroll=unroll)
+    warps = warps_of(plan.block_c, plan.block_p)
     block_c, block_p, base = plan.block_c, plan.block_p, plan.base
     num_splits, per_split = plan.num_splits, plan.per_split
     acc = compute_dtype(x)
@@ -97,12 +108,6 @@ def plan_gate_conv(x: torch.Tensor, mc: torch.Tensor | None, pooled: torch.Tenso
         mc = mc.to(acc).contiguous()
     if tail_affine is not None and mc is None:
         raise ValueError("plan_gate_conv: tail_affine needs the channel map mc")
-    rn = rc = rp = 0
-    if residual is not None:
-        if residual.shape != x.shape or residual.dtype != x.dtype:
-            raise ValueError(f"residual must have x's shape {tuple(x.shape)} and dtype {x.dtype}, got "
-                             f"{tuple(residual.shape)} {residual.dtype}")
-        residual, (rn, rc, rp) = as_ncp(residual)
     pooled = pooled.to(acc).contiguous()
     # the weight is read in place through its strides (a channels_last copy would be a tensor that
     # no guard sees: an in-place edit of the weight would miss a replayed launch)
@@ -126,9 +131,7 @@ def plan_gate_conv(x: torch.Tensor, mc: torch.Tensor | None, pooled: torch.Tenso
                   SPATIAL_INPUT=SPATIAL_INPUTS[conv.input], KSIZE=conv.ksize,
                   TAPS=taps, KP=kp, HINTS=hints,
                   BLOCK_C=block_c, BLOCK_P=block_p, ACC_FP64=acc_is_fp64(x),
-                  UNROLL=2 if -(-min(per_split, c) // block_c) >= 2 and (rows_16b(x, sc, sp) or win)
-                  and (residual is None or _same_rows(sc, sp, rc, rp) and rows_16b(residual, rc, rp)) else 1,
-                  WIN=win),
+                  UNROLL=unroll(block_c, block_p, per_split), WIN=win),
         name="gate_conv",
         num_warps=warps,
         bytes_read=nbytes(x, residual, tail_affine, *small),

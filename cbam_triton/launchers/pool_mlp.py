@@ -159,8 +159,14 @@ def plan_channel_pool_mlp(x: torch.Tensor, mlp: ChannelMLP, hints: bool = False,
     # tile and of its scale/shift columns)
     win = window_elems(x, sn, sc, sp)  # unaligned NCHW rows: read through aligned windows
     warps = 8 if affine is not None and not (rows_16b(x, sc, sp) or win) else NUM_WARPS
+    wide = bool(rows_16b(x, sc, sp) or win)
+
+    def unroll(block_c: int, block_p: int, per_split: int) -> int:
+        return 2 if wide and _walk_tiles(per_split, p, block_p, win) >= 2 else 1
+
     plan = plan_fused(n, c, p, sc, sp, x.element_size(), "p", x.device, split, block_c_range=block_c_range,
-                      kernel="channel_pool_mlp", num_warps=warps, window=win)
+                      kernel="channel_pool_mlp", num_warps=warps, window=win, unroll=unroll,
+                      walk_tiles=lambda _bc, bp, ps: _walk_tiles(ps, p, bp, win))
     block_c, block_p, base = plan.block_c, plan.block_p, plan.base
     num_splits, per_split = plan.num_splits, plan.per_split
     num_cblocks = -(-c // block_c)
@@ -213,7 +219,7 @@ def plan_channel_pool_mlp(x: torch.Tensor, mlp: ChannelMLP, hints: bool = False,
                   AFF_W=affine is not None and affine.weight is not None,
                   AFF_B=affine is not None and affine.bias is not None, BLOCK_C=block_c, BLOCK_P=block_p,
                   SB=small_tile_rows(block_c, num_splits), HB=hb, CBB=cbb, ZB=zb, ACC_FP64=acc_is_fp64(x),
-                  UNROLL=2 if _walk_tiles(per_split, p, block_p, win) >= 2 and (rows_16b(x, sc, sp) or win) else 1,
+                  UNROLL=unroll(block_c, block_p, per_split),
                   L1G=gs > 1, GR=gr, WB=wb, HB1=hb1, WIN=win),
         name="channel_pool_mlp",
         num_warps=warps,

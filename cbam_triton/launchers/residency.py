@@ -132,10 +132,11 @@ def _assumed() -> dict[str, Any] | None:
 
 
 @contextlib.contextmanager
-def assume(sms: int, arch: int = 90, resources: dict[tuple[str, int], tuple[int, int]] | None = None
+def assume(sms: int, arch: int = 90, resources: dict[tuple, tuple[int, int]] | None = None
            ) -> Iterator[None]:
     """Plan (in this thread) for a GPU with ``sms`` SMs of ``sm_<arch>``, with the compiled
-    ``resources`` ((registers, shared bytes) per (kernel, warps); the fallback table otherwise)."""
+    ``resources`` ((registers, shared bytes) per (kernel, warps), and per (kernel, warps, variant)
+    for the variants compiled; the fallback table otherwise)."""
     saved = _assumed()
     _STATE.assumed = {"sms": sms, "arch": arch, "resources": dict(resources or {})}
     try:
@@ -155,11 +156,46 @@ def _device_sms_arch(device: torch.device) -> tuple[int, int]:
     return _DEVICE[idx]
 
 
-def resources(kernel: str, num_warps: int) -> tuple[int, int]:
-    """(registers, shared bytes) the planner assumes for ``kernel`` at ``num_warps``."""
+@contextlib.contextmanager
+def force(kernel: str, choice: tuple[int, int, int]) -> Iterator[None]:
+    """Inside an :func:`assume`: ``kernel``'s plans take the tile ``(block_c, block_p)`` and split length
+    ``per_split`` of ``choice`` (a candidate its planner asked about), so that its variant can be
+    compiled and measured (:func:`cbam_triton.tools.streaming.plan_compiled`)."""
     assumed = _assumed()
-    if assumed is not None and (kernel, num_warps) in assumed["resources"]:
-        return assumed["resources"][(kernel, num_warps)]
+    assert assumed is not None, "force() plans for an assumed GPU"
+    saved = assumed.get("force")
+    assumed["force"] = (kernel, choice)
+    try:
+        yield
+    finally:
+        assumed["force"] = saved
+
+
+def forced(kernel: str) -> tuple[int, int, int] | None:
+    """The ``(block_c, block_p, per_split)`` :func:`force` set for ``kernel``, else None."""
+    assumed = _assumed()
+    got = assumed.get("force") if assumed is not None else None
+    return got[1] if got is not None and got[0] == kernel else None
+
+
+def asked() -> dict[tuple, tuple[int, int, int]]:
+    """Inside an :func:`assume`: the variants the planners asked about whose compiled figures were not
+    given, each with a ``(block_c, block_p, per_split)`` that plans it."""
+    assumed = _assumed()
+    return assumed.setdefault("asked", {}) if assumed is not None else {}
+
+
+def resources(kernel: str, num_warps: int, variant: Any = None) -> tuple[int, int]:
+    """(registers, shared bytes) the planner assumes for ``kernel`` at ``num_warps``: the compiled
+    figures of the exact ``variant`` (a launcher's ``(BLOCK_C, BLOCK_P, UNROLL)``) where :func:`assume`
+    has them, else the kernel's (the most of its compiled variants), else the fallback table."""
+    assumed = _assumed()
+    if assumed is not None:
+        got = assumed["resources"]
+        if variant is not None and (kernel, num_warps, variant) in got:
+            return got[(kernel, num_warps, variant)]
+        if (kernel, num_warps) in got:
+            return got[(kernel, num_warps)]
     got = FALLBACK_RESOURCES.get((kernel, num_warps))
     if got is None:  # an unknown warp count: the 4-warp figure (fewer registers with more warps)
         got = FALLBACK_RESOURCES.get((kernel, 4), (128, 5120))
@@ -176,16 +212,23 @@ def planning_target(device: torch.device) -> tuple[int, int] | None:
     return None
 
 
-def capacity(kernel: str, num_warps: int, device: torch.device) -> int | None:
-    """Resident CTAs of ``kernel`` on the whole target GPU (SMs × CTAs per SM), or None where the
-    plan is not for a GPU (the interpreter: the launchers' small program count)."""
+def capacity(kernel: str, num_warps: int, device: torch.device, variant: Any = None,
+             choice: tuple[int, int, int] | None = None) -> int | None:
+    """Resident CTAs of ``kernel`` (its ``variant``: :func:`resources`) on the whole target GPU (SMs ×
+    CTAs per SM), or None where the plan is not for a GPU (the interpreter: the launchers' small
+    program count). ``choice``: the ``(block_c, block_p, per_split)`` of the candidate, recorded
+    (:func:`asked`) where the variant's compiled figures are not known."""
     if os.environ.get("CBAM_TRITON_TARGET_PROGRAMS"):
         return None  # a fixed program count was asked for (tests, experiments)
     target = planning_target(device)
     if target is None:
         return None
     sms, arch = target
-    regs, smem = resources(kernel, num_warps)
+    assumed = _assumed()
+    if assumed is not None and variant is not None and choice is not None \
+            and (kernel, num_warps, variant) not in assumed["resources"]:
+        asked().setdefault((kernel, num_warps, variant), choice)
+    regs, smem = resources(kernel, num_warps, variant)
     return sms * max(1, ctas_per_sm(regs, num_warps, smem, arch))
 
 

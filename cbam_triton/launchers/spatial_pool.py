@@ -9,7 +9,6 @@ from cbam_triton.launchers._common import (
     MAX_WALK_TILES,
     NUM_WARPS,
     SMALL_TILE,
-    FusedPlan,
     Launch,
     ProgramModel,
     acc_is_fp64,
@@ -74,18 +73,17 @@ def plan_spatial_pool(x: torch.Tensor, mc: torch.Tensor | None, split: int | Non
         # Mc from the MLP's last layer: few pixel blocks per sample when its weights are large, and
         # enough channel splits that each program's slice of them stays small
         # (a program's channel tile never needs more of them than its whole slice may hold)
-        def fused(warps: int) -> FusedPlan:
-            return plan_fused(n, c, p, sc, sp, x.element_size(), "c", x.device, split,
-                              weight_bytes=channel.map_weight_bytes if channel is not None else 0,
-                              block_c_range=(1, channel.channels_per_slice(c) if channel is not None else 1 << 30),
-                              min_split=map_split_min(channel, c),
-                              max_walk_tiles=MAX_WALK_TILES if channel is not None or mc is not None
-                              or affine is not None else None,
-                              kernel="spatial_pool", num_warps=warps, window=win)
+        def unroll(block_c: int, block_p: int, per_split: int) -> int:
+            mc_meta = channel_map_args(channel, mc, block_c, x)[2]
+            return 2 if combine_unroll(mc_meta, per_split, c, block_c, x, sc, sp, win) else 1
 
-        plan = fused(NUM_WARPS)
-        if warps_for(plan.block_c) != NUM_WARPS:  # the grid is sized for the warps the tile runs with
-            plan = fused(warps_for(plan.block_c))
+        plan = plan_fused(n, c, p, sc, sp, x.element_size(), "c", x.device, split, unroll=unroll,
+                          weight_bytes=channel.map_weight_bytes if channel is not None else 0,
+                          block_c_range=(1, channel.channels_per_slice(c) if channel is not None else 1 << 30),
+                          min_split=map_split_min(channel, c),
+                          max_walk_tiles=MAX_WALK_TILES if channel is not None or mc is not None
+                          or affine is not None else None,
+                          kernel="spatial_pool", num_warps=lambda block_c, _block_p: warps_for(block_c), window=win)
         block_c, block_p, base, num_splits, per_split = (plan.block_c, plan.block_p, plan.base, plan.num_splits,
                                                          plan.per_split)
     else:

@@ -62,35 +62,61 @@ def compiled_facts(launch: Any, arch: int = 90) -> dict[str, Any]:
     return facts
 
 
-def _resources(launches: list[Any], arch: int) -> dict[tuple[str, int], tuple[int, int]]:
-    got: dict[tuple[str, int], tuple[int, int]] = {}
+def _resources(launches: list[Any], arch: int) -> dict[tuple, tuple[int, int]]:
+    """Compiled (registers, shared bytes) of the launches: per (kernel, warps, variant) — the variant
+    ``(BLOCK_C, BLOCK_P, UNROLL)`` the planner asks about — and per (kernel, warps), the most of them."""
+    got: dict[tuple, tuple[int, int]] = {}
     for launch in launches:
         f = compiled_facts(launch, arch)
         k = (launch.name, launch.num_warps)
         old = got.get(k, (0, 0))
         got[k] = (max(old[0], f["registers"]), max(old[1], f["shared_bytes"]))
+        if "UNROLL" in launch.meta and "BLOCK_P" in launch.meta:
+            got[(*k, variant(launch))] = (f["registers"], f["shared_bytes"])
     return got
 
 
-def plan_compiled(plan_fn: Any, sms: int, arch: int) -> tuple[list[Any], dict[tuple[str, int], tuple[int, int]]]:
+def variant(launch: Any) -> tuple[int, int, int]:
+    """The kernel variant of a planned launch as the planner names it (``plan_fused``'s ``unroll``)."""
+    return (launch.meta["BLOCK_C"], launch.meta["BLOCK_P"], launch.meta["UNROLL"])
+
+
+def plan_compiled(plan_fn: Any, sms: int, arch: int) -> tuple[list[Any], dict[tuple, tuple[int, int]]]:
     """Plan with ``plan_fn()`` for ``sms`` SMs of ``sm_<arch>`` from the compiled kernels: plan with
-    the fallback table, compile, plan again with the compiled registers, until the resources stop
-    changing (at most 4 rounds). A kernel's registers can depend on the split count the plan picks
-    (its arguments' specialisation), so the rounds may cycle; then the round whose grids, judged
-    by their own compiled registers, fill their waves best is kept. Returns the launches and the
-    resources they were planned with."""
+    the fallback table, compile, plan again with the compiled registers of every variant compiled so
+    far (a variant not yet compiled is assumed to need the most registers its kernel has shown), until
+    a round plans only variants already known (at most 8 rounds). The planner then sized each grid
+    from the registers of the variant it launches. Should the rounds not settle, the round whose grids,
+    judged by their own compiled registers, fill their waves best is kept. Returns the launches and
+    the resources they were planned with."""
     from cbam_triton.launchers import residency
 
-    resources: dict[tuple[str, int], tuple[int, int]] = {}
+    resources: dict[tuple, tuple[int, int]] = {}
     rounds = []
-    for _ in range(4):
+    for _ in range(8):
         with residency.assume(sms, arch, resources):
             launches = plan_fn()
         got = _resources(launches, arch)
+        # the candidates the planners weighed without compiled figures: plan each once, compile it
+        with residency.assume(sms, arch, resources):
+            plan_fn()
+            asked = dict(residency.asked())
+        for (name, _warps, _variant), choice in asked.items():
+            with residency.assume(sms, arch, resources), residency.force(name, choice):
+                probe = [launch for launch in plan_fn() if launch.name == name]
+            for k, v in _resources(probe, arch).items():
+                if len(k) == 3:
+                    got.setdefault(k, v)
         rounds.append((_fill(launches, sms, arch), len(rounds), launches, resources))
-        if all(resources.get(k) == v for k, v in got.items()):
+        if all(resources.get(k) == v for k, v in got.items() if len(k) == 3) and \
+                all(k in resources for k in got if len(k) == 2):
             return launches, resources
-        resources = {**resources, **got}
+        merged = {**resources, **{k: v for k, v in got.items() if len(k) == 3}}
+        for k, v in got.items():
+            if len(k) == 2:
+                old = resources.get(k, (0, 0))
+                merged[k] = (max(old[0], v[0]), max(old[1], v[1]))
+        resources = merged
     _, _, launches, resources = max(rounds, key=lambda r: (r[0], -r[1]))
     return launches, resources
 
