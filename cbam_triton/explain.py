@@ -29,7 +29,8 @@ from cbam_triton.schedule import l2_budget, plan_schedule
 
 @contextlib.contextmanager
 def _planning_for(sms: int | None, arch: int | None) -> Iterator[None]:
-    """Plan for ``sms`` SMs of ``sm_<arch>`` (the residency model's fallback registers)."""
+    """Plan for ``sms`` SMs of ``sm_<arch>`` with the registers a GPU's own planning assumes (the
+    shipped table of compiled variants on sm_90, else the fallback table)."""
     if sms is None:
         yield
         return
@@ -99,7 +100,9 @@ def explain(module: torch.nn.Module, x: torch.Tensor, *, l2_cache_bytes: int | N
     if sms is not None:
         from cbam_triton.tools.streaming import launch_rows
 
-        for row, extra in zip(rows, launch_rows(launches, sms, arch)):
+        with _planning_for(sms, arch):  # (without a compile: the registers the plan was sized for)
+            facts = launch_rows(launches, sms, arch)
+        for row, extra in zip(rows, facts):
             row.update(extra)
     mlp = parts[0]
     weights = sum(t.numel() * t.element_size() for t in (mlp[:4] if mlp is not None else ()) if t is not None)

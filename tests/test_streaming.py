@@ -73,13 +73,13 @@ def _meta_plan(shape, layout, dtype=torch.float16, reduction=16):
 def test_grids_are_sized_from_residency_not_a_fixed_guess(monkeypatch):
     monkeypatch.delenv("CBAM_TRITON_TARGET_PROGRAMS", raising=False)
     # few registers -> many resident CTAs -> a larger grid than with many registers
-    x = torch.empty((32, 1024, 14, 14), dtype=torch.float16, device="meta")
+    x = torch.empty((32, 512, 28, 28), dtype=torch.float16, device="meta")
     from cbam_triton.launchers.forward import plan_fused_forward
     from cbam_triton.modules import CBAM
     from cbam_triton.schedule import plan_schedule
 
-    mlp, conv = CBAM(1024, 16).eval().to(device="meta", dtype=torch.float16).fused_parts()
-    sched = plan_schedule(32, 1024 * 196 * 2, "l2", 25 << 20, device_type="cuda")
+    mlp, conv = CBAM(512, 16).eval().to(device="meta", dtype=torch.float16).fused_parts()
+    sched = plan_schedule(32, 512 * 784 * 2, "l2", 25 << 20, device_type="cuda")
     grids = {}
     for regs in (40, 200):
         table = {(k, w): (regs, 2048) for k in ("channel_pool_mlp", "spatial_pool", "gate_conv") for w in (4, 8)}
@@ -90,10 +90,13 @@ def test_grids_are_sized_from_residency_not_a_fixed_guess(monkeypatch):
             cap = 132 * residency.ctas_per_sm(regs, launch.num_warps, 2048, 90)
             programs = launch.grid[0] * launch.grid[1]
             # more than one wave: whole waves (stages 2 and 3: the channel walk has room for the splits;
-            # stage 1's H*W walk of 14^2 pixels has at most 2 tiles, so its grid is the channel blocks')
+            # stage 1's grid is bounded by its channel blocks and its H*W walk)
             if programs > cap and launch.name != "channel_pool_mlp":
                 assert residency.wave_efficiency(programs, cap) >= 0.9, (regs, launch.name, launch.grid)
-    assert grids[40]["spatial_pool"] > grids[200]["spatial_pool"]
+            if regs == 40 and launch.name in ("spatial_pool", "gate_conv"):  # 16 CTAs/SM: enough in flight
+                assert min(programs, cap) * launch.x_in_flight / 132 >= min(32 << 10, x.numel() * 2 / 132), \
+                    (regs, launch.name, launch.grid)
+    assert grids[40] != grids[200]  # the residency decides the grids
 
 
 def test_fallback_model_fields_without_a_compiler(monkeypatch):
@@ -102,8 +105,31 @@ def test_fallback_model_fields_without_a_compiler(monkeypatch):
     assert {"chunks", "mlp_weight_size_bytes", "weight_bytes_total"} <= plan.keys()
     assert plan["mlp_weight_size_bytes"] == 2 * (2048 * 128 * 2) + (128 + 2048) * 2
     for r in plan["launches"]:
-        assert r["registers"] == residency.resources(r["name"], r["num_warps"])[0]
+        variant = tuple(r["variant"]) if r["variant"] is not None else None
+        with residency.assume(132, 90):  # what a GPU's planning assumes without a compile
+            assert r["registers"] == residency.resources(r["name"], r["num_warps"], variant)[0]
+        with residency.assume(132, 80):  # (another architecture: the fallback table)
+            assert residency.resources(r["name"], r["num_warps"], variant) == \
+                residency.FALLBACK_RESOURCES.get((r["name"], r["num_warps"]), (128, 5120))
         assert r["x_load_bits"] is None  # only an ahead-of-time compile tells
+
+
+def test_gpu_planning_uses_the_compiled_variant_table(monkeypatch):
+    """Without a compile, sm_90 plans take each launch's registers from the shipped table of compiled
+    variants (cbam_triton/launchers/variants_sm90.py), the figures the grid was sized for."""
+    monkeypatch.delenv("CBAM_TRITON_TARGET_PROGRAMS", raising=False)
+    from cbam_triton.launchers.variants_sm90 import VARIANT_RESOURCES
+
+    plan = _meta_plan((32, 512, 28, 28), "nchw")
+    streaming = [r for r in plan["launches"] if r["name"] != "channel_map"]
+    assert len(streaming) == 3
+    for r in streaming:
+        key = (r["name"], r["num_warps"], tuple(r["variant"]))
+        assert key in VARIANT_RESOURCES, key
+        assert (r["registers"], r["shared_bytes"]) == VARIANT_RESOURCES[key]
+        programs = r["grid"][0] * r["grid"][1]
+        assert r["ctas_per_sm"] == occupancy(r["registers"], r["num_warps"], r["shared_bytes"], SM90)
+        assert programs <= 132 * r["ctas_per_sm"] or r["wave_efficiency"] >= 0.9 or r["name"] == "channel_pool_mlp"
 
 
 FIELDS = ("name", "grid", "num_warps", "registers", "shared_bytes", "persistent", "ctas_per_sm", "waves",

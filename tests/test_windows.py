@@ -159,3 +159,23 @@ def test_stages_2_and_3_keep_a_non_finite_value_in_its_pixel(value, device):
     ms = torch.sigmoid(torch.nn.functional.conv2d(finite, conv.weight, padding=3))
     torch.testing.assert_close(out, gated * ms, rtol=1e-6, atol=1e-6, equal_nan=True)
     assert (~torch.isfinite(out)).sum() == 2
+
+
+# (shape, dtype): programs walking 5 and 3 tiles of 32 fp32 channels (7²) and 5 tiles of 8 fp16 channels (14²)
+UNROLL4_CASES = [((2, 160, 7, 7), torch.float32), ((2, 96, 7, 7), torch.float32), ((2, 40, 14, 14), torch.float16)]
+
+
+@pytest.mark.parametrize("shape,dtype", UNROLL4_CASES, ids=lambda v: "x".join(map(str, v)) if isinstance(v, tuple)
+                         else str(v).removeprefix("torch."))
+def test_window_path_four_tiles_in_flight(shape, dtype, device, monkeypatch):
+    """Stages 2 and 3 on the window path issue four tiles' loads at once where a program walks three or
+    more (UNROLL=4); tile counts that are not a multiple of four leave masked tiles in the last turn."""
+    monkeypatch.setenv("CBAM_TRITON_TARGET_PROGRAMS", str(shape[0]))  # one program per sample: no split
+    monkeypatch.setenv("CBAM_TRITON_MC_LAUNCH", "always")  # Mc loaded by stage 2 (unrolled walks)
+    ref = make_reference(shape[1], reduction_ratio=8, device=device, dtype=dtype)
+    ours = cbam_triton.CBAM.from_reference(ref, backend="triton")
+    x = make_input(shape, dtype, "nchw", device)
+    out, launches = _forward(ours, x)
+    for name in ("spatial_pool", "gate_conv"):
+        assert launches[name].meta["UNROLL"] == 4 and launches[name].grid[1] == 1, (name, launches[name].meta)
+    assert_close_to_reference(out, ref, x)

@@ -204,6 +204,7 @@ def _gate_rows(x_ptr, mc_ptr, out_ptr, res_ptr, aff_ptr, ms, n, C, offs_c, offs_
     o_step = tl.full([], BLOCK_C, tl.int64) * stride_oc
     # UNROLL == 2: the next tile's x loads are issued with this one's, before either is used (Triton
     # does not pipeline loads that feed no tl.dot): twice the bytes in flight per program
+    tl.static_assert(UNROLL == 1 or UNROLL == 2, "the row path unrolls two tiles at most")
     for c0 in range(c_start, c_end, BLOCK_C * UNROLL):
         mask_c = (c0 + offs_c) < c_end
         v = _load_x(x_ptrs, mask_c[:, None] & mask_p[None, :], HINTS)
@@ -253,17 +254,30 @@ def _gate_windows(x_ptr, mc_ptr, out_ptr, ms, n, C, P, c_start, c_end, stride_xn
     x_ptrs = x_ptr + st[:, None] + offs_p[None, :]
     o_ptrs = out_ptr + st[:, None] + offs_p[None, :]
     step = tl.full([], BLOCK_C, tl.int64) * stride_xc
+    tl.static_assert(UNROLL == 1 or UNROLL == 2 or UNROLL == 4, "UNROLL is 1, 2 or 4")
     for c0 in range(c_start, c_end, BLOCK_C * UNROLL):
         cc = c0 + offs_c
         m = (cc < c_end)[:, None] & own_p
         v = _load_x(x_ptrs, m, HINTS)
-        if UNROLL == 2:
+        if UNROLL >= 2:
             cc2 = cc + BLOCK_C
             m2 = (cc2 < c_end)[:, None] & own_p
             v2 = _load_x(x_ptrs + step, m2, HINTS)
+        if UNROLL == 4:  # four tiles in flight
+            cc3 = cc + 2 * BLOCK_C
+            m3 = (cc3 < c_end)[:, None] & own_p
+            v3 = _load_x(x_ptrs + 2 * step, m3, HINTS)
+            cc4 = cc + 3 * BLOCK_C
+            m4 = (cc4 < c_end)[:, None] & own_p
+            v4 = _load_x(x_ptrs + 3 * step, m4, HINTS)
         _gate_window_tile(v, cc, m, wrap, ms_rows, mc_ptr, n, C, o_ptrs, out_ptr, HAS_MC, HINTS, acc_t)
-        if UNROLL == 2:
+        if UNROLL >= 2:
             _gate_window_tile(v2, cc2, m2, wrap, ms_rows, mc_ptr, n, C, o_ptrs + step, out_ptr, HAS_MC, HINTS,
+                              acc_t)
+        if UNROLL == 4:
+            _gate_window_tile(v3, cc3, m3, wrap, ms_rows, mc_ptr, n, C, o_ptrs + 2 * step, out_ptr, HAS_MC, HINTS,
+                              acc_t)
+            _gate_window_tile(v4, cc4, m4, wrap, ms_rows, mc_ptr, n, C, o_ptrs + 3 * step, out_ptr, HAS_MC, HINTS,
                               acc_t)
         x_ptrs += step * UNROLL
         o_ptrs += step * UNROLL

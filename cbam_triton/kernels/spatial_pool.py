@@ -109,20 +109,38 @@ def spatial_pool_kernel(
     # UNROLL == 2 (Mc loaded or absent): the next tile's x loads are issued with this one's, before
     # either is reduced (Triton does not pipeline loads that feed no tl.dot): twice the bytes in
     # flight; the tiles are reduced in the same order (the same result bit for bit)
+    # (UNROLL == 4 on the window path: four tiles)
+    tl.static_assert(UNROLL == 1 or UNROLL == 2 or UNROLL == 4, "UNROLL is 1, 2 or 4")
     for c0 in range(c_start, c_end, BLOCK_C * UNROLL):
         cc = c0 + offs_c
         mask_cc = cc < c_end
         v = load_x_kept(ptrs, mask_cc[:, None] & load_p, HINTS)
-        if UNROLL == 2:
+        if UNROLL >= 2:
             cc2 = cc + BLOCK_C
             mask_cc2 = cc2 < c_end
             v2 = load_x_kept(ptrs + step, mask_cc2[:, None] & load_p, HINTS)
+        if UNROLL == 4:
+            cc3 = cc + 2 * BLOCK_C
+            mask_cc3 = cc3 < c_end
+            v3 = load_x_kept(ptrs + 2 * step, mask_cc3[:, None] & load_p, HINTS)
+            cc4 = cc + 3 * BLOCK_C
+            mask_cc4 = cc4 < c_end
+            v4 = load_x_kept(ptrs + 3 * step, mask_cc4[:, None] & load_p, HINTS)
         acc_sum, acc_max, acc_cnt = _gated_tile(v, n, cc, mask_cc, load_p, pb, C, K, vec_ptr, mcw_ptr, mcb_ptr,
                                                 s_mcw_c, s_mcw_k, z, mc_ptr, mc_out_ptr, aff_ptr, acc_sum, acc_max,
                                                 acc_cnt, AFFINE, MC_MODE, POOLS, ACT, HAS_MCB, KB, Z_ONCE, COUNT,
                                                 acc_t)
-        if UNROLL == 2:
+        if UNROLL >= 2:
             acc_sum, acc_max, acc_cnt = _gated_tile(v2, n, cc2, mask_cc2, load_p, pb, C, K, vec_ptr, mcw_ptr,
+                                                    mcb_ptr, s_mcw_c, s_mcw_k, z, mc_ptr, mc_out_ptr, aff_ptr, acc_sum,
+                                                    acc_max, acc_cnt, AFFINE, MC_MODE, POOLS, ACT, HAS_MCB, KB,
+                                                    Z_ONCE, COUNT, acc_t)
+        if UNROLL == 4:
+            acc_sum, acc_max, acc_cnt = _gated_tile(v3, n, cc3, mask_cc3, load_p, pb, C, K, vec_ptr, mcw_ptr,
+                                                    mcb_ptr, s_mcw_c, s_mcw_k, z, mc_ptr, mc_out_ptr, aff_ptr, acc_sum,
+                                                    acc_max, acc_cnt, AFFINE, MC_MODE, POOLS, ACT, HAS_MCB, KB,
+                                                    Z_ONCE, COUNT, acc_t)
+            acc_sum, acc_max, acc_cnt = _gated_tile(v4, n, cc4, mask_cc4, load_p, pb, C, K, vec_ptr, mcw_ptr,
                                                     mcb_ptr, s_mcw_c, s_mcw_k, z, mc_ptr, mc_out_ptr, aff_ptr, acc_sum,
                                                     acc_max, acc_cnt, AFFINE, MC_MODE, POOLS, ACT, HAS_MCB, KB,
                                                     Z_ONCE, COUNT, acc_t)

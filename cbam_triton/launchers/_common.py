@@ -68,6 +68,9 @@ class Launch:
     weight_bytes: int = 0
     #: tensors streamed besides x (the fused block tail's residual): their loads count as x's
     streamed: tuple[Any, ...] = ()
+    #: the kernel variant its grid was sized for (:attr:`FusedPlan.variant`): the key of its compiled
+    #: registers in :mod:`~cbam_triton.launchers.residency`
+    variant: tuple | None = None
 
     @property
     def dram_bytes(self) -> int:
@@ -311,6 +314,8 @@ class FusedPlan:
     base: int
     num_splits: int
     per_split: int
+    #: the kernel variant the grid was sized for (:func:`plan_fused`; None without an ``unroll`` rule)
+    variant: tuple | None = None
 
 
 def fused_tile_elems(itemsize: int, aligned: bool) -> int:
@@ -337,7 +342,7 @@ def plan_fused(n: int, c: int, p: int, stride_c: int, stride_p: int, itemsize: i
                min_split: int = 1, max_walk_tiles: int | None = None, kernel: str = "",
                num_warps: int | Callable[[int, int], int] = NUM_WARPS, window: int = 0,
                unroll: Callable[[int, int, int], int] | None = None,
-               walk_tiles: Callable[[int, int, int], int] | None = None) -> FusedPlan:
+               walk_tiles: Callable[[int, int, int], int] | None = None, context: tuple = ()) -> FusedPlan:
     """The tile rule of the fused forward's kernels (documented in docs/kernels.md).
 
     ``reduce`` is the axis a program walks: ``"p"`` (stage 1: pool over H*W, the free axis is C) or
@@ -367,7 +372,9 @@ def plan_fused(n: int, c: int, p: int, stride_c: int, stride_p: int, itemsize: i
 
     The capacity is that of the kernel variant each candidate compiles to: ``unroll(block_c, block_p,
     per_split)`` is the ``UNROLL`` the launcher gives it, and ``(block_c, block_p, unroll)`` the
-    variant whose compiled registers :func:`~cbam_triton.launchers.residency.resources` looks up (a
+    variant (with the launcher's ``context``, the unit-stride axis, ``window`` and whether the walk
+    is split: :attr:`FusedPlan.variant`)
+    whose compiled registers :func:`~cbam_triton.launchers.residency.resources` looks up (a
     kernel's registers change with its tile and its tiles in flight, so one figure per kernel would
     size some grids for the wrong residency); ``num_warps`` may likewise be the launcher's rule
     ``(block_c, block_p) -> warps``.
@@ -383,11 +390,19 @@ def plan_fused(n: int, c: int, p: int, stride_c: int, stride_p: int, itemsize: i
     top = long_block(extent)
     walked_all = p if reduce == "p" else c
 
+    def variant_of(bc: int, bp: int, per_split: int) -> tuple | None:
+        """What a candidate's compiled registers depend on besides its warps: the launcher's
+        ``context`` (dtype, what the kernel fuses), the unit-stride axis and the window, the tile,
+        UNROLL and whether the walk is split."""
+        if unroll is None:
+            return None
+        return (*context, long_axis, window, bc, bp, unroll(bc, bp, per_split), per_split < walked_all)
+
     def cap_of(bc: int, bp: int, per_split: int) -> int | None:
         """Resident programs of the candidate's kernel variant on the target GPU (None: no GPU)."""
         if not kernel:
             return None
-        variant = (bc, bp, unroll(bc, bp, per_split)) if unroll is not None else None
+        variant = variant_of(bc, bp, per_split)
         warps = num_warps(bc, bp) if callable(num_warps) else num_warps
         return residency.capacity(kernel, warps, device, variant, (bc, bp, per_split))
 
@@ -426,7 +441,8 @@ def plan_fused(n: int, c: int, p: int, stride_c: int, stride_p: int, itemsize: i
     if pinned is not None:  # a candidate compiled to measure its variant (tools.streaming.plan_compiled)
         row = next((r for r in rows if (r[3], r[4]) == pinned[:2]), None)
         if row is not None:
-            return FusedPlan(row[3], row[4], row[5], -(-walked_all // pinned[2]), pinned[2])
+            return FusedPlan(row[3], row[4], row[5], -(-walked_all // pinned[2]), pinned[2],
+                             variant_of(row[3], row[4], pinned[2]))
     least = min(r[0] for r in rows)
     rows = [r for r in rows if r[0] == least]
     for relax in ((False, False), (False, True), (True, True)):
@@ -452,7 +468,8 @@ def plan_fused(n: int, c: int, p: int, stride_c: int, stride_p: int, itemsize: i
         block = chosen[4] if reduce == "p" else chosen[3]
         num_splits, per_split = choose_split(chosen[5], walked_all, block, target_, split, max_split=cap_,
                                              min_split=least_)
-        return FusedPlan(chosen[3], chosen[4], chosen[5], num_splits, per_split)
+        return FusedPlan(chosen[3], chosen[4], chosen[5], num_splits, per_split,
+                         variant_of(chosen[3], chosen[4], per_split))
     # a GPU: every tile row and split count within the bounds, judged by the streaming model
     sms = residency.planning_target(device)[0]  # type: ignore[index]
     x_bytes = n * c * p * itemsize
@@ -482,7 +499,7 @@ def plan_fused(n: int, c: int, p: int, stride_c: int, stride_p: int, itemsize: i
                 best = (score, row, ns, ps)
     assert best is not None
     _, row, num_splits, per_split = best
-    return FusedPlan(row[3], row[4], row[5], num_splits, per_split)
+    return FusedPlan(row[3], row[4], row[5], num_splits, per_split, variant_of(row[3], row[4], per_split))
 
 
 #: Bytes of x in flight per SM that hide DRAM latency (Little's law on an H200: ~4.3 TB/s × ~0.8 µs
@@ -491,15 +508,18 @@ IN_FLIGHT_PER_SM = 32 * 1024
 
 
 def stream_score(programs: int, capacity: int, program_bytes: int, turns: int, sms: int,
-                 x_bytes: int) -> tuple[int, float, int]:
-    """How a GPU grid streams (lower is better): ``(targets missed, modelled time, programs)``.
+                 x_bytes: int) -> tuple[float, float, int]:
+    """How a GPU grid streams (lower is better): ``(shortfall from the targets, modelled time,
+    programs)``.
 
     Time is counted in DRAM round trips: a wave of ``P`` programs moving ``program_bytes`` each in
     ``turns`` loop iterations takes ``max(P × program_bytes ÷ (SMs × IN_FLIGHT_PER_SM), turns)`` of
     them (bandwidth-bound when enough bytes are in flight, else one round trip per iteration), plus
     one for the wave's start (the program's small loads before its first tile). The targets: a grid
     of more than one wave fills its last one (efficiency >= MIN_WAVE_EFFICIENCY) and the resident
-    programs keep ``min(IN_FLIGHT_PER_SM, x_bytes ÷ SMs)`` bytes in flight per SM."""
+    programs keep ``min(IN_FLIGHT_PER_SM, x_bytes ÷ SMs)`` bytes in flight per SM; the shortfall is
+    the sum of the relative amounts by which they are missed (0 when both hold), so that a grid
+    missing both by a little ranks before one missing one by far."""
     from cbam_triton.launchers.residency import MIN_WAVE_EFFICIENCY
 
     capacity = max(1, capacity)
@@ -509,9 +529,11 @@ def stream_score(programs: int, capacity: int, program_bytes: int, turns: int, s
         resident = min(capacity, programs - w * capacity)
         time += 1 + max(resident * program_bytes / (sms * IN_FLIGHT_PER_SM), turns)
     per_sm = min(programs, capacity) * (program_bytes / turns) / sms
-    missed = int(waves > 1 and programs / (waves * capacity) < MIN_WAVE_EFFICIENCY) + \
-        int(per_sm < min(IN_FLIGHT_PER_SM, x_bytes / sms) - 0.5)
-    return missed, round(time, 6), programs
+    eff = programs / (waves * capacity)
+    need = min(IN_FLIGHT_PER_SM, x_bytes / sms)
+    short = (max(0.0, MIN_WAVE_EFFICIENCY - eff) / MIN_WAVE_EFFICIENCY if waves > 1 else 0.0) + \
+        (max(0.0, need - per_sm - 0.5) / need if need > 0 else 0.0)
+    return round(short, 6), round(time, 6), programs
 
 
 def combine_max_counts(maxs: torch.Tensor, cnts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

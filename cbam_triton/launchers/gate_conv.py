@@ -78,13 +78,16 @@ def plan_gate_conv(x: torch.Tensor, mc: torch.Tensor | None, pooled: torch.Tenso
     if not (win and p >= win and row_window(p, win) and (on, oc, op) == (sn, sc, sp) and residual is None
             and tail_affine is None and TAIL_ACTIVATIONS[act] == 0):
         win = 0
-    # two x tiles in flight per iteration where a program walks two or more and its loads are 128-bit
+    # more x tiles in flight per iteration where a program walks two or more and its loads are 128-bit
     # (a residual in y's layout and also aligned)
     wide = bool(rows_16b(x, sc, sp) or win) and (
         residual is None or _same_rows(sc, sp, rc, rp) and rows_16b(residual, rc, rp))
 
     def unroll(block_c: int, block_p: int, per_split: int) -> int:
-        return 2 if wide and -(-min(per_split, c) // block_c) >= 2 else 1
+        """x tiles in flight per iteration: 2, or 4 on the window path (2048-element tiles, per-lane
+        tables shared by the four) where a program walks three or more."""
+        tiles = -(-min(per_split, c) // block_c)
+        return 1 if not wide or tiles < 2 else 4 if win and tiles >= 3 else 2
 
     # the block tail's residual tiles next to y's on rows Triton can't vectorise (16-bit loads: a
     # register per element) take 8 warps, as the plain gate's 4 do without them; the window path's
@@ -99,7 +102,9 @@ def plan_gate_conv(x: torch.Tensor, mc: torch.Tensor | None, pooled: torch.Tenso
     plan = plan_fused(n, c, p, sc, sp, x.element_size(), "c", x.device, split,
                       max_long_p=max(16, TAPS_TILE // (2 * kp)),
                       max_walk_tiles=MAX_WALK_TILES if mc is not None else None, kernel="gate_conv",
-                      num_warps=warps_of, window=win, unroll=unroll)
+                      num_warps=warps_of, window=win, unroll=unroll,
+                      context=(str(x.dtype).removeprefix("torch."), mc is not None, tail_affine is not None,
+                               residual is not None, act, conv.ksize))
     warps = warps_of(plan.block_c, plan.block_p)
     block_c, block_p, base = plan.block_c, plan.block_p, plan.base
     num_splits, per_split = plan.num_splits, plan.per_split
@@ -133,6 +138,7 @@ def plan_gate_conv(x: torch.Tensor, mc: torch.Tensor | None, pooled: torch.Tenso
                   BLOCK_C=block_c, BLOCK_P=block_p, ACC_FP64=acc_is_fp64(x),
                   UNROLL=unroll(block_c, block_p, per_split), WIN=win),
         name="gate_conv",
+        variant=plan.variant,
         num_warps=warps,
         bytes_read=nbytes(x, residual, tail_affine, *small),
         bytes_written=nbytes(out),

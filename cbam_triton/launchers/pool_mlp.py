@@ -166,7 +166,8 @@ def plan_channel_pool_mlp(x: torch.Tensor, mlp: ChannelMLP, hints: bool = False,
 
     plan = plan_fused(n, c, p, sc, sp, x.element_size(), "p", x.device, split, block_c_range=block_c_range,
                       kernel="channel_pool_mlp", num_warps=warps, window=win, unroll=unroll,
-                      walk_tiles=lambda _bc, bp, ps: _walk_tiles(ps, p, bp, win))
+                      walk_tiles=lambda _bc, bp, ps: _walk_tiles(ps, p, bp, win),
+                      context=(str(x.dtype).removeprefix("torch."), mlp.pools, two, affine is not None))
     block_c, block_p, base = plan.block_c, plan.block_p, plan.base
     num_splits, per_split = plan.num_splits, plan.per_split
     num_cblocks = -(-c // block_c)
@@ -222,6 +223,7 @@ def plan_channel_pool_mlp(x: torch.Tensor, mlp: ChannelMLP, hints: bool = False,
                   UNROLL=unroll(block_c, block_p, per_split),
                   L1G=gs > 1, GR=gr, WB=wb, HB1=hb1, WIN=win),
         name="channel_pool_mlp",
+        variant=plan.variant,
         num_warps=warps,
         bytes_read=nbytes(x, w1, mlp.fc1_bias if two else None, *aff_in),
         bytes_written=nbytes(sums, maxs, z, pin, aff) + _valid_rows_bytes(parts, groups, gs * npool if gs > 1 else 0),

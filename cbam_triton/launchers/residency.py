@@ -4,16 +4,18 @@ flight — and the grid sizes the fused forward's launchers plan from it (docs/d
 
 Built at plan time only (a cached plan keeps its grid): the fast path's host cost does not change.
 
-Where the registers come from, in order:
+Where the registers come from, in order (:func:`resources`; each planned candidate is looked up as
+the kernel *variant* it compiles to, see ``plan_fused``):
 
 1. what :func:`assume` set (``python -m cbam_triton.explain --arch 90`` compiles each planned launch
-   ahead of time and plans again with its registers until the grids no longer change,
-   :func:`cbam_triton.tools.streaming.plan_compiled`);
-2. else :data:`FALLBACK_RESOURCES`, a documented table of what the kernels compile to (sm_90,
+   and each candidate the planners weighed ahead of time and plans again with their registers until
+   no variant is new, :func:`cbam_triton.tools.streaming.plan_compiled`);
+2. on sm_90 (a GPU, or planning for one), the shipped table of compiled variants,
+   :mod:`cbam_triton.launchers.variants_sm90` (``python -m cbam_triton.tools.streaming_report
+   --write-table``: the highest figures of each variant over the ResNet-50 grid, triton 3.8);
+3. else :data:`FALLBACK_RESOURCES`, a documented table of what the kernels compile to (sm_90,
    triton 3.8: about the highest register count of each kernel's configurations on the ResNet-50
-   shapes, so that the planned residency does not exceed the real one), used when no compiler is
-   at hand — and, for now, on the GPU itself (asking Triton's JIT for the device's compiled
-   registers at plan time is the next step).
+   shapes, so that the planned residency does not exceed the real one).
 """
 
 from __future__ import annotations
@@ -185,17 +187,33 @@ def asked() -> dict[tuple, tuple[int, int, int]]:
     return assumed.setdefault("asked", {}) if assumed is not None else {}
 
 
-def resources(kernel: str, num_warps: int, variant: Any = None) -> tuple[int, int]:
-    """(registers, shared bytes) the planner assumes for ``kernel`` at ``num_warps``: the compiled
-    figures of the exact ``variant`` (a launcher's ``(BLOCK_C, BLOCK_P, UNROLL)``) where :func:`assume`
-    has them, else the kernel's (the most of its compiled variants), else the fallback table."""
+def _arch() -> int | None:
+    """The architecture being planned for: :func:`assume`'s, else the current GPU's (None: neither)."""
     assumed = _assumed()
     if assumed is not None:
-        got = assumed["resources"]
-        if variant is not None and (kernel, num_warps, variant) in got:
-            return got[(kernel, num_warps, variant)]
-        if (kernel, num_warps) in got:
-            return got[(kernel, num_warps)]
+        return assumed["arch"]
+    if torch.cuda.is_available():
+        return _device_sms_arch(torch.device("cuda"))[1]
+    return None
+
+
+def resources(kernel: str, num_warps: int, variant: Any = None) -> tuple[int, int]:
+    """(registers, shared bytes) the planner assumes for ``kernel`` at ``num_warps``, in order: the
+    compiled figures of the exact ``variant`` (:attr:`~cbam_triton.launchers._common.FusedPlan.variant`)
+    where :func:`assume` has them; the kernel's figure where :func:`assume` has one; on sm_90 the
+    shipped table of compiled variants (:mod:`cbam_triton.launchers.variants_sm90`); else
+    :data:`FALLBACK_RESOURCES`."""
+    assumed = _assumed()
+    got = assumed["resources"] if assumed is not None else {}
+    if variant is not None and (kernel, num_warps, variant) in got:
+        return got[(kernel, num_warps, variant)]
+    if (kernel, num_warps) in got:
+        return got[(kernel, num_warps)]
+    if variant is not None and _arch() == 90:
+        from cbam_triton.launchers.variants_sm90 import VARIANT_RESOURCES
+
+        if (kernel, num_warps, variant) in VARIANT_RESOURCES:
+            return VARIANT_RESOURCES[(kernel, num_warps, variant)]
     got = FALLBACK_RESOURCES.get((kernel, num_warps))
     if got is None:  # an unknown warp count: the 4-warp figure (fewer registers with more warps)
         got = FALLBACK_RESOURCES.get((kernel, 4), (128, 5120))

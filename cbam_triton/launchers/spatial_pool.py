@@ -69,13 +69,13 @@ def plan_spatial_pool(x: torch.Tensor, mc: torch.Tensor | None, split: int | Non
         vectorise (a register per element of the tile and of its (scale, shift) columns)."""
         return 8 if affine is not None and not (rows_16b(x, sc, sp) or win) else _warps(channel, block_c)
 
+    variant = None  # the kernel variant the fused forward's grid is sized for
     if combine:  # the fused forward's tile rule
         # Mc from the MLP's last layer: few pixel blocks per sample when its weights are large, and
         # enough channel splits that each program's slice of them stays small
         # (a program's channel tile never needs more of them than its whole slice may hold)
         def unroll(block_c: int, block_p: int, per_split: int) -> int:
-            mc_meta = channel_map_args(channel, mc, block_c, x)[2]
-            return 2 if combine_unroll(mc_meta, per_split, c, block_c, x, sc, sp, win) else 1
+            return combine_unroll(channel_map_args(channel, mc, block_c, x)[2], per_split, c, block_c, x, sc, sp, win)
 
         plan = plan_fused(n, c, p, sc, sp, x.element_size(), "c", x.device, split, unroll=unroll,
                           weight_bytes=channel.map_weight_bytes if channel is not None else 0,
@@ -83,9 +83,13 @@ def plan_spatial_pool(x: torch.Tensor, mc: torch.Tensor | None, split: int | Non
                           min_split=map_split_min(channel, c),
                           max_walk_tiles=MAX_WALK_TILES if channel is not None or mc is not None
                           or affine is not None else None,
-                          kernel="spatial_pool", num_warps=lambda block_c, _block_p: warps_for(block_c), window=win)
+                          kernel="spatial_pool", num_warps=lambda block_c, _block_p: warps_for(block_c), window=win,
+                          context=(str(x.dtype).removeprefix("torch."),
+                                   "none" if channel is None and mc is None else "load" if channel is None
+                                   else "fc2" if channel.z is not None else "part", affine is not None))
         block_c, block_p, base, num_splits, per_split = (plan.block_c, plan.block_p, plan.base, plan.num_splits,
                                                          plan.per_split)
+        variant = plan.variant
     else:
         block_c, block_p = tile_for(unit_axis(sc, sp, c, p), c, p)
         base = n * -(-p // block_p)
@@ -110,8 +114,9 @@ def plan_spatial_pool(x: torch.Tensor, mc: torch.Tensor | None, split: int | Non
         meta=dict(**mc_meta, AFFINE=affine is not None, FINALIZE=num_splits == 1, COUNT=count, HINTS=hints,
                   COMBINE=combine,
                   SB=small_tile_rows(block_p, num_splits), BLOCK_C=block_c, BLOCK_P=block_p, ACC_FP64=acc_is_fp64(x),
-                  UNROLL=2 if combine_unroll(mc_meta, per_split, c, block_c, x, sc, sp, win) else 1, WIN=win),
+                  UNROLL=combine_unroll(mc_meta, per_split, c, block_c, x, sc, sp, win), WIN=win),
         name="spatial_pool",
+        variant=variant,
         num_warps=warps_for(block_c),
         bytes_read=nbytes(x, mc, affine) + (channel.map_total_bytes if channel is not None else 0),
         bytes_written=nbytes(out, cnts, mc_out) + (nbytes(final) if combine else 0),
@@ -138,12 +143,16 @@ def plan_spatial_pool(x: torch.Tensor, mc: torch.Tensor | None, split: int | Non
 
 
 def combine_unroll(mc_meta: dict, per_split: int, c: int, block_c: int, x: torch.Tensor, sc: int, sp: int,
-                   win: int = 0) -> bool:
-    """Two x tiles in flight per iteration: where a program walks at least two tiles, Mc is loaded or
-    absent (a weight tile per x tile would double too), and x's rows are 16-element aligned or read
-    through aligned windows (128-bit loads; see :func:`~cbam_triton.launchers._common.rows_16b`)."""
-    return (-(-min(per_split, c) // block_c) >= 2 and mc_meta["MC_MODE"] in (MC_NONE, MC_LOAD)
-            and (rows_16b(x, sc, sp) or bool(win)))
+                   win: int = 0) -> int:
+    """``UNROLL``: x tiles in flight per iteration. Two where a program walks at least two tiles, Mc is
+    loaded or absent (a weight tile per x tile would double too), and x's rows are 16-element aligned
+    or read through aligned windows (128-bit loads; see :func:`~cbam_triton.launchers._common.rows_16b`);
+    four on the window path where it walks three or more (its tiles are 2048 elements whatever the
+    dtype, and its per-lane tables are shared by the four)."""
+    tiles = -(-min(per_split, c) // block_c)
+    if tiles < 2 or mc_meta["MC_MODE"] not in (MC_NONE, MC_LOAD) or not (rows_16b(x, sc, sp) or win):
+        return 1
+    return 4 if win and tiles >= 3 else 2
 
 
 def _warps(channel: ChannelState | None, block_c: int) -> int:

@@ -64,34 +64,39 @@ def compiled_facts(launch: Any, arch: int = 90) -> dict[str, Any]:
 
 def _resources(launches: list[Any], arch: int) -> dict[tuple, tuple[int, int]]:
     """Compiled (registers, shared bytes) of the launches: per (kernel, warps, variant) — the variant
-    ``(BLOCK_C, BLOCK_P, UNROLL)`` the planner asks about — and per (kernel, warps), the most of them."""
+    the planner sized the grid for (``Launch.variant``) — or, for a launch planned without one, per
+    (kernel, warps), the most of them."""
     got: dict[tuple, tuple[int, int]] = {}
     for launch in launches:
         f = compiled_facts(launch, arch)
         k = (launch.name, launch.num_warps)
-        old = got.get(k, (0, 0))
-        got[k] = (max(old[0], f["registers"]), max(old[1], f["shared_bytes"]))
-        if "UNROLL" in launch.meta and "BLOCK_P" in launch.meta:
-            got[(*k, variant(launch))] = (f["registers"], f["shared_bytes"])
+        if launch.variant is not None:
+            got[(*k, launch.variant)] = (f["registers"], f["shared_bytes"])
+        else:
+            old = got.get(k, (0, 0))
+            got[k] = (max(old[0], f["registers"]), max(old[1], f["shared_bytes"]))
     return got
 
 
-def variant(launch: Any) -> tuple[int, int, int]:
-    """The kernel variant of a planned launch as the planner names it (``plan_fused``'s ``unroll``)."""
-    return (launch.meta["BLOCK_C"], launch.meta["BLOCK_P"], launch.meta["UNROLL"])
+#: every (kernel, warps, variant) -> (registers, shared bytes) :func:`plan_compiled` compiled in this
+#: process, per arch (the streaming report writes them out as the shipped table)
+LEARNED: dict[int, dict[tuple, tuple[int, int]]] = {}
 
 
 def plan_compiled(plan_fn: Any, sms: int, arch: int) -> tuple[list[Any], dict[tuple, tuple[int, int]]]:
     """Plan with ``plan_fn()`` for ``sms`` SMs of ``sm_<arch>`` from the compiled kernels: plan with
-    the fallback table, compile, plan again with the compiled registers of every variant compiled so
-    far (a variant not yet compiled is assumed to need the most registers its kernel has shown), until
+    the variants compiled before in this process, then the shipped table of compiled variants (else
+    the fallback table), compile, plan again with the
+    compiled registers of every variant compiled so far (the candidates the planners weighed without
+    compiled figures are each planned once and compiled too), until
     a round plans only variants already known (at most 8 rounds). The planner then sized each grid
     from the registers of the variant it launches. Should the rounds not settle, the round whose grids,
     judged by their own compiled registers, fill their waves best is kept. Returns the launches and
     the resources they were planned with."""
     from cbam_triton.launchers import residency
 
-    resources: dict[tuple, tuple[int, int]] = {}
+    # every variant compiled before in this process (the streaming report's configurations share many)
+    resources: dict[tuple, tuple[int, int]] = dict(LEARNED.get(arch, {}))
     rounds = []
     for _ in range(8):
         with residency.assume(sms, arch, resources):
@@ -107,9 +112,13 @@ def plan_compiled(plan_fn: Any, sms: int, arch: int) -> tuple[list[Any], dict[tu
             for k, v in _resources(probe, arch).items():
                 if len(k) == 3:
                     got.setdefault(k, v)
+        learned = LEARNED.setdefault(arch, {})
+        for k, v in got.items():
+            if len(k) == 3:
+                old = learned.get(k, (0, 0))
+                learned[k] = (max(old[0], v[0]), max(old[1], v[1]))
         rounds.append((_fill(launches, sms, arch), len(rounds), launches, resources))
-        if all(resources.get(k) == v for k, v in got.items() if len(k) == 3) and \
-                all(k in resources for k in got if len(k) == 2):
+        if all(resources.get(k) == v for k, v in got.items()):
             return launches, resources
         merged = {**resources, **{k: v for k, v in got.items() if len(k) == 3}}
         for k, v in got.items():
@@ -138,7 +147,7 @@ def launch_rows(launches: list[Any], sms: int, arch: int | None) -> list[dict[st
         if arch is not None:
             f = compiled_facts(launch, arch)
         else:
-            regs, smem = residency.resources(launch.name, launch.num_warps)
+            regs, smem = residency.resources(launch.name, launch.num_warps, launch.variant)
             f = {"registers": regs, "shared_bytes": smem, "spill_bytes": None, "ldg128": None,
                  "x_load_bits": None, "out_store_bits": None}
         ctas = residency.ctas_per_sm(f["registers"], launch.num_warps, f["shared_bytes"], arch or 90)
@@ -157,6 +166,7 @@ def launch_rows(launches: list[Any], sms: int, arch: int | None) -> list[dict[st
             "ldg128": f["ldg128"], "x_bytes": _x_bytes(launch), "weight_bytes": launch.weight_bytes,
             "tile": [launch.meta["BLOCK_C"], launch.meta.get("BLOCK_P", launch.meta.get("BLOCK_N", 1))],
             "unroll": launch.meta.get("UNROLL", 1),
+            "variant": list(launch.variant) if launch.variant is not None else None,
         })
     return rows
 
