@@ -494,7 +494,9 @@ def plan_fused(n: int, c: int, p: int, stride_c: int, stride_p: int, itemsize: i
             if ns < least_ and ns < -(-walked_all // block):
                 continue
             cap = cap_of(row[3], row[4], ps) or row[6]
-            score = stream_score(row[5] * ns, cap, *program(row, ps), sms, x_bytes)
+            # the split partials (a sum and a max per output element, fp32, written and read back once)
+            partials = 16 * n * ns * (c if reduce == "p" else p) if ns > 1 else 0
+            score = stream_score(row[5] * ns, cap, *program(row, ps), sms, x_bytes, partials)
             if best is None or score < best[0]:
                 best = (score, row, ns, ps)
     assert best is not None
@@ -508,14 +510,15 @@ IN_FLIGHT_PER_SM = 32 * 1024
 
 
 def stream_score(programs: int, capacity: int, program_bytes: int, turns: int, sms: int,
-                 x_bytes: int) -> tuple[float, float, int]:
+                 x_bytes: int, extra_bytes: int = 0) -> tuple[float, float, int]:
     """How a GPU grid streams (lower is better): ``(shortfall from the targets, modelled time,
     programs)``.
 
     Time is counted in DRAM round trips: a wave of ``P`` programs moving ``program_bytes`` each in
     ``turns`` loop iterations takes ``max(P × program_bytes ÷ (SMs × IN_FLIGHT_PER_SM), turns)`` of
     them (bandwidth-bound when enough bytes are in flight, else one round trip per iteration), plus
-    one for the wave's start (the program's small loads before its first tile). The targets: a grid
+    one for the wave's start (the program's small loads before its first tile); ``extra_bytes`` (the
+    split partials) add their transfer time at full bandwidth. The targets: a grid
     of more than one wave fills its last one (efficiency >= MIN_WAVE_EFFICIENCY) and the resident
     programs keep ``min(IN_FLIGHT_PER_SM, x_bytes ÷ SMs)`` bytes in flight per SM; the shortfall is
     the sum of the relative amounts by which they are missed (0 when both hold), so that a grid
@@ -528,6 +531,7 @@ def stream_score(programs: int, capacity: int, program_bytes: int, turns: int, s
     for w in range(waves):
         resident = min(capacity, programs - w * capacity)
         time += 1 + max(resident * program_bytes / (sms * IN_FLIGHT_PER_SM), turns)
+    time += extra_bytes / (sms * IN_FLIGHT_PER_SM)
     per_sm = min(programs, capacity) * (program_bytes / turns) / sms
     eff = programs / (waves * capacity)
     need = min(IN_FLIGHT_PER_SM, x_bytes / sms)
