@@ -372,8 +372,8 @@ def plan_fused(n: int, c: int, p: int, stride_c: int, stride_p: int, itemsize: i
 
     The capacity is that of the kernel variant each candidate compiles to: ``unroll(block_c, block_p,
     per_split)`` is the ``UNROLL`` the launcher gives it, and ``(block_c, block_p, unroll)`` the
-    variant (with the launcher's ``context``, the unit-stride axis, ``window`` and whether the walk
-    is split: :attr:`FusedPlan.variant`)
+    variant (with the launcher's ``context``, the unit-stride axis, ``window``, whether the walk is
+    split and the extents' and strides' divisibility by 16: :attr:`FusedPlan.variant`)
     whose compiled registers :func:`~cbam_triton.launchers.residency.resources` looks up (a
     kernel's registers change with its tile and its tiles in flight, so one figure per kernel would
     size some grids for the wrong residency); ``num_warps`` may likewise be the launcher's rule
@@ -390,13 +390,17 @@ def plan_fused(n: int, c: int, p: int, stride_c: int, stride_p: int, itemsize: i
     top = long_block(extent)
     walked_all = p if reduce == "p" else c
 
+    # which of the extents and strides Triton specialises as multiples of 16 (its code, and registers,
+    # can differ: e.g. 96 against 151 registers for stage 2 at C = 1008 and C = 1000, 7² fp32)
+    divisible = sum(1 << i for i, v in enumerate((c, p, stride_c, stride_p, n * c * p)) if v % 16 == 0)
+
     def variant_of(bc: int, bp: int, per_split: int) -> tuple | None:
         """What a candidate's compiled registers depend on besides its warps: the launcher's
         ``context`` (dtype, what the kernel fuses), the unit-stride axis and the window, the tile,
-        UNROLL and whether the walk is split."""
+        UNROLL, whether the walk is split and which extents and strides are multiples of 16."""
         if unroll is None:
             return None
-        return (*context, long_axis, window, bc, bp, unroll(bc, bp, per_split), per_split < walked_all)
+        return (*context, long_axis, window, bc, bp, unroll(bc, bp, per_split), per_split < walked_all, divisible)
 
     def cap_of(bc: int, bp: int, per_split: int) -> int | None:
         """Resident programs of the candidate's kernel variant on the target GPU (None: no GPU)."""

@@ -167,7 +167,7 @@ def plan_channel_pool_mlp(x: torch.Tensor, mlp: ChannelMLP, hints: bool = False,
     plan = plan_fused(n, c, p, sc, sp, x.element_size(), "p", x.device, split, block_c_range=block_c_range,
                       kernel="channel_pool_mlp", num_warps=warps, window=win, unroll=unroll,
                       walk_tiles=lambda _bc, bp, ps: _walk_tiles(ps, p, bp, win),
-                      context=(str(x.dtype).removeprefix("torch."), mlp.pools, two, affine is not None))
+                      context=(str(x.dtype).removeprefix("torch."), mlp.pools, two, hidden, affine is not None))
     block_c, block_p, base = plan.block_c, plan.block_p, plan.base
     num_splits, per_split = plan.num_splits, plan.per_split
     num_cblocks = -(-c // block_c)

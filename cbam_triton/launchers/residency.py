@@ -187,29 +187,22 @@ def asked() -> dict[tuple, tuple[int, int, int]]:
     return assumed.setdefault("asked", {}) if assumed is not None else {}
 
 
-def _arch() -> int | None:
-    """The architecture being planned for: :func:`assume`'s, else the current GPU's (None: neither)."""
-    assumed = _assumed()
-    if assumed is not None:
-        return assumed["arch"]
-    if torch.cuda.is_available():
-        return _device_sms_arch(torch.device("cuda"))[1]
-    return None
-
-
-def resources(kernel: str, num_warps: int, variant: Any = None) -> tuple[int, int]:
+def resources(kernel: str, num_warps: int, variant: Any = None, arch: int | None = None) -> tuple[int, int]:
     """(registers, shared bytes) the planner assumes for ``kernel`` at ``num_warps``, in order: the
     compiled figures of the exact ``variant`` (:attr:`~cbam_triton.launchers._common.FusedPlan.variant`)
     where :func:`assume` has them; the kernel's figure where :func:`assume` has one; on sm_90 the
     shipped table of compiled variants (:mod:`cbam_triton.launchers.variants_sm90`); else
-    :data:`FALLBACK_RESOURCES`."""
+    :data:`FALLBACK_RESOURCES`. ``arch``: the architecture planned for (default: :func:`assume`'s; a
+    GPU's own planning passes its device's, :func:`capacity`)."""
     assumed = _assumed()
     got = assumed["resources"] if assumed is not None else {}
     if variant is not None and (kernel, num_warps, variant) in got:
         return got[(kernel, num_warps, variant)]
     if (kernel, num_warps) in got:
         return got[(kernel, num_warps)]
-    if variant is not None and _arch() == 90:
+    if arch is None and assumed is not None:
+        arch = assumed["arch"]
+    if variant is not None and arch == 90:
         from cbam_triton.launchers.variants_sm90 import VARIANT_RESOURCES
 
         if (kernel, num_warps, variant) in VARIANT_RESOURCES:
@@ -246,7 +239,7 @@ def capacity(kernel: str, num_warps: int, device: torch.device, variant: Any = N
     if assumed is not None and variant is not None and choice is not None \
             and (kernel, num_warps, variant) not in assumed["resources"]:
         asked().setdefault((kernel, num_warps, variant), choice)
-    regs, smem = resources(kernel, num_warps, variant)
+    regs, smem = resources(kernel, num_warps, variant, arch)
     return sms * max(1, ctas_per_sm(regs, num_warps, smem, arch))
 
 

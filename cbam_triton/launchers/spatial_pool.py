@@ -86,7 +86,8 @@ def plan_spatial_pool(x: torch.Tensor, mc: torch.Tensor | None, split: int | Non
                           kernel="spatial_pool", num_warps=lambda block_c, _block_p: warps_for(block_c), window=win,
                           context=(str(x.dtype).removeprefix("torch."),
                                    "none" if channel is None and mc is None else "load" if channel is None
-                                   else "fc2" if channel.z is not None else "part", affine is not None))
+                                   else "fc2" if channel.z is not None else "part",
+                                   channel.mlp.hidden if channel is not None else 0, affine is not None))
         block_c, block_p, base, num_splits, per_split = (plan.block_c, plan.block_p, plan.base, plan.num_splits,
                                                          plan.per_split)
         variant = plan.variant
