@@ -72,7 +72,7 @@ def _meta_plan(shape, layout, dtype=torch.float16, reduction=16):
 
 def test_grids_are_sized_from_residency_not_a_fixed_guess(monkeypatch):
     monkeypatch.delenv("CBAM_TRITON_TARGET_PROGRAMS", raising=False)
-    # few registers -> many resident CTAs -> a larger grid than with many registers
+    # the registers decide the resident CTAs, and the resident CTAs the grids
     x = torch.empty((32, 512, 28, 28), dtype=torch.float16, device="meta")
     from cbam_triton.launchers.forward import plan_fused_forward
     from cbam_triton.modules import CBAM

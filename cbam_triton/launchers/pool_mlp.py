@@ -158,8 +158,8 @@ def plan_channel_pool_mlp(x: torch.Tensor, mlp: ChannelMLP, hints: bool = False,
     # the block tail's affine on rows Triton can't vectorise: 8 warps (a register per element of the
     # tile and of its scale/shift columns)
     win = window_elems(x, sn, sc, sp)  # unaligned NCHW rows: read through aligned windows
-    warps = 8 if affine is not None and not (rows_16b(x, sc, sp) or win) else NUM_WARPS
-    wide = bool(rows_16b(x, sc, sp) or win)
+    wide = bool(rows_16b(x, sc, sp) or win)  # 128-bit loads
+    warps = 8 if affine is not None and not wide else NUM_WARPS
 
     def unroll(block_c: int, block_p: int, per_split: int) -> int:
         return 2 if wide and _walk_tiles(per_split, p, block_p, win) >= 2 else 1

@@ -4,7 +4,8 @@
 :mod:`cbam_triton.launchers.residency` plans a GPU of that architecture from it where no figures were
 given (regenerate after a kernel change). Key: (kernel, warps, variant) with the variant of
 ``plan_fused`` (the launcher's context — dtype, what the kernel fuses —, unit-stride axis, window,
-BLOCK_C, BLOCK_P, UNROLL, split); value: (registers, shared bytes).
+BLOCK_C, BLOCK_P, UNROLL, split, which extents and strides are multiples of 16); value: (registers,
+shared bytes).
 """
 
 VARIANT_RESOURCES: dict[tuple, tuple[int, int]] = {

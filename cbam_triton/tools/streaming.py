@@ -86,10 +86,9 @@ LEARNED: dict[int, dict[tuple, tuple[int, int]]] = {}
 def plan_compiled(plan_fn: Any, sms: int, arch: int) -> tuple[list[Any], dict[tuple, tuple[int, int]]]:
     """Plan with ``plan_fn()`` for ``sms`` SMs of ``sm_<arch>`` from the compiled kernels: plan with
     the variants compiled before in this process, then the shipped table of compiled variants (else
-    the fallback table), compile, plan again with the
-    compiled registers of every variant compiled so far (the candidates the planners weighed without
-    compiled figures are each planned once and compiled too), until
-    a round plans only variants already known (at most 8 rounds). The planner then sized each grid
+    the fallback table), compile, plan again with the compiled registers of every variant compiled so
+    far (the candidates the planners weighed without compiled figures are each planned once and
+    compiled too), until a round plans only variants already known (at most 8 rounds). The planner then sized each grid
     from the registers of the variant it launches. Should the rounds not settle, the round whose grids,
     judged by their own compiled registers, fill their waves best is kept. Returns the launches and
     the resources they were planned with."""
@@ -101,11 +100,9 @@ def plan_compiled(plan_fn: Any, sms: int, arch: int) -> tuple[list[Any], dict[tu
     for _ in range(8):
         with residency.assume(sms, arch, resources):
             launches = plan_fn()
+            asked = dict(residency.asked())  # the candidates weighed without compiled figures
         got = _resources(launches, arch)
-        # the candidates the planners weighed without compiled figures: plan each once, compile it
-        with residency.assume(sms, arch, resources):
-            plan_fn()
-            asked = dict(residency.asked())
+        # plan each of those once and compile it
         for (name, _warps, _variant), choice in asked.items():
             with residency.assume(sms, arch, resources), residency.force(name, choice):
                 probe = [launch for launch in plan_fn() if launch.name == name]

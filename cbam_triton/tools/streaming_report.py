@@ -57,7 +57,8 @@ def write_table(path: str, arch: int) -> None:
 :mod:`cbam_triton.launchers.residency` plans a GPU of that architecture from it where no figures were
 given (regenerate after a kernel change). Key: (kernel, warps, variant) with the variant of
 ``plan_fused`` (the launcher's context — dtype, what the kernel fuses —, unit-stride axis, window,
-BLOCK_C, BLOCK_P, UNROLL, split); value: (registers, shared bytes).
+BLOCK_C, BLOCK_P, UNROLL, split, which extents and strides are multiples of 16); value: (registers,
+shared bytes).
 """
 
 VARIANT_RESOURCES: dict[tuple, tuple[int, int]] = {{
@@ -79,33 +80,29 @@ def main(argv: list[str] | None = None) -> int:
                    help="write the compiled registers of every kernel variant planned or weighed (the table "
                         "GPU planning uses: cbam_triton/launchers/variants_sm90.py)")
     args = p.parse_args(argv)
+    grid = [(n, c, hw, layout, dtype) for n in args.batch for c, hw in RESNET
+            for layout in ("nchw", "channels_last") for dtype in args.dtypes]
     if args.write_table:  # a first pass over the grid compiles every variant the planners weigh
-        for n in args.batch:
-            for c, hw in RESNET:
-                for layout in ("nchw", "channels_last"):
-                    for dtype in args.dtypes:
-                        for tail in (False, True):  # (the fused block tail: its stage 3 is another variant)
-                            explain_module((n, c, hw, hw), dtype, layout, sms=args.sms, arch=args.arch, tail=tail)
+        for n, c, hw, layout, dtype in grid:
+            for tail in (False, True):  # (the fused block tail: its stage 3 is another variant)
+                explain_module((n, c, hw, hw), dtype, layout, sms=args.sms, arch=args.arch, tail=tail)
     plans, misses, weights = [], 0, []
     print("| shape | layout | dtype | launch | grid | warps | regs | CTAs/SM | waves | eff | KiB in flight/SM | "
           "x ld bits | out st bits |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
-    for n in args.batch:
-        for c, hw in RESNET:
-            for layout in ("nchw", "channels_last"):
-                for dtype in args.dtypes:
-                    plan = explain_module((n, c, hw, hw), dtype, layout, sms=args.sms, arch=args.arch)
-                    plan["config"] = dict(shape=[n, c, hw, hw], layout=layout, dtype=dtype)
-                    plan["misses"] = targets(plan, args.sms)
-                    misses += bool(plan["misses"])
-                    plans.append(plan)
-                    weights.append((n, c, hw, layout, dtype, plan["weight_bytes_total"],
-                                    max(0.25 * plan["x_bytes"], 2 * plan["chunks"] * plan["mlp_weight_size_bytes"])))
-                    for r in plan["launches"][: len(plan["launches"]) // plan["chunks"]]:  # the first chunk
-                        print(f"| {n}×{c}×{hw}² | {layout} | {dtype} | {r['name']} | {tuple(r['grid'])} | "
-                              f"{r['num_warps']} | {r['registers']} | {r['ctas_per_sm']} | {r['waves']} | "
-                              f"{r['wave_efficiency']:.2f} | {r['x_bytes_in_flight_per_sm'] / 1024:.1f} | "
-                              f"{r['x_load_bits']} | {r['out_store_bits']} |")
+    for n, c, hw, layout, dtype in grid:
+        plan = explain_module((n, c, hw, hw), dtype, layout, sms=args.sms, arch=args.arch)
+        plan["config"] = dict(shape=[n, c, hw, hw], layout=layout, dtype=dtype)
+        plan["misses"] = targets(plan, args.sms)
+        misses += bool(plan["misses"])
+        plans.append(plan)
+        weights.append((n, c, hw, layout, dtype, plan["weight_bytes_total"],
+                        max(0.25 * plan["x_bytes"], 2 * plan["chunks"] * plan["mlp_weight_size_bytes"])))
+        for r in plan["launches"][: len(plan["launches"]) // plan["chunks"]]:  # the first chunk
+            print(f"| {n}×{c}×{hw}² | {layout} | {dtype} | {r['name']} | {tuple(r['grid'])} | "
+                  f"{r['num_warps']} | {r['registers']} | {r['ctas_per_sm']} | {r['waves']} | "
+                  f"{r['wave_efficiency']:.2f} | {r['x_bytes_in_flight_per_sm'] / 1024:.1f} | "
+                  f"{r['x_load_bits']} | {r['out_store_bits']} |")
     print("\n| shape | layout | dtype | modelled MLP weight traffic (MiB) | bound max(0.25·|x|, 2·chunks·weights) |")
     print("|---|---|---|---|---|")
     for n, c, hw, layout, dtype, got, bound in weights:
