@@ -16,12 +16,16 @@ interpreter; no kernel executes).
 The compiled rows (:data:`COMPILED`, :func:`measure_compiled`; ``--no-compile`` skips them) time the
 same module through ``torch.compile(module, fullgraph=True)`` (inductor; the block is one call of
 ``cbam_triton::block_forward(x, block)`` running the module's fast path, :mod:`cbam_triton.compiled`),
-the same module traced as it is (:func:`cbam_triton.compiled.detach`: the fused operator
+the same with ``dynamic=True`` (the dynamic-shape graph, which dynamo also makes when a compiled
+block is called with a second shape: its shape guards are Python lambdas, about 2 tiny ops), the
+same module traced as it is (:func:`cbam_triton.compiled.detach`: the fused operator
 ``cbam_triton::fused_forward`` with the ten weights as graph inputs, served by its host path,
 :mod:`cbam_triton.launchers.replay`), the *floor* (a module whose forward is one call of a no-op
 operator taking ``(x, block)``: what torch.compile costs for such a block whatever the operator does),
 a compiled trivial graph (``t * 2`` on a 1-element tensor: what any compiled call costs) and, in the
-same rounds, the eager fast path again.
+same rounds, the eager fast path again. Each shape is compiled afresh (``torch._dynamo.reset()``
+between shapes) and timed in rounds of its own, so its plain row is the static graph a model with
+one block shape gets.
 
 Times are the calling thread's CPU time (``time.thread_time``): on a shared machine, time spent
 descheduled is not counted, the unit and the forwards alike.
@@ -128,8 +132,8 @@ def measure_all(shapes: tuple[tuple[int, int, int, int], ...] = SHAPES, calls: i
 
 
 #: the compiled rows of :func:`measure_compiled` (the trivial graph is the same for every shape)
-COMPILED = ("eager fast path", "torch.compile(fullgraph=True)", "compiled, weights as op inputs",
-            "compiled floor: no-op op(x, block)", "compiled trivial graph (t * 2)")
+COMPILED = ("eager fast path", "torch.compile(fullgraph=True)", "torch.compile(fullgraph=True, dynamic=True)",
+            "compiled, weights as op inputs", "compiled floor: no-op op(x, block)", "compiled trivial graph (t * 2)")
 _FLOOR: list[Any] = []  # the no-op operator of the floor row, registered on first use
 
 
@@ -170,7 +174,7 @@ def measure_compiled(shapes: tuple[tuple[int, int, int, int], ...] = SHAPES, cal
                      rounds: int = 7) -> tuple[float, dict[tuple[int, ...], dict[str, float]]]:
     """``(unit_us, {shape: {row: us}})`` for the rows of :data:`COMPILED` (``no_grad``, eval, launches
     stubbed as in :func:`measure_all`; best of ``rounds`` interleaved rounds, the garbage collector
-    off while timing). Compiles each shape three times (seconds each on a CPU). Every setting it
+    off while timing). Compiles each shape five times (seconds each on a CPU). Every setting it
     changes is restored."""
     import torch
     from triton.runtime.interpreter import InterpretedFunction
@@ -191,36 +195,45 @@ def measure_compiled(shapes: tuple[tuple[int, int, int, int], ...] = SHAPES, cal
     try:
         InterpretedFunction.run = lambda self, *a, **k: None  # type: ignore[method-assign]
         with torch.no_grad():
-            trivial = torch.compile(lambda t: t * 2, fullgraph=True)
-            trivial(unit_t)
-            jobs: list[tuple[tuple[int, ...], str, Callable[[], object]]] = []
             for shape in shapes:
+                # each shape compiled afresh, as a model with one block shape is: dynamo's first
+                # compile specialises x's shape (a static graph); the dynamic-shape graph a
+                # recompile for a second shape gets (automatic dynamic) is the "dynamic=True" row
+                torch._dynamo.reset()
+                trivial = torch.compile(lambda t: t * 2, fullgraph=True)
+                trivial(unit_t)
                 c = shape[1]
                 module = cbam_triton.CBAM(c, reduction_ratio=16 if c >= 32 else 1, backend="triton").eval()
                 x = torch.randn(shape)
                 compiled = torch.compile(module, fullgraph=True)
                 compiled(x)
+                dynamic = torch.compile(cbam_triton.CBAM.from_reference(module).eval(), fullgraph=True, dynamic=True)
+                dynamic(x)
                 traced = cbam_triton.CBAM.from_reference(module).eval()
                 block_op.detach(traced)
                 traced = torch.compile(traced, fullgraph=True)
                 traced(x)
                 floor = torch.compile(_Floor.make(module), fullgraph=True)
                 floor(x)
-                jobs += [(shape, COMPILED[0], lambda m=module, x=x: m(x)),
-                         (shape, COMPILED[1], lambda m=compiled, x=x: m(x)),
-                         (shape, COMPILED[2], lambda m=traced, x=x: m(x)),
-                         (shape, COMPILED[3], lambda m=floor, x=x: m(x)),
-                         (shape, COMPILED[4], lambda: trivial(unit_t))]
-            gc.collect()
-            gc.disable()  # (as timeit does: the compilers leave a large heap, which collections would walk)
-            for _ in range(rounds):
-                unit = min(unit, _best_us(lambda: unit_t.mul(2.0), 20 * calls, repeats=3))
-                for shape, name, call in jobs:
-                    us = _best_us(call, calls, repeats=3)
-                    best[shape, name] = min(best.get((shape, name), float("inf")), us)
+                jobs = [(COMPILED[0], lambda m=module, x=x: m(x)),
+                        (COMPILED[1], lambda m=compiled, x=x: m(x)),
+                        (COMPILED[2], lambda m=dynamic, x=x: m(x)),
+                        (COMPILED[3], lambda m=traced, x=x: m(x)),
+                        (COMPILED[4], lambda m=floor, x=x: m(x)),
+                        (COMPILED[5], lambda f=trivial: f(unit_t))]
+                gc.collect()
+                gc.disable()  # (as timeit does: the compilers leave a large heap, which collections would walk)
+                try:
+                    for _ in range(rounds):
+                        unit = min(unit, _best_us(lambda: unit_t.mul(2.0), 20 * calls, repeats=3))
+                        for name, call in jobs:
+                            us = _best_us(call, calls, repeats=3)
+                            best[shape, name] = min(best.get((shape, name), float("inf")), us)
+                finally:
+                    gc.enable()
     finally:
-        gc.enable()
         InterpretedFunction.run = saved  # type: ignore[method-assign]
+        torch._dynamo.reset()
     return unit, {tuple(shape): {name: best[tuple(shape), name] for name in COMPILED} for shape in shapes}
 
 
@@ -332,10 +345,10 @@ def main(argv: list[str] | None = None) -> int:
         for shape, row in got.items():
             print(f"  {shape}")
             for name, us in row.items():
-                print(f"    {name:<36} {us:9.1f} us = {us / unit:7.1f} tiny ops")
+                print(f"    {name:<44} {us:9.1f} us = {us / unit:7.1f} tiny ops")
             trivial = row[COMPILED[-1]]
-            for name in COMPILED[1:4]:
-                print(f"    {name + ' - trivial graph':<52} {(row[name] - trivial) / unit:6.1f} tiny ops")
+            for name in COMPILED[1:5]:
+                print(f"    {name + ' - trivial graph':<60} {(row[name] - trivial) / unit:6.1f} tiny ops")
     return 0
 
 

@@ -51,6 +51,11 @@ def resolve_backend(x: torch.Tensor, backend: str | None) -> str:
     exported or traced for deployment (:func:`cbam_triton.deploy.exporting`): ``"torch"``, whatever
     ``backend`` says, so the recorded graph holds standard ops only.
     """
+    return backend_for(x.device.type, backend)
+
+
+def backend_for(device_type: str, backend: str | None) -> str:
+    """:func:`resolve_backend` for a tensor on a device of type ``device_type``."""
     if exporting():
         return "torch"
     if backend is None:
@@ -60,13 +65,13 @@ def resolve_backend(x: torch.Tensor, backend: str | None) -> str:
     if backend == "torch":
         return "torch"
     runnable = triton_available() and (
-        x.device.type == "cuda" or (x.device.type == "cpu" and interpreter_active())
+        device_type == "cuda" or (device_type == "cpu" and interpreter_active())
     )
     if runnable:
         return "triton"
     if backend == "triton":
         why = ("triton is not installed" if not triton_available() else
-               f"x is on {x.device}; the kernels run on CUDA tensors, or on CPU tensors only with "
+               f"x is on {device_type}; the kernels run on CUDA tensors, or on CPU tensors only with "
                "TRITON_INTERPRET=1 set before triton is imported")
         raise ValueError(f"backend='triton' cannot run here: {why}")
     return "torch"

@@ -38,7 +38,7 @@ import torch
 from torch import Tensor, nn
 
 from cbam_triton import fastpath
-from cbam_triton._backend import resolve_backend
+from cbam_triton._backend import backend_for
 from cbam_triton._layout import empty_output
 from cbam_triton.ops import define_inference_op
 
@@ -117,16 +117,6 @@ class Compilable:
         return replica
 
 
-def _run(x: Tensor, module: nn.Module) -> Tensor:
-    out = fastpath.forward(module, x)  # a configuration seen before: the guard, then the launches
-    if out is None:
-        out = type(module).forward(module, x)  # (not compiling now: the module's eager full path)
-        expected, _ = empty_output(x)
-        if out.stride() != expected.stride():  # (the layout the fake implementation gave the compiler)
-            out = expected.copy_(out)
-    return out
-
-
 def _block_forward_op(x: Tensor, block: BlockRef) -> Tensor:
     """The operator's kernel: ``module(x)`` through the module's own eager forward, without autograd."""
     module = block.module()
@@ -134,8 +124,14 @@ def _block_forward_op(x: Tensor, block: BlockRef) -> Tensor:
         raise RuntimeError("cbam_triton::block_forward: the module of this BlockRef no longer exists")
     if _grad_enabled():
         with torch.no_grad():
-            return _run(x, module)
-    return _run(x, module)
+            return _block_forward_op(x, block)
+    out = fastpath.forward(module, x)  # a configuration seen before: the guard, then the launches
+    if out is None:
+        out = type(module).forward(module, x)  # (not compiling now: the module's eager full path)
+        expected, _ = empty_output(x)
+        if out.stride() != expected.stride():  # (the layout the fake implementation gave the compiler)
+            out = expected.copy_(out)
+    return out
 
 
 block_forward: Any = None  #: the operator overload (None: a torch without opaque objects)
@@ -147,21 +143,24 @@ if AVAILABLE:
         return empty_output(x)[0]
 
 
-@torch.compiler.assume_constant_result  # (read while dynamo traces; no guard)
-def _python_wrapper() -> bool:
-    """Whether inductor generates its Python wrapper: its C++ wrapper (``cpp_wrapper``) cannot pass
-    an opaque object to an operator."""
+@torch.compiler.assume_constant_result  # (evaluated while dynamo traces, its result kept: no guards)
+def _traced_as_block(device_type: str, backend: str | None) -> bool:
+    """Whether a block on a ``device_type`` tensor with ``backend`` is traced as one operator call:
+    not exporting, the Triton backend, and inductor's Python wrapper (its C++ wrapper,
+    ``cpp_wrapper``, cannot pass an opaque object to an operator). Its arguments are constants of
+    the trace (the module's ``backend`` is guarded, x's device is part of its tensor guard); the
+    ``CBAM_TRITON_BACKEND`` environment variable is read once, when tracing, as dynamo reads any
+    environment variable."""
     from torch._inductor import config
 
-    return not config.cpp_wrapper
+    return not _is_exporting() and backend_for(device_type, backend) == "triton" and not config.cpp_wrapper
 
 
 def forward(module: nn.Module, x: Tensor) -> Tensor | None:
     """Called first by a module's forward while dynamo traces it: the block as one call of
     ``cbam_triton::block_forward``, or None: trace the module's forward (see the module docstring)."""
     block = module.__dict__.get(_ATTR)
-    if (block is None or module.training or _grad_enabled() or _is_exporting() or type(x) is not Tensor
-            or x.dim() != 4 or not x.is_floating_point() or resolve_backend(x, module.backend) != "triton"
-            or not _python_wrapper()):
+    if (block is None or module.training or _grad_enabled() or type(x) is not Tensor or x.dim() != 4
+            or not x.is_floating_point() or not _traced_as_block(x.device.type, module.backend)):
         return None
     return block_forward(x, block)

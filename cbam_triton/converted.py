@@ -149,5 +149,8 @@ class ConvertedCBAM(Scheduled, compiled.Compilable, nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The source's function with the shared kernels (the path of a call: :mod:`cbam_triton.dispatch`)."""
-        spatial = self.spatial_map if self.spec.spatial_input is not None else None
-        return dispatch.module_forward(self, x, self.spec.channels, self.channel_map, spatial, self.backend)
+        return dispatch.module_forward(self, x, self.backend, True)
+
+    def dispatch_spec(self) -> tuple[int, Callable[..., torch.Tensor], Callable[..., torch.Tensor] | None]:
+        """``(channels, channel map, spatial map)`` for :func:`cbam_triton.dispatch.module_forward`."""
+        return self.spec.channels, self.channel_map, self.spatial_map if self.spec.spatial_input is not None else None

@@ -39,12 +39,12 @@ __all__ = ["FusedParts", "fused", "fused_tail", "module_forward", "needs_grad", 
 _is_compiling = torch.compiler.is_compiling
 
 
-def module_forward(module: nn.Module, x: torch.Tensor, channels: int | None,
-                   channel_map: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None,
-                   spatial_map: Callable[[torch.Tensor, bool], torch.Tensor] | None,
-                   backend: str | None = None, cached: bool = True) -> Any:
-    """A module's forward, steps 1-5 above. ``module`` provides ``fused_parts()``, ``schedule`` and
-    ``l2_budget_bytes``; ``cached=False`` (an explicit ``backend=`` argument) skips steps 1-2."""
+def module_forward(module: nn.Module, x: torch.Tensor, backend: str | None, cached: bool) -> Any:
+    """A module's forward, steps 1-5 above. ``module`` provides ``dispatch_spec()`` (its channel
+    count, channel map and spatial map, each None where it has none), ``fused_parts()``,
+    ``schedule`` and ``l2_budget_bytes``; ``cached=False`` (an explicit ``backend=`` argument)
+    skips steps 1-2. (Nothing of the module is read before step 1: what dynamo reads while tracing
+    becomes a guard that every compiled call checks.)"""
     if cached:
         out = compiled.forward(module, x) if _is_compiling() else fastpath.forward(module, x)
         if out is not None:
@@ -52,6 +52,7 @@ def module_forward(module: nn.Module, x: torch.Tensor, channels: int | None,
     traced = fx_leaf_call(module, x)
     if traced is not None:
         return traced
+    channels, channel_map, spatial_map = module.dispatch_spec()
     be = prepare(x, channels, dict(module.named_parameters()), backend)
     return run(x, be, channel_map, spatial_map, module.parameters(), module.fused_parts, module.schedule,
                module.l2_budget_bytes)

@@ -40,7 +40,6 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from cbam_triton.deploy import exporting
 from cbam_triton.launchers.bound import BoundPlan, bind_plan
 from cbam_triton.launchers.forward import PlanCache, recording
 
@@ -71,7 +70,9 @@ _TLS = _Local()
 _dispatch_modes = torch._C._len_torch_dispatch_stack
 _function_modes = torch._C._len_torch_function_stack
 _transforms = torch._C._are_functorch_transforms_active
-_is_compiling = torch.compiler.is_compiling
+_tracing_state = torch._C._get_tracing_state  # (torch.jit.trace, the TorchScript ONNX exporter)
+_is_exporting = torch.compiler.is_exporting
+_data_ptr = torch._C.TensorBase.data_ptr
 _ENVIRON: dict[Any, Any] | None = getattr(os.environ, "_data", None)  # os.environ's own dict (no copy)
 _ENV_KEYS = tuple(os.environ.encodekey(k) for k in ENV) if _ENVIRON is not None else ENV  # type: ignore[attr-defined]
 
@@ -142,7 +143,7 @@ class _State:
         return (all(map(is_, map(module.__dict__.get, self.root_keys), self.root_vals))
                 and all(map(is_, map(dict.get, self.dicts, self.keys), self.vals))
                 and (not self.usable or [t._version for t in ts] == self.versions)
-                and [t.data_ptr() for t in ts] == self.ptrs and _environment() == self.env)
+                and list(map(_data_ptr, ts)) == self.ptrs and _environment() == self.env)
 
     def add(self, key: tuple[Any, ...], entry: BoundPlan | None) -> None:
         with self.lock:
@@ -187,8 +188,12 @@ def forward(module: nn.Module, x: object) -> Tensor | None:
     Called first by the forward of :class:`cbam_triton.CBAM`, :class:`cbam_triton.ConvertedCBAM`
     and the lone gates; see the module docstring for what is cached and checked.
     """
-    if (not ENABLED or type(x) is not Tensor or _is_compiling() or _dispatch_modes() or _function_modes()
-            or _transforms() or exporting()):  # something could intercept the call: the full path
+    # something could intercept the call: the full path. (Its two callers never call it while dynamo
+    # traces: the module's forward records an operator call then, and that operator's kernel runs
+    # on real tensors, after tracing. torch.export's own tracing and export-for-deployment show as a
+    # dispatch mode, a tensor subclass, a tracing state or the export flag.)
+    if (not ENABLED or type(x) is not Tensor or _dispatch_modes() or _function_modes() or _transforms()
+            or _tracing_state() is not None or _is_exporting()):
         return None
     if x.is_cuda and x.device.index != torch._C._cuda_getDevice():  # run on x's device (multi-GPU)
         with torch.cuda.device(x.device):

@@ -9,7 +9,7 @@ on their own (``ChannelGate(x) = x * Mc``, ``SpatialGate(x) = x * Ms``), each wi
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -76,7 +76,11 @@ class ChannelGate(Scheduled, nn.Module):
 
     def forward(self, x: torch.Tensor, backend: str | None = None) -> torch.Tensor:
         """``x * Mc`` (the path of a call: :mod:`cbam_triton.dispatch`)."""
-        return dispatch.module_forward(self, x, self.channels, self.channel_map, None, backend, backend is None)
+        return dispatch.module_forward(self, x, backend, backend is None)
+
+    def dispatch_spec(self) -> tuple[int, Callable[..., torch.Tensor], None]:
+        """``(channels, channel map, spatial map)`` for :func:`cbam_triton.dispatch.module_forward`."""
+        return self.channels, self.channel_map, None
 
     def fused_parts(self) -> tuple[ChannelMLP, None]:
         """``(mlp, None)`` for the fused forward."""
@@ -111,7 +115,11 @@ class SpatialGate(Scheduled, nn.Module):
 
     def forward(self, x: torch.Tensor, backend: str | None = None) -> torch.Tensor:
         """``x * Ms`` (the path of a call: :mod:`cbam_triton.dispatch`)."""
-        return dispatch.module_forward(self, x, None, None, self.spatial_map, backend, backend is None)
+        return dispatch.module_forward(self, x, backend, backend is None)
+
+    def dispatch_spec(self) -> tuple[None, None, Callable[..., torch.Tensor]]:
+        """``(channels, channel map, spatial map)`` for :func:`cbam_triton.dispatch.module_forward`."""
+        return None, None, self.spatial_map
 
 
 class CBAM(Scheduled, compiled.Compilable, nn.Module):
@@ -181,8 +189,11 @@ class CBAM(Scheduled, compiled.Compilable, nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x * Mc * Ms``: traced by torch.compile, one operator call; eager, the cached launches after a
         guard, or the full path (the path of a call, in one place: :mod:`cbam_triton.dispatch`)."""
-        return dispatch.module_forward(self, x, self.channels, self.channel_gate.channel_map,
-                                       self.spatial_gate.spatial_map, self.backend)
+        return dispatch.module_forward(self, x, self.backend, True)
+
+    def dispatch_spec(self) -> tuple[int, Callable[..., torch.Tensor], Callable[..., torch.Tensor]]:
+        """``(channels, channel map, spatial map)`` for :func:`cbam_triton.dispatch.module_forward`."""
+        return self.channels, self.channel_gate.channel_map, self.spatial_gate.spatial_map
 
     @classmethod
     def from_reference(cls, module: nn.Module, *, backend: str | None = None, schedule: str = "auto",

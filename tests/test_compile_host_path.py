@@ -219,6 +219,20 @@ def test_block_op_graph_one_tensor_input_and_each_calls_weights(device):
     torch._dynamo.reset()
 
 
+def test_traced_block_guards_only_its_flags():
+    """What dynamo reads while tracing a block becomes a guard every compiled call checks: of the
+    module, only its ``training`` flag, its backend and its BlockRef (nothing of its submodules,
+    weights or configuration; the backend's resolution is one trace-time constant)."""
+    ours = _module(16, torch.device("cpu"))
+    with torch.no_grad():
+        explained = torch._dynamo.explain(ours)(make_input((1, 16, 5, 6), torch.float32, "nchw", torch.device("cpu")))
+    torch._dynamo.reset()
+    assert explained.graph_count == 1 and explained.graph_break_count == 0
+    read = {g.name for g in explained.out_guards if g.name.startswith("L['self']")}
+    assert read == {"L['self']", "L['self'].training", "L['self'].backend", "L['self'].__dict__['_cbam_triton_block']"}
+    assert not any("_backend" in g.name for g in explained.out_guards)  # (resolve_backend's globals)
+
+
 @pytest.mark.parametrize("case", ["training", "grad", "torch-backend", "export", "cpp-wrapper"])
 def test_block_op_only_for_eval_inference_on_triton(case, device):
     """Training mode, grad mode on, the PyTorch backend (inductor compiles its math), ``torch.export``

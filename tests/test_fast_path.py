@@ -191,6 +191,10 @@ def test_nothing_of_a_call_is_kept_and_the_cache_dies_with_the_module(device):
         gc.enable()
 
 
+#: the aten ops of a replay besides the stubbed launches: the output's allocation, laid out as x
+ONE_ALLOCATION = ["aten::empty_like", "aten::empty_strided"]
+
+
 def _aten_ops(fn):
     """Names of the aten ops ``fn`` runs (the profiler sees them without a dispatch mode)."""
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
@@ -213,9 +217,9 @@ def test_eval_with_grad_mode_on_launches_the_same_and_gives_the_references_gradi
 
     if device.type == "cpu":
         monkeypatch.setattr(InterpretedFunction, "run", lambda self, *a, **k: None)
-        assert _aten_ops(lambda: ours(x)) == ["aten::empty_strided"]
+        assert _aten_ops(lambda: ours(x)) == ONE_ALLOCATION
         with torch.no_grad():
-            assert _aten_ops(lambda: ours(x)) == ["aten::empty_strided"]
+            assert _aten_ops(lambda: ours(x)) == ONE_ALLOCATION
         monkeypatch.undo()
     # gradients of x and every weight, after a recording call and after a replay
     g = make_input(x.shape, torch.float32, "nchw", device)
@@ -313,12 +317,14 @@ def test_direct_launch_passes_what_triton_would(chunk, device, monkeypatch):
     out2 = torch.empty_like(out)
     backend = make_backend(GPUTarget("cuda", 90, 32))
     hook = []
+    replays = []
     for launch in launches:
         kernel = getattr(launch.kernel, "fn", launch.kernel)
         twin = Launch(JITFunction(kernel), launch.grid, launch.args, launch.meta, launch.num_warps)
         compiled = CompiledKernel()
         replay = bound.BoundLaunch(twin, compiled, x, out)
         assert replay.direct
+        replays.append((replay, compiled))
         replay(x2, out2, 1234)
         knobs.runtime.launch_enter_hook.add(hook.append)  # a profiler's hook: metadata and hooks passed on
         try:
@@ -339,6 +345,17 @@ def test_direct_launch_passes_what_triton_would(chunk, device, monkeypatch):
                                                  knobs.runtime.launch_exit_hook))):
             assert call[:7] == (*grid, 1234, "function", "packed", extra[0]) and call[7:9] == extra[1:]
             assert [v.data_ptr() if isinstance(v, torch.Tensor) else v for v in call[9:]] == plain
+    # a whole plan replays in one flattened loop where no hole is a view: the same launcher calls
+    plan = bound.BoundPlan([r for r, _ in replays], out, 1234, x)
+    assert plan.mode == (bound._EACH if chunk else bound._DIRECT)
+    out3 = plan.run(x2)
+    assert out3.shape == out.shape and out3.stride() == out.stride() and out3.data_ptr() != out2.data_ptr()
+    for replay, compiled in replays:  # what each launch passes on its own with the same x and output
+        replay(x2, out3, 1234)
+        got, expected = compiled.calls[-2:]
+        assert len(compiled.calls) == 4 and got[:9] == expected[:9]
+        assert [v.data_ptr() if isinstance(v, torch.Tensor) else v for v in got[9:]] == \
+            [v.data_ptr() if isinstance(v, torch.Tensor) else v for v in expected[9:]]
 
 
 def _doc_example(title: str) -> str:

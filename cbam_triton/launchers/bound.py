@@ -32,6 +32,8 @@ from cbam_triton.launchers._common import INTERPRETER_LOCK, LAUNCH_HOOKS, Launch
 X, OUT, PARAM = 0, 1, 2
 #: set False to launch every bound launch through ``kernel[grid](...)`` (tests compare both paths)
 DIRECT = True
+#: how a :class:`BoundPlan` replays: launch by launch, or its flattened loop of direct or interpreted launches
+_EACH, _DIRECT, _INTERPRETED = 0, 1, 2
 #: Triton versions whose ``JITFunction.run`` ends with the launcher call a direct :class:`BoundLaunch` makes
 SUPPORTED_TRITON = ((3, 6), (3, 7), (3, 8), (3, 9))
 
@@ -171,13 +173,37 @@ class BoundPlan:
     gets None and takes its caller's full path), in stream order (a plan belongs to one stream).
     """
 
-    __slots__ = ("launches", "size", "stride", "dtype", "device", "stream", "free")
+    __slots__ = ("launches", "size", "stride", "dtype", "device", "stream", "free", "steps", "mode", "like_x")
 
-    def __init__(self, launches: list[BoundLaunch], out: torch.Tensor, stream: int | None) -> None:
+    def __init__(self, launches: list[BoundLaunch], out: torch.Tensor, stream: int | None,
+                 x: torch.Tensor | None = None) -> None:
         self.launches = launches
         self.size, self.stride, self.dtype, self.device = out.shape, out.stride(), out.dtype, out.device
+        # the output laid out as x (the common case; every replay's x has the recorded x's shape,
+        # strides and dtype): torch.empty_like(x), a little cheaper than empty_strided
+        self.like_x = x is not None and x.dtype == out.dtype and x.device == out.device and x.shape == out.shape
+        if self.like_x:
+            self.like_x = torch.empty_like(x).stride() == out.stride()
         self.stream = stream
         self.free = [True]  # the workspaces' token: one call at a time uses them
+        # the replay's inner loop, flattened (no call per launch besides the launch itself): each
+        # step is (launcher or interpreted kernel, its fixed arguments, its argument list with
+        # holes, the holes as (position, role)); a plan with a hole that is a view replays launch
+        # by launch
+        self.steps: tuple[tuple[Any, ...], ...] = ()
+        self.mode = _EACH
+        live = [launch for launch in launches if launch.compiled is not None or not launch.empty]
+        if all(view is None for launch in live for _, _, view in launch.holes):
+            holes = [tuple((pos, role) for pos, role, _ in launch.holes) for launch in live]
+            if live and all(launch.compiled is not None for launch in live):
+                self.mode = _DIRECT
+                self.steps = tuple(
+                    (launch.run, (*launch.grid3, stream, launch.function, launch.packed, None, None, None),
+                     launch.values, h) for launch, h in zip(live, holes))
+            elif all(launch.interpreted for launch in live):
+                self.mode = _INTERPRETED
+                self.steps = tuple((launch.kernel, launch.interp_kwargs, launch.args, h)
+                                   for launch, h in zip(live, holes))
 
     def run(self, x: torch.Tensor, params: Sequence[torch.Tensor | None] = ()) -> torch.Tensor | None:
         """A new output filled by the recorded launches with this call's x (and weights, where they
@@ -187,9 +213,27 @@ class BoundPlan:
         except IndexError:
             return None
         try:
-            out = torch.empty_strided(self.size, self.stride, dtype=self.dtype, device=self.device)
-            for launch in self.launches:
-                launch(x, out, self.stream, params)
+            out = (torch.empty_like(x) if self.like_x else
+                   torch.empty_strided(self.size, self.stride, dtype=self.dtype, device=self.device))
+            mode = self.mode
+            if LAUNCH_HOOKS or mode == _EACH or (mode == _DIRECT and _launch_hooks() is not None):
+                for launch in self.launches:
+                    launch(x, out, self.stream, params)
+            elif mode == _DIRECT:  # (what BoundLaunch.__call__ does without hooks, inlined)
+                sources = (x, out, *params)  # (indexed by role: X, OUT, PARAM + i)
+                for run, head, values, holes in self.steps:
+                    values = values.copy()
+                    for pos, role in holes:
+                        values[pos] = sources[role]
+                    run(*head, *values)
+            else:
+                sources = (x, out, *params)
+                with INTERPRETER_LOCK:  # (the fast path runs only while no dispatch mode is active)
+                    for kernel, kwargs, args, holes in self.steps:
+                        args = args.copy()
+                        for pos, role in holes:
+                            args[pos] = sources[role]
+                        kernel.run(*args, **kwargs)
         except BaseException:  # a launch stopped part-way: no arrival counter may stay non-zero
             reset_counters(self.device)
             raise
@@ -213,7 +257,7 @@ def bind_plan(x: torch.Tensor, out: torch.Tensor, launches: Sequence[Launch], re
     bound = [BoundLaunch(launch, result, x, out, params) for launch, result in zip(launches, results)]
     if workspace_bytes(bound, keep, x) > limit:
         return None
-    return BoundPlan(bound, out, stream)
+    return BoundPlan(bound, out, stream, x)
 
 
 def workspace_bytes(launches: Sequence[BoundLaunch], keep: frozenset[int] | set[int], x: torch.Tensor) -> float:
