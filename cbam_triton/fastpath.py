@@ -42,6 +42,7 @@ from torch import Tensor, nn
 
 from cbam_triton.launchers.bound import BoundPlan, bind_plan
 from cbam_triton.launchers.forward import PlanCache, recording
+from cbam_triton.launchers.residency import GENERATION
 
 __all__ = ["ENABLED", "SIZE", "WORKSPACE_LIMIT", "clear", "forward", "info"]
 
@@ -89,8 +90,10 @@ def _attributes(m: nn.Module) -> list[str]:
 
 
 def _environment() -> list[Any]:
+    """The ``CBAM_TRITON_*`` environment the planners read, and the residency model's generation
+    (a plan made before a launch taught it a variant's registers is made anew)."""
     env = _ENVIRON if _ENVIRON is not None else os.environ
-    return list(map(env.get, _ENV_KEYS))
+    return [*map(env.get, _ENV_KEYS), GENERATION[0]]
 
 
 def _fresh() -> None:
