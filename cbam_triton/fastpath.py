@@ -73,7 +73,6 @@ _function_modes = torch._C._len_torch_function_stack
 _transforms = torch._C._are_functorch_transforms_active
 _tracing_state = torch._C._get_tracing_state  # (torch.jit.trace, the TorchScript ONNX exporter)
 _is_exporting = torch.compiler.is_exporting
-_data_ptr = torch._C.TensorBase.data_ptr
 _ENVIRON: dict[Any, Any] | None = getattr(os.environ, "_data", None)  # os.environ's own dict (no copy)
 _ENV_KEYS = tuple(os.environ.encodekey(k) for k in ENV) if _ENVIRON is not None else ENV  # type: ignore[attr-defined]
 
@@ -139,14 +138,11 @@ class _State:
         self.env = _environment()
         self.entries: dict[tuple[Any, ...], BoundPlan | None] = {}
         self.lock = threading.Lock()
+        self.check = _guard(self, {k for k in self.root_keys if k in d})
 
     def valid(self, module: nn.Module) -> bool:
-        """Whether the module is as it was when this snapshot was taken (about 2-3 us)."""
-        ts = self.tensors
-        return (all(map(is_, map(module.__dict__.get, self.root_keys), self.root_vals))
-                and all(map(is_, map(dict.get, self.dicts, self.keys), self.vals))
-                and (not self.usable or [t._version for t in ts] == self.versions)
-                and list(map(_data_ptr, ts)) == self.ptrs and _environment() == self.env)
+        """Whether the module is as it was when this snapshot was taken (about 2 us)."""
+        return self.check(module.__dict__)
 
     def add(self, key: tuple[Any, ...], entry: BoundPlan | None) -> None:
         with self.lock:
@@ -160,6 +156,41 @@ class _State:
 
     def __reduce__(self) -> tuple[Any, ...]:
         return _fresh, ()
+
+
+def _guard(state: _State, present: set[str]) -> Any:
+    """The snapshot's check, ``check(module.__dict__) -> bool``, as one generated function: a chain of
+    ``d[key] is value``, ``t._version == v`` and ``t.data_ptr() == p`` over closure constants (about
+    0.6 of the time of the same checks as ``map`` calls: no call per dictionary entry). Every
+    object it compares is one the snapshot holds anyway; no text of the module goes into the code
+    (keys and values are closure variables)."""
+    names: list[str] = []
+    values: list[Any] = []
+
+    def const(v: Any) -> str:
+        names.append(f"c{len(names)}")
+        values.append(v)
+        return names[-1]
+
+    terms = [f"md[{const(k)}] is {const(v)}" if k in present else f"{const(k)} not in md"
+             for k, v in zip(state.root_keys, state.root_vals)]
+    terms += [f"{const(d)}[{const(k)}] is {const(v)}" for d, k, v in zip(state.dicts, state.keys, state.vals)]
+    for i, t in enumerate(state.tensors):
+        name = const(t)
+        if state.usable:
+            terms.append(f"{name}._version == {const(state.versions[i])}")
+        terms.append(f"{name}.data_ptr() == {const(state.ptrs[i])}")
+    terms.append(f"{const(_environment)}() == {const(state.env)}")
+    source = (f"def make({', '.join(names)}):\n"
+              f"    def check(md):\n"
+              f"        try:\n"
+              f"            return {' and '.join(terms)}\n"
+              f"        except KeyError:\n"
+              f"            return False\n"
+              f"    return check\n")
+    scope: dict[str, Any] = {}
+    exec(compile(source, "<cbam_triton.fastpath guard>", "exec"), scope)  # noqa: S102 (generated from the snapshot)
+    return scope["make"](*values)
 
 
 def _key(x: Tensor) -> tuple[Any, ...] | None:

@@ -143,6 +143,29 @@ def test_every_kind_of_module_change_is_seen(device, monkeypatch):
     _same(_replayed(ours, x), _full(ours, x))
 
 
+def test_guard_sees_removed_and_shadowing_attributes(device):
+    """The snapshot's generated check: an attribute removed from a watched dictionary, or a class
+    default the module shadows later, fails it; put back as it was, it holds again."""
+    ours = _module(16, device)
+    state = fastpath._State(ours)
+    assert state.valid(ours)
+    bn = ours.spatial_gate.bn.__dict__
+    momentum = bn.pop("momentum")
+    assert not state.valid(ours)
+    bn["momentum"] = momentum
+    assert state.valid(ours)
+    gate = ours.channel_gate  # (a lone gate keeps the class defaults of schedule and budget)
+    gate_state = fastpath._State(gate)
+    extra = next(k for k in fastpath._ROOT_EXTRA if k not in gate.__dict__)
+    gate.__dict__[extra] = getattr(gate, extra)  # the same value, now the module's own
+    assert not gate_state.valid(gate)
+    del gate.__dict__[extra]
+    assert gate_state.valid(gate)
+    with torch.no_grad():
+        ours.channel_gate.mlp[2].bias.add_(0)  # (a version bump alone)
+    assert not state.valid(ours)
+
+
 def test_cache_is_bounded_and_thread_safe(device, monkeypatch):
     monkeypatch.setattr(fastpath, "SIZE", 3)
     ours = _module(8, device)
