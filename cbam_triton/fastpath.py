@@ -42,7 +42,6 @@ from torch import Tensor, nn
 
 from cbam_triton.launchers.bound import BoundPlan, bind_plan
 from cbam_triton.launchers.forward import PlanCache, recording
-from cbam_triton.launchers.residency import GENERATION
 
 __all__ = ["ENABLED", "SIZE", "WORKSPACE_LIMIT", "clear", "forward", "info"]
 
@@ -89,10 +88,8 @@ def _attributes(m: nn.Module) -> list[str]:
 
 
 def _environment() -> list[Any]:
-    """The ``CBAM_TRITON_*`` environment the planners read, and the residency model's generation
-    (a plan made before a launch taught it a variant's registers is made anew)."""
     env = _ENVIRON if _ENVIRON is not None else os.environ
-    return [*map(env.get, _ENV_KEYS), GENERATION[0]]
+    return list(map(env.get, _ENV_KEYS))
 
 
 def _fresh() -> None:

@@ -15,7 +15,6 @@ import sys
 
 import pytest
 import torch
-from helpers import make_input, make_reference
 
 from cbam_triton.launchers import residency
 
@@ -177,68 +176,3 @@ def test_explain_json_from_the_sm90_compile(shape, layout):
             assert r["out_store_bits"] == (128 if r["name"] == "gate_conv" else None)
             if layout == "nchw":  # 1.5 MiB of x: all of it in flight at once
                 assert r["x_bytes_in_flight_per_sm"] + 0.1 >= min(32 * 1024, r["x_bytes"] / 132), r
-
-
-def test_launches_teach_the_planner_their_compiled_registers(monkeypatch):
-    """A GPU launch records what its variant compiled to (Triton's ``n_regs`` and shared memory);
-    later plans use it, and where it changes the residency a plan assumed, the plan caches and
-    replays plan anew (the residency model's generation is part of their keys)."""
-    from types import SimpleNamespace
-
-    from cbam_triton.launchers import Launch
-    from cbam_triton.launchers.variants_sm90 import VARIANT_RESOURCES
-
-    monkeypatch.setattr(residency, "_device_sms_arch", lambda device: (132, 90))
-    monkeypatch.setattr(residency, "LEARNED", {})
-    generation = residency.GENERATION[0]
-    (kernel, warps, variant), (regs, shared) = next(iter(VARIANT_RESOURCES.items()))
-    gpu = torch.device("cuda", 0)
-    try:
-        # the same figures as the table: recorded, nothing to plan anew
-        same = SimpleNamespace(n_regs=regs, metadata=SimpleNamespace(shared=shared))
-        residency.learn(kernel, warps, variant, same, gpu)
-        assert residency.GENERATION[0] == generation
-        assert residency.LEARNED[(kernel, warps, variant, 90)] == (regs, shared)
-        # another variant compiled to more registers than the table says: the residency changes
-        other = (*variant[:-1], variant[-1] ^ 1)
-        launched = SimpleNamespace(n_regs=255, metadata=SimpleNamespace(shared=shared))
-        fake_x = SimpleNamespace(is_cuda=False, device=gpu)  # (a launch's first argument: x)
-        calls = []
-
-        class Kernel:  # what kernel[grid](...) returns on a GPU: the compiled kernel
-            def __getitem__(self, grid):
-                return lambda *args, **kw: calls.append(grid) or launched
-
-        assert Launch(Kernel(), (4, 1), (fake_x,), {}, warps, name=kernel, variant=other)() is launched
-        assert calls == [(4, 1)]
-        assert residency.resources(kernel, warps, other, 90) == (255, shared)
-        assert residency.GENERATION[0] == generation + 1
-        # not a compiled kernel (the interpreter's launches return None), or a CPU tensor: ignored
-        residency.learn(kernel, warps, (*other[:-1], 99), None, gpu)
-        residency.learn(kernel, warps, (*other[:-1], 98), launched, torch.device("cpu"))
-        assert len(residency.LEARNED) == 2
-    finally:
-        residency.GENERATION[0] = generation
-
-
-def test_a_new_residency_generation_plans_anew(device):
-    """The fast path and the plan cache key on the generation (so does the operator's host path):
-    after a launch taught the planner a variant's registers, the next call plans again (same output)."""
-    import cbam_triton
-    from cbam_triton import fastpath
-    from cbam_triton.launchers import forward as fwd
-
-    ours = cbam_triton.CBAM.from_reference(make_reference(16, reduction_ratio=4, device=device)).eval()
-    x = make_input((2, 16, 5, 6), torch.float32, "nchw", device)
-    generation = residency.GENERATION[0]
-    try:
-        with torch.no_grad():
-            first = ours(x)
-            ours(x)  # replayed
-            misses = fwd.PLANS.misses
-            residency.GENERATION[0] += 1
-            again = ours(x)
-        assert fwd.PLANS.misses == misses + 1 and torch.equal(first, again)
-        assert fastpath.info(ours)["entries"] == 1  # (the entry was rebuilt: the state's snapshot changed)
-    finally:
-        residency.GENERATION[0] = generation

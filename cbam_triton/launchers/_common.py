@@ -91,14 +91,8 @@ class Launch:
         if x.is_cuda and x.device.index != torch.cuda.current_device():
             # Triton launches on the current device: run on x's (multi-GPU: x on cuda:1, current cuda:0)
             with torch.cuda.device(x.device):
-                compiled = self.kernel[self.grid](*self.args, **self.meta, num_warps=self.num_warps)
-        else:
-            compiled = self.kernel[self.grid](*self.args, **self.meta, num_warps=self.num_warps)
-        if self.variant is not None:  # what the variant compiled to, for the plans that follow
-            from cbam_triton.launchers import residency
-
-            residency.learn(self.name, self.num_warps, self.variant, compiled, x.device)
-        return compiled
+                return self.kernel[self.grid](*self.args, **self.meta, num_warps=self.num_warps)
+        return self.kernel[self.grid](*self.args, **self.meta, num_warps=self.num_warps)
 
 
 #: one launch at a time in Triton's interpreter: its programs run on the host, and the arrival

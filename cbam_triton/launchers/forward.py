@@ -28,7 +28,6 @@ import torch
 
 from cbam_triton import _torch_stages
 from cbam_triton.fused_parts import TAIL_ACTIVATIONS, BlockTail, ChannelMLP, SpatialConv
-from cbam_triton.launchers import residency
 from cbam_triton.launchers._common import (
     Launch,
     as_ncp,
@@ -172,7 +171,7 @@ class PlanCache:
             spatial = (spatial, tail.act, float(tail.affine.eps) if tail.affine is not None else None)
         stream = torch.cuda.current_stream(x.device).stream_id if x.device.type == "cuda" else 0
         return (_sig(x), tuple(_sig(t) for t in params), dialect, spatial, schedule.kind,
-                schedule.chunk, stream, tuple(os.environ.get(k) for k in cls.ENV), residency.GENERATION[0])
+                schedule.chunk, stream, tuple(os.environ.get(k) for k in cls.ENV))
 
     def store(self, key: tuple[Any, ...], launches: list[Launch], x: torch.Tensor, out: torch.Tensor,
               params: list[torch.Tensor | None]) -> None:

@@ -33,7 +33,6 @@ import torch
 
 from cbam_triton.launchers.bound import BoundPlan, bind_plan
 from cbam_triton.launchers.forward import PlanCache, is_recording, recording
-from cbam_triton.launchers.residency import GENERATION
 from cbam_triton.schedule import L2_ENV
 
 __all__ = ["ENABLED", "ENV", "SIZE", "WORKSPACE_LIMIT", "clear", "fused_forward", "info"]
@@ -81,7 +80,7 @@ def _key(x: torch.Tensor, params: Sequence[torch.Tensor | None], scalars: tuple[
             return None
         stream = torch._C._cuda_getCurrentRawStream(current)
     return (x.shape, x.stride(), x.dtype, device, x.data_ptr() & 15, *map(_sig, params), scalars, stream,
-            GENERATION[0], *_environment())
+            *_environment())
 
 
 def fused_forward(x: torch.Tensor, params: Sequence[torch.Tensor | None], scalars: tuple[Any, ...],

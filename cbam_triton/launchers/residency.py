@@ -10,15 +10,10 @@ the kernel *variant* it compiles to, see ``plan_fused``):
 1. what :func:`assume` set (``python -m cbam_triton.explain --arch 90`` compiles each planned launch
    and each candidate the planners weighed ahead of time and plans again with their registers until
    no variant is new, :func:`cbam_triton.tools.streaming.plan_compiled`);
-2. what this process's GPU launches compiled the variant to (:data:`LEARNED`, recorded by
-   :func:`learn` from the kernel Triton returns); where that changes the residency a plan was made
-   for, :data:`GENERATION` moves on and every cached plan and replay of the fused forward is made
-   anew on its next call (a few times while a model warms up, each for a variant compiled for the
-   first time; then never);
-3. on sm_90 (a GPU, or planning for one), the shipped table of compiled variants,
+2. on sm_90 (a GPU, or planning for one), the shipped table of compiled variants,
    :mod:`cbam_triton.launchers.variants_sm90` (``python -m cbam_triton.tools.streaming_report
    --write-table``: the highest figures of each variant over the ResNet-50 grid, triton 3.8);
-4. else :data:`FALLBACK_RESOURCES`, a documented table of what the kernels compile to (sm_90,
+3. else :data:`FALLBACK_RESOURCES`, a documented table of what the kernels compile to (sm_90,
    triton 3.8: about the highest register count of each kernel's configurations on the ResNet-50
    shapes, so that the planned residency does not exceed the real one).
 """
@@ -133,14 +128,6 @@ FALLBACK_RESOURCES: dict[tuple[str, int], tuple[int, int]] = {
 
 _STATE = threading.local()
 
-#: (kernel, warps, variant, arch) -> (registers, shared bytes) of the variants launched on this
-#: process's GPUs, as Triton compiled them (:func:`learn`)
-LEARNED: dict[tuple[Any, ...], tuple[int, int]] = {}
-#: moves on when a learned figure changes the CTAs per SM a plan assumed: the plan caches and the
-#: replays of the fused forward key on it (a one-element list: read without a lock, bumped under one)
-GENERATION = [0]
-_LEARN_LOCK = threading.Lock()
-
 
 def _assumed() -> dict[str, Any] | None:
     return getattr(_STATE, "assumed", None)
@@ -203,8 +190,7 @@ def asked() -> dict[tuple, tuple[int, int, int]]:
 def resources(kernel: str, num_warps: int, variant: Any = None, arch: int | None = None) -> tuple[int, int]:
     """(registers, shared bytes) the planner assumes for ``kernel`` at ``num_warps``, in order: the
     compiled figures of the exact ``variant`` (:attr:`~cbam_triton.launchers._common.FusedPlan.variant`)
-    where :func:`assume` has them; the kernel's figure where :func:`assume` has one; what a launch
-    of the variant on this process's GPUs compiled to (:data:`LEARNED`); on sm_90 the
+    where :func:`assume` has them; the kernel's figure where :func:`assume` has one; on sm_90 the
     shipped table of compiled variants (:mod:`cbam_triton.launchers.variants_sm90`); else
     :data:`FALLBACK_RESOURCES`. ``arch``: the architecture planned for (default: :func:`assume`'s; a
     GPU's own planning passes its device's, :func:`capacity`)."""
@@ -216,8 +202,6 @@ def resources(kernel: str, num_warps: int, variant: Any = None, arch: int | None
         return got[(kernel, num_warps)]
     if arch is None and assumed is not None:
         arch = assumed["arch"]
-    if variant is not None and (kernel, num_warps, variant, arch) in LEARNED:
-        return LEARNED[(kernel, num_warps, variant, arch)]
     if variant is not None and arch == 90:
         from cbam_triton.launchers.variants_sm90 import VARIANT_RESOURCES
 
@@ -227,31 +211,6 @@ def resources(kernel: str, num_warps: int, variant: Any = None, arch: int | None
     if got is None:  # an unknown warp count: the 4-warp figure (fewer registers with more warps)
         got = FALLBACK_RESOURCES.get((kernel, 4), (128, 5120))
     return got
-
-
-def learn(kernel: str, num_warps: int, variant: Any, compiled: Any, device: torch.device) -> None:
-    """Record what a launched kernel variant compiled to: ``compiled`` is what ``kernel[grid](...)``
-    returned (Triton's compiled kernel: its ``n_regs`` and ``metadata.shared``, set once it has run),
-    ``device`` where it ran. Where the figures change the CTAs per SM that :func:`resources` gave the
-    planner, :data:`GENERATION` moves on, so that the plans made with the old figure are made anew.
-    Anything without those figures (the interpreter, another launcher) is ignored."""
-    if variant is None or device.type != "cuda":
-        return
-    arch = _device_sms_arch(device)[1]
-    key = (kernel, num_warps, variant, arch)
-    if key in LEARNED:
-        return
-    regs = getattr(compiled, "n_regs", None)
-    shared = getattr(getattr(compiled, "metadata", None), "shared", None)
-    if not isinstance(regs, int) or not isinstance(shared, int) or regs <= 0:
-        return
-    with _LEARN_LOCK:
-        if key in LEARNED:
-            return
-        planned = resources(kernel, num_warps, variant, arch)
-        LEARNED[key] = (regs, shared)
-        if ctas_per_sm(planned[0], num_warps, planned[1], arch) != ctas_per_sm(regs, num_warps, shared, arch):
-            GENERATION[0] += 1
 
 
 def planning_target(device: torch.device) -> tuple[int, int] | None:
