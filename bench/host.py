@@ -174,8 +174,9 @@ def measure_compiled(shapes: tuple[tuple[int, int, int, int], ...] = SHAPES, cal
                      rounds: int = 7) -> tuple[float, dict[tuple[int, ...], dict[str, float]]]:
     """``(unit_us, {shape: {row: us}})`` for the rows of :data:`COMPILED` (``no_grad``, eval, launches
     stubbed as in :func:`measure_all`; best of ``rounds`` interleaved rounds, the garbage collector
-    off while timing). Compiles each shape five times (seconds each on a CPU). Every setting it
-    changes is restored."""
+    off while timing). Compiles each shape five times (seconds each on a CPU), each shape after
+    ``torch._dynamo.reset()`` (and resets it at the end: the caller's compiled code is dropped too).
+    Every other setting it changes is restored."""
     import torch
     from triton.runtime.interpreter import InterpretedFunction
 

@@ -153,7 +153,11 @@ def _traced_as_block(device_type: str, backend: str | None) -> bool:
     environment variable."""
     from torch._inductor import config
 
-    return not _is_exporting() and backend_for(device_type, backend) == "triton" and not config.cpp_wrapper
+    try:
+        runs_triton = backend_for(device_type, backend) == "triton"
+    except ValueError:  # (a backend that cannot run: the forward traced as it is raises it, as eager does;
+        return False    # raised here, dynamo would wrap it in an error of its own)
+    return not _is_exporting() and runs_triton and not config.cpp_wrapper
 
 
 def forward(module: nn.Module, x: Tensor) -> Tensor | None:

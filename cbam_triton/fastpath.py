@@ -219,10 +219,12 @@ def forward(module: nn.Module, x: object) -> Tensor | None:
     Called first by the forward of :class:`cbam_triton.CBAM`, :class:`cbam_triton.ConvertedCBAM`
     and the lone gates; see the module docstring for what is cached and checked.
     """
-    # something could intercept the call: the full path. (Its two callers never call it while dynamo
-    # traces: the module's forward records an operator call then, and that operator's kernel runs
-    # on real tensors, after tracing. torch.export's own tracing and export-for-deployment show as a
-    # dispatch mode, a tensor subclass, a tracing state or the export flag.)
+    # something could intercept the call: the full path. (While dynamo traces, its callers do not
+    # call it: the module's forward records an operator call instead, whose kernel runs on real
+    # tensors once the graph runs — also under a backend that runs the graph while
+    # torch.compiler.is_compiling() is still true, where nothing intercepts either. torch.export's
+    # own tracing and export-for-deployment show as a dispatch mode, a tensor subclass, a tracing
+    # state or the export flag.)
     if (not ENABLED or type(x) is not Tensor or _dispatch_modes() or _function_modes() or _transforms()
             or _tracing_state() is not None or _is_exporting()):
         return None

@@ -78,6 +78,9 @@ def test_op_replays_bitwise_with_each_calls_weights(layout, chunk, device):
         ours.channel_gate.mlp[0].bias.add_(0.25)
         got.append(OP(*_op_args(ours, xs[0])))
         assert replay.info()["recorded"] == recorded
+        # each entry replays on the stream it was recorded on (None off CUDA)
+        streams = {e.stream for e in replay._ENTRIES.values() if e is not None}
+        assert streams == ({torch.cuda.current_stream(device).cuda_stream} if device.type == "cuda" else {None})
         expected = [_fresh(_op_args(m, x)) for x in xs for m in (ours, other)]
     for y, e in zip(got[:-1], expected):
         if y is not got[0] and y is not got[2] and y is not got[4]:  # (ours' weights changed since)

@@ -89,6 +89,19 @@ def test_functional_bad_weights():
         CF.cbam(x, w1.long(), None, w2, None, conv)
 
 
+def test_compiled_module_raises_the_eager_error(monkeypatch):
+    """Under torch.compile a backend that cannot run raises the ValueError eager raises (not an
+    error of dynamo's)."""
+    monkeypatch.setenv("CBAM_TRITON_BACKEND", "bogus")
+    module = cbam_triton.CBAM(8, reduction_ratio=2).eval()
+    torch._dynamo.reset()
+    try:
+        with torch.no_grad(), pytest.raises(ValueError, match="backend must be one of"):
+            torch.compile(module, backend="eager")(torch.randn(1, 8, 2, 2))
+    finally:
+        torch._dynamo.reset()
+
+
 def test_backend_triton_refused_on_meta():
     with pytest.raises(ValueError, match="backend='triton' cannot run here"):
         CF.channel_pool(torch.randn(1, 2, 3, 3, device="meta"), backend="triton")
