@@ -370,10 +370,11 @@ def _triton_network(graph: bool = False, tail: bool = False) -> BlockFn:
     return build
 
 
-def _triton_compile_network(tail: bool = False) -> BlockFn:
+def _triton_compile_network(tail: bool = False, mode: str | None = None) -> BlockFn:
     def build(model: nn.Module, x: torch.Tensor) -> Built:
-        """Converted, then ``torch.compile(fullgraph=True)``: a graph break raises, so a built provider has none."""
-        return compile_module(convert_network(model, tail), x, fullgraph=True)
+        """Converted, then ``torch.compile(fullgraph=True)`` (``mode``: e.g. ``"reduce-overhead"``, CUDA
+        graphs): a graph break raises, so a built provider has none."""
+        return compile_module(convert_network(model, tail), x, mode=mode, fullgraph=True)
     return build
 
 
@@ -558,6 +559,10 @@ REGISTRY: dict[str, Provider] = {p.name: p for p in (
     Provider("triton+compile", "inductor", "cbam_triton.convert, then torch.compile(fullgraph=True): the CBAM "
              "kernels one opaque operator", None, _triton_compile_network(), defaults=("network",),
              counts="inductor", interpreted_on_cpu=True, base_family="compile", opaque_ours=True),
+    Provider("triton+compile-cudagraphs", "inductor", "cbam_triton.convert, then torch.compile(mode='reduce-"
+             "overhead', fullgraph=True): the compiled network with the CBAM operators captured in CUDA graphs",
+             None, _triton_compile_network(mode="reduce-overhead"), devices=("cuda",), defaults=("network",),
+             counts="inductor", base_family="compile", opaque_ours=True, cuda_graph=True),
     Provider("triton-tail", "triton", "cbam_triton.convert(fuse_block_tail=True): each ResNet block's "
              "relu(CBAM(bn(y)) + shortcut) in the fused launches", None, _triton_network(tail=True),
              defaults=("network",), interpreted_on_cpu=True, base_family="eager", block_tail=True),
