@@ -155,6 +155,10 @@ class _State:
         return _fresh, ()
 
 
+_GUARD_MAKERS: dict[str, Any] = {}  # generated guard source -> its compiled maker (the text names no value)
+_GUARD_LOCK = threading.Lock()
+
+
 def _guard(state: _State, present: set[str]) -> Any:
     """The snapshot's check, ``check(module.__dict__) -> bool``, as one generated function: a chain of
     ``d[key] is value``, ``t._version == v`` and ``t.data_ptr() == p`` over closure constants (about
@@ -185,9 +189,16 @@ def _guard(state: _State, present: set[str]) -> Any:
               f"        except KeyError:\n"
               f"            return False\n"
               f"    return check\n")
-    scope: dict[str, Any] = {}
-    exec(compile(source, "<cbam_triton.fastpath guard>", "exec"), scope)  # noqa: S102 (generated from the snapshot)
-    return scope["make"](*values)
+    make = _GUARD_MAKERS.get(source)
+    if make is None:  # (compiled once per module structure: a snapshot taken again costs microseconds)
+        scope: dict[str, Any] = {}
+        exec(compile(source, "<cbam_triton.fastpath guard>", "exec"), scope)  # noqa: S102 (generated from the snapshot)
+        make = scope["make"]
+        with _GUARD_LOCK:
+            if len(_GUARD_MAKERS) >= 64:
+                _GUARD_MAKERS.pop(next(iter(_GUARD_MAKERS)))
+            _GUARD_MAKERS[source] = make
+    return make(*values)
 
 
 def _key(x: Tensor) -> tuple[Any, ...] | None:
