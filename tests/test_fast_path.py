@@ -166,6 +166,17 @@ def test_guard_sees_removed_and_shadowing_attributes(device):
     assert not state.valid(ours)
 
 
+def test_guard_code_is_shared_by_modules_of_one_structure(device):
+    """The generated check names no value: modules of one structure share its compiled code (a new
+    snapshot costs no compile), each check still holds for its own module only."""
+    a, b = _module(16, device), _module(16, device)
+    fastpath._State(a)
+    makers = len(fastpath._GUARD_MAKERS)
+    state_a, state_b = fastpath._State(a), fastpath._State(b)
+    assert len(fastpath._GUARD_MAKERS) == makers
+    assert state_a.valid(a) and state_b.valid(b) and not state_a.valid(b) and not state_b.valid(a)
+
+
 def test_cache_is_bounded_and_thread_safe(device, monkeypatch):
     monkeypatch.setattr(fastpath, "SIZE", 3)
     ours = _module(8, device)
