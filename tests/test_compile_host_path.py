@@ -170,6 +170,22 @@ def test_compiled_block_no_breaks_no_recompiles_bitwise(as_block, device, monkey
     torch._dynamo.reset()
 
 
+def test_compiled_block_dynamic_batch_compiles_once(device):
+    """``dynamic=True``: new batch sizes (past the 0/1 specialisation) run the one compiled graph."""
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    ours = _module(16, device)
+    compiled = torch.compile(ours, fullgraph=True, dynamic=True)
+    with torch.no_grad():
+        for n in (2, 3, 5):
+            x = make_input((n, 16, 6, 7), torch.float32, "nchw", device)
+            _same(compiled(x), ours(x))
+    assert counters["stats"]["unique_graphs"] == 1 and sum(counters["recompiles"].values()) == 0
+    torch._dynamo.reset()
+
+
 def _graphs(module, x, **kw) -> list[torch.fx.GraphModule]:
     """The FX graphs dynamo records for ``module(x)`` (run as recorded: the ops eagerly)."""
     graphs = []
