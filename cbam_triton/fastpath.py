@@ -101,9 +101,6 @@ class _State:
 
     def __init__(self, module: nn.Module) -> None:
         d = module.__dict__
-        self.root_keys = tuple(k for k in d if k[0] != "_" or k in _TRACKED) + \
-            tuple(k for k in _ROOT_EXTRA if k not in d)
-        self.root_vals = [d.get(k) for k in self.root_keys]
         # the submodules (not the module itself: it holds this snapshot, and must not be held by it)
         self.modules = [m for m in module.modules() if m is not module]
         dicts: list[dict[str, Any]] = []
@@ -118,8 +115,6 @@ class _State:
                 sub = md[name]
                 dicts += [sub] * len(sub)
                 keys += list(sub)
-        self.dicts, self.keys = dicts, keys
-        self.vals = list(map(dict.get, dicts, keys))
         seen: dict[int, Tensor] = {}
         for m in (module, *self.modules):
             for t in (*m._parameters.values(), *m._buffers.values()):
@@ -131,11 +126,11 @@ class _State:
         self.usable = not any(t.is_inference() for t in self.tensors)
         self.versions = [t._version for t in self.tensors] if self.usable else []
         self.modes = [m.training for m in (module, *self.modules)]
-        self.ptrs = [t.data_ptr() for t in self.tensors]
-        self.env = _environment()
         self.entries: dict[tuple[Any, ...], BoundPlan | None] = {}
         self.lock = threading.Lock()
-        self.check = _guard(self, {k for k in self.root_keys if k in d})
+        self.check = _guard([(k, d[k]) for k in d if k[0] != "_" or k in _TRACKED],
+                            [k for k in _ROOT_EXTRA if k not in d], list(zip(dicts, keys, map(dict.get, dicts, keys))),
+                            self.tensors, self.versions if self.usable else None)
 
     def valid(self, module: nn.Module) -> bool:
         """Whether the module is as it was when this snapshot was taken (about 2 us)."""
@@ -159,12 +154,15 @@ _GUARD_MAKERS: dict[str, Any] = {}  # generated guard source -> its compiled mak
 _GUARD_LOCK = threading.Lock()
 
 
-def _guard(state: _State, present: set[str]) -> Any:
-    """The snapshot's check, ``check(module.__dict__) -> bool``, as one generated function: a chain of
-    ``d[key] is value``, ``t._version == v`` and ``t.data_ptr() == p`` over closure constants (about
-    0.6 of the time of the same checks as ``map`` calls: no call per dictionary entry). Every
-    object it compares is one the snapshot holds anyway; no text of the module goes into the code
-    (keys and values are closure variables)."""
+def _guard(root: list[tuple[str, Any]], absent: list[str], entries: list[tuple[dict[str, Any], str, Any]],
+           tensors: list[Tensor], versions: list[int] | None) -> Any:
+    """A snapshot's check, ``check(module.__dict__) -> bool``, as one generated function: the root
+    module's ``(key, value)`` pairs and the class defaults it does not shadow (``absent``), the
+    submodules' ``(dict, key, value)`` entries, each tensor's version (None: not checked, inference
+    tensors) and data pointer now, and the environment now — a chain of ``d[key] is value``,
+    ``t._version == v`` and ``t.data_ptr() == p`` over closure constants (about 0.6 of the time of
+    the same checks as ``map`` calls: no call per dictionary entry). It holds what the snapshot
+    holds; no text of the module goes into the code (keys and values are closure variables)."""
     names: list[str] = []
     values: list[Any] = []
 
@@ -173,15 +171,14 @@ def _guard(state: _State, present: set[str]) -> Any:
         values.append(v)
         return names[-1]
 
-    terms = [f"md[{const(k)}] is {const(v)}" if k in present else f"{const(k)} not in md"
-             for k, v in zip(state.root_keys, state.root_vals)]
-    terms += [f"{const(d)}[{const(k)}] is {const(v)}" for d, k, v in zip(state.dicts, state.keys, state.vals)]
-    for i, t in enumerate(state.tensors):
+    terms = [f"md[{const(k)}] is {const(v)}" for k, v in root] + [f"{const(k)} not in md" for k in absent]
+    terms += [f"{const(d)}[{const(k)}] is {const(v)}" for d, k, v in entries]
+    for i, t in enumerate(tensors):
         name = const(t)
-        if state.usable:
-            terms.append(f"{name}._version == {const(state.versions[i])}")
-        terms.append(f"{name}.data_ptr() == {const(state.ptrs[i])}")
-    terms.append(f"{const(_environment)}() == {const(state.env)}")
+        if versions is not None:
+            terms.append(f"{name}._version == {const(versions[i])}")
+        terms.append(f"{name}.data_ptr() == {const(t.data_ptr())}")
+    terms.append(f"{const(_environment)}() == {const(_environment())}")
     source = (f"def make({', '.join(names)}):\n"
               f"    def check(md):\n"
               f"        try:\n"
