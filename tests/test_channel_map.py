@@ -106,6 +106,24 @@ def test_layer1_per_sample_group_matches(group, monkeypatch):
         torch.testing.assert_close(out, _expected(x, mlp, conv), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_layer1_groups_with_16bit_weights_keep_fp32_accuracy(dtype, monkeypatch):
+    """16-bit W1 (exact in tf32) times the fp32 MLP inputs split in two tf32 parts: the hidden vector z
+    agrees with fp64 to fp32's accuracy, not tf32's (one tf32 product alone is off by ~1e-4)."""
+    monkeypatch.setenv("CBAM_TRITON_MC_LAUNCH", "always")
+    monkeypatch.setenv("CBAM_TRITON_L1_GROUP", "2")
+    mlp, conv = _parts(64, 16, "avg+max", "relu", True, True, dtype)
+    x = (torch.randn(3, 64, 4, 4) * 3 + 1).to(dtype)
+    with torch.no_grad(), cbam_triton.record_launches() as launches:
+        fused_forward(x, mlp, conv, plan_schedule(3, 0, "stream", None))
+    assert launches[0].meta["L1G"]
+    z = launches[0].args[8]
+    xd = x.double()
+    w1, b1 = mlp.fc1_weight.double(), mlp.fc1_bias.double()
+    want = sum(torch.relu(v @ w1.T + b1) for v in (xd.mean((2, 3)), xd.amax((2, 3))))
+    torch.testing.assert_close(z.double(), want, rtol=2e-6, atol=2e-6)
+
+
 def test_layer1_groups_two_level_combine_within_the_program_bounds(monkeypatch):
     """C = 2048 in groups of 3 samples: the group's partials of 32 channel blocks are summed in two
     levels, and no program exceeds the serial-tail bounds (observed and modelled)."""

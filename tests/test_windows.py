@@ -179,3 +179,20 @@ def test_window_path_four_tiles_in_flight(shape, dtype, device, monkeypatch):
     for name in ("spatial_pool", "gate_conv"):
         assert launches[name].meta["UNROLL"] == 4 and launches[name].grid[1] == 1, (name, launches[name].meta)
     assert_close_to_reference(out, ref, x)
+
+
+def test_stage1_window_path_four_tiles_in_flight(device, monkeypatch):
+    """Stage 1 on the window path: fp32 rows of 13² (169 elements, windows of up to 175 lanes) walked
+    in 32-lane tiles by one program per (sample, block): six tiles, four loads in flight in the first
+    turn, two and two masked ones in the last (UNROLL=4)."""
+    from cbam_triton.launchers import residency
+
+    monkeypatch.setenv("CBAM_TRITON_MC_LAUNCH", "always")
+    ref = make_reference(64, reduction_ratio=8, device=device, dtype=torch.float32)
+    ours = cbam_triton.CBAM.from_reference(ref, backend="triton")
+    x = make_input((2, 64, 13, 13), torch.float32, "nchw", device)
+    with residency.assume(4, 90), residency.force("channel_pool_mlp", (64, 32, 169)):
+        out, launches = _forward(ours, x)
+    stage1 = launches["channel_pool_mlp"]
+    assert (stage1.meta["WIN"], stage1.meta["BLOCK_P"], stage1.meta["UNROLL"], stage1.grid[1]) == (4, 32, 4, 1)
+    assert_close_to_reference(out, ref, x)

@@ -189,6 +189,7 @@ def group_layer1(pin_ptr, n0, gs, c0, cw, C, HID, w1_ptr, s_w1h, s_w1c, dst_ptr,
     FMA dot whose operands every thread holds in part; fp64: IEEE FMA), in a fixed order:
     deterministic; ``2 * cdiv(HID, HB) * cdiv(cw, WB)`` loads. The launcher keeps the tiles small
     (``[32, 32]`` weight tiles): the tail's registers count for the whole streaming kernel."""
+    W16: tl.constexpr = w1_ptr.dtype.element_ty == tl.float16 or w1_ptr.dtype.element_ty == tl.bfloat16
     r = tl.arange(0, GR)
     mr = r < gs * NPOOL
     rows = (n0 + r // NPOOL).to(tl.int64) * NPOOL + r % NPOOL
@@ -207,6 +208,10 @@ def group_layer1(pin_ptr, n0, gs, c0, cw, C, HID, w1_ptr, s_w1h, s_w1c, dst_ptr,
                         other=0.0).to(acc_t)
             if acc_t == tl.float64:
                 out = tl.dot(a, w, out, input_precision="ieee")
+            elif W16:  # 16-bit weights are exact in tf32: split the inputs only (two tf32 products)
+                a_hi = (a.to(tl.uint32, bitcast=True) & 0xFFFFE000).to(tl.float32, bitcast=True)
+                out = tl.dot(a_hi, w, out, input_precision="tf32")
+                out = tl.dot(a - a_hi, w, out, input_precision="tf32")
             else:  # tensor cores at about fp32 accuracy (three tf32 products), operands not replicated per thread
                 out = tl.dot(a, w, out, input_precision="tf32x3")
         tl.store(dst_ptr + r[:, None] * HID + hh[None, :], out, mask=mr[:, None] & mh[None, :])

@@ -17,7 +17,8 @@ def pool_partials(x_ptr, n, offs_c, mask_c, p_start, p_end, stride_xn, stride_xc
     to keep x (``evict_last``), for the stages of the L2-resident schedule that read it again.
     ``UNROLL`` == 2: the next tile's loads are issued with this one's, before either is reduced
     (Triton does not pipeline loads that feed no ``tl.dot``): twice the bytes in flight; the tiles are
-    accumulated in the same order, so the result is the same bit for bit. ``AFFINE`` (the fused block
+    accumulated in the same order, so the result is the same bit for bit (4 on the window path: four
+    tiles). ``AFFINE`` (the fused block
     tail): each element is ``x * scale[c] + shift[c]`` as it is loaded (masked lanes stay 0).
     ``WIN`` > 0 (contiguous NCHW whose channel rows are not 16-byte aligned: 7², 14², odd maps; WIN =
     elements per 16 bytes): see :func:`_window_partials`."""
@@ -74,24 +75,45 @@ def _window_partials(x_ptr, n, offs_c, mask_c, p_start, p_end, stride_xn, stride
     acc_sum = tl.zeros([BLOCK_C, BLOCK_P], dtype=acc_t)
     acc_max = tl.full([BLOCK_C, BLOCK_P], float("-inf"), dtype=acc_t)
     acc_cnt = tl.zeros([BLOCK_C, BLOCK_P], dtype=tl.int32)
+    tl.static_assert(UNROLL == 1 or UNROLL == 2 or UNROLL == 4, "UNROLL is 1, 2 or 4")
     for j0 in range(0, p_end - p_start + 2 * WIN - 2, BLOCK_P * UNROLL):
-        j = j0 + offs_p
-        load = mask_c[:, None] & (offs_p[None, :] < (lim - j0)[:, None])
-        keep = load & (j[None, :] >= lo[:, None]) & (j[None, :] < hi[:, None])
+        load, keep = _window_masks(offs_p, j0, mask_c, lo, hi, lim)
         v = load_x_kept(ptrs, load, HINTS)
-        if UNROLL == 2:
-            load2 = mask_c[:, None] & (offs_p[None, :] < (lim - j0 - BLOCK_P)[:, None])
-            keep2 = load2 & ((j + BLOCK_P)[None, :] >= lo[:, None]) & ((j + BLOCK_P)[None, :] < hi[:, None])
+        if UNROLL >= 2:
+            load2, keep2 = _window_masks(offs_p, j0 + BLOCK_P, mask_c, lo, hi, lim)
             v2 = load_x_kept(ptrs + BLOCK_P, load2, HINTS)
-        v = tl.where(keep, v.to(acc_t), 0.0)
-        acc_sum, acc_max, acc_cnt = accumulate_tile(_affine(v, keep, scale, shift, AFFINE), keep, acc_sum, acc_max,
-                                               acc_cnt, False)
-        if UNROLL == 2:
-            v2 = tl.where(keep2, v2.to(acc_t), 0.0)
-            acc_sum, acc_max, acc_cnt = accumulate_tile(_affine(v2, keep2, scale, shift, AFFINE), keep2, acc_sum,
-                                                   acc_max, acc_cnt, False)
+        if UNROLL == 4:
+            load3, keep3 = _window_masks(offs_p, j0 + 2 * BLOCK_P, mask_c, lo, hi, lim)
+            v3 = load_x_kept(ptrs + 2 * BLOCK_P, load3, HINTS)
+            load4, keep4 = _window_masks(offs_p, j0 + 3 * BLOCK_P, mask_c, lo, hi, lim)
+            v4 = load_x_kept(ptrs + 3 * BLOCK_P, load4, HINTS)
+        acc_sum, acc_max = _window_accumulate(v, keep, scale, shift, acc_sum, acc_max, acc_cnt, AFFINE, acc_t)
+        if UNROLL >= 2:
+            acc_sum, acc_max = _window_accumulate(v2, keep2, scale, shift, acc_sum, acc_max, acc_cnt, AFFINE, acc_t)
+        if UNROLL == 4:
+            acc_sum, acc_max = _window_accumulate(v3, keep3, scale, shift, acc_sum, acc_max, acc_cnt, AFFINE, acc_t)
+            acc_sum, acc_max = _window_accumulate(v4, keep4, scale, shift, acc_sum, acc_max, acc_cnt, AFFINE, acc_t)
         ptrs += BLOCK_P * UNROLL
     return tl.sum(acc_sum, axis=1), max_propagate_nan(acc_max, 1), tl.zeros([BLOCK_C], dtype=tl.int32)
+
+
+@triton.jit
+def _window_masks(offs_p, j0, mask_c, lo, hi, lim):
+    """(load, keep) masks of the window tile at lane offset ``j0``: the lanes inside the row's
+    aligned window, and of those the row's own elements."""
+    j = j0 + offs_p
+    load = mask_c[:, None] & (offs_p[None, :] < (lim - j0)[:, None])
+    keep = load & (j[None, :] >= lo[:, None]) & (j[None, :] < hi[:, None])
+    return load, keep
+
+
+@triton.jit
+def _window_accumulate(v, keep, scale, shift, acc_sum, acc_max, acc_cnt, AFFINE: tl.constexpr, acc_t: tl.constexpr):
+    """Accumulate one window tile's kept elements (the neighbours' lanes as 0 / excluded)."""
+    v = tl.where(keep, v.to(acc_t), 0.0)
+    acc_sum, acc_max, _ = accumulate_tile(_affine(v, keep, scale, shift, AFFINE), keep, acc_sum, acc_max, acc_cnt,
+                                          False)
+    return acc_sum, acc_max
 
 
 @triton.jit

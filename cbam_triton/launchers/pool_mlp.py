@@ -151,8 +151,10 @@ def plan_channel_pool_mlp(x: torch.Tensor, mlp: ChannelMLP, hints: bool = False,
     lo, hi = _layer1_blocks(c, hidden * wsize, row, two)
     ws_lo = -(-c * row * WORKSPACE_FRACTION // max(1, c * p * x.element_size()))
     if two and _layer1_group(x, mlp, 1, 0) > 1:  # grouped layer 1: few [WB, HB1] W1 tiles per block
-        h_tiles = -(-hidden // min(max(16, next_pow2(hidden)), GROUP_HB))
-        cap = max(GROUP_WB, 1 << ((GROUP_L1_LOADS * GROUP_WB // (2 * h_tiles)).bit_length() - 1))
+        # 128-channel blocks only for 16-bit weights (their two-part tf32 product keeps the tail at
+        # 128 registers; fp32 weights would shrink the group, and W1 is read once per group)
+        wide_wb = GROUP_WB_WIDE if wsize == 2 else GROUP_WB
+        cap = max(GROUP_WB, _group_block_cap(hidden, wide_wb))
         lo, hi = min(lo, cap), min(hi, cap)
     block_c_range = (min(max(lo, ws_lo), hi), hi)
     # the block tail's affine on rows Triton can't vectorise: 8 warps (a register per element of the
@@ -162,7 +164,12 @@ def plan_channel_pool_mlp(x: torch.Tensor, mlp: ChannelMLP, hints: bool = False,
     warps = 8 if affine is not None and not wide else NUM_WARPS
 
     def unroll(block_c: int, block_p: int, per_split: int) -> int:
-        return 2 if wide and _walk_tiles(per_split, p, block_p, win) >= 2 else 1
+        """x tiles in flight per iteration: 2 where the walk has two tiles or more and the loads are
+        128-bit, 4 on the window path where it has three or more (its per-row window bounds are shared)."""
+        tiles = _walk_tiles(per_split, p, block_p, win)
+        if not wide or tiles < 2:
+            return 1
+        return 4 if win and tiles >= 3 else 2
 
     plan = plan_fused(n, c, p, sc, sp, x.element_size(), "p", x.device, split, block_c_range=block_c_range,
                       kernel="channel_pool_mlp", num_warps=warps, window=win, unroll=unroll,
@@ -200,7 +207,7 @@ def plan_channel_pool_mlp(x: torch.Tensor, mlp: ChannelMLP, hints: bool = False,
     zb = min(next_pow2(hidden if gs == 1 else gs * hidden), 128 if gs == 1 else 1024)
     cbb = max(1, min(next_pow2(max(group, num_groups) if tree else num_cblocks), SMALL_TILE // zb))
     hb1 = min(max(16, next_pow2(hidden)), GROUP_HB)
-    wb = GROUP_WB
+    wb = GROUP_WB if block_c <= _group_block_cap(hidden, GROUP_WB) else GROUP_WB_WIDE
     aff = torch.empty((2, c), dtype=acc, device=x.device) if affine is not None else None
     aff_in = (affine.mean, affine.var, affine.weight, affine.bias) if affine is not None else ()
     aff_args = ((affine.mean, affine.var, affine.weight if affine.weight is not None else affine.mean,
@@ -266,8 +273,18 @@ def _isqrt_up(v: int) -> int:
 #: Grouped layer 1 (stage 1): the [GROUP_WB, GROUP_HB] W1 tiles and [GR, GROUP_WB] input tiles of
 #: ``tl.dot`` (their registers count for the whole streaming kernel: sm_90, triton 3.8, 96 registers
 #: at 32 x 32 at 2048x7^2 and 1024x14^2, as without the group tail; 106-128 at 16 x 64 or 64 x 16,
-#: 167-255 at 32 x 64 or wider), and the most such tile loads per channel block
-GROUP_WB, GROUP_HB, GROUP_L1_LOADS = 32, 32, 16
+#: 167-255 at 32 x 64 or wider), and the most such tile loads per channel block. Channel blocks wider
+#: than GROUP_L1_LOADS such tiles allow take [GROUP_WB_WIDE, GROUP_HB] W1 tiles instead (128-channel
+#: blocks at 2048x7^2: 128 registers channels_last, the streaming tile's own; the planner weighs them
+#: by their compiled registers like any candidate)
+GROUP_WB, GROUP_HB, GROUP_L1_LOADS, GROUP_WB_WIDE = 32, 32, 16, 64
+
+
+def _group_block_cap(hidden: int, wb: int) -> int:
+    """Widest channel block (a power of two) whose grouped layer 1 takes at most GROUP_L1_LOADS
+    ``[wb, HB1]`` W1 tiles and as many input tiles."""
+    h_tiles = -(-hidden // min(max(16, next_pow2(hidden)), GROUP_HB))
+    return 1 << ((GROUP_L1_LOADS * wb // (2 * h_tiles)).bit_length() - 1)
 
 #: The serial-tail bound of every fused program: bytes of small data (not x) one program may read
 PROGRAM_MAX_BYTES = 128 * 1024
