@@ -186,9 +186,11 @@ def group_layer1(pin_ptr, n0, gs, c0, cw, C, HID, w1_ptr, s_w1h, s_w1c, dst_ptr,
     The MLP inputs (N, NPOOL, C) as ``[GR, WB]`` tiles (``.cg``: stored by other programs), W1 as
     ``[WB, HB]`` tiles, each read once for the whole group, multiplied with ``tl.dot`` (fp32: tensor
     cores in ``tf32x3``, three tf32 products, about fp32's accuracy and far fewer registers than an
-    FMA dot whose operands every thread holds in part; fp64: IEEE FMA), in a fixed order:
-    deterministic; ``2 * cdiv(HID, HB) * cdiv(cw, WB)`` loads. The launcher keeps the tiles small
-    (``[32, 32]`` weight tiles): the tail's registers count for the whole streaming kernel."""
+    FMA dot whose operands every thread holds in part; fp16/bf16 weights, exact in tf32: the inputs
+    split into a tf32 ``hi`` and the rest, two tf32 products of the same accuracy and fewer registers;
+    fp64: IEEE FMA), in a fixed order: deterministic; ``2 * cdiv(HID, HB) * cdiv(cw, WB)`` loads. The
+    launcher keeps the tiles small (``[32, 32]`` weight tiles, ``[64, 32]`` for 128-channel blocks of
+    16-bit weights): the tail's registers count for the whole streaming kernel."""
     W16: tl.constexpr = w1_ptr.dtype.element_ty == tl.float16 or w1_ptr.dtype.element_ty == tl.bfloat16
     r = tl.arange(0, GR)
     mr = r < gs * NPOOL
