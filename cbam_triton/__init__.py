@@ -9,7 +9,8 @@ Public API:
 * :mod:`cbam_triton.functional`: ``cbam(x, ...)`` with explicit weights, and the stages.
 * :func:`record_launches`: a context manager listing the Triton launches of the code inside it.
 * Deployment (:mod:`cbam_triton.deploy`): ONNX export, ``torch.jit.trace`` and ``torch.export``
-  record standard PyTorch ops; :func:`keep_custom_ops` keeps the custom ops in ``torch.export``.
+  record standard PyTorch ops; :func:`keep_custom_ops` keeps the custom ops in ``torch.export``;
+  :func:`package_kernels` records the fused kernels for an AOTInductor package (CUDA, static shapes).
 """
 
 from cbam_triton import functional
@@ -17,7 +18,7 @@ from cbam_triton._backend import interpreter_active, resolve_backend, triton_ava
 from cbam_triton.checkpoint import load_state_dict_from, to_reference_state_dict
 from cbam_triton.converted import ConvertedCBAM, DialectSpec
 from cbam_triton.converter import UnsupportedCBAM, convert, convert_with_report, from_module
-from cbam_triton.deploy import keep_custom_ops
+from cbam_triton.deploy import keep_custom_ops, package_kernels
 from cbam_triton.modules import CBAM, ChannelGate, SpatialGate
 from cbam_triton.ops import decompositions
 from cbam_triton.tail_block import FusedTailBlock
@@ -46,6 +47,7 @@ __all__ = [
     "CBAM", "ChannelGate", "ConvertedCBAM", "DialectSpec", "FusedTailBlock", "SpatialGate", "UnsupportedCBAM",
     "convert",
     "convert_with_report", "decompositions", "from_module", "functional", "keep_custom_ops", "load_state_dict_from",
+    "package_kernels",
     "to_reference",
     "to_reference_state_dict", "interpreter_active", "record_launches",
     "resolve_backend", "triton_available", "__version__",

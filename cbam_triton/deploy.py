@@ -17,7 +17,9 @@ in ONNX, valid for any input size, never a fixed-size pooling window), batch, H 
 ``torch.export.export`` inside :func:`keep_custom_ops` records the custom operators instead
 (``torch.ops.cbam_triton.channel_pool`` / ``spatial_pool`` / ``gate``): such a program runs only in
 a Python process that imports cbam_triton, and ``run_decompositions(cbam_triton.decompositions())``
-lowers it to standard ops later. ONNX export and tracing always record standard ops.
+lowers it to standard ops later. Inside :func:`package_kernels` it records the fused forward as
+``torch.library.triton_op`` operators instead, whose Triton kernels AOTInductor compiles into its
+package (CUDA, static shapes). ONNX export and tracing always record standard ops.
 
 ``torch.fx.symbolic_trace`` records every cbam-triton module as a leaf ``call_module`` node
 (:func:`fx_leaf_call`): the traced ``GraphModule`` calls the module itself, fused kernels included, and
@@ -36,9 +38,11 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-__all__ = ["exporting", "fx_leaf_call", "keep_custom_ops", "quiet_shape_checks", "script_error"]
+__all__ = ["exporting", "fx_leaf_call", "keep_custom_ops", "package_kernels", "packaging", "quiet_shape_checks",
+           "script_error"]
 
 _keep = [0]  # nesting depth of keep_custom_ops()
+_package = [0]  # nesting depth of package_kernels()
 _tracing_state = torch._C._get_tracing_state  # dynamo folds this to None (not tracing) when compiling
 _is_exporting = torch.compiler.is_exporting
 
@@ -51,7 +55,13 @@ def exporting() -> bool:
         return True
     if not _is_exporting():  # eager calls and torch.compile
         return False
-    return not _keep[0] or torch.onnx.is_in_onnx_export()
+    return not (_keep[0] or _package[0]) or torch.onnx.is_in_onnx_export()
+
+
+def packaging() -> bool:
+    """True while ``torch.export`` records the fused forward as Triton kernel calls
+    (:func:`package_kernels`)."""
+    return bool(_package[0]) and _is_exporting() and not torch.onnx.is_in_onnx_export()
 
 
 def quiet_shape_checks() -> None:
@@ -75,6 +85,25 @@ def keep_custom_ops() -> Iterator[None]:
         yield
     finally:
         _keep[0] -= 1
+
+
+@contextmanager
+def package_kernels() -> Iterator[None]:
+    """Inside this context ``torch.export.export`` records every fused inference forward (a converted
+    CBAM in eval mode, and the fused residual tail) as ``torch.ops.cbam_triton.fused_forward_kernels``
+    / ``fused_tail_kernels``: ``torch.library.triton_op`` operators whose bodies launch the forward's
+    Triton kernels through ``torch.library.wrap_triton``. AOTInductor
+    (``torch._inductor.aoti_compile_and_package``) then compiles those kernels into its package, which
+    runs them without Python and without planning per call (the launches, grids and workspaces are
+    fixed at export). For CUDA tensors of static shape: the launch plan depends on every extent, so
+    export without ``dynamic_shapes`` (a symbolic extent is refused with a ``ValueError``), one
+    package per input shape. A mode that autograd records (training) exports its standard ops as
+    without this context. ONNX export and ``torch.jit.trace`` are unaffected."""
+    _package[0] += 1
+    try:
+        yield
+    finally:
+        _package[0] -= 1
 
 
 def script_error(module: nn.Module) -> RuntimeError:

@@ -16,6 +16,9 @@ Every module (:class:`~cbam_triton.CBAM`, ``ChannelGate``, ``SpatialGate``, ``Co
    * Triton, the small parts fusable: :func:`fused` — ``torch.ops.cbam_triton.fused_forward``, three launches
      per chunk (:mod:`cbam_triton.launchers.forward`), recorded for step 2 when the fast path builds an entry;
    * otherwise the three stages (:mod:`cbam_triton.stages`) with the small parts in PyTorch between them.
+   While ``torch.export`` records inside :func:`cbam_triton.package_kernels`, the fused forward is
+   ``torch.ops.cbam_triton.fused_forward_kernels`` (a ``triton_op``: the kernels for AOTInductor) and
+   anything unfusable records standard ops.
 
 docs/design.md ("The path of a call") draws a first and a repeated call file by file.
 """
@@ -30,7 +33,7 @@ from torch import nn
 
 from cbam_triton import compiled, fastpath, ops, stages, training
 from cbam_triton._backend import resolve_backend
-from cbam_triton.deploy import fx_leaf_call, quiet_shape_checks
+from cbam_triton.deploy import fx_leaf_call, packaging, quiet_shape_checks
 from cbam_triton.fused_parts import BlockTail, ChannelAffine, ChannelMLP, SpatialConv
 from cbam_triton.validation import check_devices, validate_input
 
@@ -98,6 +101,8 @@ def fused(x: torch.Tensor, mlp: ChannelMLP | None, conv: SpatialConv | None, sch
             sc.bn_weight, sc.bn_bias)
     # a plain eager call runs the op's implementation directly: the dispatcher would do only that
     call = ops.fused_forward_impl if ops.direct_call_ok(*args) else torch.ops.cbam_triton.fused_forward
+    if packaging():  # torch.export inside cbam_triton.package_kernels(): the kernels as triton_op calls
+        call = torch.ops.cbam_triton.fused_forward_kernels
     return call(*args, float(sc.bn_eps), fc.pools, fc.act, sc.input, schedule, l2_budget_bytes)
 
 
@@ -112,6 +117,8 @@ def fused_tail(y: torch.Tensor, mlp: ChannelMLP, conv: SpatialConv | None, tail:
     more = (aff.mean, aff.var, aff.weight, aff.bias)
     call = ops.fused_tail_impl if ops.direct_call_ok(*args, *more, tail.residual) \
         else torch.ops.cbam_triton.fused_tail
+    if packaging():
+        call = torch.ops.cbam_triton.fused_tail_kernels
     return call(*args, float(sc.bn_eps), *more, float(aff.eps), tail.residual, mlp.pools, mlp.act, sc.input,
                 tail.act, schedule, l2_budget_bytes)
 
@@ -136,11 +143,13 @@ def run(x: torch.Tensor, backend: str,
         return x.clone() if needs_grad(x, params) else torch.empty_like(x)
     if backend == "triton" and needs_grad(x, params):
         return training.forward(x, channel_map, spatial_map)
-    if backend == "triton" and not _exporting():
+    if backend == "triton" and (not _exporting() or packaging()):
         parts = fused_parts() if fused_parts is not None else "no fusable description of the small parts"
         if not isinstance(parts, str):
             return fused(x, parts[0], parts[1], schedule, l2_budget_bytes)
-        if schedule == "l2":
+        if packaging():  # only the fused forward is packaged as kernels: the rest records standard ops
+            backend = "torch"
+        elif schedule == "l2":
             raise ValueError(f"schedule='l2' needs the small parts fused into the kernels, which this "
                              f"configuration does not allow: {parts}. Use schedule='auto' or 'stream'.")
     mc = channel_map(*stages.channel_pool(x, backend)) if channel_map is not None else None

@@ -10,7 +10,9 @@ the low-level API instead (:func:`define_inference_op`: no Python autograd wrapp
 runs through its host path (:mod:`cbam_triton.launchers.replay`: a configuration seen before
 replays its bound launches). Exports record standard ops instead (:mod:`cbam_triton.deploy`); a
 program exported with the ops kept is lowered by :func:`decompositions`, which maps each op to its
-PyTorch math.
+PyTorch math. Inside :func:`cbam_triton.package_kernels` export records
+:func:`fused_forward_kernels` / :func:`fused_tail_kernels` instead: ``torch.library.triton_op`` operators
+whose Triton kernels AOTInductor compiles into its package (CUDA, static shapes).
 """
 
 from __future__ import annotations
@@ -246,6 +248,60 @@ fused_tail = define_op("fused_tail")(fused_tail_impl)
 @fused_tail.register_fake
 def _(y: Tensor, *args: object) -> Tensor:
     return empty_output(y)[0]
+
+
+# ------------------------------------------------------------------- packaged kernels (AOTInductor)
+def _packable(x: Tensor) -> None:
+    """Refuse what a package of the kernels cannot hold: a traced input not on a CUDA device (AOTInductor
+    compiles Triton kernels for CUDA only), or a symbolic extent (the launch plan — tiles, grids,
+    workspaces — depends on every one)."""
+    from torch._subclasses.fake_tensor import is_fake
+
+    if x.device.type != "cuda" and is_fake(x):
+        raise ValueError(f"cbam_triton.package_kernels() packages the CUDA kernels, but the input is on {x.device}: "
+                         "export the model and its example input on a CUDA device, or export outside "
+                         "package_kernels() (standard ops, any device)")
+    if not all(isinstance(d, int) for d in x.shape):
+        raise ValueError(f"cbam_triton.package_kernels() needs static shapes (got {tuple(x.shape)}): the launch "
+                         "plan depends on every extent. Export without dynamic_shapes (one package per input "
+                         "shape), or export outside package_kernels() (standard ops, dynamic shapes).")
+
+
+@torch.library.triton_op("cbam_triton::fused_forward_kernels", mutates_args=())
+def fused_forward_kernels(x: Tensor, fc1_weight: Tensor | None, fc1_bias: Tensor | None, fc2_weight: Tensor | None,
+                          fc2_bias: Tensor | None, conv_weight: Tensor | None, conv_bias: Tensor | None,
+                          bn_mean: Tensor | None, bn_var: Tensor | None, bn_weight: Tensor | None,
+                          bn_bias: Tensor | None, bn_eps: float, pools: str, act: str, spatial_input: str,
+                          schedule: str, l2_budget_bytes: int | None) -> Tensor:
+    """:func:`fused_forward_impl` as a ``torch.library.triton_op``: what ``torch.export`` records inside
+    :func:`cbam_triton.package_kernels`. Traced, its launches are ``wrap_triton`` kernel calls and its
+    workspaces and arrival counters allocations of the graph, so AOTInductor compiles the kernels into
+    its package; called eagerly it plans and launches like :func:`fused_forward_impl` (no plan cache)."""
+    from cbam_triton.launchers._common import wrapped_launches
+
+    _packable(x)
+    with wrapped_launches():
+        return fused_forward_impl(x, fc1_weight, fc1_bias, fc2_weight, fc2_bias, conv_weight, conv_bias, bn_mean,
+                                  bn_var, bn_weight, bn_bias, bn_eps, pools, act, spatial_input, schedule,
+                                  l2_budget_bytes)
+
+
+@torch.library.triton_op("cbam_triton::fused_tail_kernels", mutates_args=())
+def fused_tail_kernels(y: Tensor, fc1_weight: Tensor, fc1_bias: Tensor | None, fc2_weight: Tensor | None,
+                       fc2_bias: Tensor | None, conv_weight: Tensor | None, conv_bias: Tensor | None,
+                       bn_mean: Tensor | None, bn_var: Tensor | None, bn_weight: Tensor | None,
+                       bn_bias: Tensor | None, bn_eps: float, norm_mean: Tensor | None, norm_var: Tensor | None,
+                       norm_weight: Tensor | None, norm_bias: Tensor | None, norm_eps: float,
+                       residual: Tensor | None, pools: str, act: str, spatial_input: str, tail_act: str,
+                       schedule: str, l2_budget_bytes: int | None) -> Tensor:
+    """:func:`fused_tail_impl` as a ``torch.library.triton_op`` (see :func:`fused_forward_kernels`)."""
+    from cbam_triton.launchers._common import wrapped_launches
+
+    _packable(y)
+    with wrapped_launches():
+        return _tail_full(y, fc1_weight, fc1_bias, fc2_weight, fc2_bias, conv_weight, conv_bias, bn_mean, bn_var,
+                          bn_weight, bn_bias, norm_mean, norm_var, norm_weight, norm_bias, residual, bn_eps,
+                          norm_eps, pools, act, spatial_input, tail_act, schedule, l2_budget_bytes)
 
 
 # -------------------------------------------------------------------------------------- autograd

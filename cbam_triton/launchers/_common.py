@@ -87,6 +87,11 @@ class Launch:
             return None
         if type(self.kernel).__name__ == "InterpretedFunction":
             return interpret(self.kernel, self.grid, self.args, {**self.meta, "num_warps": self.num_warps})
+        if launches_wrapped():  # traced into a graph of Triton kernels (cbam_triton.ops' triton_op bodies)
+            from torch.library import wrap_triton
+
+            wrap_triton(self.kernel)[self.grid](*self.args, **self.meta, num_warps=self.num_warps)
+            return None
         x = self.args[0]
         if x.is_cuda and x.device.index != torch.cuda.current_device():
             # Triton launches on the current device: run on x's (multi-GPU: x on cuda:1, current cuda:0)
@@ -121,6 +126,26 @@ _PRE_DISPATCH_MODES: Callable[[], int] = getattr(torch._ops, "_len_torch_dispatc
 
 LAUNCH_HOOKS: list[Callable[[Launch], None]] = []
 _PLAN_ONLY = [0]  # nesting depth of plan_only()
+_WRAPPED_STATE = threading.local()  # .depth: nesting depth of wrapped_launches() in this thread
+
+
+@contextlib.contextmanager
+def wrapped_launches() -> Iterator[None]:
+    """Inside this context every :class:`Launch` of a compiled (not interpreted) kernel goes through
+    ``torch.library.wrap_triton``, so that a trace records it as a Triton kernel call (what
+    ``torch.library.triton_op`` bodies do: AOTInductor then compiles the kernel into its package),
+    and arrival counters are fresh zeroed buffers (allocations the trace records) rather than the
+    per-stream buffer. Kernels in Triton's interpreter launch as usual."""
+    _WRAPPED_STATE.depth = launches_wrapped() + 1
+    try:
+        yield
+    finally:
+        _WRAPPED_STATE.depth -= 1
+
+
+def launches_wrapped() -> int:
+    """Whether (how deeply nested) :func:`wrapped_launches` is active in this thread."""
+    return getattr(_WRAPPED_STATE, "depth", 0)
 
 
 @contextlib.contextmanager
@@ -197,9 +222,6 @@ def tile_for(long_axis: str, c: int, p: int) -> tuple[int, int]:
     return bc, TILE_ELEMS // bc
 
 
-_SM_COUNT: dict[int, int] = {}
-
-
 def target_programs(device: torch.device) -> int:
     """Programs to aim for: 4 per SM on a GPU, a small number in the interpreter."""
     override = os.environ.get("CBAM_TRITON_TARGET_PROGRAMS")
@@ -207,10 +229,9 @@ def target_programs(device: torch.device) -> int:
         return max(1, int(override))
     if device.type != "cuda":
         return CPU_TARGET_PROGRAMS
-    idx = device.index if device.index is not None else torch.cuda.current_device()
-    if idx not in _SM_COUNT:
-        _SM_COUNT[idx] = torch.cuda.get_device_properties(idx).multi_processor_count
-    return 4 * _SM_COUNT[idx]
+    from cbam_triton.launchers.residency import planning_target
+
+    return 4 * planning_target(device)[0]  # type: ignore[index]  (x's GPU, or the one planned for)
 
 
 def choose_split(base_programs: int, extent: int, block: int, target: int,
@@ -595,10 +616,11 @@ def counter_buffer(device: torch.device, size: int) -> torch.Tensor:
     The kernels put every counter they use back to 0, so one buffer per (device, stream) is zeroed
     once and reused by every later forward on that stream (launches on one stream run in order;
     another stream gets its own buffer). While a CUDA graph is being captured a fresh zeroed buffer
-    is allocated instead (its zeroing is then part of the graph).
+    is allocated instead (its zeroing is then part of the graph), as while launches are traced as
+    Triton kernel calls (:func:`wrapped_launches`).
     """
-    if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
-        return torch.zeros(size, dtype=torch.int32, device=device)
+    if launches_wrapped() or (device.type == "cuda" and torch.cuda.is_current_stream_capturing()):
+        return torch.zeros(max(size, 1), dtype=torch.int32, device=device)
     key = _counter_key(device)
     buf = _COUNTERS.get(key)
     if buf is None or buf.numel() < size:
@@ -629,7 +651,7 @@ def reset_counters(device: torch.device) -> None:
     raises, so the next forward never sees a counter left part-way (which would make the wrong
     program combine the partials). Callers that abort kernels by other means can call it themselves.
     """
-    if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+    if launches_wrapped() or (device.type == "cuda" and torch.cuda.is_current_stream_capturing()):
         return
     key = _counter_key(device)
     for buf in [_COUNTERS.get(key), *_RETIRED.get(key, ())]:

@@ -34,6 +34,7 @@ from cbam_triton.launchers._common import (
     compute_dtype,
     counter_buffer,
     empty_output,
+    launches_wrapped,
     nbytes,
     reset_counters,
 )
@@ -304,7 +305,8 @@ def fused_forward(x: torch.Tensor, mlp: ChannelMLP | None, conv: SpatialConv | N
     """``x * Mc * Ms`` with the small parts inside the kernels: 3 (or 4) launches per chunk
     (planned once per configuration, see :class:`PlanCache`); with ``tail`` the block tail
     ``act(CBAM(affine(x)) + residual)`` in the same launches (:func:`fused_tail`)."""
-    capturing = x.device.type == "cuda" and torch.cuda.is_current_stream_capturing()
+    # no plan cache while capturing a CUDA graph or tracing the launches as Triton kernel calls
+    capturing = launches_wrapped() or (x.device.type == "cuda" and torch.cuda.is_current_stream_capturing())
     x, _ = as_ncp(x)  # the same copy decision for every call with these strides: before the lookup
     if tail is not None and tail.residual is not None:
         tail = tail._replace(residual=as_ncp(tail.residual)[0])
