@@ -7,7 +7,7 @@ import os
 
 import torch
 
-from cbam_triton.deploy import exporting
+from cbam_triton.deploy import exporting, packaging
 
 BACKENDS = ("auto", "triton", "torch")
 
@@ -52,6 +52,24 @@ def resolve_backend(x: torch.Tensor, backend: str | None) -> str:
     ``backend`` says, so the recorded graph holds standard ops only.
     """
     return backend_for(x.device.type, backend)
+
+
+def block_backend(x: torch.Tensor, backend: str | None) -> str:
+    """:func:`resolve_backend` for a whole block's forward (the modules, ``functional.cbam``, the fused
+    tail): inside :func:`cbam_triton.package_kernels` the Triton backend unless ``backend`` (or
+    ``CBAM_TRITON_BACKEND``) asks for PyTorch — the export then records the fused forward's kernels
+    where the block fuses — and a ``ValueError`` for an input not on a CUDA device (a package holds
+    CUDA kernels)."""
+    if not packaging():
+        return backend_for(x.device.type, backend)
+    wanted = backend if backend is not None else os.environ.get("CBAM_TRITON_BACKEND", "auto") or "auto"
+    if wanted == "torch":
+        return "torch"
+    if x.device.type != "cuda":
+        raise ValueError(f"cbam_triton.package_kernels() packages the CUDA kernels, but the input is on {x.device}: "
+                         "export the model and its example input on a CUDA device, or export outside "
+                         "package_kernels() (standard ops, any device)")
+    return "triton"
 
 
 def backend_for(device_type: str, backend: str | None) -> str:

@@ -31,6 +31,7 @@ cbam-triton module raises :func:`script_error`, which names the module and says 
 
 from __future__ import annotations
 
+import threading
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -42,7 +43,7 @@ __all__ = ["exporting", "fx_leaf_call", "keep_custom_ops", "package_kernels", "p
            "script_error"]
 
 _keep = [0]  # nesting depth of keep_custom_ops()
-_package = [0]  # nesting depth of package_kernels()
+_package = threading.local()  # .depth: nesting depth of package_kernels() in this thread
 _tracing_state = torch._C._get_tracing_state  # dynamo folds this to None (not tracing) when compiling
 _is_exporting = torch.compiler.is_exporting
 
@@ -55,13 +56,15 @@ def exporting() -> bool:
         return True
     if not _is_exporting():  # eager calls and torch.compile
         return False
-    return not (_keep[0] or _package[0]) or torch.onnx.is_in_onnx_export()
+    return not _keep[0] or torch.onnx.is_in_onnx_export()
 
 
 def packaging() -> bool:
-    """True while ``torch.export`` records the fused forward as Triton kernel calls
-    (:func:`package_kernels`)."""
-    return bool(_package[0]) and _is_exporting() and not torch.onnx.is_in_onnx_export()
+    """True while ``torch.export`` (not ONNX export) records inside :func:`package_kernels` in this
+    thread: a whole block's fused inference forward then records its Triton kernels
+    (:func:`cbam_triton._backend.block_backend`); everything else records standard ops, as
+    :func:`exporting` says."""
+    return bool(getattr(_package, "depth", 0)) and _is_exporting() and not torch.onnx.is_in_onnx_export()
 
 
 def quiet_shape_checks() -> None:
@@ -89,21 +92,23 @@ def keep_custom_ops() -> Iterator[None]:
 
 @contextmanager
 def package_kernels() -> Iterator[None]:
-    """Inside this context ``torch.export.export`` records every fused inference forward (a converted
-    CBAM in eval mode, and the fused residual tail) as ``torch.ops.cbam_triton.fused_forward_kernels``
-    / ``fused_tail_kernels``: ``torch.library.triton_op`` operators whose bodies launch the forward's
-    Triton kernels through ``torch.library.wrap_triton``. AOTInductor
-    (``torch._inductor.aoti_compile_and_package``) then compiles those kernels into its package, which
-    runs them without Python and without planning per call (the launches, grids and workspaces are
-    fixed at export). For CUDA tensors of static shape: the launch plan depends on every extent, so
-    export without ``dynamic_shapes`` (a symbolic extent is refused with a ``ValueError``), one
-    package per input shape. A mode that autograd records (training) exports its standard ops as
-    without this context. ONNX export and ``torch.jit.trace`` are unaffected."""
-    _package[0] += 1
+    """Inside this context (in this thread) ``torch.export.export`` records every block forward the
+    kernels fuse (a converted CBAM or gate, ``functional.cbam``, the fused residual tail) as
+    ``torch.ops.cbam_triton.fused_forward_kernels`` / ``fused_tail_kernels``: ``torch.library.triton_op``
+    operators whose bodies plan the forward and launch its Triton kernels through
+    ``torch.library.wrap_triton``. ``torch._inductor.aoti_compile_and_package`` then plans them (on
+    its machine's GPU, cbam_triton imported there) and compiles the kernels into the package, which
+    runs them without Python and without planning per call: launches, grids and workspaces are
+    fixed in the package. CUDA tensors of static shape only: the plan depends on every extent, so
+    export without ``dynamic_shapes`` (a symbolic extent, or a traced input not on a CUDA device,
+    raises ``ValueError``), one package per input shape. Everything else (the stage functions, a
+    configuration the kernels do not fuse, modules with ``backend="torch"``) records standard ops as
+    without this context; ONNX export and ``torch.jit.trace`` are unaffected."""
+    _package.depth = getattr(_package, "depth", 0) + 1
     try:
         yield
     finally:
-        _package[0] -= 1
+        _package.depth -= 1
 
 
 def script_error(module: nn.Module) -> RuntimeError:

@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from cbam_triton import compiled, fastpath, ops, stages, training
-from cbam_triton._backend import resolve_backend
+from cbam_triton._backend import block_backend
 from cbam_triton.deploy import fx_leaf_call, packaging, quiet_shape_checks
 from cbam_triton.fused_parts import BlockTail, ChannelAffine, ChannelMLP, SpatialConv
 from cbam_triton.validation import check_devices, validate_input
@@ -69,7 +69,7 @@ def prepare(x: object, channels: int | None, tensors: dict[str, torch.Tensor | N
     quiet_shape_checks()  # under torch.jit.trace: no TracerWarnings from the checks (cbam_triton/deploy.py)
     validate_input(x, channels)
     check_devices(x, tensors)
-    return resolve_backend(x, backend)
+    return block_backend(x, backend)
 
 
 _exporting = torch.compiler.is_exporting  # (torch >= 2.11 has it, as cbam_triton.deploy assumes)

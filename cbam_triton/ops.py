@@ -252,15 +252,9 @@ def _(y: Tensor, *args: object) -> Tensor:
 
 # ------------------------------------------------------------------- packaged kernels (AOTInductor)
 def _packable(x: Tensor) -> None:
-    """Refuse what a package of the kernels cannot hold: a traced input not on a CUDA device (AOTInductor
-    compiles Triton kernels for CUDA only), or a symbolic extent (the launch plan — tiles, grids,
-    workspaces — depends on every one)."""
-    from torch._subclasses.fake_tensor import is_fake
-
-    if x.device.type != "cuda" and is_fake(x):
-        raise ValueError(f"cbam_triton.package_kernels() packages the CUDA kernels, but the input is on {x.device}: "
-                         "export the model and its example input on a CUDA device, or export outside "
-                         "package_kernels() (standard ops, any device)")
+    """Refuse what a package of the kernels cannot hold: a symbolic extent (the launch plan — tiles,
+    grids, workspaces — depends on every one). (An input not on a CUDA device is refused before:
+    :func:`cbam_triton._backend.block_backend`.)"""
     if not all(isinstance(d, int) for d in x.shape):
         raise ValueError(f"cbam_triton.package_kernels() needs static shapes (got {tuple(x.shape)}): the launch "
                          "plan depends on every extent. Export without dynamic_shapes (one package per input "

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from cbam_triton import dispatch
-from cbam_triton._backend import resolve_backend
+from cbam_triton._backend import block_backend
 from cbam_triton.deploy import fx_leaf_call
 from cbam_triton.fused_parts import (
     TAIL_ACTIVATIONS_TEXT,
@@ -115,7 +115,7 @@ class FusedTailBlock(Scheduled, nn.Module):
             return "training mode: the original block's forward"
         if x.dim() != 4 or x.shape[0] == 0:
             return "not a non-empty 4-D input"
-        if resolve_backend(x, self.backend) != "triton":
+        if block_backend(x, self.backend) != "triton":
             return "the PyTorch backend (or exporting): the original block's forward"
         if dispatch.needs_grad(x, self.parameters()):
             return "autograd records: the original block's forward"

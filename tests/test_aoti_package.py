@@ -5,11 +5,12 @@ Inside ``package_kernels()`` ``torch.export`` records a converted block's fused 
 ``torch.library.triton_op`` operators whose bodies launch the kernels through ``wrap_triton``.
 
 On the CPU (no GPU, no CUDA driver), a subprocess without the interpreter exports on fake CUDA tensors
-planned for an H200 (``residency.assume(132, 90)``) and traces the program the way AOTInductor lowers it
-(functionalized): the graph holds the fused forward's Triton kernels with the grids the eager planner
-gives the same shape, and the rest of a network stays standard ops. In this process (the interpreter):
-an eager call of the packaged op is bitwise the fused op, and what a package cannot hold is refused
-clearly. GPU only: the AOTInductor package runs and matches the eager module.
+planned for an H200 (``residency.assume(132, 90)``), torch's kernel analysis given an sm_90 target,
+and decomposes and functionalizes the program as AOTInductor's lowering begins: the graph holds the
+fused forward's Triton kernels with the grids the eager planner gives the same shape, copies only
+what the kernels write, and the rest of a network (and the stage functions) stays standard ops.
+In this process (the interpreter): an eager call of the packaged op is bitwise the fused op, and what
+a package cannot hold is refused clearly. GPU only: the AOTInductor package runs and matches the eager module.
 """
 
 from __future__ import annotations
@@ -34,8 +35,25 @@ ROOT = Path(__file__).resolve().parents[1]
 # exported on fake CUDA tensors in a process without the interpreter (the kernels are JIT functions, as
 # on a GPU), then traced as AOTInductor lowers a program: functionalized, triton_ops decomposed
 _TRACE = textwrap.dedent("""
-    import json, os, sys
+    import json, logging, os, sys
     import torch
+    import triton
+    from triton.backends.compiler import GPUTarget
+
+    class Driver:  # what torch's kernel analysis asks of Triton's driver (no GPU here): an H200's target
+        def get_current_target(self):
+            return GPUTarget("cuda", 90, 32)
+
+        def get_active_torch_device(self):
+            return torch.device("cuda")
+
+        def get_current_device(self):
+            return 0
+
+    triton.runtime.driver.set_active(Driver())
+    fallbacks = []  # torch's warning when it cannot analyse a kernel (it then assumes every input mutated)
+    logging.getLogger("torch._higher_order_ops.triton_kernel_wrap").addFilter(
+        lambda record: fallbacks.append(record.getMessage()) or True)
     from torch._higher_order_ops.triton_kernel_wrap import kernel_side_table
     from torch._subclasses.fake_tensor import FakeTensorMode
     from torch._subclasses.functional_tensor import dispatch_functionalize
@@ -53,7 +71,8 @@ _TRACE = textwrap.dedent("""
         def f(x, *values):
             return torch.func.functional_call(mod, dict(zip(names, values)), (x,))
         graph = make_fx(dispatch_functionalize(f), tracing_mode="fake")(x, *state.values()).graph
-        return [(kernel_side_table.get_kernel(n.kwargs["kernel_idx"]).fn.__name__, list(n.kwargs["grid"][0]))
+        return [(kernel_side_table.get_kernel(n.kwargs["kernel_idx"]).fn.__name__, list(n.kwargs["grid"][0]),
+                 sorted(n.kwargs["tensors_to_clone"]))
                 for n in graph.nodes if "triton_kernel_wrapper" in str(n.target)]
 
     def ops(program):
@@ -88,6 +107,36 @@ _TRACE = textwrap.dedent("""
             program = torch.export.export(net, (y,))
         out["net_ops"] = ops(program)
         out["net_kernels"] = lowered(program, y)
+
+        class Stages(torch.nn.Module):  # the stage functions are not a block: standard ops
+            def forward(self, x):
+                avg, mx = cbam_triton.functional.channel_pool(x)
+                return x * (avg + mx)[:, :, None, None]
+
+        with cbam_triton.package_kernels():
+            out["stage_ops"] = ops(torch.export.export(Stages(), (x,)))
+
+        # AOTInductor passes a Python float argument (BatchNorm eps) to the kernels as fp64: they compile
+        # so (the block's spatial BatchNorm; the fused tail's affine of the block's last BatchNorm)
+        from cbam_triton.fused_parts import BlockTail, channel_affine
+        from cbam_triton.launchers.forward import plan_fused_forward
+        from cbam_triton.schedule import plan_schedule
+        from cbam_triton.tools.aot import compile_launch
+
+        meta = cbam_triton.CBAM.from_reference(make_reference(64, reduction_ratio=4)).eval().to("meta")
+        xm = torch.empty(shape, device="meta")
+        mlp, conv = meta.fused_parts()
+        norm = torch.nn.BatchNorm2d(64).eval().to("meta")
+        compiled = []
+        for tail in (None, BlockTail(channel_affine(norm), torch.empty(shape, device="meta"), "relu")):
+            launches, _ = plan_fused_forward(xm, mlp, conv, plan_schedule(shape[0], 1, "stream"), tail)
+            for launch in launches:
+                floats = [a for a in launch.args if isinstance(a, float)]
+                if floats and (launch.meta.get("HAS_BN") or launch.meta.get("AFFINE")):
+                    compile_launch(launch, 90, float_type="fp64")
+                    compiled.append(launch.name)
+        out["fp64_eps_compiled"] = compiled
+    out["fallbacks"] = fallbacks
     print("RESULT" + json.dumps(out))
 """)
 
@@ -106,17 +155,29 @@ def traced() -> dict:
 def test_export_records_the_packaged_op_and_the_trace_holds_the_planned_kernels(traced):
     assert [op for op in traced["block_ops"] if "cbam_triton" in op] == ["cbam_triton.fused_forward_kernels.default"]
     kernels = traced["block_kernels"]
-    assert [name for name, _ in kernels] == ["channel_pool_mlp_kernel", "spatial_pool_kernel", "gate_conv_kernel"]
+    assert [name for name, *_ in kernels] == ["channel_pool_mlp_kernel", "spatial_pool_kernel", "gate_conv_kernel"]
     # the grids the eager planner gives this shape on an H200 (explain plans as a GPU without a compiler)
-    assert [grid[:2] for _, grid in kernels] == [grid for _, grid in traced["planned"]]
+    assert [grid[:2] for _, grid, _ in kernels] == [grid for _, grid in traced["planned"]]
+    # torch analysed every kernel (no "assuming every input is mutated"): what a launch writes is copied
+    # for the functional graph, never x, the weights or the map a launch only reads
+    assert traced["fallbacks"] == []
+    written = {name: set(clone) for name, _, clone in kernels}
+    assert all("x_ptr" not in clone for clone in written.values())
+    assert {"out_ptr"} <= written["gate_conv_kernel"] and "pooled_ptr" not in written["gate_conv_kernel"]
+    assert not {"w1_ptr", "mcw_ptr", "cw_ptr"} & set().union(*written.values())
 
 
 def test_the_rest_of_a_network_stays_standard_ops_and_the_tail_is_packaged(traced):
     ours = [op for op in traced["net_ops"] if "cbam_triton" in op]
     assert ours == ["cbam_triton.fused_tail_kernels.default"]
     assert any("conv2d" in op for op in traced["net_ops"])
-    assert [name for name, _ in traced["net_kernels"]] == ["channel_pool_mlp_kernel", "spatial_pool_kernel",
-                                                            "gate_conv_kernel"]
+    assert [name for name, *_ in traced["net_kernels"]] == ["channel_pool_mlp_kernel", "spatial_pool_kernel",
+                                                             "gate_conv_kernel"]
+    assert not [op for op in traced["stage_ops"] if "cbam_triton" in op]
+
+
+def test_the_kernels_compile_with_the_fp64_floats_aot_inductor_passes(traced):
+    assert traced["fp64_eps_compiled"] == ["gate_conv", "channel_pool_mlp", "gate_conv"]
 
 
 def test_a_symbolic_extent_is_refused_clearly(traced):

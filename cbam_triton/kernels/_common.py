@@ -112,7 +112,8 @@ def affine_coefficients(offs_c, mask_c, mean_ptr, var_ptr, w_ptr, b_ptr, eps,
     ``(y - mean) / sqrt(var + eps) * weight + bias`` (what ``nn.BatchNorm2d`` in eval computes:
     ``scale = weight / sqrt(var + eps)``, ``shift = bias - mean * scale``, IEEE-rounded sqrt)."""
     acc_t: tl.constexpr = tl.float64 if ACC_FP64 else tl.float32
-    var_eps = tl.load(var_ptr + offs_c, mask=mask_c, other=1.0).to(acc_t) + eps
+    # eps rounded to fp32 as a Triton launch passes a Python float (AOTInductor passes it as fp64)
+    var_eps = tl.load(var_ptr + offs_c, mask=mask_c, other=1.0).to(acc_t) + tl.cast(tl.cast(eps, tl.float32), acc_t)
     if ACC_FP64:
         scale = 1.0 / tl.sqrt(var_eps)
     else:

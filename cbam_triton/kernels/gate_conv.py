@@ -159,7 +159,8 @@ def gate_conv_kernel(
     if HAS_CONV_BIAS:
         logit += tl.load(cb_ptr).to(acc_t)
     if HAS_BN:  # eval mode: (y - running_mean) / sqrt(running_var + eps) * weight + bias
-        var_eps = tl.load(bn_var_ptr).to(acc_t) + bn_eps
+        # eps rounded to fp32 as a Triton launch passes a Python float (AOTInductor passes it as fp64)
+        var_eps = tl.load(bn_var_ptr).to(acc_t) + tl.cast(tl.cast(bn_eps, tl.float32), acc_t)
         if ACC_FP64:
             inv_std = 1.0 / tl.sqrt(var_eps)  # fp64 sqrt is IEEE-rounded
         else:

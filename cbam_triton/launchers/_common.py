@@ -87,17 +87,20 @@ class Launch:
             return None
         if type(self.kernel).__name__ == "InterpretedFunction":
             return interpret(self.kernel, self.grid, self.args, {**self.meta, "num_warps": self.num_warps})
-        if launches_wrapped():  # traced into a graph of Triton kernels (cbam_triton.ops' triton_op bodies)
+        kernel, x = self.kernel, self.args[0]
+        if launches_wrapped():  # cbam_triton.ops' triton_op bodies: recorded as Triton kernel calls when traced
+            from torch._subclasses.fake_tensor import is_fake
             from torch.library import wrap_triton
 
-            wrap_triton(self.kernel)[self.grid](*self.args, **self.meta, num_warps=self.num_warps)
-            return None
-        x = self.args[0]
+            kernel = wrap_triton(kernel)
+            if is_fake(x):  # traced: the graph launches it on x's device
+                kernel[self.grid](*self.args, **self.meta, num_warps=self.num_warps)
+                return None
         if x.is_cuda and x.device.index != torch.cuda.current_device():
             # Triton launches on the current device: run on x's (multi-GPU: x on cuda:1, current cuda:0)
             with torch.cuda.device(x.device):
-                return self.kernel[self.grid](*self.args, **self.meta, num_warps=self.num_warps)
-        return self.kernel[self.grid](*self.args, **self.meta, num_warps=self.num_warps)
+                return kernel[self.grid](*self.args, **self.meta, num_warps=self.num_warps)
+        return kernel[self.grid](*self.args, **self.meta, num_warps=self.num_warps)
 
 
 #: one launch at a time in Triton's interpreter: its programs run on the host, and the arrival

@@ -30,8 +30,10 @@ class Specialization:
     attrs: dict[tuple[int, ...], list[list[Any]]]
 
 
-def specialize(launch: Any) -> Specialization:
-    """Signature, constants and divisibility attributes as Triton's JIT would derive them."""
+def specialize(launch: Any, float_type: str = "fp32") -> Specialization:
+    """Signature, constants and divisibility attributes as Triton's JIT would derive them
+    (``float_type="fp64"``: Python float arguments typed as AOTInductor passes them to a
+    ``wrap_triton`` kernel)."""
     kernel = launch.kernel
     names = list(kernel.arg_names)
     const_names = [p.name for p in kernel.params if p.is_constexpr]
@@ -63,19 +65,20 @@ def specialize(launch: Any) -> Specialization:
             if v % 16 == 0:
                 attrs[(i,)] = [["tt.divisibility", 16]]
         elif isinstance(v, float):
-            signature[name] = "fp32"
+            signature[name] = float_type
         else:
             raise TypeError(f"{launch.name}: cannot specialise argument {name}={v!r}")
     return Specialization(signature, constexprs, attrs)
 
 
-def compile_launch(launch: Any, arch: int) -> Any:
-    """Compile ``launch`` for ``sm_<arch>``; returns Triton's CompiledKernel (``.asm`` has ptx, cubin)."""
+def compile_launch(launch: Any, arch: int, float_type: str = "fp32") -> Any:
+    """Compile ``launch`` for ``sm_<arch>``; returns Triton's CompiledKernel (``.asm`` has ptx, cubin).
+    ``float_type``: see :func:`specialize`."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    spec = specialize(launch)
+    spec = specialize(launch, float_type)
     src = ASTSource(fn=launch.kernel, signature=spec.signature, constexprs=spec.constexprs, attrs=spec.attrs)
     return triton.compile(src, target=GPUTarget("cuda", arch, 32), options={"num_warps": launch.num_warps})
 
