@@ -176,3 +176,35 @@ def test_explain_json_from_the_sm90_compile(shape, layout):
             assert r["out_store_bits"] == (128 if r["name"] == "gate_conv" else None)
             if layout == "nchw":  # 1.5 MiB of x: all of it in flight at once
                 assert r["x_bytes_in_flight_per_sm"] + 0.1 >= min(32 * 1024, r["x_bytes"] / 132), r
+
+
+@pytest.mark.parametrize("one_tile_registers,want_unroll", [(72, 1), (200, 2)])
+def test_fewer_tiles_in_flight_where_their_registers_fill_the_machine(monkeypatch, one_tile_registers, want_unroll):
+    """On a GPU the planner weighs a kernel variant with fewer x tiles in flight per iteration beside
+    the launcher's rule: where its registers leave room for more resident programs (72 against 96:
+    7 against 5 CTAs/SM), 16×256×56² bf16's stage 3 fits one wave of 784 programs with one tile in
+    flight instead of two waves at 0.59; where they don't, the rule's two tiles stay."""
+    monkeypatch.delenv("CBAM_TRITON_TARGET_PROGRAMS", raising=False)
+    from cbam_triton.launchers.forward import plan_fused_forward
+    from cbam_triton.modules import CBAM
+    from cbam_triton.schedule import plan_schedule
+
+    compiled = residency.resources
+
+    def resources(kernel, num_warps, variant=None, arch=None):
+        if kernel == "gate_conv" and variant is not None:  # (..., BLOCK_C, BLOCK_P, UNROLL, split, divisible)
+            return (one_tile_registers if variant[-3] == 1 else 96, 2048)
+        return compiled(kernel, num_warps, variant, arch)
+
+    monkeypatch.setattr(residency, "resources", resources)
+    x = torch.empty((16, 256, 56, 56), dtype=torch.bfloat16, device="meta")
+    mlp, conv = CBAM(256, 16).eval().to(device="meta", dtype=torch.bfloat16).fused_parts()
+    with residency.assume(132, 90):
+        launches, _ = plan_fused_forward(x, mlp, conv, plan_schedule(16, 256 * 3136 * 2, "stream"))
+    gate = next(launch for launch in launches if launch.name == "gate_conv")
+    assert gate.meta["UNROLL"] == want_unroll and gate.variant[-3] == want_unroll
+    if want_unroll == 1:  # one wave, enough bytes in flight
+        programs = gate.grid[0] * gate.grid[1]
+        cap = 132 * residency.ctas_per_sm(one_tile_registers, gate.num_warps, 2048, 90)
+        assert programs <= cap, (gate.grid, cap)
+        assert min(programs, cap) * gate.x_in_flight / 132 >= 32 << 10

@@ -340,6 +340,8 @@ class FusedPlan:
     per_split: int
     #: the kernel variant the grid was sized for (:func:`plan_fused`; None without an ``unroll`` rule)
     variant: tuple | None = None
+    #: the x tiles a program keeps in flight per loop iteration (``UNROLL``; None without an ``unroll`` rule)
+    unroll: int | None = None
 
 
 def fused_tile_elems(itemsize: int, aligned: bool) -> int:
@@ -366,7 +368,8 @@ def plan_fused(n: int, c: int, p: int, stride_c: int, stride_p: int, itemsize: i
                min_split: int = 1, max_walk_tiles: int | None = None, kernel: str = "",
                num_warps: int | Callable[[int, int], int] = NUM_WARPS, window: int = 0,
                unroll: Callable[[int, int, int], int] | None = None,
-               walk_tiles: Callable[[int, int, int], int] | None = None, context: tuple = ()) -> FusedPlan:
+               walk_tiles: Callable[[int, int, int], int] | None = None, context: tuple = (),
+               context_of: Callable[[int, int, int], tuple] | None = None) -> FusedPlan:
     """The tile rule of the fused forward's kernels (documented in docs/kernels.md).
 
     ``reduce`` is the axis a program walks: ``"p"`` (stage 1: pool over H*W, the free axis is C) or
@@ -395,7 +398,10 @@ def plan_fused(n: int, c: int, p: int, stride_c: int, stride_p: int, itemsize: i
     per SM from its registers, warps and shared memory: :mod:`~cbam_triton.launchers.residency`).
 
     The capacity is that of the kernel variant each candidate compiles to: ``unroll(block_c, block_p,
-    per_split)`` is the ``UNROLL`` the launcher gives it, and ``(block_c, block_p, unroll)`` the
+    per_split)`` is the launcher's rule for its ``UNROLL`` (the most x tiles in flight an iteration);
+    on a GPU candidates with half as many, down to one, are weighed beside it (fewer registers can mean more
+    resident programs: a grid in fewer or fuller waves), and the plan's :attr:`FusedPlan.unroll` is
+    what the launcher passes. ``(block_c, block_p, unroll)`` is the
     variant (with the launcher's ``context``, the unit-stride axis, ``window``, whether the walk is
     split and the extents' and strides' divisibility by 16: :attr:`FusedPlan.variant`)
     whose compiled registers :func:`~cbam_triton.launchers.residency.resources` looks up (a
@@ -418,21 +424,29 @@ def plan_fused(n: int, c: int, p: int, stride_c: int, stride_p: int, itemsize: i
     # can differ: e.g. 96 against 151 registers for stage 2 at C = 1008 and C = 1000, 7² fp32)
     divisible = sum(1 << i for i, v in enumerate((c, p, stride_c, stride_p, n * c * p)) if v % 16 == 0)
 
-    def variant_of(bc: int, bp: int, per_split: int) -> tuple | None:
+    def unroll_of(bc: int, bp: int, per_split: int) -> int | None:
+        """The launcher's rule: the most x tiles a program of this candidate keeps in flight."""
+        return unroll(bc, bp, per_split) if unroll is not None else None
+
+    def variant_of(bc: int, bp: int, per_split: int, u: int | None = None) -> tuple | None:
         """What a candidate's compiled registers depend on besides its warps: the launcher's
         ``context`` (dtype, what the kernel fuses), the unit-stride axis and the window, the tile,
-        UNROLL, whether the walk is split and which extents and strides are multiples of 16."""
+        UNROLL (``u``, default the rule's), whether the walk is split, which extents and strides
+        are multiples of 16, and what else the launcher derives from the candidate (``context_of``)."""
         if unroll is None:
             return None
-        return (*context, long_axis, window, bc, bp, unroll(bc, bp, per_split), per_split < walked_all, divisible)
+        u = unroll(bc, bp, per_split) if u is None else u
+        extra = context_of(bc, bp, per_split) if context_of is not None else ()
+        return (*context, long_axis, window, bc, bp, u, per_split < walked_all, divisible, *extra)
 
-    def cap_of(bc: int, bp: int, per_split: int) -> int | None:
+    def cap_of(bc: int, bp: int, per_split: int, u: int | None = None) -> int | None:
         """Resident programs of the candidate's kernel variant on the target GPU (None: no GPU)."""
         if not kernel:
             return None
-        variant = variant_of(bc, bp, per_split)
+        variant = variant_of(bc, bp, per_split, u)
         warps = num_warps(bc, bp) if callable(num_warps) else num_warps
-        return residency.capacity(kernel, warps, device, variant, (bc, bp, per_split))
+        choice = (bc, bp, per_split, u or unroll_of(bc, bp, per_split))
+        return residency.capacity(kernel, warps, device, variant, choice)
 
     fallback_target = target_programs(device)
     sample_bytes = c * p * itemsize
@@ -469,8 +483,9 @@ def plan_fused(n: int, c: int, p: int, stride_c: int, stride_p: int, itemsize: i
     if pinned is not None:  # a candidate compiled to measure its variant (tools.streaming.plan_compiled)
         row = next((r for r in rows if (r[3], r[4]) == pinned[:2]), None)
         if row is not None:
+            u = pinned[3] if len(pinned) > 3 and pinned[3] else unroll_of(row[3], row[4], pinned[2])
             return FusedPlan(row[3], row[4], row[5], -(-walked_all // pinned[2]), pinned[2],
-                             variant_of(row[3], row[4], pinned[2]))
+                             variant_of(row[3], row[4], pinned[2], u), u)
     least = min(r[0] for r in rows)
     rows = [r for r in rows if r[0] == least]
     for relax in ((False, False), (False, True), (True, True)):
@@ -497,18 +512,19 @@ def plan_fused(n: int, c: int, p: int, stride_c: int, stride_p: int, itemsize: i
         num_splits, per_split = choose_split(chosen[5], walked_all, block, target_, split, max_split=cap_,
                                              min_split=least_)
         return FusedPlan(chosen[3], chosen[4], chosen[5], num_splits, per_split,
-                         variant_of(chosen[3], chosen[4], per_split))
+                         variant_of(chosen[3], chosen[4], per_split), unroll_of(chosen[3], chosen[4], per_split))
     # a GPU: every tile row and split count within the bounds, judged by the streaming model
     sms = residency.planning_target(device)[0]  # type: ignore[index]
     x_bytes = n * c * p * itemsize
 
-    def program(row: tuple, ps: int) -> tuple[int, int]:
-        """(x bytes, loop iterations) of a program of ``row`` walking ``ps`` elements."""
+    def program(row: tuple, ps: int, u: int | None) -> tuple[int, int]:
+        """(x bytes, loop iterations) of a program of ``row`` walking ``ps`` elements, ``u`` tiles an
+        iteration."""
         bc, bp = row[3], row[4]
         other = min(bc, c) if reduce == "p" else min(bp, p)
         block = bp if reduce == "p" else bc
         tiles = walk_tiles(bc, bp, ps) if walk_tiles is not None else -(-min(ps, walked_all) // block)
-        turns = -(-tiles // (unroll(bc, bp, ps) if unroll is not None else 1))
+        turns = -(-tiles // (u or 1))
         return min(ps, walked_all) * other * itemsize, max(1, turns)
 
     best: tuple | None = None
@@ -521,15 +537,19 @@ def plan_fused(n: int, c: int, p: int, stride_c: int, stride_p: int, itemsize: i
         for ns, ps in options:
             if ns < least_ and ns < -(-walked_all // block):
                 continue
-            cap = cap_of(row[3], row[4], ps) or row[6]
             # the split partials (a sum and a max per output element, fp32, written and read back once)
             partials = 16 * n * ns * (c if reduce == "p" else p) if ns > 1 else 0
-            score = stream_score(row[5] * ns, cap, *program(row, ps), sms, x_bytes, partials)
-            if best is None or score < best[0]:
-                best = (score, row, ns, ps)
+            # the rule's tiles in flight, or fewer (halving down to one: fewer registers, more resident
+            # programs, which can fill the machine in fewer or fuller waves)
+            rule = unroll_of(row[3], row[4], ps)
+            for u in [rule] + ([rule >> k for k in range(1, rule.bit_length())] if rule is not None else []):
+                cap = cap_of(row[3], row[4], ps, u) or row[6]
+                score = stream_score(row[5] * ns, cap, *program(row, ps, u), sms, x_bytes, partials)
+                if best is None or score < best[0]:
+                    best = (score, row, ns, ps, u)
     assert best is not None
-    _, row, num_splits, per_split = best
-    return FusedPlan(row[3], row[4], row[5], num_splits, per_split, variant_of(row[3], row[4], per_split))
+    _, row, num_splits, per_split, u = best
+    return FusedPlan(row[3], row[4], row[5], num_splits, per_split, variant_of(row[3], row[4], per_split, u), u)
 
 
 #: Bytes of x in flight per SM that hide DRAM latency (Little's law on an H200: ~4.3 TB/s × ~0.8 µs

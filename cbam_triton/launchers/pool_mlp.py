@@ -150,7 +150,8 @@ def plan_channel_pool_mlp(x: torch.Tensor, mlp: ChannelMLP, hints: bool = False,
     row = hidden * npool * (8 if acc_is_fp64(x) else 4)  # bytes of one block's partials
     lo, hi = _layer1_blocks(c, hidden * wsize, row, two)
     ws_lo = -(-c * row * WORKSPACE_FRACTION // max(1, c * p * x.element_size()))
-    if two and _layer1_group(x, mlp, 1, 0) > 1:  # grouped layer 1: few [WB, HB1] W1 tiles per block
+    grouped = two and _layer1_group(x, mlp, 1, 0) > 1
+    if grouped:  # grouped layer 1: few [WB, HB1] W1 tiles per block
         # 128-channel blocks only for 16-bit weights (their two-part tf32 product keeps the tail at
         # 128 registers; fp32 weights would shrink the group, and W1 is read once per group)
         wide_wb = GROUP_WB_WIDE if wsize == 2 else GROUP_WB
@@ -174,7 +175,8 @@ def plan_channel_pool_mlp(x: torch.Tensor, mlp: ChannelMLP, hints: bool = False,
     plan = plan_fused(n, c, p, sc, sp, x.element_size(), "p", x.device, split, block_c_range=block_c_range,
                       kernel="channel_pool_mlp", num_warps=warps, window=win, unroll=unroll,
                       walk_tiles=lambda _bc, bp, ps: _walk_tiles(ps, p, bp, win),
-                      context=(str(x.dtype).removeprefix("torch."), mlp.pools, two, hidden, affine is not None))
+                      context=(str(x.dtype).removeprefix("torch."), mlp.pools, two, hidden, affine is not None),
+                      context_of=lambda bc, _bp, ps: _tail_shape(x, mlp, bc, ps, row, npool, two))
     block_c, block_p, base = plan.block_c, plan.block_p, plan.base
     num_splits, per_split = plan.num_splits, plan.per_split
     num_cblocks = -(-c // block_c)
@@ -227,7 +229,7 @@ def plan_channel_pool_mlp(x: torch.Tensor, mlp: ChannelMLP, hints: bool = False,
                   AFF_W=affine is not None and affine.weight is not None,
                   AFF_B=affine is not None and affine.bias is not None, BLOCK_C=block_c, BLOCK_P=block_p,
                   SB=small_tile_rows(block_c, num_splits), HB=hb, CBB=cbb, ZB=zb, ACC_FP64=acc_is_fp64(x),
-                  UNROLL=unroll(block_c, block_p, per_split),
+                  UNROLL=plan.unroll or unroll(block_c, block_p, per_split),
                   L1G=gs > 1, GR=gr, WB=wb, HB1=hb1, WIN=win),
         name="channel_pool_mlp",
         variant=plan.variant,
@@ -247,6 +249,20 @@ def plan_channel_pool_mlp(x: torch.Tensor, mlp: ChannelMLP, hints: bool = False,
     launch.x_in_flight = in_flight(min(block_c, c) * min(per_split, p) * x.element_size(),
                                    _walk_tiles(per_split, p, block_p, win), launch.meta.get("UNROLL", 1))
     return launch, ChannelState(mlp, z, None if two else parts, aff)
+
+
+def _tail_shape(x: torch.Tensor, mlp: ChannelMLP, block_c: int, per_split: int, row: int, npool: int,
+                two: bool) -> tuple[int, int, bool]:
+    """What stage 1's layer-1 tail compiles to for a candidate channel block and split (part of its
+    kernel variant: the per-sample and the grouped tails, one or two combine levels, are other code):
+    (samples per layer-1 group, the group's tile rows, two-level combine)."""
+    n, c, h, w = x.shape
+    num_cblocks, num_splits = -(-c // block_c), -(-(h * w) // max(1, per_split))
+    split_bytes = 2 * num_splits * block_c * (8 if acc_is_fp64(x) else 4) if num_splits > 1 else 0
+    gs = _layer1_group(x, mlp, num_cblocks, row, block_c, split_bytes) if two else 1
+    if gs > 1:
+        return gs, max(16, next_pow2(gs * npool)), _use_tree(num_cblocks, gs * row)
+    return 1, 1, two and _use_tree(num_cblocks, row)
 
 
 def _valid_rows_bytes(parts: torch.Tensor, groups: torch.Tensor | None, rows: int) -> int:

@@ -159,10 +159,11 @@ def _device_sms_arch(device: torch.device) -> tuple[int, int]:
 
 
 @contextlib.contextmanager
-def force(kernel: str, choice: tuple[int, int, int]) -> Iterator[None]:
+def force(kernel: str, choice: tuple[int, ...]) -> Iterator[None]:
     """Inside an :func:`assume`: ``kernel``'s plans take the tile ``(block_c, block_p)`` and split length
-    ``per_split`` of ``choice`` (a candidate its planner asked about), so that its variant can be
-    compiled and measured (:func:`cbam_triton.tools.streaming.plan_compiled`)."""
+    ``per_split`` of ``choice`` (a candidate its planner asked about), and its ``UNROLL`` where the
+    choice has a fourth entry (else the launcher's rule), so that its variant can be compiled and
+    measured (:func:`cbam_triton.tools.streaming.plan_compiled`)."""
     assumed = _assumed()
     assert assumed is not None, "force() plans for an assumed GPU"
     saved = assumed.get("force")
@@ -173,16 +174,16 @@ def force(kernel: str, choice: tuple[int, int, int]) -> Iterator[None]:
         assumed["force"] = saved
 
 
-def forced(kernel: str) -> tuple[int, int, int] | None:
-    """The ``(block_c, block_p, per_split)`` :func:`force` set for ``kernel``, else None."""
+def forced(kernel: str) -> tuple[int, ...] | None:
+    """The ``(block_c, block_p, per_split[, unroll])`` :func:`force` set for ``kernel``, else None."""
     assumed = _assumed()
     got = assumed.get("force") if assumed is not None else None
     return got[1] if got is not None and got[0] == kernel else None
 
 
-def asked() -> dict[tuple, tuple[int, int, int]]:
+def asked() -> dict[tuple, tuple[int, ...]]:
     """Inside an :func:`assume`: the variants the planners asked about whose compiled figures were not
-    given, each with a ``(block_c, block_p, per_split)`` that plans it."""
+    given, each with a ``(block_c, block_p, per_split, unroll)`` that plans it."""
     assumed = _assumed()
     return assumed.setdefault("asked", {}) if assumed is not None else {}
 
@@ -224,10 +225,10 @@ def planning_target(device: torch.device) -> tuple[int, int] | None:
 
 
 def capacity(kernel: str, num_warps: int, device: torch.device, variant: Any = None,
-             choice: tuple[int, int, int] | None = None) -> int | None:
+             choice: tuple[int, ...] | None = None) -> int | None:
     """Resident CTAs of ``kernel`` (its ``variant``: :func:`resources`) on the whole target GPU (SMs ×
     CTAs per SM), or None where the plan is not for a GPU (the interpreter: the launchers' small
-    program count). ``choice``: the ``(block_c, block_p, per_split)`` of the candidate, recorded
+    program count). ``choice``: the ``(block_c, block_p, per_split, unroll)`` of the candidate, recorded
     (:func:`asked`) where the variant's compiled figures are not known."""
     if os.environ.get("CBAM_TRITON_TARGET_PROGRAMS"):
         return None  # a fixed program count was asked for (tests, experiments)

@@ -69,7 +69,7 @@ def plan_spatial_pool(x: torch.Tensor, mc: torch.Tensor | None, split: int | Non
         vectorise (a register per element of the tile and of its (scale, shift) columns)."""
         return 8 if affine is not None and not (rows_16b(x, sc, sp) or win) else _warps(channel, block_c)
 
-    variant = None  # the kernel variant the fused forward's grid is sized for
+    variant = planned_unroll = None  # the kernel variant (and its UNROLL) the fused forward's grid is sized for
     if combine:  # the fused forward's tile rule
         # Mc from the MLP's last layer: few pixel blocks per sample when its weights are large, and
         # enough channel splits that each program's slice of them stays small
@@ -90,7 +90,7 @@ def plan_spatial_pool(x: torch.Tensor, mc: torch.Tensor | None, split: int | Non
                                    channel.mlp.hidden if channel is not None else 0, affine is not None))
         block_c, block_p, base, num_splits, per_split = (plan.block_c, plan.block_p, plan.base, plan.num_splits,
                                                          plan.per_split)
-        variant = plan.variant
+        variant, planned_unroll = plan.variant, plan.unroll
     else:
         block_c, block_p = tile_for(unit_axis(sc, sp, c, p), c, p)
         base = n * -(-p // block_p)
@@ -115,7 +115,7 @@ def plan_spatial_pool(x: torch.Tensor, mc: torch.Tensor | None, split: int | Non
         meta=dict(**mc_meta, AFFINE=affine is not None, FINALIZE=num_splits == 1, COUNT=count, HINTS=hints,
                   COMBINE=combine,
                   SB=small_tile_rows(block_p, num_splits), BLOCK_C=block_c, BLOCK_P=block_p, ACC_FP64=acc_is_fp64(x),
-                  UNROLL=combine_unroll(mc_meta, per_split, c, block_c, x, sc, sp, win), WIN=win),
+                  UNROLL=planned_unroll or combine_unroll(mc_meta, per_split, c, block_c, x, sc, sp, win), WIN=win),
         name="spatial_pool",
         variant=variant,
         num_warps=warps_for(block_c),

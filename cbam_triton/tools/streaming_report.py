@@ -57,9 +57,11 @@ def write_table(path: str, arch: int) -> None:
 :mod:`cbam_triton.launchers.residency` plans a GPU of that architecture from it where no figures were
 given (regenerate after a kernel change). Key: (kernel, warps, variant) with the variant of
 ``plan_fused`` (the launcher's context — dtype, what the kernel fuses —, unit-stride axis, window,
-BLOCK_C, BLOCK_P, UNROLL, split, which extents and strides are multiples of 16); value: (registers,
-shared bytes).
+BLOCK_C, BLOCK_P, UNROLL, split, which extents and strides are multiples of 16, and what the launcher
+derives from the candidate — stage 1: its layer-1 group, the group's tile rows, two-level combine);
+value: (registers, shared bytes).
 """
+# ruff: noqa: E501 (one variant a line)
 
 VARIANT_RESOURCES: dict[tuple, tuple[int, int]] = {{
 ''')
