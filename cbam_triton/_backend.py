@@ -54,6 +54,15 @@ def resolve_backend(x: torch.Tensor, backend: str | None) -> str:
     return backend_for(x.device.type, backend)
 
 
+def _requested(backend: str | None) -> str:
+    """``backend``, or ``CBAM_TRITON_BACKEND`` when None (default ``"auto"``), checked."""
+    if backend is None:
+        backend = os.environ.get("CBAM_TRITON_BACKEND", "auto") or "auto"
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    return backend
+
+
 def block_backend(x: torch.Tensor, backend: str | None) -> str:
     """:func:`resolve_backend` for a whole block's forward (the modules, ``functional.cbam``, the fused
     tail): inside :func:`cbam_triton.package_kernels` the Triton backend unless ``backend`` (or
@@ -62,8 +71,7 @@ def block_backend(x: torch.Tensor, backend: str | None) -> str:
     CUDA kernels)."""
     if not packaging():
         return backend_for(x.device.type, backend)
-    wanted = backend if backend is not None else os.environ.get("CBAM_TRITON_BACKEND", "auto") or "auto"
-    if wanted == "torch":
+    if _requested(backend) == "torch":
         return "torch"
     if x.device.type != "cuda":
         raise ValueError(f"cbam_triton.package_kernels() packages the CUDA kernels, but the input is on {x.device}: "
@@ -76,10 +84,7 @@ def backend_for(device_type: str, backend: str | None) -> str:
     """:func:`resolve_backend` for a tensor on a device of type ``device_type``."""
     if exporting():
         return "torch"
-    if backend is None:
-        backend = os.environ.get("CBAM_TRITON_BACKEND", "auto") or "auto"
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    backend = _requested(backend)
     if backend == "torch":
         return "torch"
     runnable = triton_available() and (

@@ -150,8 +150,7 @@ def plan_channel_pool_mlp(x: torch.Tensor, mlp: ChannelMLP, hints: bool = False,
     row = hidden * npool * (8 if acc_is_fp64(x) else 4)  # bytes of one block's partials
     lo, hi = _layer1_blocks(c, hidden * wsize, row, two)
     ws_lo = -(-c * row * WORKSPACE_FRACTION // max(1, c * p * x.element_size()))
-    grouped = two and _layer1_group(x, mlp, 1, 0) > 1
-    if grouped:  # grouped layer 1: few [WB, HB1] W1 tiles per block
+    if two and _layer1_group(x, mlp, 1, 0) > 1:  # grouped layer 1: few [WB, HB1] W1 tiles per block
         # 128-channel blocks only for 16-bit weights (their two-part tf32 product keeps the tail at
         # 128 registers; fp32 weights would shrink the group, and W1 is read once per group)
         wide_wb = GROUP_WB_WIDE if wsize == 2 else GROUP_WB
@@ -184,16 +183,13 @@ def plan_channel_pool_mlp(x: torch.Tensor, mlp: ChannelMLP, hints: bool = False,
     sums = torch.empty((n, num_splits, c), dtype=acc, device=x.device) if num_splits > 1 else None
     maxs = torch.empty((n, num_splits, c), dtype=acc, device=x.device) if num_splits > 1 else None
     z = torch.empty((n, hidden), dtype=acc, device=x.device) if two else None
-    split_bytes = 2 * num_splits * block_c * (8 if acc_is_fp64(x) else 4) if num_splits > 1 else 0
-    gs = _layer1_group(x, mlp, num_cblocks, row, block_c, split_bytes) if two else 1
+    gs, gr, tree = _tail_shape(x, mlp, block_c, per_split, row, npool, two)
     if gs > 1:  # layer 1 per group of gs samples: W1 read once per group
         num_g = -(-n // gs)
-        gr = max(16, next_pow2(gs * npool))
-        tree = _use_tree(num_cblocks, gs * row)
         pin = torch.empty((n, npool, c), dtype=acc, device=x.device)
         parts = torch.empty((num_g, num_cblocks, gr, hidden), dtype=acc, device=x.device)
     else:
-        num_g, gr, tree, pin = n, 1, two and _use_tree(num_cblocks, row), None
+        num_g, pin = n, None
         parts = torch.empty((n, num_cblocks, npool, hidden), dtype=acc, device=x.device)
     group = _isqrt_up(num_cblocks) if tree else num_cblocks
     num_groups = -(-num_cblocks // group)
@@ -253,9 +249,10 @@ def plan_channel_pool_mlp(x: torch.Tensor, mlp: ChannelMLP, hints: bool = False,
 
 def _tail_shape(x: torch.Tensor, mlp: ChannelMLP, block_c: int, per_split: int, row: int, npool: int,
                 two: bool) -> tuple[int, int, bool]:
-    """What stage 1's layer-1 tail compiles to for a candidate channel block and split (part of its
-    kernel variant: the per-sample and the grouped tails, one or two combine levels, are other code):
-    (samples per layer-1 group, the group's tile rows, two-level combine)."""
+    """Stage 1's layer-1 tail for a channel block and split: (samples per layer-1 group, the group's
+    tile rows, two-level combine). The launcher builds its launch from it, and it is part of a
+    candidate's kernel variant (the per-sample and the grouped tails, one or two combine levels, are
+    other code)."""
     n, c, h, w = x.shape
     num_cblocks, num_splits = -(-c // block_c), -(-(h * w) // max(1, per_split))
     split_bytes = 2 * num_splits * block_c * (8 if acc_is_fp64(x) else 4) if num_splits > 1 else 0
