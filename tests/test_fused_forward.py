@@ -115,6 +115,28 @@ def test_conv_sizes_and_bn(kernel_size, spatial_norm, taps, device, monkeypatch)
         assert_close_to_reference(out, ref, x)
 
 
+# (shape, dtype, stage 2's tiles per split): fp32 8² rows in 32-channel tiles, two splits of 3 and 2
+# tiles (the second turn of four masked throughout, the first partly); fp16 16² in 16-channel tiles
+STAGE2_UNROLL4_CASES = [((2, 160, 8, 8), torch.float32, (3, 2)), ((2, 40, 16, 16), torch.float16, (3,))]
+
+
+@pytest.mark.parametrize("shape,dtype,tiles", STAGE2_UNROLL4_CASES, ids=["2x160x8x8-fp32", "2x40x16x16-fp16"])
+def test_stage2_aligned_rows_keep_four_tiles_in_flight(shape, dtype, tiles, device, monkeypatch):
+    """Stage 2 issues four tiles' loads at once on 16-element aligned rows too (not only on the window
+    path) where a program walks three tiles or more; the masked tiles of a short last turn add nothing."""
+    monkeypatch.setenv("CBAM_TRITON_MC_LAUNCH", "always")  # Mc loaded by stage 2 (unrolled walks)
+    ref = make_reference(shape[1], reduction_ratio=8, device=device, dtype=dtype)
+    ours = cbam_triton.CBAM.from_reference(ref, backend="triton")
+    x = make_input(shape, dtype, "nchw", device)
+    x[1, -1, 0, 3] = float("nan")  # in the last tile of the last split
+    out, launches = _run(ours, x, "stream")
+    stage2 = next(launch for launch in launches if launch.name == "spatial_pool")
+    per_split, block_c = stage2.args[13], stage2.meta["BLOCK_C"]
+    assert (stage2.meta["WIN"], stage2.meta["UNROLL"]) == (0, 4), stage2.meta
+    assert tuple(-(-min(per_split, shape[1] - s) // block_c) for s in range(0, shape[1], per_split)) == tiles
+    assert_close_to_reference(out, ref, x)
+
+
 def test_functional_with_conv_bias_bn_without_affine(device):
     """functional.cbam: conv bias, BN running stats without affine parameters, fp16 weights."""
     g = torch.Generator().manual_seed(3)

@@ -132,6 +132,17 @@ def test_gpu_planning_uses_the_compiled_variant_table(monkeypatch):
         assert programs <= 132 * r["ctas_per_sm"] or r["wave_efficiency"] >= 0.9 or r["name"] == "channel_pool_mlp"
 
 
+def test_stage2_keeps_four_aligned_row_tiles_in_flight(monkeypatch):
+    """Stage 2 on 16-element aligned rows weighs four tiles in flight too: at 8×512×28² NCHW bf16 (the
+    shipped table's registers) two tiles a turn kept 31.0 KiB in flight per SM with [8, 512] tiles; four
+    [64, 64] tiles a turn keep 50 KiB in one wave."""
+    monkeypatch.delenv("CBAM_TRITON_TARGET_PROGRAMS", raising=False)
+    plan = _meta_plan((8, 512, 28, 28), "nchw", torch.bfloat16)
+    stage2 = next(r for r in plan["launches"] if r["name"] == "spatial_pool")
+    assert stage2["variant"][-3] == 4, stage2["variant"]  # (..., BLOCK_C, BLOCK_P, UNROLL, split, divisible)
+    assert stage2["waves"] == 1 and stage2["x_bytes_in_flight_per_sm"] >= 32 * 1024, stage2
+
+
 FIELDS = ("name", "grid", "num_warps", "registers", "shared_bytes", "persistent", "ctas_per_sm", "waves",
           "wave_efficiency", "x_bytes_in_flight_per_cta", "x_bytes_in_flight_per_sm", "x_load_bits",
           "out_store_bits")

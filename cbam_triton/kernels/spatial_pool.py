@@ -109,7 +109,7 @@ def spatial_pool_kernel(
     # UNROLL == 2 (Mc loaded or absent): the next tile's x loads are issued with this one's, before
     # either is reduced (Triton does not pipeline loads that feed no tl.dot): twice the bytes in
     # flight; the tiles are reduced in the same order (the same result bit for bit)
-    # (UNROLL == 4 on the window path: four tiles)
+    # (UNROLL == 4 where a program walks three tiles or more: four tiles)
     tl.static_assert(UNROLL == 1 or UNROLL == 2 or UNROLL == 4, "UNROLL is 1, 2 or 4")
     for c0 in range(c_start, c_end, BLOCK_C * UNROLL):
         cc = c0 + offs_c

@@ -148,12 +148,12 @@ def combine_unroll(mc_meta: dict, per_split: int, c: int, block_c: int, x: torch
     """``UNROLL``: x tiles in flight per iteration. Two where a program walks at least two tiles, Mc is
     loaded or absent (a weight tile per x tile would double too), and x's rows are 16-element aligned
     or read through aligned windows (128-bit loads; see :func:`~cbam_triton.launchers._common.rows_16b`);
-    four on the window path where it walks three or more (its tiles are 2048 elements whatever the
-    dtype, and its per-lane tables are shared by the four)."""
+    four where it walks three or more (on a GPU the planner also weighs two and one: fewer tiles in
+    flight can mean fewer registers and more resident programs)."""
     tiles = -(-min(per_split, c) // block_c)
     if tiles < 2 or mc_meta["MC_MODE"] not in (MC_NONE, MC_LOAD) or not (rows_16b(x, sc, sp) or win):
         return 1
-    return 4 if win and tiles >= 3 else 2
+    return 4 if tiles >= 3 else 2
 
 
 def _warps(channel: ChannelState | None, block_c: int) -> int:
