@@ -30,6 +30,12 @@ def pytest_report_header(config):
     return f"cbam-triton tests: device={DEVICE}, triton {triton.__version__} {mode}, torch {torch.__version__}"
 
 
+if DEVICE == "cpu":
+    from interpreter_speedup import install  # noqa: E402
+
+    install()
+
+
 @pytest.fixture(scope="session")
 def device() -> torch.device:
     if DEVICE != "cpu" and not torch.cuda.is_available():

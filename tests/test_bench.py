@@ -22,7 +22,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
-    proc = subprocess.run([sys.executable, "-m", "bench", "--quick", "--out", str(out)], cwd=ROOT,
+    # (one layout: the outputs are the same files either way, and channels_last rows are tested below)
+    proc = subprocess.run([sys.executable, "-m", "bench", "--quick", "--layouts", "nchw", "--out", str(out)], cwd=ROOT,
                           capture_output=True, text=True, timeout=900)
     return proc, out
 
