@@ -115,15 +115,19 @@ def test_conv_sizes_and_bn(kernel_size, spatial_norm, taps, device, monkeypatch)
         assert_close_to_reference(out, ref, x)
 
 
-# (shape, dtype, stage 2's tiles per split): fp32 8² rows in 32-channel tiles, two splits of 3 and 2
-# tiles (the second turn of four masked throughout, the first partly); fp16 16² in 16-channel tiles
-STAGE2_UNROLL4_CASES = [((2, 160, 8, 8), torch.float32, (3, 2)), ((2, 40, 16, 16), torch.float16, (3,))]
+# (shape, dtype, stage 2's tiles per split), planned for 4 programs: fp32 8² rows in 32-channel tiles,
+# splits of 3 and 2 tiles (one turn each, its last one or two tiles masked) and of 6 and 6 (two turns,
+# the second cut at the end of a split that is not the last); fp16 16² in 16-channel tiles
+STAGE2_UNROLL4_CASES = [((2, 160, 8, 8), torch.float32, (3, 2)), ((2, 384, 8, 8), torch.float32, (6, 6)),
+                        ((2, 40, 16, 16), torch.float16, (3,))]
 
 
-@pytest.mark.parametrize("shape,dtype,tiles", STAGE2_UNROLL4_CASES, ids=["2x160x8x8-fp32", "2x40x16x16-fp16"])
+@pytest.mark.parametrize("shape,dtype,tiles", STAGE2_UNROLL4_CASES,
+                         ids=["2x160x8x8-fp32", "2x384x8x8-fp32", "2x40x16x16-fp16"])
 def test_stage2_aligned_rows_keep_four_tiles_in_flight(shape, dtype, tiles, device, monkeypatch):
     """Stage 2 issues four tiles' loads at once on 16-element aligned rows too (not only on the window
-    path) where a program walks three tiles or more; the masked tiles of a short last turn add nothing."""
+    path) where a program walks three tiles or more; masked tiles of a short turn add nothing."""
+    monkeypatch.setenv("CBAM_TRITON_TARGET_PROGRAMS", "4")
     monkeypatch.setenv("CBAM_TRITON_MC_LAUNCH", "always")  # Mc loaded by stage 2 (unrolled walks)
     ref = make_reference(shape[1], reduction_ratio=8, device=device, dtype=dtype)
     ours = cbam_triton.CBAM.from_reference(ref, backend="triton")

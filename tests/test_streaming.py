@@ -143,6 +143,17 @@ def test_stage2_keeps_four_aligned_row_tiles_in_flight(monkeypatch):
     assert stage2["waves"] == 1 and stage2["x_bytes_in_flight_per_sm"] >= 32 * 1024, stage2
 
 
+def test_stage3_window_walks_fill_one_wave(monkeypatch):
+    """Stage 3 on the window path loads Mc once a turn, so its programs may walk more tiles: at
+    32×1024×14² NCHW fp16 (the shipped table's 167 registers: 3 CTAs/SM) one wave of longer walks
+    replaces three waves at 0.86, with ≥ 32 KiB in flight per SM and ≤ 32 loads that are not x."""
+    monkeypatch.delenv("CBAM_TRITON_TARGET_PROGRAMS", raising=False)
+    plan = _meta_plan((32, 1024, 14, 14), "nchw")
+    stage3 = next(r for r in plan["launches"] if r["name"] == "gate_conv")
+    assert stage3["waves"] == 1 and stage3["x_bytes_in_flight_per_sm"] >= 32 * 1024, stage3
+    assert stage3["longest"]["other_loads"] <= 32, stage3["longest"]
+
+
 FIELDS = ("name", "grid", "num_warps", "registers", "shared_bytes", "persistent", "ctas_per_sm", "waves",
           "wave_efficiency", "x_bytes_in_flight_per_cta", "x_bytes_in_flight_per_sm", "x_load_bits",
           "out_store_bits")

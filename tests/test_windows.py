@@ -161,6 +161,32 @@ def test_stages_2_and_3_keep_a_non_finite_value_in_its_pixel(value, device):
     assert (~torch.isfinite(out)).sum() == 2
 
 
+def test_stage3_window_walk_loads_mc_once_a_turn(device):
+    """Stage 3 on the window path loads the Mc of a turn's four tiles (and of each row's next channel,
+    for its wrapped lanes) as two [4, BLOCK_C] tiles: one program walking 9 tiles of 32 fp32 channels
+    (7²) in three turns, the last with one tile and three masked ones that read Mc past C; a NaN Mc in
+    the last channel and a -inf in channel 32 (a tile's first row: its wrapped lanes are channel 31's)
+    reach only their own channel's elements."""
+    from cbam_triton.fused_parts import SpatialConv
+    from cbam_triton.launchers.gate_conv import plan_gate_conv
+
+    x = make_input((1, 288, 7, 7), torch.float32, "nchw", device)
+    mc = torch.rand(1, 288, device=device) + 0.5
+    mc[0, 287] = float("nan")
+    mc[0, 32] = float("-inf")
+    pooled = torch.rand(1, 2, 7, 7, device=device)
+    conv = SpatialConv(torch.randn(1, 2, 7, 7, device=device) * 0.2, None)
+    launch, out = plan_gate_conv(x, mc, pooled, conv, split=1)
+    assert (launch.meta["WIN"], launch.meta["BLOCK_C"], launch.meta["UNROLL"], launch.grid[1]) == (4, 32, 4, 1)
+    assert launch.longest.other_loads == 4 + 2 * 3  # the conv's taps as one tile, Mc: two loads a turn
+    launch()
+    ms = torch.sigmoid(torch.nn.functional.conv2d(pooled, conv.weight, padding=3))
+    want = x * mc[:, :, None, None] * ms
+    torch.testing.assert_close(out, want, rtol=1e-6, atol=1e-6, equal_nan=True)
+    bad = ~torch.isfinite(out)
+    assert bad[0, 287].all() and bad[0, 32].any() and bad.sum() == bad[0, 287].sum() + bad[0, 32].sum()
+
+
 # (shape, dtype): programs walking 5 and 3 tiles of 32 fp32 channels (7²) and 5 tiles of 8 fp16 channels (14²)
 UNROLL4_CASES = [((2, 160, 7, 7), torch.float32), ((2, 96, 7, 7), torch.float32), ((2, 40, 14, 14), torch.float16)]
 

@@ -134,9 +134,10 @@ def gate_conv_kernel(
     # The conv is recomputed by the SPLIT programs of a pixel block (k*k*2 FMAs a pixel, from L1/L2),
     # a small cost next to C / SPLIT gated elements a pixel. mc (N, C) was stored by stage 2.
     # Longest program: <= 2k + 2 independent loads of the map and the conv weights (see
-    # spatial_logits), 5 scalars, then one mc tile per x tile of its c-range (the launcher bounds
-    # the c-range's tiles). HINTS (last stage of the L2-resident
-    # schedule): x loads evict_first and output stores .cs, so they don't evict the next chunk.
+    # spatial_logits), 5 scalars, then one mc tile per x tile of its c-range (WIN: two [UNROLL,
+    # BLOCK_C] mc tiles per loop turn; the launcher bounds the tiles, or the turns). HINTS (last
+    # stage of the L2-resident schedule): x loads evict_first and output stores .cs, so they don't
+    # evict the next chunk.
     # The fused block tail: AFFINE (x is a residual block's pre-norm output y, gated as
     # (y * scale[c] + shift[c]) * Mc * Ms; Mc and stage 1's (scale, shift) come as one [4, BLOCK_C]
     # tile load per x tile, as Mc alone does), RESIDUAL (res[n, c, p]: y's shape and dtype in its
@@ -238,7 +239,9 @@ def _gate_windows(x_ptr, mc_ptr, out_ptr, ms, n, C, P, c_start, c_end, stride_xn
     at column j of row c is pixel ``j + sh(c)`` of channel c, or, past the row's end, pixel
     ``j + sh(c) - H*W`` of channel c + 1 (sh = st - first element < WIN <= H*W: at most one such
     wrap). sh repeats every WIN channels, so the per-lane Ms and "wrapped" tables are built once per
-    program for the WIN classes (tl.gather from the program's Ms) and broadcast to the tile."""
+    program for the WIN classes (tl.gather from the program's Ms) and broadcast to the tile. Mc of a
+    turn's UNROLL tiles, and of each row's next channel, is loaded as two [UNROLL, BLOCK_C] tiles a
+    turn, each tile's row picked in registers (loads a program makes that are not x: two a turn)."""
     offs_c = tl.arange(0, BLOCK_C)
     a = n.to(tl.int64) * stride_xn + (c_start + offs_c).to(tl.int64) * stride_xc
     st = ((a + WIN - 1) // WIN) * WIN
@@ -256,7 +259,17 @@ def _gate_windows(x_ptr, mc_ptr, out_ptr, ms, n, C, P, c_start, c_end, stride_xn
     o_ptrs = out_ptr + st[:, None] + offs_p[None, :]
     step = tl.full([], BLOCK_C, tl.int64) * stride_xc
     tl.static_assert(UNROLL == 1 or UNROLL == 2 or UNROLL == 4, "UNROLL is 1, 2 or 4")
+    turn = tl.arange(0, UNROLL)
     for c0 in range(c_start, c_end, BLOCK_C * UNROLL):
+        # Mc of the turn's UNROLL tiles (and of each row's next channel, for its wrapped lanes): two
+        # [UNROLL, BLOCK_C] loads a turn, each tile's row picked in registers
+        gs = tl.zeros([UNROLL, BLOCK_C], dtype=acc_t)
+        gs1 = gs
+        if HAS_MC:
+            ct = c0 + turn[:, None] * BLOCK_C + offs_c[None, :]
+            row = mc_ptr + n.to(tl.int64) * C + ct
+            gs = tl.load(row, mask=ct < C, other=0.0).to(acc_t)
+            gs1 = tl.load(row + 1, mask=ct + 1 < C, other=0.0).to(acc_t)
         cc = c0 + offs_c
         m = (cc < c_end)[:, None] & own_p
         v = _load_x(x_ptrs, m, HINTS)
@@ -271,29 +284,27 @@ def _gate_windows(x_ptr, mc_ptr, out_ptr, ms, n, C, P, c_start, c_end, stride_xn
             cc4 = cc + 3 * BLOCK_C
             m4 = (cc4 < c_end)[:, None] & own_p
             v4 = _load_x(x_ptrs + 3 * step, m4, HINTS)
-        _gate_window_tile(v, cc, m, wrap, ms_rows, mc_ptr, n, C, o_ptrs, out_ptr, HAS_MC, HINTS, acc_t)
+        _gate_window_tile(v, 0, turn, gs, gs1, m, wrap, ms_rows, o_ptrs, out_ptr, HAS_MC, HINTS, acc_t)
         if UNROLL >= 2:
-            _gate_window_tile(v2, cc2, m2, wrap, ms_rows, mc_ptr, n, C, o_ptrs + step, out_ptr, HAS_MC, HINTS,
-                              acc_t)
+            _gate_window_tile(v2, 1, turn, gs, gs1, m2, wrap, ms_rows, o_ptrs + step, out_ptr, HAS_MC, HINTS, acc_t)
         if UNROLL == 4:
-            _gate_window_tile(v3, cc3, m3, wrap, ms_rows, mc_ptr, n, C, o_ptrs + 2 * step, out_ptr, HAS_MC, HINTS,
+            _gate_window_tile(v3, 2, turn, gs, gs1, m3, wrap, ms_rows, o_ptrs + 2 * step, out_ptr, HAS_MC, HINTS,
                               acc_t)
-            _gate_window_tile(v4, cc4, m4, wrap, ms_rows, mc_ptr, n, C, o_ptrs + 3 * step, out_ptr, HAS_MC, HINTS,
+            _gate_window_tile(v4, 3, turn, gs, gs1, m4, wrap, ms_rows, o_ptrs + 3 * step, out_ptr, HAS_MC, HINTS,
                               acc_t)
         x_ptrs += step * UNROLL
         o_ptrs += step * UNROLL
 
 
 @triton.jit
-def _gate_window_tile(v, cc, m, wrap, ms_rows, mc_ptr, n, C, o_ptrs, out_ptr, HAS_MC: tl.constexpr,
+def _gate_window_tile(v, k: tl.constexpr, turn, gs, gs1, m, wrap, ms_rows, o_ptrs, out_ptr, HAS_MC: tl.constexpr,
                       HINTS: tl.constexpr, acc_t: tl.constexpr):
-    """``out = x * Mc * Ms`` of one window-path tile: Mc of the row's channel, or of the next one on
-    its wrapped lanes."""
+    """``out = x * Mc * Ms`` of the turn's k-th window-path tile: Mc of the row's channel (row k of the
+    turn's ``gs``), or of the next one (``gs1``) on its wrapped lanes."""
     v = v.to(acc_t)
     if HAS_MC:
-        row = mc_ptr + n.to(tl.int64) * C + cc
-        g = tl.load(row, mask=cc < C, other=0.0).to(acc_t)
-        g1 = tl.load(row + 1, mask=cc + 1 < C, other=0.0).to(acc_t)
+        g = tl.sum(tl.where(turn[:, None] == k, gs, 0.0), axis=0)
+        g1 = tl.sum(tl.where(turn[:, None] == k, gs1, 0.0), axis=0)
         v = v * tl.where(wrap, g1[:, None], g[:, None])
     v = v * ms_rows
     if HINTS:

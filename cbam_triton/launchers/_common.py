@@ -369,7 +369,8 @@ def plan_fused(n: int, c: int, p: int, stride_c: int, stride_p: int, itemsize: i
                num_warps: int | Callable[[int, int], int] = NUM_WARPS, window: int = 0,
                unroll: Callable[[int, int, int], int] | None = None,
                walk_tiles: Callable[[int, int, int], int] | None = None, context: tuple = (),
-               context_of: Callable[[int, int, int], tuple] | None = None) -> FusedPlan:
+               context_of: Callable[[int, int, int], tuple] | None = None,
+               max_walk_turns: int | None = None) -> FusedPlan:
     """The tile rule of the fused forward's kernels (documented in docs/kernels.md).
 
     ``reduce`` is the axis a program walks: ``"p"`` (stage 1: pool over H*W, the free axis is C) or
@@ -388,7 +389,9 @@ def plan_fused(n: int, c: int, p: int, stride_c: int, stride_p: int, itemsize: i
        (:func:`choose_split`), at most so far that the split partials stay within
        1/:data:`WORKSPACE_FRACTION` of x's bytes and one program's combine within
        :data:`PROGRAM_SMALL_BYTES`; ``min_split`` splits at least, and with ``max_walk_tiles``
-       (kernels that load small data per tile they walk) enough that no program walks more tiles.
+       (kernels that load small data per tile they walk) enough that no program walks more tiles;
+       with ``max_walk_turns`` (kernels that load small data per loop turn) no GPU candidate walks
+       its tiles in more turns.
 
     On a GPU (or planning for one, :func:`cbam_triton.launchers.residency.assume`) 2. and 3. only
     bound the choice: every tile row that passes 2. and every split count within 3.'s bounds is a
@@ -543,8 +546,11 @@ def plan_fused(n: int, c: int, p: int, stride_c: int, stride_p: int, itemsize: i
             # programs, which can fill the machine in fewer or fuller waves)
             rule = unroll_of(row[3], row[4], ps)
             for u in [rule] + ([rule >> k for k in range(1, rule.bit_length())] if rule is not None else []):
+                walk = program(row, ps, u)
+                if max_walk_turns is not None and walk[1] > max_walk_turns and best is not None:
+                    continue
                 cap = cap_of(row[3], row[4], ps, u) or row[6]
-                score = stream_score(row[5] * ns, cap, *program(row, ps, u), sms, x_bytes, partials)
+                score = stream_score(row[5] * ns, cap, *walk, sms, x_bytes, partials)
                 if best is None or score < best[0]:
                     best = (score, row, ns, ps, u)
     assert best is not None

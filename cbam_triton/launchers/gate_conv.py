@@ -28,6 +28,10 @@ from cbam_triton.launchers._common import (
 
 #: the conv's taps are vectorised as a [TAPS, BLOCK_P] tile when it holds at most this many elements
 TAPS_TILE = 2048
+#: the window path loads Mc once per loop turn (two [UNROLL, BLOCK_C] tiles): at most this many turns a
+#: program, so that its loads that are not x stay within 32 (the conv's 2k + 2 = 16 at k = 7, up to 5
+#: scalars, 2 a turn)
+MAX_WINDOW_TURNS = 5
 
 
 def conv_taps(ksize: int, block_p: int, device: torch.device | None = None) -> int:
@@ -101,7 +105,8 @@ def plan_gate_conv(x: torch.Tensor, mc: torch.Tensor | None, pooled: torch.Tenso
     # keep that (and the row path's [KP, BLOCK_P] tiles) small
     plan = plan_fused(n, c, p, sc, sp, x.element_size(), "c", x.device, split,
                       max_long_p=max(16, TAPS_TILE // (2 * kp)),
-                      max_walk_tiles=MAX_WALK_TILES if mc is not None else None, kernel="gate_conv",
+                      max_walk_tiles=(4 * MAX_WINDOW_TURNS if win else MAX_WALK_TILES) if mc is not None else None,
+                      max_walk_turns=MAX_WINDOW_TURNS if win and mc is not None else None, kernel="gate_conv",
                       num_warps=warps_of, window=win, unroll=unroll,
                       context=(str(x.dtype).removeprefix("torch."), mc is not None, tail_affine is not None,
                                residual is not None, act, conv.ksize))
@@ -151,10 +156,15 @@ def plan_gate_conv(x: torch.Tensor, mc: torch.Tensor | None, pooled: torch.Tenso
     else:
         loads, nb = 2 * k + 2, k * 2 * kp * block_p * acc_size + 2 * kp * kp * weight.element_size()
     scalars = sum(t is not None for t in small[3:]) if has_bn else int(conv.bias is not None)
-    # Mc (+ scale, shift): one load a tile; the window path loads the next channel's Mc too (wrapped lanes)
-    per_tile = (3 if tail_affine is not None else 2 if win else 1) if mc is not None else 0
-    loads += scalars + (tiles * (2 if win else 1) if mc is not None else 0)
+    # Mc (+ scale, shift): one load a tile; the window path loads the turn's Mc and each row's next
+    # channel's (wrapped lanes) as two [UNROLL, BLOCK_C] tiles a turn
+    unrolled = launch.meta["UNROLL"]
+    turns = -(-tiles // unrolled)
+    per_tile = (3 if tail_affine is not None else 1) if mc is not None and not win else 0
+    loads += scalars + (2 * turns if win else tiles) * (mc is not None)
     nb += scalars * weight.element_size() + per_tile * tiles * block_c * acc_size
+    if win and mc is not None:
+        nb += 2 * turns * unrolled * block_c * acc_size
     streams = 2 if residual is not None else 1  # the residual's tiles are streamed like x's
     launch.longest = ProgramModel(streams * tiles, streams * min(per_split, c) * min(block_p, p) * x.element_size(),
                                   loads, nb)

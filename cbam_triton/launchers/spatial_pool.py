@@ -75,7 +75,8 @@ def plan_spatial_pool(x: torch.Tensor, mc: torch.Tensor | None, split: int | Non
         # enough channel splits that each program's slice of them stays small
         # (a program's channel tile never needs more of them than its whole slice may hold)
         def unroll(block_c: int, block_p: int, per_split: int) -> int:
-            return combine_unroll(channel_map_args(channel, mc, block_c, x)[2], per_split, c, block_c, x, sc, sp, win)
+            return combine_unroll(channel_map_args(channel, mc, block_c, x)[2], per_split, c, block_c, x, sc, sp, win,
+                                  fused=True)
 
         plan = plan_fused(n, c, p, sc, sp, x.element_size(), "c", x.device, split, unroll=unroll,
                           weight_bytes=channel.map_weight_bytes if channel is not None else 0,
@@ -144,16 +145,18 @@ def plan_spatial_pool(x: torch.Tensor, mc: torch.Tensor | None, split: int | Non
 
 
 def combine_unroll(mc_meta: dict, per_split: int, c: int, block_c: int, x: torch.Tensor, sc: int, sp: int,
-                   win: int = 0) -> int:
+                   win: int = 0, fused: bool = False) -> int:
     """``UNROLL``: x tiles in flight per iteration. Two where a program walks at least two tiles, Mc is
     loaded or absent (a weight tile per x tile would double too), and x's rows are 16-element aligned
     or read through aligned windows (128-bit loads; see :func:`~cbam_triton.launchers._common.rows_16b`);
-    four where it walks three or more (on a GPU the planner also weighs two and one: fewer tiles in
-    flight can mean fewer registers and more resident programs)."""
+    four where it walks three or more on the window path, and in the fused forward (``fused``) on
+    aligned rows too: there the GPU planner also weighs two and one (fewer tiles in flight can mean
+    fewer registers and more resident programs); the unplanned walks (training forward, the
+    standalone map) keep two on aligned rows."""
     tiles = -(-min(per_split, c) // block_c)
     if tiles < 2 or mc_meta["MC_MODE"] not in (MC_NONE, MC_LOAD) or not (rows_16b(x, sc, sp) or win):
         return 1
-    return 4 if tiles >= 3 else 2
+    return 4 if tiles >= 3 and (win or fused) else 2
 
 
 def _warps(channel: ChannelState | None, block_c: int) -> int:
