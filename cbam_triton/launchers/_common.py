@@ -547,10 +547,10 @@ def plan_fused(n: int, c: int, p: int, stride_c: int, stride_p: int, itemsize: i
             rule = unroll_of(row[3], row[4], ps)
             for u in [rule] + ([rule >> k for k in range(1, rule.bit_length())] if rule is not None else []):
                 walk = program(row, ps, u)
-                if max_walk_turns is not None and walk[1] > max_walk_turns and best is not None:
-                    continue
                 cap = cap_of(row[3], row[4], ps, u) or row[6]
-                score = stream_score(row[5] * ns, cap, *walk, sms, x_bytes, partials)
+                # (a walk of more turns than the kernel's loads allow ranks after every other)
+                score = (max_walk_turns is not None and walk[1] > max_walk_turns,
+                         *stream_score(row[5] * ns, cap, *walk, sms, x_bytes, partials))
                 if best is None or score < best[0]:
                     best = (score, row, ns, ps, u)
     assert best is not None
