@@ -141,7 +141,7 @@ def plan_gate_conv(x: torch.Tensor, mc: torch.Tensor | None, pooled: torch.Tenso
                   SPATIAL_INPUT=SPATIAL_INPUTS[conv.input], KSIZE=conv.ksize,
                   TAPS=taps, KP=kp, HINTS=hints,
                   BLOCK_C=block_c, BLOCK_P=block_p, ACC_FP64=acc_is_fp64(x),
-                  UNROLL=plan.unroll or unroll(block_c, block_p, per_split), WIN=win),
+                  UNROLL=plan.unroll, WIN=win),
         name="gate_conv",
         variant=plan.variant,
         num_warps=warps,
