@@ -200,6 +200,18 @@ def test_explain_json_from_the_sm90_compile(shape, layout):
                 assert r["x_bytes_in_flight_per_sm"] + 0.1 >= min(32 * 1024, r["x_bytes"] / 132), r
 
 
+def test_long_unaligned_rows_stream_128_bit_from_the_sm90_compile():
+    """NCHW rows longer than one window (33² fp16: 2178-byte rows at every 16-byte offset) are read
+    and written in pixel blocks of aligned windows: 128-bit x loads and out stores in the compiled
+    SASS of stages 2 and 3, no spills."""
+    plan = _explain_json("--shape", "4", "64", "33", "33", "--dtype", "fp16", "--layout", "nchw")
+    streaming = [r for r in plan["launches"] if r["name"] != "channel_map"]
+    assert [("WBLOCKS" in r["flags"]) for r in streaming] == [False, True, True]
+    for r in streaming:
+        assert r["x_load_bits"] == 128 and r["spill_bytes"] == 0, r
+        assert r["out_store_bits"] == (128 if r["name"] == "gate_conv" else None), r
+
+
 @pytest.mark.parametrize("one_tile_registers,want_unroll", [(72, 1), (200, 2)])
 def test_fewer_tiles_in_flight_where_their_registers_fill_the_machine(monkeypatch, one_tile_registers, want_unroll):
     """On a GPU the planner weighs a kernel variant with fewer x tiles in flight per iteration beside

@@ -16,7 +16,7 @@ from torch import nn
 import cbam_triton
 import reference
 from cbam_triton import functional as CF
-from cbam_triton.launchers._common import row_window, window_elems
+from cbam_triton.launchers._common import row_window, window_blocks, window_elems
 
 
 def _forward(ours, x, schedule="stream", chunk_samples=None):
@@ -28,9 +28,12 @@ def _forward(ours, x, schedule="stream", chunk_samples=None):
 
 
 # (shape, dtype): fp32 rows of 49 and 35 elements (4 per 16 bytes: offsets 0-3), fp16 rows of 49
-# (8 per 16 bytes: every offset 0-7), 196 (offsets 0, 4) and 9 (a row barely longer than a chunk)
+# (8 per 16 bytes: every offset 0-7), 196 (offsets 0, 4) and 9 (a row barely longer than a chunk);
+# rows longer than one window, read in pixel blocks (WBLOCKS): fp16 33² (1089: every offset, five
+# blocks a row) and fp32 23x47 (1081: three blocks)
 CASES = [((3, 24, 7, 7), torch.float32), ((2, 20, 5, 7), torch.float32), ((2, 40, 7, 7), torch.float16),
-         ((2, 16, 14, 14), torch.float16), ((2, 24, 3, 3), torch.float16)]
+         ((2, 16, 14, 14), torch.float16), ((2, 24, 3, 3), torch.float16), ((2, 16, 33, 33), torch.float16),
+         ((2, 12, 23, 47), torch.float32)]
 
 
 @pytest.mark.parametrize("shape,dtype", CASES, ids=lambda v: "x".join(map(str, v)) if isinstance(v, tuple) else
@@ -45,7 +48,9 @@ def test_window_path_matches_reference(shape, dtype, device, monkeypatch):
         out, launches = _forward(ours, x, schedule, chunk)
         v = 16 // x.element_size()
         assert [launches[k].meta["WIN"] for k in ("channel_pool_mlp", "spatial_pool", "gate_conv")] == [v] * 3
-        assert launches["spatial_pool"].meta["BLOCK_P"] == row_window(shape[2] * shape[3], v)
+        p = shape[2] * shape[3]
+        assert launches["spatial_pool"].meta["BLOCK_P"] == (row_window(p, v) or window_blocks(p, v))
+        assert [launches[k].meta["WBLOCKS"] for k in ("spatial_pool", "gate_conv")] == [p + 2 * (v - 1) > 1024] * 2
         assert_close_to_reference(out, ref, x)
 
 
@@ -76,12 +81,14 @@ def test_window_path_only_for_contiguous_unaligned_nchw(layout, device):
     assert window_elems(make_input((2, 16, 7, 7), torch.float32, "nchw", device), 16 * 49, 49, 1) == 4
     assert window_elems(make_input((2, 15, 7, 7), torch.float32, "nchw", device), 15 * 49, 49, 1) == 0  # odd sample
     assert row_window(49, 8) == 64 and row_window(1010, 8) == 1024 and row_window(1011, 8) == 0
+    assert window_blocks(1010, 8) == 0 and window_blocks(1011, 8) == 256 and window_blocks(1019, 4) == 256
+    assert window_blocks(1089, 0) == 0
 
 
 def test_window_path_tiny_rows_and_block_tail(device):
     """Rows shorter than a chunk (2x2 fp16): stages 1 and 2 take windows, stage 3 (whose chunks would
-    span more than two channels) the row path. The fused
-    block tail: stages 1 and 2 take windows, stage 3 (residual, affine) keeps the row path."""
+    span more than two channels) the row path. The fused block tail (7² and 33²): stages 1 and 2 take
+    windows, stage 3 (residual, affine) keeps the row path."""
     ref = make_reference(32, reduction_ratio=4, device=device, dtype=torch.float16)
     ours = cbam_triton.CBAM.from_reference(ref, backend="triton")
     x = make_input((2, 32, 2, 2), torch.float16, "nchw", device)
@@ -98,15 +105,16 @@ def test_window_path_tiny_rows_and_block_tail(device):
     kw = dict(bn_weight=sg.bn.weight, bn_bias=sg.bn.bias, bn_running_mean=sg.bn.running_mean,
               bn_running_var=sg.bn.running_var, bn_eps=sg.bn.eps, norm_weight=norm.weight, norm_bias=norm.bias,
               norm_running_mean=norm.running_mean, norm_running_var=norm.running_var, norm_eps=norm.eps)
-    y = make_input((2, 24, 7, 7), torch.float32, "nchw", device)
-    r = make_input((2, 24, 7, 7), torch.float32, "nchw", device)
-    with torch.no_grad(), cbam_triton.record_launches() as rec:
-        got = CF.cbam_tail(y, *args, **kw, residual=r)
-        want = spec(y, r)
-    meta = {launch.name: launch.meta for launch in rec}
-    assert meta["channel_pool_mlp"]["WIN"] == 4 and meta["spatial_pool"]["WIN"] == 4
-    assert meta["gate_conv"]["WIN"] == 0
-    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    for side in (7, 33):  # 33²: stage 2 reads the rows in pixel blocks of windows (WBLOCKS)
+        y = make_input((2, 24, side, side), torch.float32, "nchw", device)
+        r = make_input((2, 24, side, side), torch.float32, "nchw", device)
+        with torch.no_grad(), cbam_triton.record_launches() as rec:
+            got = CF.cbam_tail(y, *args, **kw, residual=r)
+            want = spec(y, r)
+        meta = {launch.name: launch.meta for launch in rec}
+        assert meta["channel_pool_mlp"]["WIN"] == 4 and meta["spatial_pool"]["WIN"] == 4
+        assert meta["spatial_pool"]["WBLOCKS"] == (side == 33) and meta["gate_conv"]["WIN"] == 0
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("activation", ["relu", "silu"])
@@ -159,6 +167,46 @@ def test_stages_2_and_3_keep_a_non_finite_value_in_its_pixel(value, device):
     ms = torch.sigmoid(torch.nn.functional.conv2d(finite, conv.weight, padding=3))
     torch.testing.assert_close(out, gated * ms, rtol=1e-6, atol=1e-6, equal_nan=True)
     assert (~torch.isfinite(out)).sum() == 2
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("-inf")], ids=["nan", "-inf"])
+def test_window_blocks_of_long_rows_stage_by_stage(value, device):
+    """Rows longer than one window (fp32 23x47: 1081 pixels, every row offset) in pixel blocks: stage 2's
+    blocks own 250 pixels, stage 3's 253, so a row's last chunk (shared with the next channel) and the
+    chunks at block boundaries are read, gated and stored by one program each; with channel splits, a
+    fixed Mc and pooled map (stage by stage), and an output filled with NaN beforehand (every element is
+    written). A non-finite value in the last pixel of a row, at a stage-2 block boundary (pixel 500) and
+    at a stage-3 one (506) reaches only its own pixel of the map and its own output element."""
+    from cbam_triton.fused_parts import SpatialConv
+    from cbam_triton.launchers.gate_conv import plan_gate_conv
+    from cbam_triton.launchers.spatial_pool import plan_spatial_pool
+
+    x = make_input((2, 16, 23, 47), torch.float32, "nchw", device)
+    spots = [(0, 5, 1080), (1, 10, 500), (1, 3, 506), (0, 12, 505), (1, 15, 0)]
+    for n, c, p in spots:
+        x[n, c].view(-1)[p] = value
+    mc = torch.rand(2, 16, device=device) + 0.5
+    launch, pooled, _ = plan_spatial_pool(x, mc, split=2, combine=True, hints=True)
+    assert (launch.meta["WIN"], launch.meta["WBLOCKS"], launch.meta["BLOCK_P"], launch.grid) == (4, True, 256, (10, 2))
+    launch()
+    gated = x * mc[:, :, None, None]
+    want = torch.stack([gated.amax(dim=1), gated.mean(dim=1)], dim=1)
+    torch.testing.assert_close(pooled, want, rtol=1e-6, atol=1e-6, equal_nan=True)
+    own = torch.zeros(2, 1081, dtype=torch.bool, device=device)
+    for n, _, p in spots:
+        own[n, p] = True
+    bad = ~torch.isfinite(pooled.flatten(2))
+    assert bad.any(dim=1)[own].all() and not bad.any(dim=1)[~own].any()
+
+    finite = torch.rand(2, 2, 23, 47, device=device)
+    conv = SpatialConv(torch.randn(1, 2, 7, 7, device=device) * 0.2, None)
+    out = torch.full_like(x, float("nan"))
+    launch, out = plan_gate_conv(x, mc, finite, conv, split=2, out=out)
+    assert (launch.meta["WIN"], launch.meta["WBLOCKS"], launch.meta["BLOCK_P"], launch.grid) == (4, True, 256, (10, 2))
+    launch()
+    ms = torch.sigmoid(torch.nn.functional.conv2d(finite, conv.weight, padding=3))
+    torch.testing.assert_close(out, gated * ms, rtol=1e-6, atol=1e-6, equal_nan=True)
+    assert (~torch.isfinite(out)).sum() == len(spots)
 
 
 def test_stage3_window_walk_loads_mc_once_a_turn(device):

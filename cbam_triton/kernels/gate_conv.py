@@ -124,7 +124,7 @@ def gate_conv_kernel(
     HAS_MC: tl.constexpr, HAS_CONV_BIAS: tl.constexpr, HAS_BN: tl.constexpr, HAS_BN_AFFINE: tl.constexpr,
     SPATIAL_INPUT: tl.constexpr, KSIZE: tl.constexpr, TAPS: tl.constexpr, KP: tl.constexpr, HINTS: tl.constexpr,
     BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr, ACC_FP64: tl.constexpr, UNROLL: tl.constexpr,
-    WIN: tl.constexpr = 0,
+    WIN: tl.constexpr = 0, WBLOCKS: tl.constexpr = False,
 ):
     # Grid (N * cdiv(P, BLOCK_P), SPLIT), the walk of stage 2: a program owns a block of BLOCK_P
     # pixels of sample n. It first computes Ms for them from the small (N, 2, H, W) pooled map
@@ -146,17 +146,26 @@ def gate_conv_kernel(
     # WIN (contiguous NCHW, channel rows not 16-byte aligned, one pixel block per sample; not with the
     # block tail): the 16-byte chunks of a sample are shared out among its channel rows, row c owning
     # those that start inside it (the last one may run into channel c + 1), so that every load and
-    # store is a whole 128-bit chunk (_gate_windows).
+    # store is a whole 128-bit chunk (_gate_windows). WBLOCKS (rows longer than one window: 33² fp16
+    # and larger odd maps): pixel blocks of OWN = BLOCK_P - (WIN - 1) pixels, row c of block pb owning
+    # the chunks that start inside its pixels [pb * OWN, (pb + 1) * OWN); Ms is computed at lane j's
+    # pixel pb * OWN + j, which in the last block may wrap to the next channel's first pixels.
     acc_t: tl.constexpr = tl.float64 if ACC_FP64 else tl.float32
     pid_np = tl.program_id(0)
     split = tl.program_id(1)
-    num_pblocks = tl.cdiv(P, BLOCK_P)
+    OWN: tl.constexpr = BLOCK_P - (WIN - 1) * WBLOCKS  # pixels a block owns (BLOCK_P but for WBLOCKS)
+    num_pblocks = tl.cdiv(P, OWN)
     n = (pid_np // num_pblocks).to(tl.int64)
-    offs_p = (pid_np % num_pblocks) * BLOCK_P + tl.arange(0, BLOCK_P)
+    offs_p = (pid_np % num_pblocks) * OWN + tl.arange(0, BLOCK_P)
     mask_p = offs_p < P
 
-    logit = spatial_logits(pooled_ptr, n, offs_p, mask_p, P, H, W, cw_ptr, s_cw_c, s_cw_h, s_cw_w,
-                           SPATIAL_INPUT, KSIZE, TAPS, KP, acc_t)
+    if WBLOCKS:  # Ms at every lane's pixel (past the map's end: the next channel's first pixels)
+        p_ms = tl.where(mask_p, offs_p, offs_p - P)
+        logit = spatial_logits(pooled_ptr, n, p_ms, p_ms < P, P, H, W, cw_ptr, s_cw_c, s_cw_h, s_cw_w,
+                               SPATIAL_INPUT, KSIZE, TAPS, KP, acc_t)
+    else:
+        logit = spatial_logits(pooled_ptr, n, offs_p, mask_p, P, H, W, cw_ptr, s_cw_c, s_cw_h, s_cw_w,
+                               SPATIAL_INPUT, KSIZE, TAPS, KP, acc_t)
     if HAS_CONV_BIAS:
         logit += tl.load(cb_ptr).to(acc_t)
     if HAS_BN:  # eval mode: (y - running_mean) / sqrt(running_var + eps) * weight + bias
@@ -174,11 +183,18 @@ def gate_conv_kernel(
     offs_c = tl.arange(0, BLOCK_C)
     c_start = split * c_per_split
     c_end = tl.minimum(c_start + c_per_split, C)
-    if WIN > 0:
+    if WBLOCKS:
+        tl.static_assert(not (AFFINE or RESIDUAL or TAIL_ACT != 0), "the window path is the plain gate's")
+        tl.static_assert(BLOCK_C % WIN == 0 and WIN > 0, "a channel tile holds whole classes of rows")
+        p0 = (pid_np % num_pblocks) * OWN
+        _gate_windows(x_ptr, mc_ptr, out_ptr, ms, n, C, P, c_start, c_end, stride_xn, stride_xc,
+                      tl.arange(0, BLOCK_P), p0, tl.minimum(OWN, P - p0), HAS_MC, HINTS, BLOCK_C, BLOCK_P, UNROLL,
+                      WIN, True, acc_t)
+    elif WIN > 0:
         tl.static_assert(not (AFFINE or RESIDUAL or TAIL_ACT != 0), "the window path is the plain gate's")
         tl.static_assert(BLOCK_C % WIN == 0, "a channel tile holds whole classes of rows")
-        _gate_windows(x_ptr, mc_ptr, out_ptr, ms, n, C, P, c_start, c_end, stride_xn, stride_xc, offs_p,
-                      HAS_MC, HINTS, BLOCK_C, BLOCK_P, UNROLL, WIN, acc_t)
+        _gate_windows(x_ptr, mc_ptr, out_ptr, ms, n, C, P, c_start, c_end, stride_xn, stride_xc, offs_p, 0, P,
+                      HAS_MC, HINTS, BLOCK_C, BLOCK_P, UNROLL, WIN, False, acc_t)
     else:
         _gate_rows(x_ptr, mc_ptr, out_ptr, res_ptr, aff_ptr, ms, n, C, offs_c, offs_p, mask_p, c_start, c_end,
                    stride_xn, stride_xc, stride_xp, stride_on, stride_oc, stride_op, stride_rn, stride_rc, stride_rp,
@@ -230,9 +246,9 @@ def _gate_rows(x_ptr, mc_ptr, out_ptr, res_ptr, aff_ptr, ms, n, C, offs_c, offs_
 
 
 @triton.jit
-def _gate_windows(x_ptr, mc_ptr, out_ptr, ms, n, C, P, c_start, c_end, stride_xn, stride_xc, offs_p,
+def _gate_windows(x_ptr, mc_ptr, out_ptr, ms, n, C, P, c_start, c_end, stride_xn, stride_xc, offs_p, p0, length,
                   HAS_MC: tl.constexpr, HINTS: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
-                  UNROLL: tl.constexpr, WIN: tl.constexpr, acc_t: tl.constexpr):
+                  UNROLL: tl.constexpr, WIN: tl.constexpr, WBLOCKS: tl.constexpr, acc_t: tl.constexpr):
     """The gating walk on the window path (x and out contiguous NCHW alike, H*W >= WIN): row c owns
     the flat elements ``[st(c), st(c + 1))``, st(c) = its first element rounded up to WIN (16 bytes),
     so a sample's 16-byte chunks are each loaded and stored once, whole (128-bit). An owned element
@@ -241,17 +257,23 @@ def _gate_windows(x_ptr, mc_ptr, out_ptr, ms, n, C, P, c_start, c_end, stride_xn
     wrap). sh repeats every WIN channels, so the per-lane Ms and "wrapped" tables are built once per
     program for the WIN classes (tl.gather from the program's Ms) and broadcast to the tile. Mc of a
     turn's UNROLL tiles, and of each row's next channel, is loaded as two [UNROLL, BLOCK_C] tiles a
-    turn, each tile's row picked in registers (loads a program makes that are not x: two a turn)."""
+    turn, each tile's row picked in registers (loads a program makes that are not x: two a turn).
+    WBLOCKS (one of several pixel blocks of a row, ``offs_p`` its lanes): the same from the block's
+    first pixel ``p0`` on, over ``length`` pixels; ``ms`` holds lane j's pixel ``p0 + j`` (wrapped)."""
     offs_c = tl.arange(0, BLOCK_C)
-    a = n.to(tl.int64) * stride_xn + (c_start + offs_c).to(tl.int64) * stride_xc
+    a = n.to(tl.int64) * stride_xn + (c_start + offs_c).to(tl.int64) * stride_xc + p0
     st = ((a + WIN - 1) // WIN) * WIN
-    own = (((a + P + WIN - 1) // WIN) * WIN - st).to(tl.int32)
+    own = (((a + length + WIN - 1) // WIN) * WIN - st).to(tl.int32)
     own_p = offs_p[None, :] < own[:, None]
     r = tl.arange(0, WIN)
-    a_r = n.to(tl.int64) * stride_xn + (c_start + r).to(tl.int64) * stride_xc
+    a_r = n.to(tl.int64) * stride_xn + (c_start + r).to(tl.int64) * stride_xc + p0
     q = offs_p[None, :] + ((WIN - a_r % WIN) % WIN).to(tl.int32)[:, None]
-    wrap_r = q >= P
-    q = tl.minimum(tl.where(wrap_r, q - P, q), BLOCK_P - 1)
+    if WBLOCKS:
+        wrap_r = q + p0 >= P
+        q = tl.minimum(q, BLOCK_P - 1)
+    else:
+        wrap_r = q >= P
+        q = tl.minimum(tl.where(wrap_r, q - P, q), BLOCK_P - 1)
     ms_r = tl.gather(tl.broadcast_to(ms[None, :], [WIN, BLOCK_P]), q, 1)
     ms_rows = tl.reshape(tl.broadcast_to(ms_r[None, :, :], [BLOCK_C // WIN, WIN, BLOCK_P]), [BLOCK_C, BLOCK_P])
     wrap = tl.reshape(tl.broadcast_to(wrap_r[None, :, :], [BLOCK_C // WIN, WIN, BLOCK_P]), [BLOCK_C, BLOCK_P])

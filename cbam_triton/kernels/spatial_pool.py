@@ -45,7 +45,7 @@ def spatial_pool_kernel(
     Z_ONCE: tl.constexpr, FINALIZE: tl.constexpr, COUNT: tl.constexpr, HINTS: tl.constexpr, COMBINE: tl.constexpr,
     SB: tl.constexpr,
     BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr, ACC_FP64: tl.constexpr, UNROLL: tl.constexpr,
-    WIN: tl.constexpr = 0,
+    WIN: tl.constexpr = 0, WBLOCKS: tl.constexpr = False,
 ):
     # Reads x[n, c-range, p-block] once; x * Mc lives only in registers, never in memory. Writes
     # out[n, split, 0, p] = max_c and out[n, split, 1, p] = sum_c over the c-range (FINALIZE, i.e.
@@ -71,23 +71,36 @@ def spatial_pool_kernel(
     # p + off(c), off(c) = (its first element) % WIN, which repeats every WIN channels: the
     # accumulators of the rows of one class are reduced together at the end and each class's row is
     # shifted back by its off (tl.gather) before the classes are combined (_window_maps).
+    # WBLOCKS (the window path on rows longer than one window, H*W + 2 * (WIN - 1) > 1024: 33² fp16
+    # and larger odd maps): pixel blocks of OWN = BLOCK_P - 2 * (WIN - 1) pixels; block pb reads row c
+    # through the aligned window around its pixels [pb * OWN, (pb + 1) * OWN), the same way.
     # Longest program: its x tiles, one Mc tile (a few weight tiles; AFFINE: + 1) per x tile, and
     # the combine's 2 * cdiv(SPLIT, SB) tiles.
     acc_t: tl.constexpr = tl.float64 if ACC_FP64 else tl.float32
     pid_np = tl.program_id(0)
     split = tl.program_id(1)
     num_splits = tl.num_programs(1)
-    num_pblocks = tl.cdiv(P, BLOCK_P)
+    OWN: tl.constexpr = BLOCK_P - 2 * (WIN - 1) * WBLOCKS  # pixels a block owns (BLOCK_P but for WBLOCKS)
+    num_pblocks = tl.cdiv(P, OWN)
     n = pid_np // num_pblocks
     pb = pid_np % num_pblocks
 
-    offs_p = pb * BLOCK_P + tl.arange(0, BLOCK_P)
+    offs_p = pb * OWN + tl.arange(0, BLOCK_P)
     mask_p = offs_p < P
+    if WBLOCKS:
+        mask_p = mask_p & (tl.arange(0, BLOCK_P) < OWN)
     offs_c = tl.arange(0, BLOCK_C)
     c_start = split * c_per_split
     c_end = tl.minimum(c_start + c_per_split, C)
 
-    if WIN > 0:  # each row's aligned window (its neighbours' lanes are accumulated too, but into
+    if WBLOCKS:  # the aligned window around the block's pixels of each row (lane j: pixel pb * OWN + j - off)
+        lane = tl.arange(0, BLOCK_P)
+        a = n.to(tl.int64) * stride_xn + (c_start + offs_c).to(tl.int64) * stride_xc + pb * OWN
+        w0 = (a // WIN) * WIN
+        lim = (((a + tl.minimum(OWN, P - pb * OWN) + WIN - 1) // WIN) * WIN - w0).to(tl.int32)
+        ptrs = x_ptr + w0[:, None] + lane[None, :]
+        load_p = lane[None, :] < lim[:, None]
+    elif WIN > 0:  # each row's aligned window (its neighbours' lanes are accumulated too, but into
         # columns that _window_maps never reads: rows of one class share their window offset)
         a = n.to(tl.int64) * stride_xn + (c_start + offs_c).to(tl.int64) * stride_xc
         w0 = (a // WIN) * WIN
@@ -146,9 +159,14 @@ def spatial_pool_kernel(
                                                     Z_ONCE, COUNT, acc_t)
         ptrs += step * UNROLL
 
-    if WIN > 0:
+    if WBLOCKS:
+        tl.static_assert(not COUNT and BLOCK_C % WIN == 0 and WIN > 0, "window path: no counts, whole classes of rows")
+        vmax, vsum = _window_maps(acc_max, acc_sum, n, c_start, stride_xn, stride_xc, tl.arange(0, BLOCK_P),
+                                  pb * OWN, BLOCK_C, BLOCK_P, WIN)
+    elif WIN > 0:
         tl.static_assert(not COUNT and BLOCK_C % WIN == 0, "window path: no counts, whole classes of rows a tile")
-        vmax, vsum = _window_maps(acc_max, acc_sum, n, c_start, stride_xn, stride_xc, offs_p, BLOCK_C, BLOCK_P, WIN)
+        vmax, vsum = _window_maps(acc_max, acc_sum, n, c_start, stride_xn, stride_xc, offs_p, 0, BLOCK_C, BLOCK_P,
+                                  WIN)
     else:
         vmax = max_propagate_nan(acc_max, 0)
         vsum = tl.sum(acc_sum, axis=0)
@@ -171,14 +189,15 @@ def spatial_pool_kernel(
 
 
 @triton.jit
-def _window_maps(acc_max, acc_sum, n, c_start, stride_xn, stride_xc, offs_p,
+def _window_maps(acc_max, acc_sum, n, c_start, stride_xn, stride_xc, offs_p, p0,
                  BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr, WIN: tl.constexpr):
     """(max, sum) over the channels per pixel from the window path's ``[BLOCK_C, BLOCK_P]``
     accumulators: the rows of channel ``c_start + q * WIN + r`` share their window offset off_r, so
     they are reduced together into a ``[WIN, BLOCK_P]`` tile, whose row r is read at columns
-    ``p + off_r`` (tl.gather: a shift, once per program) before the WIN rows are combined."""
+    ``p + off_r`` (tl.gather: a shift, once per program) before the WIN rows are combined. ``offs_p``:
+    the block's pixels counted from its first, ``p0`` (0: one block per sample)."""
     r = tl.arange(0, WIN)
-    off = ((n.to(tl.int64) * stride_xn + (c_start + r).to(tl.int64) * stride_xc) % WIN).to(tl.int32)
+    off = ((n.to(tl.int64) * stride_xn + (c_start + r).to(tl.int64) * stride_xc + p0) % WIN).to(tl.int32)
     cols = tl.minimum(offs_p[None, :] + off[:, None], BLOCK_P - 1)
     mx = max_propagate_nan(tl.reshape(acc_max, [BLOCK_C // WIN, WIN, BLOCK_P]), 0)
     sm = tl.sum(tl.reshape(acc_sum, [BLOCK_C // WIN, WIN, BLOCK_P]), axis=0)

@@ -317,9 +317,22 @@ def window_elems(x: torch.Tensor, sn: int, sc: int, sp: int) -> int:
 
 def row_window(p: int, win: int) -> int:
     """BLOCK_P of the window path of stages 2 and 3: the power of two that holds any channel row's
-    aligned window (``p + 2 * (win - 1)`` elements at most); 0 where it would exceed MAX_WINDOW."""
+    aligned window (``p + 2 * (win - 1)`` elements at most); 0 where it would exceed MAX_WINDOW (the
+    row is then read in pixel blocks: :func:`window_blocks`)."""
     block = next_pow2(p + 2 * (win - 1))
     return block if win and block <= MAX_WINDOW else 0
+
+
+#: BLOCK_P of the window path's pixel blocks on rows longer than one window: ``[8, 256]`` tiles in every
+#: dtype, the 14² window path's (sm_90: 512-pixel fp32 blocks compile stage 3 to 205 registers)
+WINDOW_BLOCK_P = 256
+
+
+def window_blocks(p: int, win: int) -> int:
+    """BLOCK_P of the window path of stages 2 and 3 on rows longer than one window (``WBLOCKS``: 33²
+    fp16 and larger odd maps): :data:`WINDOW_BLOCK_P`, each pixel block's aligned window of a row in
+    one tile row; 0 where a row fits one window (:func:`row_window`) or there is no window."""
+    return WINDOW_BLOCK_P if win and not row_window(p, win) else 0
 
 
 def small_tile_rows(cols: int, rows: int) -> int:
@@ -370,7 +383,7 @@ def plan_fused(n: int, c: int, p: int, stride_c: int, stride_p: int, itemsize: i
                unroll: Callable[[int, int, int], int] | None = None,
                walk_tiles: Callable[[int, int, int], int] | None = None, context: tuple = (),
                context_of: Callable[[int, int, int], tuple] | None = None,
-               max_walk_turns: int | None = None) -> FusedPlan:
+               max_walk_turns: int | None = None, window_halo: int = 0) -> FusedPlan:
     """The tile rule of the fused forward's kernels (documented in docs/kernels.md).
 
     ``reduce`` is the axis a program walks: ``"p"`` (stage 1: pool over H*W, the free axis is C) or
@@ -414,7 +427,9 @@ def plan_fused(n: int, c: int, p: int, stride_c: int, stride_p: int, itemsize: i
 
     ``window`` (the NCHW window path, :func:`window_elems`): the tile is sized as for aligned rows
     (128-bit loads); walking the channels (``"c"``), a program's pixel block is the whole row's window
-    (:func:`row_window`), with at least ``window`` channels a tile.
+    (:func:`row_window`), with at least ``window`` channels a tile; rows longer than one window are
+    read in pixel blocks (:func:`window_blocks`) of ``BLOCK_P - window_halo`` pixels each (the lanes
+    of a block's window that its pixels' alignment may take).
     """
     from cbam_triton.launchers import residency
 
@@ -458,7 +473,8 @@ def plan_fused(n: int, c: int, p: int, stride_c: int, stride_p: int, itemsize: i
     # the window path: TILE_ELEMS whatever the dtype (its masks, per-row offsets and class tables cost
     # registers a doubled fp16 tile would not leave: sm_90, 4 warps, [16, 256] fp16 255 registers, [8, 256] 105)
     tile = TILE_ELEMS if window else fused_tile_elems(itemsize, other % 16 == 0 and along % 16 == 0)
-    win_p = row_window(p, window) if reduce == "c" else 0
+    win_p = (row_window(p, window) or window_blocks(p, window)) if reduce == "c" else 0
+    own_p = win_p - window_halo if win_p and window_blocks(p, window) else 0  # pixels a block owns (WBLOCKS)
     for long in (win_p,) if win_p else FUSED_LONG_BLOCKS:
         if long > max(top, 16) and not win_p:
             continue
@@ -468,7 +484,7 @@ def plan_fused(n: int, c: int, p: int, stride_c: int, stride_p: int, itemsize: i
         lo, hi = block_c_range
         if long_axis == "p" and block_c > hi:  # the short channel axis shrinks (a smaller tile) to fit
             block_c = max(window if win_p else 1, 1 << (hi.bit_length() - 1))
-        free = -(-c // block_c) if reduce == "p" else -(-p // block_p)
+        free = -(-c // block_c) if reduce == "p" else -(-p // (own_p or block_p))
         hard = 0.0  # how far a hard limit is exceeded (0: within every limit)
         if block_c > hi:
             hard += block_c / hi
@@ -524,7 +540,7 @@ def plan_fused(n: int, c: int, p: int, stride_c: int, stride_p: int, itemsize: i
         """(x bytes, loop iterations) of a program of ``row`` walking ``ps`` elements, ``u`` tiles an
         iteration."""
         bc, bp = row[3], row[4]
-        other = min(bc, c) if reduce == "p" else min(bp, p)
+        other = min(bc, c) if reduce == "p" else min(own_p or bp, p)
         block = bp if reduce == "p" else bc
         tiles = walk_tiles(bc, bp, ps) if walk_tiles is not None else -(-min(ps, walked_all) // block)
         turns = -(-tiles // (u or 1))

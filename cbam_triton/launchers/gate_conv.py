@@ -21,8 +21,8 @@ from cbam_triton.launchers._common import (
     next_pow2,
     output_for,
     plan_fused,
-    row_window,
     rows_16b,
+    window_blocks,
     window_elems,
 )
 
@@ -77,11 +77,13 @@ def plan_gate_conv(x: torch.Tensor, mc: torch.Tensor | None, pooled: torch.Tenso
                              f"{tuple(residual.shape)} {residual.dtype}")
         residual, (rn, rc, rp) = as_ncp(residual)
     # unaligned NCHW rows (the plain gate: no affine, residual or activation of the block tail; out laid
-    # out as x): 16-byte chunks shared out among the rows, one pixel block per sample
+    # out as x): 16-byte chunks shared out among the rows, one pixel block per sample, or pixel blocks
+    # of a longer row (WBLOCKS)
     win = window_elems(x, sn, sc, sp)
-    if not (win and p >= win and row_window(p, win) and (on, oc, op) == (sn, sc, sp) and residual is None
+    if not (win and p >= win and (on, oc, op) == (sn, sc, sp) and residual is None
             and tail_affine is None and TAIL_ACTIVATIONS[act] == 0):
         win = 0
+    wblocks = bool(window_blocks(p, win))
     # more x tiles in flight per iteration where a program walks two or more and its loads are 128-bit
     # (a residual in y's layout and also aligned)
     wide = bool(rows_16b(x, sc, sp) or win) and (
@@ -107,9 +109,9 @@ def plan_gate_conv(x: torch.Tensor, mc: torch.Tensor | None, pooled: torch.Tenso
                       max_long_p=max(16, TAPS_TILE // (2 * kp)),
                       max_walk_tiles=(4 * MAX_WINDOW_TURNS if win else MAX_WALK_TILES) if mc is not None else None,
                       max_walk_turns=MAX_WINDOW_TURNS if win and mc is not None else None, kernel="gate_conv",
-                      num_warps=warps_of, window=win, unroll=unroll,
+                      num_warps=warps_of, window=win, unroll=unroll, window_halo=win - 1,
                       context=(str(x.dtype).removeprefix("torch."), mc is not None, tail_affine is not None,
-                               residual is not None, act, conv.ksize))
+                               residual is not None, act, conv.ksize) + (("window blocks",) if wblocks else ()))
     warps = warps_of(plan.block_c, plan.block_p)
     block_c, block_p, base = plan.block_c, plan.block_p, plan.base
     num_splits, per_split = plan.num_splits, plan.per_split
@@ -141,7 +143,7 @@ def plan_gate_conv(x: torch.Tensor, mc: torch.Tensor | None, pooled: torch.Tenso
                   SPATIAL_INPUT=SPATIAL_INPUTS[conv.input], KSIZE=conv.ksize,
                   TAPS=taps, KP=kp, HINTS=hints,
                   BLOCK_C=block_c, BLOCK_P=block_p, ACC_FP64=acc_is_fp64(x),
-                  UNROLL=plan.unroll, WIN=win),
+                  UNROLL=plan.unroll, WIN=win, WBLOCKS=wblocks),
         name="gate_conv",
         variant=plan.variant,
         num_warps=warps,
@@ -166,9 +168,10 @@ def plan_gate_conv(x: torch.Tensor, mc: torch.Tensor | None, pooled: torch.Tenso
     if win and mc is not None:
         nb += 2 * turns * unrolled * block_c * acc_size
     streams = 2 if residual is not None else 1  # the residual's tiles are streamed like x's
+    own = block_p - (win - 1) if wblocks else block_p  # the pixels a block owns
     launch.longest = ProgramModel(streams * tiles, streams * min(per_split, c) * min(block_p, p) * x.element_size(),
                                   loads, nb)
-    launch.x_in_flight = streams * in_flight(min(per_split, c) * min(block_p, p) * x.element_size(), tiles,
+    launch.x_in_flight = streams * in_flight(min(per_split, c) * min(own, p) * x.element_size(), tiles,
                                              launch.meta.get("UNROLL", 1))
     if residual is not None:
         launch.streamed = (residual,)

@@ -20,12 +20,12 @@ from cbam_triton.launchers._common import (
     in_flight,
     nbytes,
     plan_fused,
-    row_window,
     rows_16b,
     small_tile_rows,
     target_programs,
     tile_for,
     unit_axis,
+    window_blocks,
     window_elems,
 )
 from cbam_triton.launchers.pool_mlp import (
@@ -58,11 +58,12 @@ def plan_spatial_pool(x: torch.Tensor, mc: torch.Tensor | None, split: int | Non
     if affine is None and channel is not None:
         affine = channel.affine
 
-    # unaligned NCHW rows (fused forward): read through aligned windows, one pixel block per sample
-    # (a channel tile must hold a whole class of rows)
+    # unaligned NCHW rows (fused forward): read through aligned windows, one pixel block per sample, or
+    # pixel blocks of a longer row's windows (a channel tile must hold a whole class of rows)
     win = window_elems(x, sn, sc, sp) if combine and not count else 0
-    if win and (not row_window(p, win) or channel is not None and channel.channels_per_slice(c) < win):
+    if win and channel is not None and channel.channels_per_slice(c) < win:
         win = 0
+    wblocks = bool(window_blocks(p, win))
 
     def warps_for(block_c: int) -> int:
         """8 warps for a large Mc weight tile, and for the block tail's affine on rows Triton can't
@@ -85,10 +86,12 @@ def plan_spatial_pool(x: torch.Tensor, mc: torch.Tensor | None, split: int | Non
                           max_walk_tiles=MAX_WALK_TILES if channel is not None or mc is not None
                           or affine is not None else None,
                           kernel="spatial_pool", num_warps=lambda block_c, _block_p: warps_for(block_c), window=win,
+                          window_halo=2 * (win - 1),
                           context=(str(x.dtype).removeprefix("torch."),
                                    "none" if channel is None and mc is None else "load" if channel is None
                                    else "fc2" if channel.z is not None else "part",
-                                   channel.mlp.hidden if channel is not None else 0, affine is not None))
+                                   channel.mlp.hidden if channel is not None else 0, affine is not None)
+                          + (("window blocks",) if wblocks else ()))
         block_c, block_p, base, num_splits, per_split = (plan.block_c, plan.block_p, plan.base, plan.num_splits,
                                                          plan.per_split)
         variant, planned_unroll = plan.variant, plan.unroll
@@ -116,7 +119,8 @@ def plan_spatial_pool(x: torch.Tensor, mc: torch.Tensor | None, split: int | Non
         meta=dict(**mc_meta, AFFINE=affine is not None, FINALIZE=num_splits == 1, COUNT=count, HINTS=hints,
                   COMBINE=combine,
                   SB=small_tile_rows(block_p, num_splits), BLOCK_C=block_c, BLOCK_P=block_p, ACC_FP64=acc_is_fp64(x),
-                  UNROLL=planned_unroll or combine_unroll(mc_meta, per_split, c, block_c, x, sc, sp, win), WIN=win),
+                  UNROLL=planned_unroll or combine_unroll(mc_meta, per_split, c, block_c, x, sc, sp, win), WIN=win,
+                  WBLOCKS=wblocks),
         name="spatial_pool",
         variant=variant,
         num_warps=warps_for(block_c),
@@ -139,7 +143,8 @@ def plan_spatial_pool(x: torch.Tensor, mc: torch.Tensor | None, split: int | Non
         mlp = channel.mlp
         launch.weight_bytes = base * nbytes(*((mlp.fc2_weight, mlp.fc2_bias) if channel.z is not None
                                               else (mlp.fc1_bias,)))
-    launch.x_in_flight = in_flight(min(per_split, c) * min(block_p, p) * x.element_size(), tiles,
+    own = block_p - 2 * (win - 1) if wblocks else block_p  # the pixels a block owns
+    launch.x_in_flight = in_flight(min(per_split, c) * min(own, p) * x.element_size(), tiles,
                                    launch.meta.get("UNROLL", 1))
     return launch, final if combine else out, cnts
 
