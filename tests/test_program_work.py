@@ -130,9 +130,12 @@ class _Tail(torch.nn.Module):
             norm_eps=n.eps, residual=self.residual, backend="triton")
 
 
-def test_block_tail_keeps_the_bounds(monkeypatch):
+@pytest.mark.parametrize("residual_layout", ["channels_last", "nchw"])
+def test_block_tail_keeps_the_bounds(residual_layout, monkeypatch):
     """The fused block tail adds the norm's vectors (stage 1: 4 per program; stage 2: 2 per channel
-    tile; stage 3: one more per tile) and streams the residual (counted with x): still within the bounds."""
+    tile; stage 3: one more per tile, or per turn on the window path) and streams the residual (counted
+    with x): still within the bounds. A channels_last residual (other strides than x) keeps stage 3 on
+    the row path; an NCHW one takes the window path with y."""
     torch.manual_seed(0)
     ref = make_reference(2048, reduction_ratio=16)
     norm = torch.nn.BatchNorm2d(2048).eval()
@@ -140,9 +143,12 @@ def test_block_tail_keeps_the_bounds(monkeypatch):
         norm.weight.uniform_(-1.5, 1.5)
         norm.running_var.uniform_(0.5, 2.0)
     x = torch.randn(1, 2048, 7, 7)
-    residual = torch.randn(1, 2048, 7, 7).to(memory_format=torch.channels_last)  # other strides than x
+    residual = torch.randn(1, 2048, 7, 7)
+    if residual_layout == "channels_last":
+        residual = residual.to(memory_format=torch.channels_last)
     tail = _Tail(cbam_triton.CBAM.from_reference(ref, backend="triton").eval(), norm, residual)
     out, launches = _check(tail, x, monkeypatch, FUSED)
     assert launches[0].meta["AFFINE"] and launches[1].meta["AFFINE"] and launches[2].meta["RESIDUAL"]
+    assert launches[2].meta["WIN"] == (4 if residual_layout == "nchw" else 0)
     with torch.no_grad():
         torch.testing.assert_close(out, reference.ResidualTail(norm, ref)(x, residual), rtol=1e-5, atol=1e-5)

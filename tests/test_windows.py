@@ -87,8 +87,9 @@ def test_window_path_only_for_contiguous_unaligned_nchw(layout, device):
 
 def test_window_path_tiny_rows_and_block_tail(device):
     """Rows shorter than a chunk (2x2 fp16): stages 1 and 2 take windows, stage 3 (whose chunks would
-    span more than two channels) the row path. The fused block tail (7² and 33²): stages 1 and 2 take
-    windows, stage 3 (residual, affine) keeps the row path."""
+    span more than two channels) the row path. The fused block tail (7², and 33² in pixel blocks): every
+    stage takes windows, stage 3 with the norm, the residual (laid out as y) and ReLU; a residual in
+    another layout keeps stage 3 on the row path."""
     ref = make_reference(32, reduction_ratio=4, device=device, dtype=torch.float16)
     ours = cbam_triton.CBAM.from_reference(ref, backend="triton")
     x = make_input((2, 32, 2, 2), torch.float16, "nchw", device)
@@ -105,22 +106,23 @@ def test_window_path_tiny_rows_and_block_tail(device):
     kw = dict(bn_weight=sg.bn.weight, bn_bias=sg.bn.bias, bn_running_mean=sg.bn.running_mean,
               bn_running_var=sg.bn.running_var, bn_eps=sg.bn.eps, norm_weight=norm.weight, norm_bias=norm.bias,
               norm_running_mean=norm.running_mean, norm_running_var=norm.running_var, norm_eps=norm.eps)
-    for side in (7, 33):  # 33²: stage 2 reads the rows in pixel blocks of windows (WBLOCKS)
+    for side, r_layout in ((7, "nchw"), (33, "nchw"), (7, "channels_last")):
         y = make_input((2, 24, side, side), torch.float32, "nchw", device)
-        r = make_input((2, 24, side, side), torch.float32, "nchw", device)
+        r = make_input((2, 24, side, side), torch.float32, r_layout, device)
         with torch.no_grad(), cbam_triton.record_launches() as rec:
             got = CF.cbam_tail(y, *args, **kw, residual=r)
             want = spec(y, r)
         meta = {launch.name: launch.meta for launch in rec}
         assert meta["channel_pool_mlp"]["WIN"] == 4 and meta["spatial_pool"]["WIN"] == 4
-        assert meta["spatial_pool"]["WBLOCKS"] == (side == 33) and meta["gate_conv"]["WIN"] == 0
+        assert meta["spatial_pool"]["WBLOCKS"] == meta["gate_conv"]["WBLOCKS"] == (side == 33)
+        assert meta["gate_conv"]["WIN"] == (4 if r_layout == "nchw" else 0)
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("activation", ["relu", "silu"])
-def test_tail_with_only_an_activation_keeps_stage_3_on_rows(activation, device):
-    """The block tail without norm or residual still applies its activation in stage 3's store: that
-    stage leaves the window path (which is the plain gate's) to the row path."""
+def test_tail_with_only_an_activation_takes_windows(activation, device):
+    """The block tail without norm or residual still applies its activation in stage 3's store, on
+    the window path."""
     cb = randomize(reference.CBAM(24, 4), seed=4).eval().to(device)
     g, sg = cb.channel_gate.mlp, cb.spatial_gate
     args = (g[0].weight, g[0].bias, g[2].weight, g[2].bias, sg.conv.weight, sg.conv.bias)
@@ -131,7 +133,7 @@ def test_tail_with_only_an_activation_keeps_stage_3_on_rows(activation, device):
         got = CF.cbam_tail(y, *args, **kw, activation=activation, backend="triton")
         want = getattr(torch.nn.functional, activation)(cb(y))
     gate = next(launch for launch in rec if launch.name == "gate_conv")
-    assert gate.meta["WIN"] == 0 and gate.meta["TAIL_ACT"] == {"relu": 1, "silu": 2}[activation]
+    assert gate.meta["WIN"] == 4 and gate.meta["TAIL_ACT"] == {"relu": 1, "silu": 2}[activation]
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
 
@@ -207,6 +209,39 @@ def test_window_blocks_of_long_rows_stage_by_stage(value, device):
     ms = torch.sigmoid(torch.nn.functional.conv2d(finite, conv.weight, padding=3))
     torch.testing.assert_close(out, gated * ms, rtol=1e-6, atol=1e-6, equal_nan=True)
     assert (~torch.isfinite(out)).sum() == len(spots)
+
+
+@pytest.mark.parametrize("shape", [(2, 40, 7, 7), (1, 16, 23, 47)], ids=["7x7", "23x47-blocks"])
+def test_block_tail_stage3_on_windows(shape, device):
+    """The fused block tail's stage 3 on the window path (one window a row at 7², pixel blocks at 23x47):
+    ``relu((y * scale + shift) * Mc * Ms + r)`` with each lane's channel vectors (the next channel's on
+    a row's wrapped lanes, picked from one [8, UNROLL, BLOCK_C] load a turn), the residual read through
+    y's chunks, an output filled with NaN beforehand; a NaN in y at a row's end, a NaN scale and an inf
+    residual reach only their own elements."""
+    from cbam_triton.fused_parts import SpatialConv
+    from cbam_triton.launchers.gate_conv import plan_gate_conv
+
+    n, c = shape[:2]
+    y = make_input(shape, torch.float32, "nchw", device)
+    r = make_input(shape, torch.float32, "nchw", device)
+    y[0, 5].view(-1)[-1] = float("nan")  # shares its chunk with channel 6
+    r[n - 1, 9].view(-1)[0] = float("inf")
+    mc = torch.rand(n, c, device=device) + 0.5
+    aff = torch.randn(2, c, device=device)
+    aff[0, 12] = float("nan")
+    pooled = torch.rand(n, 2, *shape[2:], device=device)
+    conv = SpatialConv(torch.randn(1, 2, 7, 7, device=device) * 0.2, None)
+    out = torch.full_like(y, float("nan"))
+    launch, out = plan_gate_conv(y, mc, pooled, conv, split=2, out=out, tail_affine=aff, residual=r, act="relu")
+    assert launch.meta["WIN"] == 4 and launch.meta["WBLOCKS"] == (shape[2] * shape[3] > 1018)
+    assert launch.longest.other_loads <= 32
+    launch()
+    ms = torch.sigmoid(torch.nn.functional.conv2d(pooled, conv.weight, padding=3))
+    want = torch.relu((y * aff[0, None, :, None, None] + aff[1, None, :, None, None]) * mc[:, :, None, None] * ms + r)
+    torch.testing.assert_close(out, want, rtol=1e-6, atol=1e-6, equal_nan=True)
+    bad = ~torch.isfinite(out)
+    assert bad[:, 12].all() and bad[0, 5].view(-1)[-1] and bad[n - 1, 9].view(-1)[0]
+    assert bad.sum() == bad[:, 12].numel() + 2
 
 
 def test_stage3_window_walk_loads_mc_once_a_turn(device):

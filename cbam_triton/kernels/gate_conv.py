@@ -143,13 +143,14 @@ def gate_conv_kernel(
     # tile load per x tile, as Mc alone does), RESIDUAL (res[n, c, p]: y's shape and dtype in its
     # own strides, read once per element next to the x tile: streamed data, added after the
     # gating), TAIL_ACT (1: ReLU, NaN kept; 2: SiLU); all in fp32 (fp64) registers, stored once.
-    # WIN (contiguous NCHW, channel rows not 16-byte aligned, one pixel block per sample; not with the
-    # block tail): the 16-byte chunks of a sample are shared out among its channel rows, row c owning
-    # those that start inside it (the last one may run into channel c + 1), so that every load and
-    # store is a whole 128-bit chunk (_gate_windows). WBLOCKS (rows longer than one window: 33² fp16
-    # and larger odd maps): pixel blocks of OWN = BLOCK_P - (WIN - 1) pixels, row c of block pb owning
-    # the chunks that start inside its pixels [pb * OWN, (pb + 1) * OWN); Ms is computed at lane j's
-    # pixel pb * OWN + j, which in the last block may wrap to the next channel's first pixels.
+    # WIN (contiguous NCHW, channel rows not 16-byte aligned, one pixel block per sample; out, and the
+    # block tail's residual, laid out as x): the 16-byte chunks of a sample are shared out among its
+    # channel rows, row c owning those that start inside it (the last one may run into channel c + 1),
+    # so that every load and store is a whole 128-bit chunk (_gate_windows). WBLOCKS (rows longer than
+    # one window: 33² and larger odd maps): pixel blocks of OWN = BLOCK_P - (WIN - 1) pixels, row c of
+    # block pb owning the chunks that start inside its pixels [pb * OWN, (pb + 1) * OWN); Ms is
+    # computed at lane j's pixel pb * OWN + j, which in the last block may wrap to the next channel's
+    # first pixels.
     acc_t: tl.constexpr = tl.float64 if ACC_FP64 else tl.float32
     pid_np = tl.program_id(0)
     split = tl.program_id(1)
@@ -184,17 +185,16 @@ def gate_conv_kernel(
     c_start = split * c_per_split
     c_end = tl.minimum(c_start + c_per_split, C)
     if WBLOCKS:
-        tl.static_assert(not (AFFINE or RESIDUAL or TAIL_ACT != 0), "the window path is the plain gate's")
         tl.static_assert(BLOCK_C % WIN == 0 and WIN > 0, "a channel tile holds whole classes of rows")
         p0 = (pid_np % num_pblocks) * OWN
-        _gate_windows(x_ptr, mc_ptr, out_ptr, ms, n, C, P, c_start, c_end, stride_xn, stride_xc,
-                      tl.arange(0, BLOCK_P), p0, tl.minimum(OWN, P - p0), HAS_MC, HINTS, BLOCK_C, BLOCK_P, UNROLL,
-                      WIN, True, acc_t)
+        _gate_windows(x_ptr, mc_ptr, out_ptr, res_ptr, aff_ptr, ms, n, C, P, c_start, c_end, stride_xn, stride_xc,
+                      tl.arange(0, BLOCK_P), p0, tl.minimum(OWN, P - p0), AFFINE, RESIDUAL, TAIL_ACT, HAS_MC, HINTS,
+                      BLOCK_C, BLOCK_P, UNROLL, WIN, True, acc_t)
     elif WIN > 0:
-        tl.static_assert(not (AFFINE or RESIDUAL or TAIL_ACT != 0), "the window path is the plain gate's")
         tl.static_assert(BLOCK_C % WIN == 0, "a channel tile holds whole classes of rows")
-        _gate_windows(x_ptr, mc_ptr, out_ptr, ms, n, C, P, c_start, c_end, stride_xn, stride_xc, offs_p, 0, P,
-                      HAS_MC, HINTS, BLOCK_C, BLOCK_P, UNROLL, WIN, False, acc_t)
+        _gate_windows(x_ptr, mc_ptr, out_ptr, res_ptr, aff_ptr, ms, n, C, P, c_start, c_end, stride_xn, stride_xc,
+                      offs_p, 0, P, AFFINE, RESIDUAL, TAIL_ACT, HAS_MC, HINTS, BLOCK_C, BLOCK_P, UNROLL, WIN, False,
+                      acc_t)
     else:
         _gate_rows(x_ptr, mc_ptr, out_ptr, res_ptr, aff_ptr, ms, n, C, offs_c, offs_p, mask_p, c_start, c_end,
                    stride_xn, stride_xc, stride_xp, stride_on, stride_oc, stride_op, stride_rn, stride_rc, stride_rp,
@@ -246,7 +246,8 @@ def _gate_rows(x_ptr, mc_ptr, out_ptr, res_ptr, aff_ptr, ms, n, C, offs_c, offs_
 
 
 @triton.jit
-def _gate_windows(x_ptr, mc_ptr, out_ptr, ms, n, C, P, c_start, c_end, stride_xn, stride_xc, offs_p, p0, length,
+def _gate_windows(x_ptr, mc_ptr, out_ptr, res_ptr, aff_ptr, ms, n, C, P, c_start, c_end, stride_xn, stride_xc,
+                  offs_p, p0, length, AFFINE: tl.constexpr, RESIDUAL: tl.constexpr, TAIL_ACT: tl.constexpr,
                   HAS_MC: tl.constexpr, HINTS: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
                   UNROLL: tl.constexpr, WIN: tl.constexpr, WBLOCKS: tl.constexpr, acc_t: tl.constexpr):
     """The gating walk on the window path (x and out contiguous NCHW alike, H*W >= WIN): row c owns
@@ -259,7 +260,9 @@ def _gate_windows(x_ptr, mc_ptr, out_ptr, ms, n, C, P, c_start, c_end, stride_xn
     turn's UNROLL tiles, and of each row's next channel, is loaded as two [UNROLL, BLOCK_C] tiles a
     turn, each tile's row picked in registers (loads a program makes that are not x: two a turn).
     WBLOCKS (one of several pixel blocks of a row, ``offs_p`` its lanes): the same from the block's
-    first pixel ``p0`` on, over ``length`` pixels; ``ms`` holds lane j's pixel ``p0 + j`` (wrapped)."""
+    first pixel ``p0`` on, over ``length`` pixels; ``ms`` holds lane j's pixel ``p0 + j`` (wrapped).
+    The block tail: AFFINE (Mc, scale and shift of each row's channel and of the next one come as one
+    ``[8, UNROLL, BLOCK_C]`` load a turn), RESIDUAL (laid out as x: its chunks are x's), TAIL_ACT."""
     offs_c = tl.arange(0, BLOCK_C)
     a = n.to(tl.int64) * stride_xn + (c_start + offs_c).to(tl.int64) * stride_xc + p0
     st = ((a + WIN - 1) // WIN) * WIN
@@ -279,15 +282,27 @@ def _gate_windows(x_ptr, mc_ptr, out_ptr, ms, n, C, P, c_start, c_end, stride_xn
     wrap = tl.reshape(tl.broadcast_to(wrap_r[None, :, :], [BLOCK_C // WIN, WIN, BLOCK_P]), [BLOCK_C, BLOCK_P])
     x_ptrs = x_ptr + st[:, None] + offs_p[None, :]
     o_ptrs = out_ptr + st[:, None] + offs_p[None, :]
+    r_ptrs = x_ptrs
+    if RESIDUAL:  # laid out as x (the launcher's condition): the same offsets
+        r_ptrs = res_ptr + st[:, None] + offs_p[None, :]
     step = tl.full([], BLOCK_C, tl.int64) * stride_xc
     tl.static_assert(UNROLL == 1 or UNROLL == 2 or UNROLL == 4, "UNROLL is 1, 2 or 4")
+    tl.static_assert(not AFFINE or HAS_MC, "the block tail's affine comes with Mc")
     turn = tl.arange(0, UNROLL)
+    kk = tl.arange(0, 8)
     for c0 in range(c_start, c_end, BLOCK_C * UNROLL):
         # Mc of the turn's UNROLL tiles (and of each row's next channel, for its wrapped lanes): two
-        # [UNROLL, BLOCK_C] loads a turn, each tile's row picked in registers
+        # [UNROLL, BLOCK_C] loads a turn, each tile's row picked in registers (AFFINE: rows 0-2 Mc, scale,
+        # shift of the row's channel, 3-5 of the next one, one [8, UNROLL, BLOCK_C] load)
         gs = tl.zeros([UNROLL, BLOCK_C], dtype=acc_t)
         gs1 = gs
-        if HAS_MC:
+        t6 = tl.zeros([8, UNROLL, BLOCK_C], dtype=acc_t)
+        if AFFINE:
+            ct3 = (c0 + turn[None, :, None] * BLOCK_C + offs_c[None, None, :]) + (kk >= 3).to(tl.int32)[:, None, None]
+            what = (kk % 3)[:, None, None]
+            ptrs3 = tl.where(what == 0, mc_ptr + n.to(tl.int64) * C + ct3, aff_ptr + (what - 1) * C + ct3)
+            t6 = tl.load(ptrs3, mask=(kk < 6)[:, None, None] & (ct3 < C), other=0.0).to(acc_t)
+        elif HAS_MC:
             ct = c0 + turn[:, None] * BLOCK_C + offs_c[None, :]
             row = mc_ptr + n.to(tl.int64) * C + ct
             gs = tl.load(row, mask=ct < C, other=0.0).to(acc_t)
@@ -295,10 +310,16 @@ def _gate_windows(x_ptr, mc_ptr, out_ptr, ms, n, C, P, c_start, c_end, stride_xn
         cc = c0 + offs_c
         m = (cc < c_end)[:, None] & own_p
         v = _load_x(x_ptrs, m, HINTS)
+        rv = v
+        if RESIDUAL:
+            rv = _load_x(r_ptrs, m, HINTS)
         if UNROLL >= 2:
             cc2 = cc + BLOCK_C
             m2 = (cc2 < c_end)[:, None] & own_p
             v2 = _load_x(x_ptrs + step, m2, HINTS)
+            rv2 = v2
+            if RESIDUAL:
+                rv2 = _load_x(r_ptrs + step, m2, HINTS)
         if UNROLL == 4:  # four tiles in flight
             cc3 = cc + 2 * BLOCK_C
             m3 = (cc3 < c_end)[:, None] & own_p
@@ -306,29 +327,52 @@ def _gate_windows(x_ptr, mc_ptr, out_ptr, ms, n, C, P, c_start, c_end, stride_xn
             cc4 = cc + 3 * BLOCK_C
             m4 = (cc4 < c_end)[:, None] & own_p
             v4 = _load_x(x_ptrs + 3 * step, m4, HINTS)
-        _gate_window_tile(v, 0, turn, gs, gs1, m, wrap, ms_rows, o_ptrs, out_ptr, HAS_MC, HINTS, acc_t)
+            rv3 = v3
+            rv4 = v4
+            if RESIDUAL:
+                rv3 = _load_x(r_ptrs + 2 * step, m3, HINTS)
+                rv4 = _load_x(r_ptrs + 3 * step, m4, HINTS)
+        _gate_window_tile(v, rv, 0, turn, kk, gs, gs1, t6, m, wrap, ms_rows, o_ptrs, out_ptr, AFFINE, RESIDUAL,
+                          TAIL_ACT, HAS_MC, HINTS, acc_t)
         if UNROLL >= 2:
-            _gate_window_tile(v2, 1, turn, gs, gs1, m2, wrap, ms_rows, o_ptrs + step, out_ptr, HAS_MC, HINTS, acc_t)
+            _gate_window_tile(v2, rv2, 1, turn, kk, gs, gs1, t6, m2, wrap, ms_rows, o_ptrs + step, out_ptr, AFFINE,
+                              RESIDUAL, TAIL_ACT, HAS_MC, HINTS, acc_t)
         if UNROLL == 4:
-            _gate_window_tile(v3, 2, turn, gs, gs1, m3, wrap, ms_rows, o_ptrs + 2 * step, out_ptr, HAS_MC, HINTS,
-                              acc_t)
-            _gate_window_tile(v4, 3, turn, gs, gs1, m4, wrap, ms_rows, o_ptrs + 3 * step, out_ptr, HAS_MC, HINTS,
-                              acc_t)
+            _gate_window_tile(v3, rv3, 2, turn, kk, gs, gs1, t6, m3, wrap, ms_rows, o_ptrs + 2 * step, out_ptr, AFFINE,
+                              RESIDUAL, TAIL_ACT, HAS_MC, HINTS, acc_t)
+            _gate_window_tile(v4, rv4, 3, turn, kk, gs, gs1, t6, m4, wrap, ms_rows, o_ptrs + 3 * step, out_ptr, AFFINE,
+                              RESIDUAL, TAIL_ACT, HAS_MC, HINTS, acc_t)
         x_ptrs += step * UNROLL
         o_ptrs += step * UNROLL
+        if RESIDUAL:
+            r_ptrs += step * UNROLL
 
 
 @triton.jit
-def _gate_window_tile(v, k: tl.constexpr, turn, gs, gs1, m, wrap, ms_rows, o_ptrs, out_ptr, HAS_MC: tl.constexpr,
+def _gate_window_tile(v, r, k: tl.constexpr, turn, kk, gs, gs1, t6, m, wrap, ms_rows, o_ptrs, out_ptr,
+                      AFFINE: tl.constexpr, RESIDUAL: tl.constexpr, TAIL_ACT: tl.constexpr, HAS_MC: tl.constexpr,
                       HINTS: tl.constexpr, acc_t: tl.constexpr):
     """``out = x * Mc * Ms`` of the turn's k-th window-path tile: Mc of the row's channel (row k of the
-    turn's ``gs``), or of the next one (``gs1``) on its wrapped lanes."""
+    turn's ``gs``), or of the next one (``gs1``) on its wrapped lanes. The block tail: ``act((x * scale +
+    shift) * Mc * Ms + r)``, its per-channel vectors picked from the turn's ``t6`` the same way."""
     v = v.to(acc_t)
-    if HAS_MC:
+    if AFFINE:
+        sel = tl.sum(tl.where(turn[None, :, None] == k, t6, 0.0), axis=1)  # [8, BLOCK_C]: this tile's rows
+        sc = tl.where(wrap, tile_row(sel, kk, 4)[:, None], tile_row(sel, kk, 1)[:, None])
+        sh = tl.where(wrap, tile_row(sel, kk, 5)[:, None], tile_row(sel, kk, 2)[:, None])
+        g = tl.where(wrap, tile_row(sel, kk, 3)[:, None], tile_row(sel, kk, 0)[:, None])
+        v = (v * sc + sh) * g
+    elif HAS_MC:
         g = tl.sum(tl.where(turn[:, None] == k, gs, 0.0), axis=0)
         g1 = tl.sum(tl.where(turn[:, None] == k, gs1, 0.0), axis=0)
         v = v * tl.where(wrap, g1[:, None], g[:, None])
     v = v * ms_rows
+    if RESIDUAL:
+        v = v + r.to(acc_t)
+    if TAIL_ACT == 1:
+        v = relu(v)
+    elif TAIL_ACT == 2:  # SiLU as torch computes it: v / (1 + exp(-v)) (NaN at -inf, like torch)
+        v = v / (1.0 + tl.exp(-v))
     if HINTS:
         tl.store(o_ptrs, v.to(out_ptr.dtype.element_ty), mask=m, cache_modifier=".cs")
     else:

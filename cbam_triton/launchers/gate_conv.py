@@ -76,12 +76,10 @@ def plan_gate_conv(x: torch.Tensor, mc: torch.Tensor | None, pooled: torch.Tenso
             raise ValueError(f"residual must have x's shape {tuple(x.shape)} and dtype {x.dtype}, got "
                              f"{tuple(residual.shape)} {residual.dtype}")
         residual, (rn, rc, rp) = as_ncp(residual)
-    # unaligned NCHW rows (the plain gate: no affine, residual or activation of the block tail; out laid
-    # out as x): 16-byte chunks shared out among the rows, one pixel block per sample, or pixel blocks
-    # of a longer row (WBLOCKS)
+    # unaligned NCHW rows (out, and the block tail's residual, laid out as x): 16-byte chunks shared out
+    # among the rows, one pixel block per sample, or pixel blocks of a longer row (WBLOCKS)
     win = window_elems(x, sn, sc, sp)
-    if not (win and p >= win and (on, oc, op) == (sn, sc, sp) and residual is None
-            and tail_affine is None and TAIL_ACTIVATIONS[act] == 0):
+    if not (win and p >= win and (on, oc, op) == (sn, sc, sp) and (residual is None or (rn, rc, rp) == (sn, sc, sp))):
         win = 0
     wblocks = bool(window_blocks(p, win))
     # more x tiles in flight per iteration where a program walks two or more and its loads are 128-bit
@@ -91,14 +89,14 @@ def plan_gate_conv(x: torch.Tensor, mc: torch.Tensor | None, pooled: torch.Tenso
 
     def unroll(block_c: int, block_p: int, per_split: int) -> int:
         """x tiles in flight per iteration: 2, or 4 on the window path (2048-element tiles, per-lane
-        tables shared by the four) where a program walks three or more."""
+        tables shared by the four) where a program walks three or more and streams no residual."""
         tiles = -(-min(per_split, c) // block_c)
-        return 1 if not wide or tiles < 2 else 4 if win and tiles >= 3 else 2
+        return 1 if not wide or tiles < 2 else 4 if win and tiles >= 3 and residual is None else 2
 
     # the block tail's residual tiles next to y's on rows Triton can't vectorise (16-bit loads: a
     # register per element) take 8 warps, as the plain gate's 4 do without them; the window path's
     # conv runs its rows in a rolled loop: 4 warps (sm_90 118-168 registers at 14²)
-    heavy = residual is not None and not rows_16b(x, sc, sp)
+    heavy = residual is not None and not (rows_16b(x, sc, sp) or win)
 
     def warps_of(block_c: int, block_p: int) -> int:
         return 8 if heavy else NUM_WARPS if win else _warps(conv.ksize, block_p, x)
@@ -159,14 +157,16 @@ def plan_gate_conv(x: torch.Tensor, mc: torch.Tensor | None, pooled: torch.Tenso
         loads, nb = 2 * k + 2, k * 2 * kp * block_p * acc_size + 2 * kp * kp * weight.element_size()
     scalars = sum(t is not None for t in small[3:]) if has_bn else int(conv.bias is not None)
     # Mc (+ scale, shift): one load a tile; the window path loads the turn's Mc and each row's next
-    # channel's (wrapped lanes) as two [UNROLL, BLOCK_C] tiles a turn
+    # channel's (wrapped lanes) as two [UNROLL, BLOCK_C] tiles a turn (+ scale, shift: all six rows
+    # as one [8, UNROLL, BLOCK_C] load)
     unrolled = launch.meta["UNROLL"]
     turns = -(-tiles // unrolled)
     per_tile = (3 if tail_affine is not None else 1) if mc is not None and not win else 0
-    loads += scalars + (2 * turns if win else tiles) * (mc is not None)
+    per_turn = (1 if tail_affine is not None else 2) if win and mc is not None else 0
+    loads += scalars + (per_turn * turns if win else tiles * (mc is not None))
     nb += scalars * weight.element_size() + per_tile * tiles * block_c * acc_size
-    if win and mc is not None:
-        nb += 2 * turns * unrolled * block_c * acc_size
+    if per_turn:  # (Mc, and the affine's two vectors) of the tiles' channels and of the next ones
+        nb += (6 if tail_affine is not None else 2) * turns * unrolled * block_c * acc_size
     streams = 2 if residual is not None else 1  # the residual's tiles are streamed like x's
     own = block_p - (win - 1) if wblocks else block_p  # the pixels a block owns
     launch.longest = ProgramModel(streams * tiles, streams * min(per_split, c) * min(block_p, p) * x.element_size(),
