@@ -366,17 +366,7 @@ def _gate_window_tile(v, r, k: tl.constexpr, turn, kk, gs, gs1, t6, m, wrap, ms_
         g = tl.sum(tl.where(turn[:, None] == k, gs, 0.0), axis=0)
         g1 = tl.sum(tl.where(turn[:, None] == k, gs1, 0.0), axis=0)
         v = v * tl.where(wrap, g1[:, None], g[:, None])
-    v = v * ms_rows
-    if RESIDUAL:
-        v = v + r.to(acc_t)
-    if TAIL_ACT == 1:
-        v = relu(v)
-    elif TAIL_ACT == 2:  # SiLU as torch computes it: v / (1 + exp(-v)) (NaN at -inf, like torch)
-        v = v / (1.0 + tl.exp(-v))
-    if HINTS:
-        tl.store(o_ptrs, v.to(out_ptr.dtype.element_ty), mask=m, cache_modifier=".cs")
-    else:
-        tl.store(o_ptrs, v.to(out_ptr.dtype.element_ty), mask=m)
+    _finish(v * ms_rows, r, o_ptrs, out_ptr, m, RESIDUAL, TAIL_ACT, HINTS, acc_t)
 
 
 @triton.jit
@@ -407,7 +397,14 @@ def _gate_tile(v, r, c0, offs_c, mask_c, mask_p, ms, mc_ptr, aff_ptr, n, C, o_pt
     elif HAS_MC:
         g = tl.load(mc_ptr + n * C + c0 + offs_c, mask=mask_c, other=0.0).to(acc_t)
         v = v * g[:, None]
-    v = v * ms[None, :]
+    _finish(v * ms[None, :], r, o_ptrs, out_ptr, mask, RESIDUAL, TAIL_ACT, HINTS, acc_t)
+
+
+@triton.jit
+def _finish(v, r, o_ptrs, out_ptr, mask, RESIDUAL: tl.constexpr, TAIL_ACT: tl.constexpr, HINTS: tl.constexpr,
+            acc_t: tl.constexpr):
+    """The gated tile ``v`` (fp32/fp64) plus the block tail's residual ``r`` and its activation,
+    stored once in out's dtype (HINTS: ``.cs`` streaming stores)."""
     if RESIDUAL:
         v = v + r.to(acc_t)
     if TAIL_ACT == 1:
