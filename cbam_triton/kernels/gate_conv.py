@@ -135,7 +135,8 @@ def gate_conv_kernel(
     # a small cost next to C / SPLIT gated elements a pixel. mc (N, C) was stored by stage 2.
     # Longest program: <= 2k + 2 independent loads of the map and the conv weights (see
     # spatial_logits), 5 scalars, then one mc tile per x tile of its c-range (WIN: two [UNROLL,
-    # BLOCK_C] mc tiles per loop turn; the launcher bounds the tiles, or the turns). HINTS (last
+    # BLOCK_C] mc tiles per loop turn, or with the block tail's affine one [8, UNROLL, BLOCK_C] tile;
+    # the launcher bounds the tiles, or the turns). HINTS (last
     # stage of the L2-resident schedule): x loads evict_first and output stores .cs, so they don't
     # evict the next chunk.
     # The fused block tail: AFFINE (x is a residual block's pre-norm output y, gated as
