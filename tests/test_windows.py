@@ -1,8 +1,9 @@
 """The fused forward's window path (contiguous NCHW whose channel rows are not 16-byte aligned: 7², 14²,
 odd maps): each stage reads x (and stage 3 writes out) through 16-byte-aligned windows, so every access
-is 128-bit on a GPU. Here: the path is taken where it should be and nowhere else, and it matches the
-reference at row offsets of every class, with channel splits, NaN/Inf next to a row boundary, both
-schedules and the fused block tail (whose stage 3 keeps the row path)."""
+is 128-bit on a GPU; rows longer than one window are read in pixel blocks of windows. Here: the path
+is taken where it should be and nowhere else, and it matches the reference at row offsets of every
+class, with channel splits, NaN/Inf next to a row or block boundary, both schedules and the fused
+block tail (whose stage 3 takes windows too where its residual is laid out as y)."""
 
 from __future__ import annotations
 
@@ -242,6 +243,73 @@ def test_block_tail_stage3_on_windows(shape, device):
     bad = ~torch.isfinite(out)
     assert bad[:, 12].all() and bad[0, 5].view(-1)[-1] and bad[n - 1, 9].view(-1)[0]
     assert bad.sum() == bad[:, 12].numel() + 2
+
+
+def test_block_tail_window_path_keeps_two_tiles_in_flight(device):
+    """Planned only: stage 3 on the window path walks 32 tiles of 8 fp16 channels (14²) per program and
+    keeps four in flight, or two with the block tail's residual (whose tiles are streamed beside y's)."""
+    from cbam_triton.fused_parts import SpatialConv
+    from cbam_triton.launchers.gate_conv import plan_gate_conv
+
+    x = torch.empty(1, 256, 14, 14, dtype=torch.float16, device=device)
+    mc, pooled = torch.empty(1, 256, device=device), torch.empty(1, 2, 14, 14, device=device)
+    conv = SpatialConv(torch.empty(1, 2, 7, 7, device=device), None)
+    plain, _ = plan_gate_conv(x, mc, pooled, conv, split=1)
+    tail, _ = plan_gate_conv(x, mc, pooled, conv, split=1, tail_affine=torch.empty(2, 256, device=device),
+                             residual=torch.empty_like(x), act="relu")
+    assert (plain.meta["WIN"], plain.meta["UNROLL"], tail.meta["WIN"], tail.meta["UNROLL"]) == (8, 4, 8, 2)
+    assert tail.num_warps == 4 and tail.x_in_flight == plain.x_in_flight  # two tiles of y and two of r
+
+
+# (dtype, shape, BLOCK_P, splits) with shrunken window blocks (BLOCK_P 16 or 32: many blocks a row):
+# fp16 2x6 (stage 3 owns 9 pixels a block, 12 % 9 = 3 < WIN - 1: the second-to-last block's lanes
+# wrap into the next channel, the last block owns no chunk of some rows), 3x11 and fp32, fp64 rows
+SHRUNK_CASES = [(torch.float16, (2, 34, 2, 6), 16, 2), (torch.float16, (1, 40, 3, 11), 32, 3),
+                (torch.float32, (2, 18, 3, 10), 16, 3), (torch.float64, (3, 9, 2, 9), 16, 2)]
+
+
+@pytest.mark.parametrize("dtype,shape,block_p,splits", SHRUNK_CASES,
+                         ids=lambda v: "x".join(map(str, v)) if isinstance(v, tuple) else str(v).removeprefix("torch."))
+def test_window_blocks_every_unroll(dtype, shape, block_p, splits, device, monkeypatch):
+    """The pixel-block window path with blocks shrunk so that small maps span many of them: stages 2
+    and 3 with 1, 2 and 4 tiles a turn, channel splits, C not a multiple of WIN, the plain gate and the
+    block tail (affine, residual, SiLU), outputs filled with NaN beforehand."""
+    from cbam_triton.fused_parts import SpatialConv
+    from cbam_triton.launchers import _common
+    from cbam_triton.launchers.gate_conv import plan_gate_conv
+    from cbam_triton.launchers.spatial_pool import plan_spatial_pool
+
+    win = 16 // torch.empty((), dtype=dtype).element_size()
+    monkeypatch.setattr(_common, "MAX_WINDOW", 8)
+    monkeypatch.setattr(_common, "WINDOW_BLOCK_P", block_p)
+    monkeypatch.setattr(_common, "TILE_ELEMS", block_p * win)
+    n, c, h, w = shape
+    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    x = make_input(shape, dtype, "nchw", device)
+    mc = torch.rand(n, c, device=device, dtype=acc) + 0.5
+    gated = x.to(acc) * mc[:, :, None, None]
+    pool_want = torch.stack([gated.amax(dim=1), gated.mean(dim=1)], dim=1)
+    pooled = torch.rand(n, 2, h, w, device=device, dtype=acc)
+    conv = SpatialConv(torch.randn(1, 2, 7, 7, device=device, dtype=acc) * 0.3, None)
+    ms = torch.sigmoid(torch.nn.functional.conv2d(pooled, conv.weight, padding=3))
+    r = make_input(shape, dtype, "nchw", device)
+    aff = torch.randn(2, c, device=device, dtype=acc)
+    y = x.to(acc) * aff[0, None, :, None, None] + aff[1, None, :, None, None]
+    wants = {False: gated * ms, True: torch.nn.functional.silu(y * mc[:, :, None, None] * ms + r.to(acc))}
+    tol = dict(rtol=1e-2, atol=1e-2) if dtype == torch.float16 else dict(rtol=1e-6, atol=1e-6)
+    for unroll in (1, 2, 4):
+        launch, got, _ = plan_spatial_pool(x, mc, split=splits, combine=True, hints=True)
+        assert launch.meta["WBLOCKS"] and launch.meta["BLOCK_C"] == win and launch.grid[1] == splits
+        launch.meta["UNROLL"] = unroll
+        launch()
+        torch.testing.assert_close(got, pool_want, rtol=1e-5, atol=1e-5)
+        for tail, want in wants.items():
+            kw = dict(tail_affine=aff, residual=r, act="silu") if tail else {}
+            launch, out = plan_gate_conv(x, mc, pooled, conv, split=splits, out=torch.full_like(x, float("nan")), **kw)
+            assert launch.meta["WBLOCKS"] and launch.grid[1] == splits
+            launch.meta["UNROLL"] = unroll
+            launch()
+            torch.testing.assert_close(out.to(acc), want.to(dtype).to(acc), **tol)
 
 
 def test_stage3_window_walk_loads_mc_once_a_turn(device):

@@ -126,7 +126,7 @@ def gate_conv_kernel(
     BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr, ACC_FP64: tl.constexpr, UNROLL: tl.constexpr,
     WIN: tl.constexpr = 0, WBLOCKS: tl.constexpr = False,
 ):
-    # Grid (N * cdiv(P, BLOCK_P), SPLIT), the walk of stage 2: a program owns a block of BLOCK_P
+    # Grid (N * cdiv(P, BLOCK_P), SPLIT; WBLOCKS: cdiv(P, OWN)), the walk of stage 2: a program owns a block of BLOCK_P
     # pixels of sample n. It first computes Ms for them from the small (N, 2, H, W) pooled map
     # (conv + bias + eval-mode BatchNorm + sigmoid, in registers: Ms never exists in memory), then
     # walks its c-range in [BLOCK_C, BLOCK_P] tiles: reads each element of x once, multiplies by
@@ -150,8 +150,8 @@ def gate_conv_kernel(
     # so that every load and store is a whole 128-bit chunk (_gate_windows). WBLOCKS (rows longer than
     # one window: 33² and larger odd maps): pixel blocks of OWN = BLOCK_P - (WIN - 1) pixels, row c of
     # block pb owning the chunks that start inside its pixels [pb * OWN, (pb + 1) * OWN); Ms is
-    # computed at lane j's pixel pb * OWN + j, which in the last block may wrap to the next channel's
-    # first pixels.
+    # computed at lane j's pixel pb * OWN + j, which near a row's end (its last block, or the one before
+    # where the last holds fewer than WIN - 1 pixels) may wrap to the next channel's first pixels.
     acc_t: tl.constexpr = tl.float64 if ACC_FP64 else tl.float32
     pid_np = tl.program_id(0)
     split = tl.program_id(1)

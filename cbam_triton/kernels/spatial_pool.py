@@ -50,7 +50,7 @@ def spatial_pool_kernel(
     # Reads x[n, c-range, p-block] once; x * Mc lives only in registers, never in memory. Writes
     # out[n, split, 0, p] = max_c and out[n, split, 1, p] = sum_c over the c-range (FINALIZE, i.e.
     # SPLIT == 1: the mean, so out is directly the (N, 2, H, W) map [max, mean]). Grid:
-    # (N * cdiv(P, BLOCK_P), SPLIT); tile [BLOCK_C, BLOCK_P] walks the c-range.
+    # (N * cdiv(P, BLOCK_P), SPLIT; WBLOCKS: cdiv(P, OWN)); tile [BLOCK_C, BLOCK_P] walks the c-range.
     # Mc (MC_MODE): none, loaded from mc (N, C), or computed here per channel tile from the
     # MLP's last layer (kernels/mlp.py: W2 @ z from stage 1, or a one-layer MLP's column sums of
     # stage 1's layer-1 partials), so no program runs a whole sample's MLP: each reads the weight

@@ -83,9 +83,9 @@ def plan_gate_conv(x: torch.Tensor, mc: torch.Tensor | None, pooled: torch.Tenso
         win = 0
     wblocks = bool(window_blocks(p, win))
     # more x tiles in flight per iteration where a program walks two or more and its loads are 128-bit
-    # (a residual in y's layout and also aligned)
+    # (a residual in y's layout and also aligned, or read through y's windows)
     wide = bool(rows_16b(x, sc, sp) or win) and (
-        residual is None or _same_rows(sc, sp, rc, rp) and rows_16b(residual, rc, rp))
+        residual is None or win > 0 or _same_rows(sc, sp, rc, rp) and rows_16b(residual, rc, rp))
 
     def unroll(block_c: int, block_p: int, per_split: int) -> int:
         """x tiles in flight per iteration: 2, or 4 on the window path (2048-element tiles, per-lane
