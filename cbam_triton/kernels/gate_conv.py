@@ -158,16 +158,16 @@ def gate_conv_kernel(
     OWN: tl.constexpr = BLOCK_P - (WIN - 1) * WBLOCKS  # pixels a block owns (BLOCK_P but for WBLOCKS)
     num_pblocks = tl.cdiv(P, OWN)
     n = (pid_np // num_pblocks).to(tl.int64)
-    offs_p = (pid_np % num_pblocks) * OWN + tl.arange(0, BLOCK_P)
+    p0 = (pid_np % num_pblocks) * OWN
+    offs_p = p0 + tl.arange(0, BLOCK_P)
     mask_p = offs_p < P
 
+    p_ms, mask_ms = offs_p, mask_p
     if WBLOCKS:  # Ms at every lane's pixel (past the map's end: the next channel's first pixels)
         p_ms = tl.where(mask_p, offs_p, offs_p - P)
-        logit = spatial_logits(pooled_ptr, n, p_ms, p_ms < P, P, H, W, cw_ptr, s_cw_c, s_cw_h, s_cw_w,
-                               SPATIAL_INPUT, KSIZE, TAPS, KP, acc_t)
-    else:
-        logit = spatial_logits(pooled_ptr, n, offs_p, mask_p, P, H, W, cw_ptr, s_cw_c, s_cw_h, s_cw_w,
-                               SPATIAL_INPUT, KSIZE, TAPS, KP, acc_t)
+        mask_ms = p_ms < P
+    logit = spatial_logits(pooled_ptr, n, p_ms, mask_ms, P, H, W, cw_ptr, s_cw_c, s_cw_h, s_cw_w,
+                           SPATIAL_INPUT, KSIZE, TAPS, KP, acc_t)
     if HAS_CONV_BIAS:
         logit += tl.load(cb_ptr).to(acc_t)
     if HAS_BN:  # eval mode: (y - running_mean) / sqrt(running_var + eps) * weight + bias
@@ -187,7 +187,6 @@ def gate_conv_kernel(
     c_end = tl.minimum(c_start + c_per_split, C)
     if WBLOCKS:
         tl.static_assert(BLOCK_C % WIN == 0 and WIN > 0, "a channel tile holds whole classes of rows")
-        p0 = (pid_np % num_pblocks) * OWN
         _gate_windows(x_ptr, mc_ptr, out_ptr, res_ptr, aff_ptr, ms, n, C, P, c_start, c_end, stride_xn, stride_xc,
                       tl.arange(0, BLOCK_P), p0, tl.minimum(OWN, P - p0), AFFINE, RESIDUAL, TAIL_ACT, HAS_MC, HINTS,
                       BLOCK_C, BLOCK_P, UNROLL, WIN, True, acc_t)

@@ -80,6 +80,7 @@ def spatial_pool_kernel(
     pid_np = tl.program_id(0)
     split = tl.program_id(1)
     num_splits = tl.num_programs(1)
+    tl.static_assert(not WBLOCKS or WIN > 0, "pixel blocks of windows need a window")
     OWN: tl.constexpr = BLOCK_P - 2 * (WIN - 1) * WBLOCKS  # pixels a block owns (BLOCK_P but for WBLOCKS)
     num_pblocks = tl.cdiv(P, OWN)
     n = pid_np // num_pblocks
@@ -94,12 +95,13 @@ def spatial_pool_kernel(
     c_end = tl.minimum(c_start + c_per_split, C)
 
     if WBLOCKS:  # the aligned window around the block's pixels of each row (lane j: pixel pb * OWN + j - off)
-        lane = tl.arange(0, BLOCK_P)
-        a = n.to(tl.int64) * stride_xn + (c_start + offs_c).to(tl.int64) * stride_xc + pb * OWN
+        lanes = tl.arange(0, BLOCK_P)
+        p0 = pb * OWN
+        a = n.to(tl.int64) * stride_xn + (c_start + offs_c).to(tl.int64) * stride_xc + p0
         w0 = (a // WIN) * WIN
-        lim = (((a + tl.minimum(OWN, P - pb * OWN) + WIN - 1) // WIN) * WIN - w0).to(tl.int32)
-        ptrs = x_ptr + w0[:, None] + lane[None, :]
-        load_p = lane[None, :] < lim[:, None]
+        lim = (((a + tl.minimum(OWN, P - p0) + WIN - 1) // WIN) * WIN - w0).to(tl.int32)
+        ptrs = x_ptr + w0[:, None] + lanes[None, :]
+        load_p = lanes[None, :] < lim[:, None]
     elif WIN > 0:  # each row's aligned window (its neighbours' lanes are accumulated too, but into
         # columns that _window_maps never reads: rows of one class share their window offset)
         a = n.to(tl.int64) * stride_xn + (c_start + offs_c).to(tl.int64) * stride_xc
@@ -107,6 +109,7 @@ def spatial_pool_kernel(
         lim = (((a + P + WIN - 1) // WIN) * WIN - w0).to(tl.int32)
         ptrs = x_ptr + w0[:, None] + offs_p[None, :]
         load_p = offs_p[None, :] < lim[:, None]
+        lanes, p0 = offs_p, 0  # (one pixel block per sample: its lanes are its pixels)
     else:
         ptrs = (x_ptr + n.to(tl.int64) * stride_xn
                 + (c_start + offs_c).to(tl.int64)[:, None] * stride_xc
@@ -159,13 +162,9 @@ def spatial_pool_kernel(
                                                     Z_ONCE, COUNT, acc_t)
         ptrs += step * UNROLL
 
-    if WBLOCKS:
-        tl.static_assert(not COUNT and BLOCK_C % WIN == 0 and WIN > 0, "window path: no counts, whole classes of rows")
-        vmax, vsum = _window_maps(acc_max, acc_sum, n, c_start, stride_xn, stride_xc, tl.arange(0, BLOCK_P),
-                                  pb * OWN, BLOCK_C, BLOCK_P, WIN)
-    elif WIN > 0:
+    if WIN > 0:
         tl.static_assert(not COUNT and BLOCK_C % WIN == 0, "window path: no counts, whole classes of rows a tile")
-        vmax, vsum = _window_maps(acc_max, acc_sum, n, c_start, stride_xn, stride_xc, offs_p, 0, BLOCK_C, BLOCK_P,
+        vmax, vsum = _window_maps(acc_max, acc_sum, n, c_start, stride_xn, stride_xc, lanes, p0, BLOCK_C, BLOCK_P,
                                   WIN)
     else:
         vmax = max_propagate_nan(acc_max, 0)

@@ -473,8 +473,9 @@ def plan_fused(n: int, c: int, p: int, stride_c: int, stride_p: int, itemsize: i
     # the window path: TILE_ELEMS whatever the dtype (its masks, per-row offsets and class tables cost
     # registers a doubled fp16 tile would not leave: sm_90, 4 warps, [16, 256] fp16 255 registers, [8, 256] 105)
     tile = TILE_ELEMS if window else fused_tile_elems(itemsize, other % 16 == 0 and along % 16 == 0)
-    win_p = (row_window(p, window) or window_blocks(p, window)) if reduce == "c" else 0
-    own_p = win_p - window_halo if win_p and window_blocks(p, window) else 0  # pixels a block owns (WBLOCKS)
+    blocks_p = window_blocks(p, window) if reduce == "c" else 0
+    win_p = (row_window(p, window) or blocks_p) if reduce == "c" else 0
+    own_p = blocks_p - window_halo if blocks_p else 0  # pixels a block owns (WBLOCKS)
     for long in (win_p,) if win_p else FUSED_LONG_BLOCKS:
         if long > max(top, 16) and not win_p:
             continue

@@ -82,6 +82,7 @@ def plan_gate_conv(x: torch.Tensor, mc: torch.Tensor | None, pooled: torch.Tenso
     if not (win and p >= win and (on, oc, op) == (sn, sc, sp) and (residual is None or (rn, rc, rp) == (sn, sc, sp))):
         win = 0
     wblocks = bool(window_blocks(p, win))
+    halo = win - 1 if wblocks else 0  # the lanes of a pixel block that its rows' chunk alignment may take
     # more x tiles in flight per iteration where a program walks two or more and its loads are 128-bit
     # (a residual in y's layout and also aligned, or read through y's windows)
     wide = bool(rows_16b(x, sc, sp) or win) and (
@@ -107,7 +108,7 @@ def plan_gate_conv(x: torch.Tensor, mc: torch.Tensor | None, pooled: torch.Tenso
                       max_long_p=max(16, TAPS_TILE // (2 * kp)),
                       max_walk_tiles=(4 * MAX_WINDOW_TURNS if win else MAX_WALK_TILES) if mc is not None else None,
                       max_walk_turns=MAX_WINDOW_TURNS if win and mc is not None else None, kernel="gate_conv",
-                      num_warps=warps_of, window=win, unroll=unroll, window_halo=win - 1,
+                      num_warps=warps_of, window=win, unroll=unroll, window_halo=halo,
                       context=(str(x.dtype).removeprefix("torch."), mc is not None, tail_affine is not None,
                                residual is not None, act, conv.ksize) + (("window blocks",) if wblocks else ()))
     warps = warps_of(plan.block_c, plan.block_p)
@@ -168,10 +169,9 @@ def plan_gate_conv(x: torch.Tensor, mc: torch.Tensor | None, pooled: torch.Tenso
     if per_turn:  # (Mc, and the affine's two vectors) of the tiles' channels and of the next ones
         nb += (6 if tail_affine is not None else 2) * turns * unrolled * block_c * acc_size
     streams = 2 if residual is not None else 1  # the residual's tiles are streamed like x's
-    own = block_p - (win - 1) if wblocks else block_p  # the pixels a block owns
     launch.longest = ProgramModel(streams * tiles, streams * min(per_split, c) * min(block_p, p) * x.element_size(),
                                   loads, nb)
-    launch.x_in_flight = streams * in_flight(min(per_split, c) * min(own, p) * x.element_size(), tiles,
+    launch.x_in_flight = streams * in_flight(min(per_split, c) * min(block_p - halo, p) * x.element_size(), tiles,
                                              launch.meta.get("UNROLL", 1))
     if residual is not None:
         launch.streamed = (residual,)

@@ -64,6 +64,7 @@ def plan_spatial_pool(x: torch.Tensor, mc: torch.Tensor | None, split: int | Non
     if win and channel is not None and channel.channels_per_slice(c) < win:
         win = 0
     wblocks = bool(window_blocks(p, win))
+    halo = 2 * (win - 1) if wblocks else 0  # the lanes of a pixel block's windows that are not its own
 
     def warps_for(block_c: int) -> int:
         """8 warps for a large Mc weight tile, and for the block tail's affine on rows Triton can't
@@ -86,7 +87,7 @@ def plan_spatial_pool(x: torch.Tensor, mc: torch.Tensor | None, split: int | Non
                           max_walk_tiles=MAX_WALK_TILES if channel is not None or mc is not None
                           or affine is not None else None,
                           kernel="spatial_pool", num_warps=lambda block_c, _block_p: warps_for(block_c), window=win,
-                          window_halo=2 * (win - 1),
+                          window_halo=halo,
                           context=(str(x.dtype).removeprefix("torch."),
                                    "none" if channel is None and mc is None else "load" if channel is None
                                    else "fc2" if channel.z is not None else "part",
@@ -143,8 +144,7 @@ def plan_spatial_pool(x: torch.Tensor, mc: torch.Tensor | None, split: int | Non
         mlp = channel.mlp
         launch.weight_bytes = base * nbytes(*((mlp.fc2_weight, mlp.fc2_bias) if channel.z is not None
                                               else (mlp.fc1_bias,)))
-    own = block_p - 2 * (win - 1) if wblocks else block_p  # the pixels a block owns
-    launch.x_in_flight = in_flight(min(per_split, c) * min(own, p) * x.element_size(), tiles,
+    launch.x_in_flight = in_flight(min(per_split, c) * min(block_p - halo, p) * x.element_size(), tiles,
                                    launch.meta.get("UNROLL", 1))
     return launch, final if combine else out, cnts
 
